@@ -1,0 +1,1 @@
+"""The Flower ClientApp (local data, training, encryption) and the `flower-client` launcher."""

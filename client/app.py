@@ -1,0 +1,84 @@
+"""The UAAP ClientApp: ``clientapp = "client.app:app"`` in pyproject's ``[tool.flwr.app]``.
+
+The server sends the validated run config with every message; the node's own config says which
+data it holds (``partition-id``/``num-partitions`` in simulation). Simulated ClientApps are rebuilt
+for every message, so data loading is cached per process and state lives in ``context.state``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
+from uaap.config import RunConfig
+from uaap.data import Split, client_data
+from uaap.models import build_model, from_record, get_weights, set_weights, to_record
+from uaap.training import TrainConfig, evaluate, local_train
+
+CONFIG_KEY = "uaap-config"
+torch.set_num_threads(1)  # one thread per simulated client: actors share the machine's cores
+
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, Split, int]:
+    cfg = RunConfig.from_json(str(msg.content["config"][CONFIG_KEY]))
+    pid = int(context.node_config.get(PARTITION_KEY, 0))
+    num = int(context.node_config.get("num-partitions", cfg.num_clients))
+    return cfg, client_data(cfg, pid, num), pid
+
+
+def straggler_steps(cfg: RunConfig, server_round: int, pid: int, full_steps: int) -> int | None:
+    """Steps a straggler manages this round (FedProx paper: partial work), or None for full work."""
+    if cfg.straggler_fraction <= 0.0 or full_steps < 2:
+        return None
+    rng = np.random.default_rng([cfg.seed, server_round, pid])
+    if rng.random() >= cfg.straggler_fraction:
+        return None
+    return int(rng.integers(1, full_steps))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on local data; reply with new weights and metrics."""
+    cfg, data, pid = _setup(msg, context)
+    server_round = int(msg.content["config"]["server-round"])
+    model = build_model(cfg.model, data.train.n_features, data.train.n_classes, data.train.image_shape)
+    set_weights(model, from_record(msg.content["arrays"]))
+    global_params = [p.detach().clone() for p in model.parameters()]
+    full_steps = cfg.local_epochs * math.ceil(len(data.train.y) / cfg.batch_size)
+    max_steps = straggler_steps(cfg, server_round, pid, full_steps)
+    tcfg = TrainConfig.from_run(
+        cfg,
+        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+        max_steps=max_steps,
+        seed=cfg.seed + 1000 * server_round + pid,
+    )
+    result = local_train(model, data.train, tcfg, global_params=global_params)
+    metrics = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "train-loss": result.loss,
+            "steps": result.steps,
+            "straggler": int(max_steps is not None),
+        }
+    )
+    info = ConfigRecord({PARTITION_KEY: pid})
+    content = RecordDict({"arrays": to_record(get_weights(model)), "metrics": metrics, CLIENT_INFO_KEY: info})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_global(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the local validation split."""
+    cfg, data, pid = _setup(msg, context)
+    model = build_model(cfg.model, data.test.n_features, data.test.n_classes, data.test.image_shape)
+    set_weights(model, from_record(msg.content["arrays"]))
+    metrics = MetricRecord({**evaluate(model, data.test), "num-examples": len(data.test.y)})
+    content = RecordDict({"metrics": metrics, CLIENT_INFO_KEY: ConfigRecord({PARTITION_KEY: pid})})
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,1 @@
+"""The Flower ServerApp (round loop) and the `flower-server` launcher."""

@@ -1,0 +1,34 @@
+"""The UAAP ServerApp: ``serverapp = "server.app:app"`` in pyproject's ``[tool.flwr.app]``.
+
+``flwr run .`` hands the run config (pyproject defaults + ``-c`` overrides) to :data:`app`;
+``uaap simulate`` builds an app with its validated config baked in (:func:`make_app`), because
+Flower's in-process simulation passes an empty run config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.federation import run_federation
+from uaap.config import RunConfig
+
+
+def make_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp whose run config is Flower's merged with ``overrides``."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        values = {**dict(context.run_config), **(overrides or {})}
+        cfg = RunConfig.from_mapping(values)
+        num_partitions = len(list(grid.get_node_ids())) or cfg.num_clients
+        run_federation(grid, cfg.replace(num_clients=max(num_partitions, 2)), num_partitions=num_partitions)
+
+    return server_app
+
+
+app = make_app()

@@ -1,0 +1,249 @@
+"""The server's round loop: checkpoints, resume, metrics, MLflow, central evaluation, budget stop.
+
+Flower's ``Strategy.start`` always begins at round 1 and keeps nothing on disk, so the loop is
+ours; it drives the strategy through Flower's public surface (``configure_train``,
+``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) and therefore works with any
+strategy or wrapper.
+
+Wrappers may offer optional hooks, looked up by name:
+
+* ``state_dict() -> dict`` / ``load_state_dict(dict)``: state to checkpoint (e.g. an accountant);
+* ``before_round(server_round) -> str | None``: a reason to stop before that round (budget);
+* ``round_report(server_round) -> dict[str, float]``: extra metrics for the round (epsilon);
+* ``encrypted``: true when the global arrays are ciphertext (no central evaluation then).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from strategies import build_strategy, sort_replies
+from uaap import workspace
+from uaap.config import RunConfig
+from uaap.data import describe, federated
+from uaap.models import build_model, from_record, get_weights, to_record
+from uaap.training import evaluate
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord, Message, MetricRecord
+    from flwr.serverapp import Grid
+    from flwr.serverapp.strategy import Strategy
+
+log = logging.getLogger("uaap.server")
+CONFIG_KEY = "uaap-config"
+
+
+@dataclass
+class RoundLog:
+    """What one round produced (also one line of metrics.jsonl)."""
+
+    round: int
+    seconds: float
+    train: dict[str, float] = field(default_factory=dict)
+    evaluate: dict[str, float] = field(default_factory=dict)
+    central: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)
+    replies: int = 0
+    failures: int = 0
+    sampled: int = 0
+
+
+def _metrics(record: MetricRecord | None) -> dict[str, float]:
+    if record is None:
+        return {}
+    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
+
+
+def _hook(obj: Any, name: str) -> Any:
+    return getattr(obj, name, None)
+
+
+def initial_arrays(cfg: RunConfig) -> ArrayRecord:
+    """The seeded initial global model, as Flower arrays."""
+    meta = describe(cfg)
+    model = build_model(cfg.model, meta.n_features, meta.n_classes, meta.image_shape, seed=cfg.seed)
+    return to_record(get_weights(model))
+
+
+def central_evaluator(cfg: RunConfig, num_partitions: int) -> Any:
+    """``evaluate_fn(round, arrays)`` on the server's held-out test set."""
+    from flwr.app import MetricRecord
+
+    from uaap.models import set_weights
+
+    _, test = federated(cfg, num_partitions)
+    model = build_model(cfg.model, test.n_features, test.n_classes, test.image_shape)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        set_weights(model, from_record(arrays))
+        return MetricRecord({**evaluate(model, test), "num-examples": len(test.y)})
+
+    return evaluate_fn
+
+
+def run_federation(
+    grid: Grid, cfg: RunConfig, strategy: Strategy | None = None, *, num_partitions: int | None = None
+) -> workspace.RunDir:
+    """Run (or resume) the federation described by ``cfg``; returns the run folder."""
+    from flwr.app import ConfigRecord
+
+    rd = workspace.run_dir(cfg.run_id or workspace.new_run_id())
+    cfg = cfg.replace(run_id=rd.run_id)
+    rd.write_config(cfg)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    nodes = _wait_for_nodes(grid, cfg)
+    num_partitions = num_partitions or cfg.num_clients
+    strategy = strategy or build_strategy(cfg, num_nodes=nodes)
+
+    ckpt = rd.latest_checkpoint()
+    if ckpt is not None:
+        from flwr.app import Array, ArrayRecord
+
+        arrays = ArrayRecord({k: Array(v) for k, v in ckpt.arrays.items()})
+        start = ckpt.round + 1
+        if (load := _hook(strategy, "load_state_dict")) is not None and "strategy" in ckpt.state:
+            load(ckpt.state["strategy"])
+        log.info("resuming run %s from the checkpoint of round %d", rd.run_id, ckpt.round)
+    else:
+        arrays = initial_arrays(cfg)
+        start = 1
+
+    encrypted = bool(_hook(strategy, "encrypted"))
+    evaluate_fn = central_evaluator(cfg, num_partitions) if cfg.central_eval and not encrypted else None
+    tracker = _tracker(cfg)
+    rd.log_event("start", round=start, num_rounds=cfg.num_rounds, nodes=nodes, resumed=ckpt is not None)
+    if evaluate_fn is not None and start == 1:
+        central0 = _metrics(evaluate_fn(0, arrays))
+        rd.log_event("round", round=0, central=central0)
+        if tracker:
+            tracker.log_metrics({f"central_{k}": v for k, v in central0.items()}, step=0)
+
+    status, reason = "completed", ""
+    try:
+        for server_round in range(start, cfg.num_rounds + 1):
+            if (before := _hook(strategy, "before_round")) is not None and (stop := before(server_round)):
+                status, reason = "stopped", str(stop)
+                log.warning("stopping before round %d: %s", server_round, stop)
+                break
+            arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn, ConfigRecord)
+            state = {"strategy": save()} if (save := _hook(strategy, "state_dict")) is not None else {}
+            rd.save_checkpoint(workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state))
+            rd.log_event("round", **entry.__dict__)
+            if tracker:
+                flat = {f"train_{k}": v for k, v in entry.train.items()}
+                flat |= {f"fed_{k}": v for k, v in entry.evaluate.items()}
+                flat |= {f"central_{k}": v for k, v in entry.central.items()}
+                flat |= {f"privacy_{k}": v for k, v in entry.privacy.items()}
+                flat |= {"round_seconds": entry.seconds, "clients": entry.replies}
+                tracker.log_metrics(flat, step=server_round)
+    except BaseException:
+        rd.log_event("end", status="failed", reason="exception in the server loop")
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+
+    if not encrypted:
+        meta = describe(cfg)
+        workspace.save_model(
+            rd.model_file,
+            cfg.model,
+            from_record(arrays),
+            n_features=meta.n_features,
+            n_classes=meta.n_classes,
+            image_shape=meta.image_shape,
+            extra={"run_id": rd.run_id, "dataset": cfg.dataset},
+        )
+    rd.log_event("end", status=status, reason=reason, encrypted=encrypted)
+    if tracker:
+        tracker.set_tags({"uaap.status": status, "uaap.stop_reason": reason})
+        if not encrypted:
+            tracker.log_artifact(str(rd.model_file))
+        tracker.finish()
+    return rd
+
+
+def _wait_for_nodes(grid: Grid, cfg: RunConfig, poll: float = 1.0) -> int:
+    deadline = time.monotonic() + cfg.round_timeout
+    while (n := len(list(grid.get_node_ids()))) < cfg.min_clients:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {n} of min-clients={cfg.min_clients} clients connected within {cfg.round_timeout:g}s; "
+                "start more clients or lower min-clients"
+            )
+        time.sleep(poll)
+    return n
+
+
+def _tracker(cfg: RunConfig) -> Any:
+    from uaap.tracking import Tracker
+
+    try:
+        tracker = Tracker(cfg.experiment, cfg.run_id, kind="federated")
+        tracker.log_params(cfg.to_flower())
+        return tracker
+    except Exception as exc:  # tracking must never take a run down
+        log.warning("MLflow tracking disabled for this run: %s", exc)
+        return None
+
+
+def _one_round(
+    grid: Grid,
+    strategy: Strategy,
+    cfg: RunConfig,
+    server_round: int,
+    arrays: ArrayRecord,
+    evaluate_fn: Any,
+    config_cls: Any,
+) -> tuple[ArrayRecord, RoundLog]:
+    t0 = time.perf_counter()
+    train_cfg = config_cls({CONFIG_KEY: cfg.to_json()})
+    messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
+    replies = sort_replies(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    ok = [m for m in replies if not m.has_error()]
+    _warn_missing("train", server_round, messages, replies)
+    new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+    if new_arrays is None:
+        log.warning("round %d: no usable training replies; the global model is unchanged", server_round)
+    else:
+        arrays = new_arrays
+    entry = RoundLog(
+        server_round,
+        0.0,
+        train=_metrics(train_metrics),
+        replies=len(ok),
+        failures=len(replies) - len(ok),
+        sampled=len(messages),
+    )
+
+    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, config_cls({CONFIG_KEY: cfg.to_json()}), grid))
+    if eval_msgs:
+        eval_replies = sort_replies(grid.send_and_receive(eval_msgs, timeout=cfg.round_timeout))
+        _warn_missing("evaluate", server_round, eval_msgs, eval_replies)
+        entry.evaluate = _metrics(strategy.aggregate_evaluate(server_round, eval_replies))
+    if evaluate_fn is not None:
+        entry.central = _metrics(evaluate_fn(server_round, arrays))
+    if (report := _hook(strategy, "round_report")) is not None:
+        entry.privacy = dict(report(server_round))
+    entry.seconds = time.perf_counter() - t0
+    return arrays, entry
+
+
+def _warn_missing(phase: str, server_round: int, sent: list[Message], got: list[Message]) -> None:
+    failed = [m for m in got if m.has_error()]
+    missing = len(sent) - len(got)
+    if missing or failed:
+        log.warning(
+            "round %d %s: %d of %d clients did not reply%s; aggregating the rest",
+            server_round,
+            phase,
+            missing + len(failed),
+            len(sent),
+            "" if not failed else " (" + "; ".join(m.error.reason[:120] for m in failed[:3]) + ")",
+        )

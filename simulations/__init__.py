@@ -1,0 +1,1 @@
+"""N-client simulations of the UAAP Flower app on Ray."""

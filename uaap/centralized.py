@@ -1,0 +1,105 @@
+"""Centralised training with the same model registry and training loop the clients use.
+
+In-process by default; ``workers > 0`` runs data-parallel on Ray Train (see :mod:`uaap.raytrain`).
+Metrics land in MLflow beside the federated runs so central and federated can be compared.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from uaap import workspace
+from uaap.config import RunConfig
+from uaap.data import Split, load_split
+from uaap.errors import ConfigError
+from uaap.models import build_model, get_weights, set_weights
+from uaap.training import TrainConfig, evaluate, local_train
+
+log = logging.getLogger("uaap.train")
+
+
+@dataclass(frozen=True)
+class CentralResult:
+    """Where the run lives and its final test metrics."""
+
+    run_dir: workspace.RunDir
+    metrics: dict[str, float]
+
+
+def train_central(
+    cfg: RunConfig,
+    *,
+    epochs: int = 30,
+    workers: int = 0,
+    ray_address: str | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> CentralResult:
+    """Train ``cfg.model`` on the pooled training split; evaluate on the held-out test split."""
+    if epochs < 1:
+        raise ConfigError(f"epochs={epochs} must be at least 1")
+    if cfg.dataset == "synthetic":
+        raise ConfigError(
+            "dataset='synthetic' is generated per client; central training needs digits, breast_cancer, wine or a CSV"
+        )
+    split = load_split(cfg)
+    rd = workspace.run_dir(cfg.run_id or workspace.new_run_id("central"))
+    cfg = cfg.replace(run_id=rd.run_id)
+    rd.write_config(cfg)
+    from uaap.tracking import Tracker
+
+    tracker = Tracker(cfg.experiment, rd.run_id, kind="central")
+    tracker.log_params({**cfg.to_flower(), "epochs": epochs, "workers": workers})
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        rd.log_event("epoch", epoch=epoch, central=metrics)
+        tracker.log_metrics({f"central_{k}": v for k, v in metrics.items()}, step=epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    try:
+        if workers > 0:
+            from uaap.raytrain import train_on_ray
+
+            weights = train_on_ray(cfg, split, epochs=epochs, workers=workers, address=ray_address, report=report)
+        else:
+            weights = _train_in_process(cfg, split, epochs, report)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    model = build_model(cfg.model, split.train.n_features, split.train.n_classes, split.train.image_shape)
+    set_weights(model, weights)
+    final = evaluate(model, split.test)
+    workspace.save_model(
+        rd.model_file,
+        cfg.model,
+        weights,
+        n_features=split.train.n_features,
+        n_classes=split.train.n_classes,
+        image_shape=split.train.image_shape,
+        extra={"run_id": rd.run_id, "dataset": cfg.dataset},
+    )
+    rd.log_event("end", status="completed", central=final)
+    tracker.log_artifact(str(rd.model_file))
+    tracker.set_tags({"uaap.status": "completed"})
+    tracker.finish()
+    return CentralResult(rd, final)
+
+
+def _train_in_process(
+    cfg: RunConfig, split: Split, epochs: int, report: Callable[[int, dict[str, float]], None]
+) -> list[np.ndarray]:
+    model = build_model(
+        cfg.model, split.train.n_features, split.train.n_classes, split.train.image_shape, seed=cfg.seed
+    )
+    tcfg = TrainConfig.from_run(cfg, epochs=epochs, proximal_mu=0.0)
+    local_train(
+        model,
+        split.train,
+        tcfg,
+        on_epoch=lambda epoch, loss: report(epoch + 1, {"train_loss": loss, **evaluate(model, split.test)}),
+    )
+    return get_weights(model)

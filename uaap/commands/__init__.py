@@ -1,0 +1,1 @@
+"""Command groups of the ``uaap`` CLI (see :mod:`uaap.cli`)."""

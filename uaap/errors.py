@@ -1,0 +1,28 @@
+"""One error family for everything a user can get wrong.
+
+Messages name the bad value, what was expected and what to do.
+"""
+
+
+class UaapError(Exception):
+    """Base class of every error UAAP raises on purpose."""
+
+
+class ConfigError(UaapError, ValueError):
+    """A run configuration value is invalid."""
+
+
+class DataError(UaapError, ValueError):
+    """Input data cannot be used as given."""
+
+
+class WorkspaceError(UaapError):
+    """A run, checkpoint or workspace file is missing or unreadable."""
+
+
+class KeyMaterialError(UaapError):
+    """HE key material is missing, of the wrong kind, or does not match."""
+
+
+class PrivacyBudgetExceeded(UaapError):
+    """The next release would exceed the privacy budget."""

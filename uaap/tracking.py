@@ -1,0 +1,88 @@
+"""MLflow tracking, always from one process (the server or the central trainer).
+
+The store is sqlite in the workspace unless ``MLFLOW_TRACKING_URI`` says otherwise. Schema and
+experiment are created before any worker starts: concurrent first use of a fresh sqlite store was
+measured to crash writers, and concurrent ``set_experiment`` silently logs losers into "Default".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from uaap import workspace
+
+RUN_TAG = "uaap.run_id"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or ``sqlite:///<workspace>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace.home() / 'mlflow.db'}"
+
+
+def _mlflow() -> Any:
+    import mlflow
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def ensure_experiment(name: str) -> str:
+    """Create the store's schema and the experiment if needed; return the experiment id."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp is not None else client.create_experiment(name)
+
+
+class Tracker:
+    """One MLflow run bound to one UAAP run id; reopened (not duplicated) on resume."""
+
+    def __init__(self, experiment: str, run_id: str, kind: str) -> None:
+        self._mlflow = _mlflow()
+        self._client = self._mlflow.MlflowClient()
+        exp_id = ensure_experiment(experiment)
+        found = self._client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{run_id}'", max_results=1)
+        if found:
+            self.mlflow_run_id = found[0].info.run_id
+            self._client.update_run(self.mlflow_run_id, status="RUNNING")
+        else:
+            run = self._client.create_run(exp_id, run_name=run_id, tags={RUN_TAG: run_id, "uaap.kind": kind})
+            self.mlflow_run_id = run.info.run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log parameters once (values already logged are left alone)."""
+        from mlflow.entities import Param
+
+        existing = self._client.get_run(self.mlflow_run_id).data.params
+        batch = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        for start in range(0, len(batch), 100):
+            self._client.log_batch(self.mlflow_run_id, params=batch[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log numeric metrics at ``step`` (the round or epoch)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
+        if batch:
+            self._client.log_batch(self.mlflow_run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Attach tags to the run."""
+        for key, value in tags.items():
+            self._client.set_tag(self.mlflow_run_id, key, value)
+
+    def log_artifact(self, path: str) -> None:
+        """Copy a file into the run's artifacts."""
+        self._client.log_artifact(self.mlflow_run_id, path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the run (FINISHED, FAILED or KILLED)."""
+        self._client.set_terminated(self.mlflow_run_id, status=status)

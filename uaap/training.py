@@ -1,0 +1,214 @@
+"""The one local train/evaluate loop, shared by federated clients and central training.
+
+FedProx adds ``mu/2 * ||w - w_global||^2`` to the local objective. We add its gradient,
+``mu * (w - w_global)``, directly to ``p.grad`` right before the parameter update instead of adding
+the term to the loss: under Opacus the DP optimizer rebuilds ``p.grad`` from clipped per-sample
+gradients, which would silently drop a loss-side term. One code path serves both cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from uaap.config import RunConfig
+from uaap.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from uaap.data import Dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local optimisation settings (one client, one round; or one central job)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    proximal_mu: float = 0.0
+    max_steps: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig, **overrides: Any) -> TrainConfig:
+        """Local settings implied by a run configuration."""
+        values: dict[str, Any] = {
+            "epochs": cfg.local_epochs,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.learning_rate,
+            "optimizer": cfg.optimizer,
+            "momentum": cfg.momentum,
+            "proximal_mu": cfg.proximal_mu if cfg.strategy == "fedprox" else 0.0,
+            "seed": cfg.seed,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one call of :func:`local_train` did."""
+
+    num_examples: int
+    steps: int
+    loss: float
+
+
+class PrivacyEngineLike(Protocol):
+    """What :func:`local_train` needs from a DP-SGD session (see ``uaap.privacy``)."""
+
+    def make_private(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Any]
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[Any]]:
+        """Return DP versions of model, optimizer and loader."""
+        ...
+
+
+def make_loader(data: Dataset, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader[Any]:
+    """A seeded torch DataLoader over a dataset."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    dataset = TensorDataset(torch.from_numpy(data.X), torch.from_numpy(data.y))
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum) or Adam, as configured."""
+    import torch
+
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    raise ConfigError(f"optimizer={cfg.optimizer!r} is not supported; choose one of: sgd, adam")
+
+
+def add_proximal_gradient(model: nn.Module, global_params: Sequence[torch.Tensor], mu: float) -> None:
+    """Add ``mu * (w - w_global)``, the gradient of ``mu/2 ||w - w_global||^2``, to every ``p.grad``."""
+    import torch
+
+    if mu == 0.0:
+        return
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), global_params, strict=True):
+            prox = (p.detach() - g) * mu
+            if p.grad is None:
+                p.grad = prox.clone()
+            else:
+                p.grad.add_(prox)
+
+
+def local_train(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    global_params: Sequence[torch.Tensor] | None = None,
+    privacy: PrivacyEngineLike | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place on ``data``.
+
+    ``global_params`` (the round's starting weights) enable the FedProx term when
+    ``cfg.proximal_mu > 0``; ``cfg.max_steps`` caps the optimizer steps (a straggler's partial
+    work); ``privacy`` switches to DP-SGD. Returns examples seen, steps taken and mean loss.
+    """
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model.train()
+    loader = make_loader(data, cfg.batch_size, cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    if privacy is not None:
+        model, optimizer, loader = privacy.make_private(model, optimizer, loader)
+    if cfg.proximal_mu > 0.0 and global_params is None:
+        global_params = [p.detach().clone() for p in model.parameters()]
+    criterion = torch.nn.CrossEntropyLoss()
+    steps, seen, loss_sum = 0, 0, 0.0
+    budget = cfg.max_steps if cfg.max_steps is not None else float("inf")
+    for epoch in range(cfg.epochs):
+        for xb, yb in loader:
+            if steps >= budget:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            if len(yb) == 0:  # Poisson sampling can draw an empty batch: still a (noise-only) step
+                out_loss = None
+            else:
+                out_loss = criterion(model(xb), yb)
+                out_loss.backward()
+            _step(optimizer, model, global_params, cfg.proximal_mu)
+            steps += 1
+            if out_loss is not None:
+                seen += len(yb)
+                loss_sum += float(out_loss.detach()) * len(yb)
+        if on_epoch is not None:
+            on_epoch(epoch, loss_sum / max(seen, 1))
+        if steps >= budget:
+            break
+    return TrainResult(num_examples=len(data.y), steps=steps, loss=loss_sum / max(seen, 1))
+
+
+def _step(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    global_params: Sequence[torch.Tensor] | None,
+    mu: float,
+) -> None:
+    original = getattr(optimizer, "original_optimizer", None)
+    if original is None:
+        if global_params is not None:
+            add_proximal_gradient(model, global_params, mu)
+        optimizer.step()
+        return
+    # Opacus DPOptimizer: clip per-sample grads and add noise first, then add the proximal
+    # gradient to the privatised grad, then update with the wrapped optimizer.
+    if optimizer.pre_step():  # type: ignore[attr-defined]
+        if global_params is not None:
+            add_proximal_gradient(model, global_params, mu)
+        original.step()
+
+
+def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities for ``X`` (float32 rows)."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            logits = model(torch.from_numpy(np.ascontiguousarray(X[start : start + batch_size])))
+            outs.append(torch.softmax(logits, dim=1).numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Loss (cross-entropy), accuracy, macro-F1 and, for two classes, ROC AUC."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    pred = proba.argmax(axis=1)
+    eps = 1e-12
+    loss = float(-np.mean(np.log(proba[np.arange(len(y)), y] + eps)))
+    metrics = {
+        "loss": loss,
+        "accuracy": float(np.mean(pred == y)),
+        "f1_macro": float(f1_score(y, pred, average="macro", labels=np.arange(proba.shape[1]), zero_division=0)),
+    }
+    if proba.shape[1] == 2 and len(np.unique(y)) == 2:
+        metrics["auc"] = float(roc_auc_score(y, proba[:, 1]))
+    return metrics
+
+
+def evaluate(model: nn.Module, data: Dataset) -> dict[str, float]:
+    """Metrics of ``model`` on ``data`` (see :func:`classification_metrics`)."""
+    return classification_metrics(data.y, predict_proba(model, data.X))

@@ -1,0 +1,234 @@
+"""The workspace: one folder holds everything a run leaves.
+
+Layout (default ``./.uaap``, or ``$UAAP_HOME``)::
+
+    mlflow.db                 MLflow tracking store (sqlite; MLFLOW_TRACKING_URI overrides)
+    ledger.db                 privacy ledger
+    runs/<run-id>/config.json resolved run configuration
+                  metrics.jsonl one JSON event per line (rounds, evaluations, summaries)
+                  checkpoints/round-NNNN.npz global model (ciphertext under HE) + loop state
+                  model.npz     the final plaintext model
+                  exports/      edge bundles
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from uaap.config import RunConfig
+from uaap.errors import WorkspaceError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_STATE_KEY = "__state__"
+
+
+def home() -> Path:
+    """The workspace root (``$UAAP_HOME`` or ``./.uaap``), created on demand."""
+    path = Path(os.environ.get("UAAP_HOME", ".uaap")).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def new_run_id(prefix: str = "run") -> str:
+    """A sortable, unique run id such as ``run-20261128-231500-3fa2``."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The global model after ``round`` plus whatever loop state the server must resume."""
+
+    round: int
+    arrays: dict[str, np.ndarray]
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The folder of one run and the files in it."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (its folder name)."""
+        return self.path.name
+
+    @property
+    def config_file(self) -> Path:
+        """Resolved configuration (JSON)."""
+        return self.path / "config.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        """One JSON event per line."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def model_file(self) -> Path:
+        """The final plaintext model."""
+        return self.path / "model.npz"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Per-round checkpoints."""
+        return self.path / "checkpoints"
+
+    @property
+    def exports_dir(self) -> Path:
+        """Edge bundles."""
+        return self.path / "exports"
+
+    # ---- config ------------------------------------------------------------------------
+    def write_config(self, cfg: RunConfig) -> None:
+        """Store the resolved configuration."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(json.dumps(json.loads(cfg.to_json()), indent=2, sort_keys=True) + "\n")
+
+    def read_config(self) -> RunConfig:
+        """The configuration the run was started with."""
+        if not self.config_file.is_file():
+            raise WorkspaceError(f"run {self.run_id!r} has no config.json in {self.path}; was it started?")
+        return RunConfig.from_json(self.config_file.read_text())
+
+    # ---- metrics -----------------------------------------------------------------------
+    def log_event(self, kind: str, **values: Any) -> None:
+        """Append one event (``kind`` plus values) to ``metrics.jsonl``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"kind": kind, "time": time.time(), **values}, default=_json_default)
+        with open(self.metrics_file, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every event logged so far (optionally only one kind)."""
+        return [e for e in iter_events(self.metrics_file) if kind is None or e["kind"] == kind]
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def save_checkpoint(self, ckpt: Checkpoint) -> Path:
+        """Write a checkpoint atomically (a crash never leaves half a file)."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"round-{ckpt.round:04d}.npz"
+        state = json.dumps({"round": ckpt.round, **ckpt.state}, default=_json_default)
+        payload = {**ckpt.arrays, _STATE_KEY: np.frombuffer(state.encode(), dtype=np.uint8)}
+        _atomic_write(path, lambda fh: np.savez(fh, **payload))
+        return path
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint of the highest round, or None for a fresh run."""
+        files = sorted(self.checkpoint_dir.glob("round-*.npz")) if self.checkpoint_dir.is_dir() else []
+        if not files:
+            return None
+        with np.load(files[-1]) as npz:
+            state = json.loads(bytes(npz[_STATE_KEY]).decode())
+            arrays = {k: npz[k] for k in npz.files if k != _STATE_KEY}
+        return Checkpoint(round=int(state.pop("round")), arrays=arrays, state=state)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def iter_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Read ``metrics.jsonl`` events; a half-written last line is skipped, not fatal."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def run_dir(run_id: str) -> RunDir:
+    """The folder of ``run_id`` (not created)."""
+    if not run_id or "/" in run_id or run_id.startswith("."):
+        raise WorkspaceError(f"run id {run_id!r} is not a valid run id; list runs with `uaap runs`")
+    return RunDir(home() / "runs" / run_id)
+
+
+def existing_run(run_id: str) -> RunDir:
+    """The folder of an existing run, or a clear error listing the runs that exist."""
+    rd = run_dir(run_id)
+    if not rd.config_file.is_file():
+        known = list_runs()
+        listing = ", ".join(known[-5:]) if known else "none yet"
+        raise WorkspaceError(f"run {run_id!r} does not exist in {home() / 'runs'}; recent runs: {listing}")
+    return rd
+
+
+def list_runs() -> list[str]:
+    """Run ids in the workspace, oldest first."""
+    root = home() / "runs"
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
+
+
+# ---- plaintext models ------------------------------------------------------------------------
+
+
+def save_model(
+    path: Path,
+    model_name: str,
+    weights: list[np.ndarray],
+    *,
+    n_features: int,
+    n_classes: int,
+    image_shape: tuple[int, int, int] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save a registry model (weights + how to rebuild it) as one ``.npz`` file."""
+    meta = {
+        "format": "uaap-model/1",
+        "model": model_name,
+        "n_features": n_features,
+        "n_classes": n_classes,
+        "image_shape": list(image_shape) if image_shape else None,
+        **(extra or {}),
+    }
+    payload = {f"w{i:04d}": w for i, w in enumerate(weights)}
+    payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda fh: np.savez(fh, **payload))
+    return path
+
+
+def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_model`; returns the module and its metadata."""
+    from uaap.models import build_model, set_weights
+
+    if not Path(path).is_file():
+        raise WorkspaceError(f"model file {str(path)!r} does not exist")
+    with np.load(path) as npz:
+        if "__meta__" not in npz.files:
+            raise WorkspaceError(f"{path} is not a UAAP model file (no metadata); was it written by `uaap`?")
+        meta = json.loads(bytes(npz["__meta__"]).decode())
+        weights = [npz[k] for k in sorted(k for k in npz.files if k.startswith("w"))]
+    shape = tuple(meta["image_shape"]) if meta.get("image_shape") else None
+    model = build_model(meta["model"], meta["n_features"], meta["n_classes"], shape)  # type: ignore[arg-type]
+    set_weights(model, weights)
+    model.eval()
+    return model, meta
