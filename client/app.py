@@ -3,6 +3,12 @@
 The server sends the validated run config with every message; the node's own config says which
 data it holds (``partition-id``/``num-partitions`` in simulation). Simulated ClientApps are rebuilt
 for every message, so data loading is cached per process and state lives in ``context.state``.
+
+One round on the client::
+
+    receive_global   plaintext arrays, or CKKS ciphertext decrypted with the secret context
+    local_train      FedProx term, stragglers' partial work, DP-SGD when dp-local is on
+    prepare_update   clip the update (central DP), pre-weight and encrypt (secure aggregation)
 """
 
 from __future__ import annotations
@@ -11,14 +17,14 @@ import math
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
 from uaap.config import RunConfig
 from uaap.data import Split, client_data
 from uaap.models import build_model, from_record, get_weights, set_weights, to_record
-from uaap.training import TrainConfig, evaluate, local_train
+from uaap.training import PrivacyEngineLike, TrainConfig, evaluate, local_train
 
 CONFIG_KEY = "uaap-config"
 torch.set_num_threads(1)  # one thread per simulated client: actors share the machine's cores
@@ -43,13 +49,31 @@ def straggler_steps(cfg: RunConfig, server_round: int, pid: int, full_steps: int
     return int(rng.integers(1, full_steps))
 
 
+def receive_global(cfg: RunConfig, content: RecordDict, context: Context) -> list[np.ndarray]:
+    """The global model's weights from a server message (decrypting them under HE)."""
+    return from_record(content["arrays"])
+
+
+def local_privacy(cfg: RunConfig, data: Split, context: Context) -> PrivacyEngineLike | None:
+    """The DP-SGD session for this client when example-level DP is on."""
+    return None
+
+
+def prepare_update(
+    cfg: RunConfig, new: list[np.ndarray], start: list[np.ndarray], num_examples: int, context: Context
+) -> tuple[ArrayRecord, dict[str, float]]:
+    """What goes on the wire (arrays) and extra metrics for the reply."""
+    return to_record(new), {}
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on local data; reply with new weights and metrics."""
+    """Train the received global model on local data; reply with the update and metrics."""
     cfg, data, pid = _setup(msg, context)
     server_round = int(msg.content["config"]["server-round"])
+    start = receive_global(cfg, msg.content, context)
     model = build_model(cfg.model, data.train.n_features, data.train.n_classes, data.train.image_shape)
-    set_weights(model, from_record(msg.content["arrays"]))
+    set_weights(model, start)
     global_params = [p.detach().clone() for p in model.parameters()]
     full_steps = cfg.local_epochs * math.ceil(len(data.train.y) / cfg.batch_size)
     max_steps = straggler_steps(cfg, server_round, pid, full_steps)
@@ -59,17 +83,21 @@ def train(msg: Message, context: Context) -> Message:
         max_steps=max_steps,
         seed=cfg.seed + 1000 * server_round + pid,
     )
-    result = local_train(model, data.train, tcfg, global_params=global_params)
+    result = local_train(
+        model, data.train, tcfg, global_params=global_params, privacy=local_privacy(cfg, data, context)
+    )
+    arrays, extra = prepare_update(cfg, get_weights(model), start, result.num_examples, context)
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
             "train-loss": result.loss,
             "steps": result.steps,
             "straggler": int(max_steps is not None),
+            **extra,
         }
     )
     info = ConfigRecord({PARTITION_KEY: pid})
-    content = RecordDict({"arrays": to_record(get_weights(model)), "metrics": metrics, CLIENT_INFO_KEY: info})
+    content = RecordDict({"arrays": arrays, "metrics": metrics, CLIENT_INFO_KEY: info})
     return Message(content=content, reply_to=msg)
 
 
@@ -78,7 +106,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local validation split."""
     cfg, data, pid = _setup(msg, context)
     model = build_model(cfg.model, data.test.n_features, data.test.n_classes, data.test.image_shape)
-    set_weights(model, from_record(msg.content["arrays"]))
+    set_weights(model, receive_global(cfg, msg.content, context))
     metrics = MetricRecord({**evaluate(model, data.test), "num-examples": len(data.test.y)})
     content = RecordDict({"metrics": metrics, CLIENT_INFO_KEY: ConfigRecord({PARTITION_KEY: pid})})
     return Message(content=content, reply_to=msg)

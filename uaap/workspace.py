@@ -232,3 +232,32 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     set_weights(model, weights)
     model.eval()
     return model, meta
+
+
+# ---- scikit-learn / XGBoost estimators -------------------------------------------------------
+
+
+def save_estimator(path: Path, estimator: Any, meta: dict[str, Any]) -> Path:
+    """Save a fitted scikit-learn-compatible estimator (incl. XGBoost) with its metadata (joblib).
+
+    ``meta`` should carry at least ``family``, ``n_features``, ``n_classes`` and ``feature_names``.
+    Loading a joblib file executes code from it: only load files your own runs wrote.
+    """
+    import joblib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": "uaap-estimator/1", "estimator": estimator, "meta": meta}
+    _atomic_write(path, lambda fh: joblib.dump(payload, fh))
+    return path
+
+
+def load_estimator(path: Path) -> tuple[Any, dict[str, Any]]:
+    """Inverse of :func:`save_estimator`: the estimator and its metadata."""
+    import joblib
+
+    if not Path(path).is_file():
+        raise WorkspaceError(f"estimator file {str(path)!r} does not exist")
+    payload = joblib.load(path)
+    if not isinstance(payload, dict) or payload.get("format") != "uaap-estimator/1":
+        raise WorkspaceError(f"{path} is not a UAAP estimator file; was it written by `uaap automl`?")
+    return payload["estimator"], payload["meta"]
