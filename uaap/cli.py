@@ -16,6 +16,10 @@ COMMANDS = (
     "uaap.commands.simulate",
     "uaap.commands.train",
     "uaap.commands.runs",
+    "uaap.commands.privacy",
+    "uaap.commands.keys",
+    "uaap.commands.certs",
+    "uaap.commands.demo",
 )
 
 

@@ -48,8 +48,8 @@ class RunConfig:
     test_fraction: float = field(default=0.2, metadata=_range(0.0, 1.0, low_open=True))
     # model and local training
     model: str = field(default="mlp", metadata=_choice(*MODELS))
-    local_epochs: int = field(default=2, metadata=_range(1))
-    batch_size: int = field(default=32, metadata=_range(1))
+    local_epochs: int = field(default=5, metadata=_range(1))
+    batch_size: int = field(default=16, metadata=_range(1))
     learning_rate: float = field(default=0.05, metadata=_range(0.0, None, low_open=True))
     optimizer: str = field(default="sgd", metadata=_choice(*OPTIMIZERS))
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))

@@ -11,7 +11,7 @@ from uaap.commands.common import add_config_flags, config_from_args
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``simulate`` command."""
     p = sub.add_parser("simulate", help="run a federated simulation of N clients on Ray")
-    add_config_flags(p, skip=("run_id",))
+    add_config_flags(p)
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs reserved per simulated client (default 1)")
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from uaap import workspace
+    from uaap.errors import WorkspaceError
 
     console = Console()
     if args.resume:
@@ -34,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"resuming [bold]{rd.run_id}[/] after round {done.round if done else 0}")
     else:
         cfg = config_from_args(args)
+        if cfg.run_id and cfg.run_id in workspace.list_runs():
+            raise WorkspaceError(f"run {cfg.run_id!r} already exists; continue it with --resume {cfg.run_id}")
     rd = simulate_with_progress(
         cfg,
         console,
