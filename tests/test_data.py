@@ -67,7 +67,7 @@ def test_federated_split_is_deterministic_and_test_set_is_held_out() -> None:
     train_rows = {r.tobytes() for c in clients for r in np.concatenate([c.train.X, c.test.X])}
     overlap = sum(r.tobytes() in train_rows for r in test.X)
     assert overlap <= 5, "the server's test rows must not be in clients' data (a few digits images are duplicates)"
-    assert 0.0 <= clients[0].train.X.min() and clients[0].train.X.max() <= 1.0
+    assert clients[0].train.X.min() >= 0.0 and clients[0].train.X.max() <= 1.0
 
 
 def test_synthetic_is_heterogeneous_per_client() -> None:
