@@ -26,7 +26,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/uaap demo
 
-test: $(STAMP)
+# The dashboard test drives a real headless Chromium (Debian's chromium + chromium-driver).
+BROWSER := /usr/bin/chromium /usr/bin/chromedriver
+$(BROWSER):
+	@echo "installing Debian's chromium and chromium-driver for the browser test"
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium chromium-driver >/dev/null
+
+test: $(STAMP) $(BROWSER)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

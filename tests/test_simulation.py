@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,15 +61,54 @@ def test_simulation_learns_and_leaves_checkpoints_metrics_model_and_mlflow(uaap_
     assert run.data.params["strategy"] == "fedavg" and run.info.status == "FINISHED"
 
 
+@pytest.fixture
+def ray_cluster():
+    """A separate Ray head process (like a user's cluster), stopped by process group afterwards."""
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while subprocess.run([ray, "status", f"--address={address}"], capture_output=True).returncode != 0:
+        assert head.poll() is None and time.monotonic() < deadline, "Ray head did not come up"
+        time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_fedprox_with_mu_zero_gives_bit_identical_global_weights_to_fedavg(uaap_home: Path) -> None:
+def test_fedprox_with_mu_zero_gives_bit_identical_global_weights_to_fedavg(uaap_home: Path, ray_cluster: str) -> None:
+    """Both runs attach to one existing Ray cluster, which outlives them (--ray-address)."""
     from simulations.runner import simulate
 
     cfg = SMALL.replace(num_rounds=2, central_eval=False)
-    fedavg = simulate(cfg.replace(strategy="fedavg"))
-    fedprox = simulate(cfg.replace(strategy="fedprox", proximal_mu=0.0))
+    fedavg = simulate(cfg.replace(strategy="fedavg"), ray_address=ray_cluster)
+    fedprox = simulate(cfg.replace(strategy="fedprox", proximal_mu=0.0), ray_address=ray_cluster)
     a, b = _weights(fedavg), _weights(fedprox)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    ray = str(Path(sys.executable).parent / "ray")
+    alive = subprocess.run([ray, "status", f"--address={ray_cluster}"], capture_output=True)
+    assert alive.returncode == 0, "an attached simulation must leave the user's cluster running"
 
 
 def _uaap(*args: str, home: Path) -> subprocess.Popen:
