@@ -1,0 +1,204 @@
+"""strategies.secure with real Flower messages and real Ray simulations.
+
+The reference for every equality is Flower's own plaintext FedAvg/FedProx ``aggregate_train`` on the same
+client updates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+
+from client.app import prepare_update
+from strategies.base import build_strategy
+from strategies.secure import SecureAggregation
+from uaap import crypto
+from uaap.config import RunConfig
+from uaap.errors import ConfigError, KeyMaterialError
+from uaap.models import build_model, from_record, get_weights
+
+
+def _request(node_id: int) -> Message:
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # replies need a task identity
+    return Message(content=RecordDict(), dst_node_id=node_id, message_type=MessageType.TRAIN)
+
+
+def _reply(node_id: int, arrays: ArrayRecord, metrics: dict[str, float]) -> Message:
+    return Message(content=RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=_request(node_id))
+
+
+def _dropped(node_id: int) -> Message:
+    return Message(Error(code=0, reason="client disconnected"), reply_to=_request(node_id))
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> crypto.KeyFiles:
+    return crypto.generate_keys(tmp_path_factory.mktemp("he") / "fed")
+
+
+@pytest.fixture(scope="module")
+def updates() -> list[tuple[list[np.ndarray], int]]:
+    """Five clients' trained-looking MLP weights (digits shapes) and example counts."""
+    start = get_weights(build_model("mlp", 64, 10, seed=0))
+    rng = np.random.default_rng(7)
+    return [
+        ([(w + rng.normal(0, 0.05, w.shape)).astype(np.float32) for w in start], n) for n in (120, 75, 301, 44, 199)
+    ]
+
+
+def _context(keys: crypto.KeyFiles) -> Context:
+    return Context(1, 1, {"he-secret-context": str(keys.secret)}, RecordDict(), {})
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
+def test_he_aggregate_equals_flower_plaintext_aggregate_with_a_dropped_client(
+    strategy: str, keys: crypto.KeyFiles, updates: list[tuple[list[np.ndarray], int]]
+) -> None:
+    cfg = RunConfig(strategy=strategy, secure_aggregation="ckks", he_public_context=str(keys.public), num_clients=6)
+    plain_cfg = cfg.replace(secure_aggregation="none", he_public_context="")
+    ctx = _context(keys)
+    he_replies, plain_replies = [], []
+    for node, (weights, n) in enumerate(updates, start=1):
+        metrics = {"num-examples": n, "train-loss": 0.1 * node}
+        arrays, extra = prepare_update(cfg, weights, weights, n, ctx)  # the real client hook
+        assert crypto.is_encrypted(arrays) and extra == {crypto.METRIC_WEIGHT: float(n)}
+        he_replies.append(_reply(node, arrays, {**metrics, **extra}))
+        plain, _ = prepare_update(plain_cfg, weights, weights, n, ctx)
+        plain_replies.append(_reply(node, plain, metrics))
+    he_replies.append(_dropped(99))
+    plain_replies.append(_dropped(99))
+
+    reference = build_strategy(plain_cfg)  # Flower's FedAvg / FedProx
+    ref_arrays, ref_metrics = reference.aggregate_train(1, plain_replies)
+    secure = build_strategy(cfg)
+    assert isinstance(secure, SecureAggregation) and secure.encrypted
+    assert type(secure.strategy) is type(reference)
+    enc_arrays, enc_metrics = secure.aggregate_train(1, he_replies)
+    assert enc_arrays is not None and ref_arrays is not None and enc_metrics is not None and ref_metrics is not None
+    assert crypto.is_encrypted(enc_arrays)
+    assert crypto.total_weight(enc_arrays) == sum(n for _, n in updates)
+    got = crypto.decrypt_global(enc_arrays, crypto.load_context(keys.secret))
+    diff = max(float(np.abs(g.astype(np.float64) - r).max()) for g, r in zip(got, from_record(ref_arrays), strict=True))
+    assert diff <= 1e-6, f"max abs difference {diff:.3g}"
+    assert enc_metrics["train-loss"] == pytest.approx(ref_metrics["train-loss"], rel=1e-12)
+    assert enc_metrics["he-clients"] == 5 and enc_metrics["he-rejected"] == 1
+    assert [node for node, _ in secure.last_rejected] == [99]
+
+
+def test_mismatched_key_and_garbage_clients_are_left_out(
+    keys: crypto.KeyFiles, updates: list[tuple[list[np.ndarray], int]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flwr.app import Array
+
+    cfg = RunConfig(secure_aggregation="ckks", he_public_context=str(keys.public))
+    plain_cfg = cfg.replace(secure_aggregation="none", he_public_context="")
+    other = crypto.generate_keys(tmp_path / "other")
+    good = updates[:3]
+    he_replies, plain_replies = [], []
+    for node, (weights, n) in enumerate(good, start=1):
+        arrays, extra = prepare_update(cfg, weights, weights, n, _context(keys))
+        he_replies.append(_reply(node, arrays, {"num-examples": n, **extra}))
+        plain_replies.append(
+            _reply(node, prepare_update(plain_cfg, weights, weights, n, _context(keys))[0], {"num-examples": n})
+        )
+    weights, n = updates[3]
+    foreign, extra = prepare_update(cfg, weights, weights, n, _context(other))  # another federation's key
+    he_replies.insert(1, _reply(7, foreign, {"num-examples": n, **extra}))
+    garbage = ArrayRecord({k: v for k, v in foreign.items()})
+    garbage[f"{crypto.CHUNK_PREFIX}0000"] = Array(np.arange(1000, dtype=np.uint8))
+    garbage[crypto.KEY_FINGERPRINT] = he_replies[0].content["arrays"][crypto.KEY_FINGERPRINT]
+    he_replies.append(_reply(8, garbage, {"num-examples": n, **extra}))
+    he_replies.append(_reply(9, build_strategy(plain_cfg).aggregate_train(1, plain_replies)[0], {"num-examples": 5}))
+
+    secure = build_strategy(cfg)
+    with caplog.at_level("ERROR", logger="uaap.secure"):
+        enc, _ = secure.aggregate_train(2, he_replies)
+    reasons = dict(secure.last_rejected)
+    assert sorted(reasons) == [7, 8, 9]
+    fed = crypto.load_context(keys.public).short
+    assert fed in reasons[7] and other.fingerprint[:16] in reasons[7], "the error names both fingerprints"
+    assert other.fingerprint[:16] in caplog.text
+    assert enc is not None and crypto.total_weight(enc) == sum(n for _, n in good)
+    ref, _ = build_strategy(plain_cfg).aggregate_train(2, plain_replies)
+    got = crypto.decrypt_global(enc, crypto.load_context(keys.secret))
+    assert max(float(np.abs(g - r).max()) for g, r in zip(got, from_record(ref), strict=True)) <= 1e-6
+    assert secure.aggregate_train(3, he_replies[1:2]) == (None, None), "only bad replies: model unchanged"
+
+
+def test_server_refuses_secret_context_and_missing_keys(keys: crypto.KeyFiles, tmp_path: Path) -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    with pytest.raises(KeyMaterialError, match="carries a secret key"):
+        build_strategy(RunConfig(secure_aggregation="ckks", he_public_context=str(keys.secret)))
+    with pytest.raises(KeyMaterialError, match="secret key"):
+        SecureAggregation(FedAvg(), crypto.load_context(keys.secret))
+    with pytest.raises(ConfigError, match="uaap keys init"):
+        build_strategy(RunConfig(secure_aggregation="ckks"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_strategy(RunConfig(secure_aggregation="ckks", he_public_context=str(tmp_path / "nope.ckks")))
+
+
+# ---- real simulations -------------------------------------------------------------------------------------
+
+SIM = RunConfig(num_clients=4, num_rounds=2, local_epochs=1, seed=5, experiment="tests-he")
+
+
+@pytest.fixture(scope="module")
+def sim_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("he-sim")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UAAP_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield home
+
+
+@pytest.fixture(scope="module")
+def runs(sim_home: Path) -> dict[str, object]:
+    """An HE run stopped after round 1 and resumed to round 2, and the same federation in plaintext."""
+    from simulations.runner import simulate
+
+    first = simulate(SIM.replace(secure_aggregation="ckks", num_rounds=1))
+    he = simulate(first.read_config().replace(num_rounds=2))  # resumes from the encrypted round-1 checkpoint
+    plain = simulate(SIM)
+    return {"he": he, "plain": plain}
+
+
+def _last_round(rd: object) -> dict:
+    return [e for e in rd.events("round") if e["round"] > 0][-1]  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_resumed_he_simulation_matches_plaintext_accuracy_and_model(runs: dict[str, object], sim_home: Path) -> None:
+    from uaap import workspace
+    from uaap.cli import main
+
+    he, plain = runs["he"], runs["plain"]
+    starts = he.events("start")  # type: ignore[attr-defined]
+    assert [s["resumed"] for s in starts] == [False, True] and starts[-1]["round"] == 2
+    he_last, plain_last = _last_round(he), _last_round(plain)
+    assert he_last["round"] == plain_last["round"] == 2
+    assert he_last["train"]["he-clients"] == 4 and he_last["replies"] == 4 and he_last["failures"] == 0
+    assert he_last["central"] == {}, "no central evaluation on ciphertext"
+    assert abs(he_last["evaluate"]["accuracy"] - plain_last["evaluate"]["accuracy"]) <= 0.01
+    assert not he.model_file.exists(), "the server saves no plaintext model under HE"  # type: ignore[attr-defined]
+    ckpt = he.latest_checkpoint()  # type: ignore[attr-defined]
+    keydir = sim_home.resolve() / "keys" / he.run_id  # type: ignore[attr-defined]
+    assert ckpt is not None and ckpt.round == 2
+    assert bytes(ckpt.arrays[crypto.KEY_FINGERPRINT]).decode() == (keydir / crypto.FINGERPRINT_FILE).read_text().strip()
+    assert os.stat(keydir / crypto.SECRET_FILE).st_mode & 0o777 == 0o600
+
+    run_id = str(he.run_id)  # type: ignore[attr-defined]
+    assert main(["keys", "decrypt-model", run_id, "--secret-context", str(keydir / crypto.SECRET_FILE)]) == 0
+    model, meta = workspace.load_model(he.model_file)  # type: ignore[attr-defined]
+    assert meta["decrypted_from_round"] == 2 and meta["he_fingerprint"]
+    with np.load(plain.model_file) as npz:  # type: ignore[attr-defined]
+        ref = [npz[k] for k in sorted(npz.files) if k.startswith("w")]
+    drift = max(float(np.abs(g - r).max()) for g, r in zip(get_weights(model), ref, strict=True))
+    assert drift <= 1e-5, f"the resumed HE run and the plaintext run drifted apart by {drift:.3g}"

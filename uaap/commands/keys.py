@@ -1,0 +1,66 @@
+"""``uaap keys``: CKKS key material for secure aggregation (init, inspect, decrypt-model).
+
+Run on the data owners' side. ``init`` writes the secret context (mode 0600, for clients only), the public
+context (for the server) and the fingerprint; ``inspect`` never prints key material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``keys`` command group."""
+    p = sub.add_parser("keys", help="CKKS keys for secure aggregation (init, inspect, decrypt-model)")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+
+    init = keys.add_parser("init", help="make one federation's CKKS contexts (secret, public, fingerprint)")
+    init.add_argument("--out", required=True, metavar="DIR", help="folder for secret.ckks, public.ckks, fingerprint")
+    init.add_argument("--force", action="store_true", help="replace existing keys (clients then need the new ones)")
+    init.set_defaults(func=run_init)
+
+    insp = keys.add_parser("inspect", help="what a context file holds (no key material is printed)")
+    insp.add_argument("file", metavar="FILE", help="secret.ckks or public.ckks")
+    insp.add_argument("--json", action="store_true", help="print JSON")
+    insp.set_defaults(func=run_inspect)
+
+    dec = keys.add_parser("decrypt-model", help="decrypt an HE run's last checkpoint into runs/<id>/model.npz")
+    dec.add_argument("run_id", metavar="RUN", help="run id (see `uaap runs`)")
+    dec.add_argument("--secret-context", required=True, metavar="FILE", help="the federation's secret.ckks")
+    dec.set_defaults(func=run_decrypt_model)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """Write the key files and say where each one goes."""
+    from uaap.crypto import generate_keys
+
+    files = generate_keys(args.out, overwrite=args.force)
+    print(f"secret context (clients only, mode 0600): {files.secret}")
+    print(f"public context (server):                  {files.public}")
+    print(f"fingerprint:                              {files.fingerprint}")
+    print("never commit or send secret.ckks to the server; a .gitignore in the folder ignores it")
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Print a context's kind, parameters and fingerprint."""
+    from uaap.crypto import inspect_context
+
+    info = inspect_context(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def run_decrypt_model(args: argparse.Namespace) -> int:
+    """Decrypt the final encrypted model of a run for a key holder."""
+    from uaap.crypto import decrypt_model
+
+    path = decrypt_model(args.run_id, args.secret_context)
+    print(f"plaintext model: {path}")
+    return 0
