@@ -144,6 +144,8 @@ def local_train(
             optimizer.zero_grad(set_to_none=True)
             if len(yb) == 0:  # Poisson sampling can draw an empty batch: still a (noise-only) step
                 out_loss = None
+                if privacy is not None:  # Opacus needs the (empty) per-sample gradients to clip and noise
+                    model(xb).sum().backward()
             else:
                 out_loss = criterion(model(xb), yb)
                 out_loss.backward()

@@ -1,0 +1,230 @@
+"""Client-level central DP (strategies.privacy.CentralDP) with real Flower messages, FedAvg and TenSEAL."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from scipy import stats
+
+from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
+from strategies.privacy import CentralDP, poisson_sample
+from strategies.secure import SecureAggregation
+from tests.flower_helpers import reply_from
+from uaap import crypto
+from uaap.config import RunConfig
+from uaap.errors import ConfigError
+from uaap.models import flatten, from_record, to_record
+from uaap.privacy.accountant import epsilon_of
+from uaap.privacy.clip import clip_update, update_norm
+from uaap.privacy.ledger import Ledger
+
+
+def _start(n: int = 2000, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n // 50, 50)).astype(np.float32), rng.normal(size=(n % 50 or 50,)).astype(np.float32)]
+
+
+def _reply(node: int, weights: list[np.ndarray], n: int, **metrics: float):
+    content = RecordDict(
+        {
+            "arrays": to_record(weights),
+            "metrics": MetricRecord({"num-examples": n, **metrics}),
+            CLIENT_INFO_KEY: ConfigRecord({PARTITION_KEY: node}),
+        }
+    )
+    return reply_from(node, content)
+
+
+def _cfg(**kw) -> RunConfig:
+    base = {"dp_central": True, "dp_noise_multiplier": 1.0, "dp_central_clip_norm": 1.0, "fraction_train": 1.0}
+    return RunConfig(**(base | kw))
+
+
+def test_clip_update_bounds_the_flattened_delta():
+    start = _start()
+    rng = np.random.default_rng(1)
+    big = [w + rng.normal(size=w.shape).astype(np.float32) for w in start]
+    clipped = clip_update(big, start, 0.5)
+    assert update_norm(clipped, start) == pytest.approx(0.5, rel=1e-5)
+    d_big = flatten(big) - flatten(start)
+    d_clip = flatten(clipped) - flatten(start)
+    assert np.allclose(d_clip, d_big * (0.5 / np.linalg.norm(d_big)), atol=1e-6)  # same direction, all layers
+    small = [w + 1e-4 for w in start]
+    assert all(np.array_equal(a, b) for a, b in zip(clip_update(small, start, 0.5), small, strict=True))
+    assert [w.dtype for w in clipped] == [np.float32, np.float32]
+
+
+def test_central_noise_has_the_calibrated_standard_deviation(uaap_home):
+    # Every client sends the start model (zero update): the new model is start + z / (q N) with
+    # z ~ N(0, (sigma C)^2) per coordinate. With 20,000 coordinates the sample std is within 2% of the target
+    # (its own relative std is 1/sqrt(2n) = 0.5%: 2% is 4 standard errors), and a KS test against the exact
+    # normal law does not reject at 1e-3.
+    sigma, clip, q, population = 1.3, 0.8, 0.5, 8
+    cfg = _cfg(dp_noise_multiplier=sigma, dp_central_clip_norm=clip, fraction_train=q, run_id="noise")
+    start = _start(20_000)
+    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(123))
+    dp.start_round(to_record(start), list(range(1, population + 1)))
+    replies = [_reply(i, start, 10) for i in (1, 2, 3)]
+    arrays, metrics = dp.aggregate_train(1, replies)
+    noise = flatten(from_record(arrays)) - flatten(start)
+    expected_std = sigma * clip / (q * population)
+    assert metrics["dp-noise-std"] == pytest.approx(expected_std)
+    assert metrics["dp-sampled"] == 3
+    assert np.std(noise) == pytest.approx(expected_std, rel=0.02)
+    assert abs(np.mean(noise)) < 4 * expected_std / np.sqrt(noise.size)
+    assert stats.kstest(noise, "norm", args=(0.0, expected_std)).pvalue > 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+def test_uniform_weights_and_fixed_denominator_under_central_dp(uaap_home):
+    # Two clients with very different num-examples: the aggregate is start + (d1 + d2) / (q N), not the
+    # num-examples-weighted FedAvg. Noise is negligible (sigma 1e-9) so the comparison is exact.
+    cfg = _cfg(dp_noise_multiplier=1e-9, dp_central_clip_norm=10.0, run_id="uniform")
+    start = _start()
+    d1 = [np.full_like(w, 0.01) for w in start]
+    d2 = [np.full_like(w, -0.03) for w in start]
+    one = [s + d for s, d in zip(start, d1, strict=True)]
+    two = [s + d for s, d in zip(start, d2, strict=True)]
+    replies = [_reply(1, one, 1), _reply(2, two, 1000)]
+    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(0))
+    dp.start_round(to_record(start), [1, 2])
+    arrays, _ = dp.aggregate_train(1, replies)
+    got = from_record(arrays)
+    for s, g in zip(start, got, strict=True):
+        np.testing.assert_allclose(g, s + (0.01 - 0.03) / 2, atol=1e-6)
+    weighted = (1 * 0.01 + 1000 * -0.03) / 1001
+    assert abs(float(got[0].ravel()[0] - start[0].ravel()[0]) - weighted) > 0.005  # FedAvg's weighting differs
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+def test_server_reclips_an_oversized_update(uaap_home):
+    cfg = _cfg(dp_noise_multiplier=1e-9, dp_central_clip_norm=0.5, run_id="reclip")
+    start = _start()
+    cheat = [w + 1.0 for w in start]  # norm sqrt(2000) >> 0.5: a client that did not clip
+    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(0))
+    dp.start_round(to_record(start), [1])
+    arrays, _ = dp.aggregate_train(1, [_reply(1, cheat, 5)])
+    assert update_norm(from_record(arrays), start) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_poisson_sampling_is_independent_per_client():
+    rng = np.random.default_rng(9)
+    nodes = list(range(200))
+    sizes = [len(poisson_sample(nodes, 0.1, rng)) for _ in range(400)]
+    assert np.mean(sizes) == pytest.approx(20, abs=4 * np.sqrt(18 / 400))  # Binomial(200, 0.1): var 18
+    assert np.var(sizes) == pytest.approx(18, rel=0.3)
+    assert sorted(set(poisson_sample(nodes, 1.0, rng))) == nodes
+    assert 0 in {len(poisson_sample(list(range(3)), 0.2, rng)) for _ in range(200)}  # empty samples happen
+
+
+def test_empty_sample_releases_only_noise_and_is_accounted(uaap_home):
+    cfg = _cfg(fraction_train=0.5, run_id="empty")
+    start = _start()
+    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(2))
+    dp.start_round(to_record(start), [1, 2, 3, 4])
+    arrays, metrics = dp.aggregate_train(1, [])
+    assert metrics["dp-sampled"] == 0
+    moved = flatten(from_record(arrays)) - flatten(start)
+    assert np.std(moved) == pytest.approx(1.0 / (0.5 * 4), rel=0.1)
+    assert dp.user_epsilon() == pytest.approx(epsilon_of([(1.0, 0.5, 1)], 1e-5))
+    assert [r.round for r in Ledger().releases("empty")] == [1]
+
+
+LOCAL = (2.0, 0.05, 10)  # one DP-SGD client's (sigma, q, steps) per round
+
+
+def _run_rounds(dp: CentralDP, start: list[np.ndarray], rounds: range) -> list[str | None]:
+    stops = []
+    for r in rounds:
+        stops.append(dp.before_round(r))
+        if stops[-1]:
+            break
+        dp.start_round(to_record(start), [1, 2, 3, 4])
+        dp.aggregate_train(r, [_reply(1, start, 3, **{"dp-sigma": LOCAL[0], "dp-q": LOCAL[1], "dp-steps": LOCAL[2]})])
+    return stops
+
+
+def test_budget_stop_fires_exactly_before_the_exceeding_round_and_resume_continues(uaap_home):
+    eps = [epsilon_of([(1.0, 0.5, k)], 1e-5) for k in range(1, 8)]
+    cfg = _cfg(fraction_train=0.5, max_epsilon=(eps[3] + eps[4]) / 2, run_id="budget", dp_local=True)
+    start = _start()
+    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(3))
+    # the example-level budget of the one DP-SGD client is far from binding at these rounds
+    stops = _run_rounds(dp, start, range(1, 8))
+    assert stops[:4] == [None] * 4 and stops[4] is not None  # rounds 1-4 ran, round 5 would exceed
+    assert "round 5" in stops[4] and f"{eps[4]:.4f}" in stops[4] and "max-epsilon" in stops[4]
+    assert dp.user_epsilon() == pytest.approx(eps[3])
+    ledger = Ledger()
+    users = [r.epsilon for r in ledger.releases("budget", level="user")]
+    assert users == pytest.approx(eps[:4]) and all(b > a for a, b in zip(users, users[1:], strict=False))
+    clients = [r.epsilon for r in ledger.releases("budget", level="example")]
+    assert clients[-1] == pytest.approx(epsilon_of([(2.0, 0.05, 40)], 1e-5))
+    report = dp.round_report(4)
+    assert report["epsilon"] == pytest.approx(eps[3]) and report["budget_used"] < 1.0
+    assert report["example_epsilon_max"] == pytest.approx(clients[-1])
+
+    # resume from a checkpoint taken after round 3 (round 4's ledger rows are replayed) with a larger budget
+    dp.ledger_round = 3
+    state = dp.state_dict()
+    state["user"]["history"] = [[1.0, 0.5, 3]]
+    state["clients"]["partition-1"]["history"] = [[2.0, 0.05, 30]]
+    resumed = CentralDP(FedAvg(), cfg.replace(max_epsilon=eps[5] + 1e-9), rng=np.random.default_rng(4))
+    resumed.load_state_dict(state)
+    assert [r.round for r in ledger.releases("budget", level="user")] == [1, 2, 3]
+    stops = _run_rounds(resumed, start, range(4, 10))
+    assert stops[:3] == [None] * 3 and "round 7" in stops[3]
+    assert [r.epsilon for r in ledger.releases("budget", level="user")] == pytest.approx(eps[:6])
+
+
+def test_local_only_accounting_stops_on_example_level_budget(uaap_home):
+    one = epsilon_of([(2.0, 0.05, 10)], 1e-5)
+    two = epsilon_of([(2.0, 0.05, 20)], 1e-5)
+    cfg = RunConfig(dp_local=True, max_epsilon=(one + two) / 2, run_id="local")
+    dp = CentralDP(FedAvg(), cfg)
+    assert not dp.central
+    stops = _run_rounds(dp, _start(), range(1, 4))
+    assert stops[0] is None and "partition-1's example-level epsilon" in stops[1]
+    assert "epsilon" in dp.round_report(1) and "user_epsilon" not in dp.round_report(1)
+
+
+def test_central_dp_refuses_zero_noise():
+    with pytest.raises(ConfigError, match="dp-noise-multiplier=0"):
+        CentralDP(FedAvg(), _cfg(dp_noise_multiplier=0.0))
+
+
+def test_noise_is_added_to_the_ciphertext_sum(uaap_home, tmp_path):
+    # Under CKKS the server adds N(0, (sigma C)^2) as a plaintext to the encrypted SUM; clients decrypt and
+    # divide by the count. The same seeded generator replays the noise, so the check is exact to CKKS precision.
+    keys = crypto.generate_keys(tmp_path / "fed")
+    secret = crypto.load_context(keys.secret)
+    sigma, clip = 0.7, 1.0
+    cfg = _cfg(dp_noise_multiplier=sigma, dp_central_clip_norm=clip, run_id="he")
+    start = _start(3000)
+    rng = np.random.default_rng(5)
+    clients = [
+        clip_update([w + rng.normal(0, 0.02, w.shape).astype(np.float32) for w in start], start, clip) for _ in range(3)
+    ]
+    replies = []
+    for i, w in enumerate(clients, start=1):
+        content = RecordDict(
+            {
+                "arrays": crypto.encrypt_weights(w, 1.0, secret, max_summands=3),
+                "metrics": MetricRecord({"num-examples": 50 * i, crypto.METRIC_WEIGHT: 1.0}),
+            }
+        )
+        replies.append(reply_from(i, content))
+    dp = CentralDP(SecureAggregation(FedAvg(), str(keys.public)), cfg, rng=np.random.default_rng(77))
+    assert dp.encrypted  # the server loop sees ciphertext through the wrapper
+    dp.start_round(to_record(start), [1, 2, 3])
+    arrays, metrics = dp.aggregate_train(1, replies)
+    assert crypto.is_encrypted(arrays) and crypto.total_weight(arrays) == 3.0
+    replay = np.random.default_rng(77)
+    replay.random(3)  # start_round drew the Poisson sample of the 3 nodes first
+    noise = replay.normal(0.0, sigma * clip, size=flatten(start).size)
+    expected = (sum(flatten(w) for w in clients) + noise) / 3
+    got = flatten(crypto.decrypt_global(arrays, secret, start))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert metrics["dp-noise-std-sum"] == pytest.approx(sigma * clip)
+    assert dp.user_epsilon() == pytest.approx(epsilon_of([(sigma, 1.0, 1)], 1e-5))

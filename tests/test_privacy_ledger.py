@@ -1,0 +1,54 @@
+"""The privacy ledger (SQLAlchemy, sqlite by default, any URL via UAAP_LEDGER_URL) and the budget table."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from uaap.privacy.ledger import Budget, Ledger, Release, ledger_url, per_round
+from uaap.privacy.report import budget_rows, budget_table, client_table, final_epsilons
+
+
+def _rows(run: str) -> list[Release]:
+    return [
+        Release(run, 1, "partition-0", "example", "dp-sgd", 0.8, 0.05, 20, 1e-5, 1.5),
+        Release(run, 1, "*", "user", "central-gaussian", 1.0, 0.5, 1, 1e-5, 3.89),
+        Release(run, 2, "partition-1", "example", "dp-sgd", 0.9, 0.04, 25, 1e-5, 1.2),
+        Release(run, 2, "*", "user", "central-gaussian", 1.0, 0.5, 1, 1e-5, 5.38),
+    ]
+
+
+def test_default_location_is_the_workspace_and_url_overrides(uaap_home, tmp_path, monkeypatch):
+    assert ledger_url() == f"sqlite:///{uaap_home / 'ledger.db'}"
+    other = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("UAAP_LEDGER_URL", f"sqlite:///{other}")
+    ledger = Ledger()
+    ledger.set_budget(Budget("r", 6.0, 1e-5, "rdp", "user+example"))
+    ledger.record(_rows("r"))
+    assert other.is_file() and not (uaap_home / "ledger.db").exists()
+    assert [b.run_id for b in Ledger(f"sqlite:///{other}").runs()] == ["r"]
+
+
+def test_record_read_truncate_and_tables(uaap_home):
+    ledger = Ledger()
+    ledger.set_budget(Budget("r", 6.0, 1e-5, "rdp", "user+example"))
+    ledger.set_budget(Budget("r", 7.0, 1e-5, "rdp", "user+example"))  # replaced, not duplicated
+    assert ledger.record(_rows("r")) == 4
+    ledger.record(_rows("other"))
+    assert len(ledger.releases("r")) == 4 and len(ledger.releases("r", level="user")) == 2
+    assert ledger.budget("r").max_epsilon == 7.0 and len(ledger.runs()) == 1
+    assert set(per_round(ledger.releases("r"))[2]) == {"partition-1", "*"}
+    rows = budget_rows("r", ledger)
+    assert [r["user_epsilon"] for r in rows] == [3.89, 5.38]
+    assert [r["example_epsilon_max"] for r in rows] == [1.5, 1.5]  # partition-0 keeps its 1.5 in round 2
+    assert final_epsilons("r", ledger) == {"user": 5.38, "partition-0": 1.5, "partition-1": 1.2}
+    out = io.StringIO()
+    console = Console(file=out, width=150)
+    console.print(budget_table("r", ledger))
+    console.print(client_table("r", ledger))
+    text = out.getvalue()
+    assert "5.380" in text and "77%" in text and "max-epsilon=7" in text and "partition-1" in text
+    assert ledger.truncate("r", after_round=1) == 2
+    assert [r.round for r in ledger.releases("r")] == [1, 1]
+    assert len(ledger.releases("other")) == 4

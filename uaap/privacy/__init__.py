@@ -1,0 +1,10 @@
+"""Differential privacy: accountants, client DP-SGD, central-DP clipping, the privacy ledger and reports.
+
+* :mod:`uaap.privacy.accountant` - Opacus RDP/PRV accountants by name, state as data, offline queries;
+* :mod:`uaap.privacy.dpsgd` - the clients' DP-SGD engine (``make_private``), accountant kept across rounds;
+* :mod:`uaap.privacy.clip` - clipping of a client's update for client-level (central) DP;
+* :mod:`uaap.privacy.ledger` - one SQL row per release (``ledger.db`` in the workspace, or a SQLAlchemy URL);
+* :mod:`uaap.privacy.report` - budget tables (``uaap privacy report RUN``).
+
+The server side (Poisson client sampling, noise, budget stop) is ``strategies.privacy.CentralDP``.
+"""

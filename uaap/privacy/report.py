@@ -1,0 +1,101 @@
+"""Budget tables from the privacy ledger (rich), for ``uaap privacy report RUN`` and the demo."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uaap.privacy.ledger import EXAMPLE, SERVER_CLIENT, USER, Ledger, per_round
+
+
+def budget_rows(run_id: str, ledger: Ledger | None = None) -> list[dict[str, Any]]:
+    """One dict per round: user-level release and epsilon, clients' DP-SGD releases and largest epsilon."""
+    ledger = ledger or Ledger()
+    latest: dict[str, float] = {}
+    rows = []
+    for rnd, by_client in per_round(ledger.releases(run_id)).items():
+        user = by_client.get(SERVER_CLIENT)
+        local = [r for c, r in by_client.items() if c != SERVER_CLIENT]
+        for r in local:
+            latest[r.client] = r.epsilon
+        rows.append(
+            {
+                "round": rnd,
+                "sigma": user.sigma if user else None,
+                "q": user.q if user else None,
+                "user_epsilon": user.epsilon if user else None,
+                "clients": len(local),
+                "example_epsilon_max": max(latest.values()) if latest else None,
+            }
+        )
+    return rows
+
+
+def budget_table(run_id: str, ledger: Ledger | None = None) -> Any:
+    """A rich Table: per round, the client-level release and epsilon, the DP-SGD clients and their max epsilon."""
+    from rich.table import Table
+
+    ledger = ledger or Ledger()
+    budget = ledger.budget(run_id)
+    rows = budget_rows(run_id, ledger)
+    max_eps = budget.max_epsilon if budget else 0.0
+    table = Table(title=f"privacy budget of {run_id}")
+    for col in ("round", "central sigma", "q", "user-level eps", "DP-SGD clients", "max example-level eps", "budget"):
+        table.add_column(col, justify="right")
+
+    def fmt(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    for row in rows:
+        headline = row["user_epsilon"] if row["user_epsilon"] is not None else row["example_epsilon_max"]
+        used = f"{100 * headline / max_eps:.0f}%" if max_eps > 0 and headline is not None else "-"
+        table.add_row(
+            str(row["round"]),
+            fmt(row["sigma"], 2),
+            fmt(row["q"], 3),
+            fmt(row["user_epsilon"]),
+            str(row["clients"] or "-"),
+            fmt(row["example_epsilon_max"]),
+            used,
+        )
+    if budget is None:
+        table.caption = "no DP releases recorded for this run"
+    else:
+        final = rows[-1] if rows else {}
+        parts = [f"delta={budget.delta:g}", f"accountant={budget.accountant}", f"levels={budget.levels}"]
+        if final.get("user_epsilon") is not None:
+            parts.insert(0, f"user-level epsilon {final['user_epsilon']:.3f}")
+        if final.get("example_epsilon_max") is not None:
+            parts.insert(1, f"max example-level epsilon {final['example_epsilon_max']:.3f}")
+        parts.append(f"max-epsilon={max_eps:g}" if max_eps > 0 else "no budget limit")
+        table.caption = ", ".join(parts)
+    return table
+
+
+def client_table(run_id: str, ledger: Ledger | None = None) -> Any:
+    """A rich Table: each client's DP-SGD noise, rounds, steps and final example-level epsilon."""
+    from rich.table import Table
+
+    ledger = ledger or Ledger()
+    stats: dict[str, dict[str, Any]] = {}
+    for r in ledger.releases(run_id, level=EXAMPLE):
+        s = stats.setdefault(r.client, {"rounds": 0, "steps": 0})
+        s.update(sigma=r.sigma, q=r.q, epsilon=r.epsilon)
+        s["rounds"] += 1
+        s["steps"] += r.steps
+    table = Table(title=f"example-level DP-SGD per client ({run_id})")
+    for col in ("client", "sigma", "q", "rounds", "steps", "epsilon"):
+        table.add_column(col, justify="right")
+    for client, s in sorted(stats.items()):
+        table.add_row(
+            client, f"{s['sigma']:.3f}", f"{s['q']:.4f}", str(s["rounds"]), str(s["steps"]), f"{s['epsilon']:.3f}"
+        )
+    return table
+
+
+def final_epsilons(run_id: str, ledger: Ledger | None = None) -> dict[str, float]:
+    """``{"user": eps, "<client>": eps, ...}``: the last cumulative epsilon of every subject of a run."""
+    ledger = ledger or Ledger()
+    out: dict[str, float] = {}
+    for r in ledger.releases(run_id):
+        out[USER if r.level == USER else r.client] = r.epsilon
+    return out
