@@ -1,0 +1,188 @@
+"""What gets exported: a registry torch model or a fitted estimator, with held-out rows to verify on.
+
+``MODEL`` is a run id (``runs/<id>/model.npz`` or ``model.joblib`` in the workspace) or a file path.
+Held-out rows come from the model's own dataset test split (its run config when there is one, else
+``RunConfig(dataset=meta['dataset'])``) or from ``--data FILE --target COL`` (rows taken as the model's
+input, unscaled).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import ExportError
+from uaap.config import RunConfig
+from uaap.data import Dataset
+from uaap.errors import WorkspaceError
+
+HELDOUT_ROWS = 200
+TORCH_FILE = "model.npz"
+ESTIMATOR_FILE = "model.joblib"
+
+
+@dataclass
+class Source:
+    """A model to export plus everything the exporters and verifiers need to know about it."""
+
+    kind: str  # "torch" or "estimator"
+    family: str  # logreg | mlp | cnn | logistic_regression | decision_tree | random_forest | extra_trees | xgboost
+    model: Any
+    meta: dict[str, Any]
+    n_features: int
+    n_classes: int
+    heldout: Dataset
+    train: Dataset | None = None
+    path: Path | None = None
+    out_dir: Path | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    compression: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Input column names, in order."""
+        return self.heldout.feature_names
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of image inputs (the exported models still take flat rows)."""
+        shape = self.meta.get("image_shape")
+        return tuple(shape) if shape else None  # type: ignore[return-value]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Reference class probabilities (float64) from the source framework."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if self.kind == "torch":
+            from uaap.training import predict_proba
+
+            return predict_proba(self.model, X).astype(np.float64)
+        return np.asarray(self.model.predict_proba(X), dtype=np.float64)
+
+    def with_model(self, model: Any, family: str, **compression: Any) -> Source:
+        """A copy that exports ``model`` (a compressed version of this one) instead."""
+        return replace(self, model=model, family=family, compression={**self.compression, **compression})
+
+
+def estimator_family(estimator: Any) -> str:
+    """Our name for a fitted estimator's family (what the exporters dispatch on)."""
+    name = type(estimator).__name__
+    families = {
+        "LogisticRegression": "logistic_regression",
+        "DecisionTreeClassifier": "decision_tree",
+        "RandomForestClassifier": "random_forest",
+        "ExtraTreesClassifier": "extra_trees",
+        "XGBClassifier": "xgboost",
+    }
+    return families.get(name, name)
+
+
+def resolve(spec: str | Path) -> Path:
+    """The model file behind a run id or a path (a run folder is looked into)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for name in (TORCH_FILE, ESTIMATOR_FILE):
+            if (path / name).is_file():
+                return path
+        raise WorkspaceError(f"folder {str(path)!r} holds neither {TORCH_FILE} nor {ESTIMATOR_FILE}")
+    if path.is_file():
+        return path
+    from uaap import workspace
+
+    if "/" in str(spec) or str(spec).endswith((".npz", ".joblib")):
+        raise WorkspaceError(f"model file {str(spec)!r} does not exist; pass a run id or an existing model file")
+    rd = workspace.run_dir(str(spec))
+    for name in (TORCH_FILE, ESTIMATOR_FILE):
+        if (rd.path / name).is_file():
+            return rd.path / name
+    runs = workspace.list_runs()
+    listing = ", ".join(runs[-5:]) if runs else "none yet"
+    raise WorkspaceError(
+        f"run {str(spec)!r} has no {TORCH_FILE} or {ESTIMATOR_FILE} in {rd.path} (encrypted runs keep no plaintext "
+        f"model: decrypt it first); recent runs: {listing}"
+    )
+
+
+def load_source(
+    spec: str | Path, *, data: str | Path | None = None, target: str | None = None, rows: int = HELDOUT_ROWS
+) -> Source:
+    """Load the model behind ``spec`` with up to ``rows`` held-out rows (and the train split when known)."""
+    from uaap import workspace
+
+    path = resolve(spec)
+    if path.is_dir():
+        path = path / (TORCH_FILE if (path / TORCH_FILE).is_file() else ESTIMATOR_FILE)
+    run_folder = path.parent if (path.parent / "config.json").is_file() else None
+    if path.suffix == ".npz":
+        model, meta = workspace.load_model(path)
+        kind, family = "torch", str(meta["model"])
+        n_features, n_classes = int(meta["n_features"]), int(meta["n_classes"])
+    elif path.suffix == ".joblib":
+        model, meta = workspace.load_estimator(path)
+        kind, family = "estimator", estimator_family(model)
+        n_features = int(meta.get("n_features") or getattr(model, "n_features_in_", 0))
+        classes = getattr(model, "classes_", None)
+        n_classes = int(meta.get("n_classes") or (len(classes) if classes is not None else 0))
+    else:
+        raise WorkspaceError(f"{path.name!r} is neither a UAAP model (.npz) nor an estimator (.joblib)")
+
+    heldout, train, preprocessing = _heldout(meta, run_folder, data, target, rows)
+    if heldout.n_features != n_features:
+        raise ExportError(
+            f"held-out rows have {heldout.n_features} features but the model takes {n_features}; "
+            "pass --data/--target with the columns the model was trained on"
+        )
+    out_dir = (run_folder / "exports") if run_folder is not None else path.parent / f"{path.stem}-exports"
+    return Source(kind, family, model, meta, n_features, n_classes, heldout, train, path, out_dir, preprocessing)
+
+
+def _heldout(
+    meta: dict[str, Any], run_folder: Path | None, data: str | Path | None, target: str | None, rows: int
+) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    from uaap.data import load_split, load_table
+
+    if data is not None:
+        if not target:
+            raise ExportError("--data needs --target COLUMN (the label column of the held-out file)")
+        table = load_table(data, target)
+        return table.subset(np.arange(min(rows, len(table.y)))), None, {"kind": "none"}
+    cfg = _run_config(meta, run_folder)
+    split = load_split(cfg)
+    test = split.test
+    return test.subset(np.arange(min(rows, len(test.y)))), split.train, _scaling(cfg)
+
+
+def _run_config(meta: dict[str, Any], run_folder: Path | None) -> RunConfig:
+    if run_folder is not None:
+        try:
+            return RunConfig.from_json((run_folder / "config.json").read_text())
+        except (OSError, ValueError):
+            pass
+    dataset = meta.get("dataset")
+    if not dataset or dataset == "synthetic":
+        raise ExportError(
+            f"the model's metadata names dataset={dataset!r}, which has no held-out table to verify on; "
+            "pass --data FILE.csv --target COLUMN"
+        )
+    keys = {k: meta[k] for k in ("dataset", "data_path", "target", "test_fraction", "seed") if k in meta}
+    return RunConfig.from_mapping(keys)
+
+
+def _scaling(cfg: RunConfig) -> dict[str, Any]:
+    """The feature scaling uaap.data applied before training, so a device can apply it too."""
+    from uaap.data import load_bundled, load_table, train_test
+
+    if cfg.dataset == "digits":
+        return {"kind": "standardize", "mean": 0.0, "std": 16.0, "note": "x_model = (x_raw - mean) / std"}
+    raw = load_table(cfg.data_path, cfg.target) if cfg.dataset == "csv" else load_bundled(cfg.dataset)
+    train = train_test(raw, cfg.test_fraction, cfg.seed).train.X
+    std = train.std(axis=0)
+    std = np.where(std < 1e-8, 1.0, std)
+    return {
+        "kind": "standardize",
+        "mean": [float(v) for v in train.mean(axis=0)],
+        "std": [float(v) for v in std],
+        "note": "x_model = (x_raw - mean) / std, per feature",
+    }

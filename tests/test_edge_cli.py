@@ -1,0 +1,139 @@
+"""``uaap export`` end to end (run ids, files, --data, errors) and compression (prune, distill)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from uaap.cli import main
+from uaap.config import RunConfig
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed for the C exports")
+
+
+@pytest.fixture(scope="module")
+def trained():
+    from edge import demo
+
+    cnn = demo.train_torch("cnn", epochs=2)
+    tree = demo.fit_estimator("decision_tree", "breast_cancer")
+    return cnn, tree
+
+
+@pytest.fixture
+def runs(trained, uaap_home):
+    """Two runs in a fresh workspace: a torch CNN on digits and a decision tree on breast_cancer."""
+    from edge import demo
+    from uaap import workspace
+
+    (cnn, split), (tree, tsplit) = trained
+    rd = workspace.run_dir("run-cnn")
+    rd.write_config(RunConfig(dataset="digits", model="cnn"))
+    demo.save_torch(rd.model_file, "cnn", cnn, split, "digits")
+    rt = workspace.run_dir("run-tree")
+    rt.write_config(RunConfig(dataset="breast_cancer"))
+    demo.save_est(rt.path / "model.joblib", "decision_tree", tree, tsplit, "breast_cancer")
+    return rd, rt
+
+
+def test_export_run_id_writes_verified_bundles(runs, capsys):
+    rd, rt = runs
+    assert main(["export", "run-tree", "--to", "onnx,tflite,c", "--zip"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "tflite (not applicable):" in out and "TFLite has no tree-ensemble ops" in out
+    exports = rt.exports_dir
+    assert sorted(p.name for p in exports.iterdir()) == ["c", "c.zip", "onnx", "onnx.zip"]
+    for fmt in ("onnx", "c"):
+        manifest = json.loads((exports / fmt / "manifest.json").read_text())
+        assert manifest["format"] == fmt and manifest["parity"]["passed"]
+        assert manifest["parity"]["rows"] == 114  # breast_cancer's whole test split (< 200 rows)
+        assert manifest["model"]["family"] == "decision_tree"
+        assert len(manifest["input"]["preprocessing"]["mean"]) == 30
+        with zipfile.ZipFile(exports / f"{fmt}.zip") as zf:
+            assert f"{fmt}/manifest.json" in zf.namelist()
+    assert (exports / "c" / "model.h").read_text().count("#define UAAP_N_FEATURES 30") == 1
+
+
+def test_export_model_file_with_data_file(runs, tmp_path):
+    from uaap.data import load_split
+
+    rd, _ = runs
+    test = load_split(RunConfig(dataset="digits")).test
+    frame = {f"p{i}": test.X[:, i] for i in range(test.n_features)} | {"digit": test.y}
+    import pandas as pd
+
+    pd.DataFrame(frame).to_csv(tmp_path / "rows.csv", index=False)
+    out = tmp_path / "bundles"
+    rc = main(
+        [
+            "export",
+            str(rd.model_file),
+            "--to",
+            "onnx",
+            "--data",
+            str(tmp_path / "rows.csv"),
+            "--target",
+            "digit",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    manifest = json.loads((out / "onnx" / "manifest.json").read_text())
+    assert manifest["parity"]["rows"] == 200 and manifest["input"]["feature_names"][0] == "p0"
+
+
+def test_export_errors_name_the_problem(runs, capsys):
+    assert main(["export", "run-cnn", "--to", "onnx,pdf"]) == 2
+    assert "unknown format(s) ['pdf']" in capsys.readouterr().err
+    assert main(["export", "no-such-run", "--to", "onnx"]) == 2
+    assert "recent runs: run-cnn" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "run-cnn", "--quantize", "int4"])
+    assert main(["export", "run-tree", "--prune", "0.5"]) == 2
+    assert "torch registry models" in capsys.readouterr().err
+
+
+def test_prune_with_finetuning_and_distillation(runs):
+    from edge import export_model
+    from uaap.workspace import load_model
+
+    rd, _ = runs
+    pruned = export_model("run-cnn", "onnx,c", prune=0.5, finetune_epochs=1)
+    assert [r.status for r in pruned] == ["ok", "ok"]
+    info = pruned[0].manifest["compression"]["prune"]
+    assert 0.49 <= info["sparsity"] <= 0.51
+    assert pruned[0].path.name == "onnx-pruned50"
+    model, _ = load_model(rd.exports_dir / "model-cnn-prune.npz")
+    weights = np.concatenate([p.detach().numpy().ravel() for n, p in model.named_parameters() if "weight" in n])
+    assert 0.49 <= float(np.mean(weights == 0)) <= 0.51
+
+    distilled = export_model("run-cnn", "onnx", distill="logreg", distill_epochs=2, quantize="int8")
+    (result,) = distilled
+    assert result.status == "ok", result.reason
+    info = result.manifest["compression"]["distill"]
+    assert info["teacher"] == "cnn" and info["student"] == "logreg"
+    assert result.manifest["model"]["family"] == "logreg"
+    assert result.manifest["parity"]["accuracy_original_model"] == pytest.approx(info["accuracy_teacher"])
+    assert info["accuracy_student"] > 0.5
+    teacher = json.loads((rd.exports_dir / "onnx-pruned50" / "manifest.json").read_text())
+    assert result.manifest["size_bytes"] * 10 < teacher["size_bytes"]
+
+
+def test_importing_the_exporter_stays_light():
+    """TensorFlow (and the converters) load only inside export functions, never on import or --help."""
+    import subprocess
+    import sys
+
+    code = (
+        "import argparse, sys, edge, uaap.commands.export as e;"
+        "e.register(argparse.ArgumentParser().add_subparsers());"
+        "heavy = [m for m in ('tensorflow', 'torch', 'coremltools', 'onnx', 'skl2onnx') if m in sys.modules];"
+        "print(heavy); assert not heavy"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,89 @@
+"""``uaap export``: ship a model to devices as verified ONNX, TFLite, Core ML or C bundles."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``export`` command."""
+    p = sub.add_parser(
+        "export",
+        help="export a model to onnx, tflite, coreml or c (verified on held-out rows)",
+        description="Export a run's model (or a model file) to device formats. Each bundle is verified on "
+        "held-out rows by its own runtime before it is written, with a manifest (size, input schema, parity, sha256).",
+    )
+    p.add_argument("model", metavar="MODEL", help="run id (runs/<id>/model.npz or model.joblib) or a model file")
+    p.add_argument("--to", default="onnx", help="comma-separated formats: onnx,tflite,coreml,c or all (default onnx)")
+    p.add_argument("--quantize", choices=("fp16", "int8"), default=None, help="weight precision (onnx/tflite/coreml)")
+    p.add_argument(
+        "--prune",
+        type=float,
+        default=None,
+        metavar="AMOUNT",
+        help="magnitude-prune this share of weights (e.g. 0.5), then fine-tune on the train split",
+    )
+    p.add_argument(
+        "--distill",
+        default=None,
+        metavar="STUDENT",
+        help="distil the model into a smaller registry model (logreg, mlp) and export the student",
+    )
+    p.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs after pruning (default 5)")
+    p.add_argument("--distill-epochs", type=int, default=30, help="student training epochs (default 30)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<id>/exports/)")
+    p.add_argument("--data", default=None, metavar="FILE", help="held-out rows (CSV/Parquet, model's input space)")
+    p.add_argument("--target", default=None, metavar="COL", help="label column of --data")
+    p.add_argument("--zip", action="store_true", help="also write one .zip per bundle")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, verify and bundle each format; print one table row per format."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge import export_model
+
+    console = Console()
+    with console.status(f"exporting {args.model} to {args.to}"):
+        results = export_model(
+            args.model,
+            args.to,
+            quantize=args.quantize,
+            prune=args.prune,
+            distill=args.distill,
+            out=args.out,
+            data=args.data,
+            target=args.target,
+            make_zip=args.zip,
+            finetune_epochs=args.finetune_epochs,
+            distill_epochs=args.distill_epochs,
+        )
+    table = Table(title="edge export")
+    for col in ("format", "status", "size", "max |dp|", "argmax agree", "accuracy src -> export", "bundle"):
+        table.add_column(col)
+    for r in results:
+        if r.status == "ok":
+            par = r.manifest["parity"]
+            table.add_row(
+                r.format,
+                "[green]ok[/]",
+                f"{r.manifest['size_bytes'] / 1024:.1f} KB",
+                f"{par['max_abs_diff']:.2e}",
+                f"{par['argmax_agreement']:.2%}",
+                f"{par['accuracy_source']:.4f} -> {par['accuracy_export']:.4f}",
+                r.path.name if r.path else "-",
+            )
+        else:
+            color = "yellow" if r.status == "not applicable" else "red"
+            table.add_row(r.format, f"[{color}]{r.status}[/]", "-", "-", "-", "-", "-")
+    console.print(table)
+    folders = {str(r.path.parent) for r in results if r.path}
+    if folders:
+        console.print(f"bundles in: {', '.join(sorted(folders))}")
+    for r in results:
+        if r.status != "ok":
+            color = "yellow" if r.status == "not applicable" else "red"
+            console.print(f"[{color}]{r.format} ({r.status}):[/] {r.reason}", soft_wrap=True)
+    return 1 if any(r.status == "failed" for r in results) else 0
