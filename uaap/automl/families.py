@@ -1,0 +1,358 @@
+"""Model families AutoML searches over: their hyperparameter spaces, grids and estimators.
+
+Every family builds a scikit-learn-compatible classifier (``fit`` / ``predict_proba``), so cross-
+validation, refitting and saving are one code path. The torch MLP is the registry model
+(:mod:`uaap.models` ``'mlp'``) trained by :func:`uaap.training.local_train`, wrapped as an estimator.
+
+Search-space names are ``<family>__<param>`` so one conditional (define-by-run) space can hold all
+families without name clashes; :func:`family_params` strips the prefix again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from uaap.errors import ConfigError
+
+SEP = "__"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: a float/int range (optionally log-scaled) or a categorical choice."""
+
+    name: str
+    kind: str  # "float", "int" or "cat"
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its searchable parameters, a small grid and its defaults."""
+
+    name: str
+    params: tuple[Param, ...]
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+FAMILIES: dict[str, Family] = {
+    "logreg": Family(
+        "logreg",
+        (Param("C", "float", 1e-3, 1e2, log=True),),
+        grid={"C": (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)},
+        defaults={"C": 1.0},
+    ),
+    "random_forest": Family(
+        "random_forest",
+        (
+            Param("n_estimators", "int", 50, 400, step=50),
+            Param("max_depth", "int", 3, 32, log=True),
+            Param("max_features", "float", 0.05, 1.0),
+            Param("min_samples_leaf", "int", 1, 8),
+        ),
+        grid={"n_estimators": (100, 300), "max_depth": (8, 32), "max_features": (0.1, 0.3)},
+        defaults={"n_estimators": 100, "max_depth": 32, "max_features": 0.3, "min_samples_leaf": 1},
+    ),
+    "xgboost": Family(
+        "xgboost",
+        (
+            Param("n_estimators", "int", 50, 400, step=50),
+            Param("max_depth", "int", 2, 8),
+            Param("learning_rate", "float", 0.01, 0.5, log=True),
+            Param("subsample", "float", 0.5, 1.0),
+            Param("colsample_bytree", "float", 0.3, 1.0),
+            Param("reg_lambda", "float", 1e-3, 10.0, log=True),
+        ),
+        grid={"n_estimators": (100, 300), "max_depth": (3, 6), "learning_rate": (0.05, 0.2)},
+        defaults={"n_estimators": 100, "max_depth": 6, "learning_rate": 0.3, "subsample": 1.0},
+    ),
+    "mlp": Family(
+        "mlp",
+        (
+            Param("learning_rate", "float", 1e-3, 0.3, log=True),
+            Param("epochs", "int", 10, 80),
+            Param("batch_size", "cat", choices=(16, 32, 64, 128)),
+            Param("optimizer", "cat", choices=("sgd", "adam")),
+        ),
+        grid={"learning_rate": (0.01, 0.05), "epochs": (20, 50), "optimizer": ("sgd", "adam")},
+        defaults={"learning_rate": 0.05, "epochs": 30, "batch_size": 32, "optimizer": "sgd"},
+    ),
+}
+
+
+def check_families(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Validate family names (non-empty, known, no duplicates)."""
+    names = tuple(n.strip() for n in names if n.strip())
+    if not names:
+        raise ConfigError(f"no model family given; choose from: {', '.join(FAMILIES)}")
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise ConfigError(f"model family {unknown[0]!r} is not supported; choose from: {', '.join(FAMILIES)}")
+    return tuple(dict.fromkeys(names))
+
+
+class ConditionalSpace:
+    """A conditional Optuna space (``space(trial)``): pick a family, then only its parameters.
+
+    A class, not a closure: Tune pickles the searcher (and this space) with its experiment state.
+    """
+
+    def __init__(self, families: tuple[str, ...]) -> None:
+        self.families = tuple(families)
+
+    def __call__(self, trial: Any) -> None:
+        """Suggest one candidate on ``trial`` (an Optuna trial)."""
+        family = trial.suggest_categorical("family", list(self.families))
+        for p in FAMILIES[family].params:
+            key = f"{family}{SEP}{p.name}"
+            if p.kind == "float":
+                trial.suggest_float(key, p.low, p.high, log=p.log)
+            elif p.kind == "int":
+                step = 1 if p.log else p.step
+                trial.suggest_int(key, int(p.low), int(p.high), step=step, log=p.log)
+            else:
+                trial.suggest_categorical(key, list(p.choices))
+
+
+def define_by_run(families: tuple[str, ...]) -> ConditionalSpace:
+    """The conditional space over ``families`` (see :class:`ConditionalSpace`)."""
+    return ConditionalSpace(families)
+
+
+def grid_points(families: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every point of every family's small grid (other parameters keep their defaults)."""
+    points = []
+    for name in families:
+        fam = FAMILIES[name]
+        keys = list(fam.grid)
+        for values in itertools.product(*(fam.grid[k] for k in keys)):
+            point: dict[str, Any] = {"family": name}
+            point.update({f"{name}{SEP}{k}": v for k, v in fam.defaults.items()})
+            point.update({f"{name}{SEP}{k}": v for k, v in zip(keys, values, strict=True)})
+            points.append(point)
+    return points
+
+
+def family_params(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Split a trial config into its family and that family's (unprefixed) parameters."""
+    family = config.get("family")
+    if family not in FAMILIES:
+        raise ConfigError(f"trial config has family={family!r}; expected one of: {', '.join(FAMILIES)}")
+    prefix = f"{family}{SEP}"
+    params = {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
+    known = {p.name for p in FAMILIES[family].params}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(
+            f"parameter {prefix}{unknown[0]} is not a {family} parameter; known: "
+            + ", ".join(f"{prefix}{k}" for k in sorted(known))
+        )
+    return family, params
+
+
+def warm_start_points(families: tuple[str, ...], n_features: int) -> list[dict[str, Any]]:
+    """Known-good starting candidates, cheapest first (as FLAML and auto-sklearn warm-start their searches).
+
+    They include scikit-learn's own defaults for logistic regression and random forests (``max_features``
+    of sqrt(n) / n is what ``'sqrt'`` means), so the search starts at least where the defaults are and
+    spends its budget improving on them; the sampler then explores from there.
+    """
+    sqrt_share = max(0.05, min(1.0, float(np.sqrt(n_features)) / n_features))
+    candidates: list[dict[str, Any]] = [
+        {"family": "logreg", "logreg__C": 1.0},
+        {"family": "logreg", "logreg__C": 0.1},
+        {
+            "family": "mlp",
+            "mlp__learning_rate": 0.01,
+            "mlp__epochs": 30,
+            "mlp__batch_size": 32,
+            "mlp__optimizer": "adam",
+        },
+        {
+            "family": "xgboost",
+            "xgboost__n_estimators": 100,
+            "xgboost__max_depth": 6,
+            "xgboost__learning_rate": 0.3,
+            "xgboost__subsample": 1.0,
+            "xgboost__colsample_bytree": 1.0,
+            "xgboost__reg_lambda": 1.0,
+        },
+        {
+            "family": "random_forest",
+            "random_forest__n_estimators": 100,
+            "random_forest__max_depth": 32,
+            "random_forest__max_features": sqrt_share,
+            "random_forest__min_samples_leaf": 1,
+        },
+    ]
+    return [c for c in candidates if c["family"] in families]
+
+
+def check_point(point: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the keys of a user-supplied configuration (values are checked by the estimator)."""
+    family, params = family_params(point)
+    return {"family": family, **{f"{family}{SEP}{k}": v for k, v in params.items()}}
+
+
+def build_estimator(family: str, params: Mapping[str, Any], *, n_classes: int, seed: int = 0) -> Any:
+    """A fresh, unfitted classifier of ``family`` with ``params`` (missing ones take family defaults)."""
+    values = {**FAMILIES[family].defaults, **params} if family in FAMILIES else dict(params)
+    if family == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=float(values["C"]), max_iter=2000, random_state=seed)
+    if family == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(
+            n_estimators=int(values["n_estimators"]),
+            max_depth=int(values["max_depth"]),
+            max_features=float(values["max_features"]),
+            min_samples_leaf=int(values["min_samples_leaf"]),
+            n_jobs=1,
+            random_state=seed,
+        )
+    if family == "xgboost":
+        from xgboost import XGBClassifier
+
+        return XGBClassifier(
+            **{k: values[k] for k in values},
+            tree_method="hist",
+            n_jobs=1,
+            random_state=seed,
+            verbosity=0,
+        )
+    if family == "mlp":
+        return TorchMLPClassifier(
+            epochs=int(values["epochs"]),
+            batch_size=int(values["batch_size"]),
+            learning_rate=float(values["learning_rate"]),
+            optimizer=str(values["optimizer"]),
+            n_classes=n_classes,
+            seed=seed,
+        )
+    raise ConfigError(f"model family {family!r} is not supported; choose from: {', '.join(FAMILIES)}")
+
+
+def baseline_estimators(seed: int = 0) -> dict[str, Any]:
+    """scikit-learn's defaults the search has to beat: ``LogisticRegression()`` and ``RandomForestClassifier()``."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    return {
+        "default LogisticRegression": LogisticRegression(),
+        "default RandomForest": RandomForestClassifier(random_state=seed),
+    }
+
+
+def aligned_proba(estimator: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` with one column per class 0..n_classes-1 (a fold may lack a class)."""
+    proba = np.asarray(estimator.predict_proba(X), dtype=np.float64)
+    classes = np.asarray(getattr(estimator, "classes_", np.arange(proba.shape[1])), dtype=np.int64)
+    if proba.shape[1] == n_classes and np.array_equal(classes, np.arange(n_classes)):
+        return proba
+    out = np.zeros((len(X), n_classes), dtype=np.float64)
+    out[:, classes] = proba
+    return out
+
+
+class TorchMLPClassifier:
+    """The registry's torch MLP as a scikit-learn-style classifier (trained with :func:`uaap.training.local_train`).
+
+    ``__init__`` only stores parameters; ``fit`` returns self; fitted state ends in ``_``.
+    """
+
+    def __init__(
+        self,
+        epochs: int = 30,
+        batch_size: int = 32,
+        learning_rate: float = 0.05,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        n_classes: int | None = None,
+        model: str = "mlp",
+        seed: int = 0,
+    ) -> None:
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.n_classes = n_classes
+        self.model = model
+        self.seed = seed
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters (scikit-learn protocol)."""
+        names = ("epochs", "batch_size", "learning_rate", "optimizer", "momentum", "n_classes", "model", "seed")
+        return {k: getattr(self, k) for k in names}
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> TorchMLPClassifier:
+        """Train a freshly seeded registry model on ``X``, ``y`` (one torch thread: one CPU per trial)."""
+        import torch
+
+        from uaap.data import Dataset
+        from uaap.models import build_model
+        from uaap.training import TrainConfig, local_train
+
+        if self.epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise ConfigError(
+                f"mlp needs epochs >= 1, batch_size >= 1 and learning_rate > 0; got epochs={self.epochs}, "
+                f"batch_size={self.batch_size}, learning_rate={self.learning_rate}"
+            )
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.int64)
+        n_classes = int(self.n_classes or int(y.max()) + 1)
+        names = tuple(f"f{i}" for i in range(X.shape[1]))
+        data = Dataset("automl", X, y, n_classes, names)
+        net = build_model(self.model, X.shape[1], n_classes, seed=self.seed)
+        cfg = TrainConfig(
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            lr=float(self.learning_rate),
+            optimizer=str(self.optimizer),
+            momentum=float(self.momentum),
+            seed=int(self.seed),
+        )
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # trials get one CPU each; the refit uses the same setting, so results match
+        try:
+            result = local_train(net, data, cfg)
+        finally:
+            torch.set_num_threads(threads)
+        if not np.isfinite(result.loss):
+            raise ConfigError(
+                f"mlp training diverged (loss {result.loss}) with learning_rate={self.learning_rate}; "
+                "lower the learning rate"
+            )
+        self.model_ = net
+        self.n_classes_ = n_classes
+        self.classes_ = np.arange(n_classes)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (softmax of the logits)."""
+        from uaap.training import predict_proba
+
+        return predict_proba(self.model_, np.ascontiguousarray(X, dtype=np.float32))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Most probable class."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    def weights(self) -> list[np.ndarray]:
+        """The fitted model's weights (``state_dict`` order), as :func:`uaap.workspace.save_model` stores them."""
+        from uaap.models import get_weights
+
+        return get_weights(self.model_)

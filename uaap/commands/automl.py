@@ -1,0 +1,243 @@
+"""``uaap automl``, ``uaap tune-federated`` and ``uaap compare``: search, federated search, comparison."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from uaap.commands.common import add_config_flags, config_from_args
+from uaap.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``automl``, ``tune-federated`` and ``compare`` commands."""
+    _register_automl(sub)
+    _register_tune_federated(sub)
+    _register_compare(sub)
+
+
+# ---- automl ------------------------------------------------------------------------------------
+
+
+def _register_automl(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from uaap.automl.cv import CV_METHODS, METRICS
+    from uaap.automl.families import FAMILIES
+    from uaap.automl.search import SCHEDULERS, SEARCHES
+
+    p = sub.add_parser("automl", help="search model families and hyperparameters on Ray Tune")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=None, help="bundled dataset: digits, breast_cancer or wine")
+    data.add_argument("--data", "--data-path", dest="data_path", default=None, help="CSV or Parquet file")
+    data.add_argument("--target", default=None, help="label column of --data")
+    data.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share (default 0.2)")
+    search = p.add_argument_group("search")
+    search.add_argument("--search", choices=SEARCHES, default="tpe", help="tpe (Optuna, Bayesian), random or grid")
+    search.add_argument("--scheduler", choices=SCHEDULERS, default="asha", help="early stopping (default asha)")
+    search.add_argument("--time-budget", type=float, default=None, help="seconds of search (default 120)")
+    search.add_argument("--trials", type=int, default=0, help="trial budget (0 = as many as the time allows)")
+    search.add_argument("--cv", choices=CV_METHODS, default="stratified", help="cross-validation (default stratified)")
+    search.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    search.add_argument("--metric", choices=tuple(METRICS), default="accuracy", help="what to optimise")
+    search.add_argument(
+        "--families", default=",".join(FAMILIES), help=f"comma-separated model families (default {','.join(FAMILIES)})"
+    )
+    search.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='a configuration to try first, e.g. \'{"family": "logreg", "logreg__C": 0.5}\' (repeatable)',
+    )
+    search.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="do not start from known-good candidates (incl. scikit-learn's defaults)",
+    )
+    search.add_argument("--concurrency", type=int, default=0, help="trials at once (default: the cluster's CPUs)")
+    p.add_argument("--workers", type=int, default=0, help="Ray Train workers for a winning XGBoost model (0 = local)")
+    p.add_argument("--report-every", type=int, default=10, help="XGBoost rounds between Ray Train reports")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--experiment", default="uaap", help="MLflow experiment (default uaap)")
+    p.add_argument("--run-id", default="", help="run id (default: automl-<time>)")
+    p.add_argument("--top", type=int, default=10, help="leaderboard rows to print (default 10)")
+    p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
+    p.set_defaults(func=run_automl_command)
+
+
+def run_automl_command(args: argparse.Namespace) -> int:
+    """Search, print the leaderboard beside the default baselines, save the best model."""
+    from uaap.automl.search import AutoMLSettings, leaderboard_table, run_automl
+    from uaap.config import RunConfig
+
+    console = _console()
+    if args.data_path and not args.target:
+        raise ConfigError("--data needs --target COLUMN (the label column)")
+    if args.data_path and args.dataset:
+        raise ConfigError("give either --dataset NAME or --data FILE --target COLUMN, not both")
+    cfg = RunConfig(
+        dataset="csv" if args.data_path else (args.dataset or "digits"),
+        data_path=args.data_path or "",
+        target=args.target or "",
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        experiment=args.experiment,
+        run_id=args.run_id,
+    )
+    time_budget = args.time_budget if args.time_budget is not None else (None if args.trials else 120.0)
+    settings = AutoMLSettings(
+        search=args.search,
+        scheduler=args.scheduler,
+        cv=args.cv,
+        folds=args.folds,
+        metric=args.metric,
+        families=tuple(args.families.split(",")),
+        time_budget_s=time_budget,
+        num_trials=args.trials,
+        concurrency=args.concurrency,
+        workers=args.workers,
+        report_every=args.report_every,
+        points=tuple(_json_point(p) for p in args.point),
+        warm_start=args.warm_start,
+    )
+    state = {"done": 0, "errors": 0}
+
+    def on_trial(rec: Any) -> None:
+        state["done"] += 1
+        state["errors"] += rec.status == "error"
+        scores = rec.fold_scores(settings.metric)
+        value = f"{sum(scores) / len(scores):.4f}" if scores else "-"
+        extra = f" ({rec.error[:80]})" if rec.error else ""
+        console.print(f"  trial {state['done']:>3} {rec.family:<13} {rec.status:<9} folds {len(scores)} {value}{extra}")
+
+    result = run_automl(
+        cfg, settings, ray_address=args.ray_address, on_trial=on_trial, on_stage=lambda s: console.print(f"[bold]{s}")
+    )
+    console.print(leaderboard_table(result, top=args.top))
+    best = result.best
+    console.print(
+        f"best: {best['family']} CV {result.metric} {best['score']:.4f} ± {best['std']:.4f}; "
+        + "; ".join(f"{n} {b['cv']:.4f}" for n, b in result.baselines.items())
+        + " (same folds)"
+    )
+    console.print(
+        "held-out test: best "
+        + f"{result.test_metrics[result.metric]:.4f}; "
+        + "; ".join(f"{n} {b['test']:.4f}" for n, b in result.baselines.items())
+    )
+    console.print(
+        f"model: {result.model_path}\nleaderboard: {result.run_dir.path / 'leaderboard.csv'}\n"
+        f"MLflow experiment: {cfg.experiment} (parent run {result.run_dir.run_id}, one child run per trial)"
+    )
+    return 0
+
+
+def _json_point(text: str) -> dict[str, Any]:
+    try:
+        point = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f'--point {text!r} is not valid JSON ({exc.msg}); e.g. \'{{"family": "logreg"}}\'') from exc
+    if not isinstance(point, dict):
+        raise ConfigError(f"--point {text!r} must be a JSON object with a 'family' key")
+    return point
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Leaderboards are wide: do not fold them to 80 columns when the output is a file or a pipe.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+# ---- tune-federated ------------------------------------------------------------------------------
+
+
+def _register_tune_federated(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "tune-federated", help="search federated hyperparameters; each trial is a Flower simulation on Ray"
+    )
+    add_config_flags(p, skip=("run_id",))
+    p.add_argument("--trials", type=int, default=8, help="number of simulations (default 8)")
+    p.add_argument("--time-budget", type=float, default=1800.0, help="seconds for the whole search (default 1800)")
+    p.add_argument("--search", choices=("tpe", "random", "grid"), default="tpe")
+    p.add_argument(
+        "--tune",
+        default="",
+        help="comma-separated parameters to search (default: learning-rate, local-epochs, proximal-mu, "
+        "clients-per-round, plus the clip norm when DP is on)",
+    )
+    p.add_argument("--metric", choices=("accuracy", "loss"), default="accuracy", help="final central test metric")
+    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per simulated client (default 1)")
+    p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
+    p.set_defaults(func=run_tune_federated_command)
+
+
+def run_tune_federated_command(args: argparse.Namespace) -> int:
+    """Run the federated search and print its leaderboard (default configuration included)."""
+    from simulations.tuning import TuneFederatedSettings, leaderboard_table, tune_federated
+
+    console = _console()
+    base = config_from_args(args)
+    settings = TuneFederatedSettings(
+        num_trials=args.trials,
+        time_budget_s=args.time_budget,
+        search=args.search,
+        params=tuple(p for p in args.tune.split(",") if p.strip()) if args.tune else (),
+        metric=args.metric,
+        client_cpus=args.client_cpus,
+    )
+
+    def on_trial(row: dict[str, Any]) -> None:
+        value = row.get("score")
+        shown = "-" if value is None else f"{value:.4f}"
+        console.print(f"  trial {row['trial']:<12} {row['status']:<9} {args.metric} {shown} {row.get('error', '')}")
+
+    result = tune_federated(
+        base,
+        settings,
+        ray_address=args.ray_address,
+        on_trial=on_trial,
+        on_stage=lambda s: console.print(f"[bold]{s}"),
+    )
+    console.print(leaderboard_table(result))
+    console.print(f"leaderboard: {result.run_dir.path / 'leaderboard.csv'}")
+    return 0
+
+
+# ---- compare ------------------------------------------------------------------------------------
+
+
+def _register_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("compare", help="compare runs side by side from MLflow: table and plot")
+    p.add_argument("runs", nargs="*", help="UAAP run ids to compare (default: every top-level run)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: all experiments)")
+    p.add_argument("--kind", default="", help="only these kinds, e.g. central,federated,automl,tune-federated")
+    p.add_argument("--dataset", default=None, help="only runs on this dataset")
+    p.add_argument("--metric", default="accuracy", help="held-out test metric to compare (default accuracy)")
+    p.add_argument("--out", default=None, help="PNG path (default: <workspace>/compare.png)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many runs, newest first (default 50)")
+    p.set_defaults(func=run_compare_command)
+
+
+def run_compare_command(args: argparse.Namespace) -> int:
+    """Print the comparison table and write the plot."""
+    from pathlib import Path
+
+    from uaap.compare import collect_runs, compare_plot, compare_table
+
+    console = _console()
+    kinds = tuple(k.strip() for k in args.kind.split(",") if k.strip())
+    rows = collect_runs(
+        run_ids=tuple(args.runs),
+        experiment=args.experiment,
+        kinds=kinds,
+        dataset=args.dataset,
+        metric=args.metric,
+        limit=args.limit,
+    )
+    console.print(compare_table(rows, args.metric))
+    out = compare_plot(rows, Path(args.out) if args.out else None, metric=args.metric)
+    console.print(f"plot: {out}")
+    return 0

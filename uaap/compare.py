@@ -1,0 +1,247 @@
+"""The model comparator: runs side by side from MLflow (central, federated, DP levels, AutoML winners).
+
+Every UAAP run is one top-level MLflow run tagged ``uaap.run_id`` and ``uaap.kind``; searches add
+child runs (one per trial), which are left out here. All kinds score on the same held-out test split
+of their dataset (``uaap.data.load_split`` with the run's seed and test fraction), so the final
+``accuracy`` of a central run, a federated run (server-side central evaluation) and an AutoML winner
+are comparable; the table says when seeds or test fractions differ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uaap.errors import WorkspaceError
+
+RUN_TAG = "uaap.run_id"
+KIND_TAG = "uaap.kind"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One run as the comparator shows it."""
+
+    run_id: str
+    mlflow_id: str
+    kind: str
+    label: str
+    dataset: str
+    model: str
+    privacy: str
+    value: float | None
+    epsilon: float | None
+    steps: int
+    seconds: float | None
+    status: str
+    split: str
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+def _final_key(kind: str, metric: str) -> list[str]:
+    """Metric keys holding a run's final held-out test value, by kind (first present wins)."""
+    if kind == "automl":
+        return [f"test_{metric}"]
+    if kind == "tune-federated":
+        return ["best_score"]
+    return [f"central_{metric}", f"fed_{metric}"]
+
+
+def _privacy(params: dict[str, str]) -> str:
+    parts = []
+    if params.get("dp-local", "False") == "True":
+        parts.append(f"DP-SGD eps<={float(params.get('dp-target-epsilon', 'nan')):g}")
+    if params.get("dp-central", "False") == "True":
+        parts.append(f"central DP z={float(params.get('dp-noise-multiplier', 'nan')):g}")
+    if params.get("secure-aggregation", "none") not in ("none", ""):
+        parts.append(f"HE {params['secure-aggregation']}")
+    return ", ".join(parts) or "none"
+
+
+def _label(kind: str, run_id: str, params: dict[str, str], tags: dict[str, str], privacy: str) -> str:
+    if kind == "automl":
+        return f"AutoML winner: {tags.get('uaap.best_family', params.get('best_family', '?'))}"
+    if kind == "tune-federated":
+        return f"federated search best ({params.get('tuned', '')})"
+    model = params.get("model", "?")
+    if kind == "federated":
+        text = f"federated {params.get('strategy', '')} {model}, {params.get('num-clients', '?')} clients"
+    else:
+        text = f"central {model}"
+    return text + ("" if privacy == "none" else f" [{privacy}]")
+
+
+def collect_runs(
+    run_ids: Sequence[str] = (),
+    *,
+    experiment: str | None = None,
+    kinds: Sequence[str] = (),
+    dataset: str | None = None,
+    metric: str = "accuracy",
+    limit: int = 50,
+) -> list[RunRow]:
+    """Top-level UAAP runs from MLflow (newest first), filtered by id, experiment, kind and dataset."""
+    import mlflow
+
+    from uaap.tracking import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri())
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = [e.name for e in client.search_experiments()]
+            raise WorkspaceError(
+                f"MLflow experiment {experiment!r} does not exist at {tracking_uri()}; "
+                f"experiments: {', '.join(names) or 'none yet'}"
+            )
+        exp_ids = [exp.experiment_id]
+    else:
+        exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return []
+    runs = client.search_runs(exp_ids, max_results=5000, order_by=["attributes.start_time DESC"])
+    wanted = set(run_ids)
+    rows: list[RunRow] = []
+    for run in runs:
+        tags = dict(run.data.tags)
+        if PARENT_TAG in tags or RUN_TAG not in tags:
+            continue
+        run_id, kind = tags[RUN_TAG], tags.get(KIND_TAG, "?")
+        params = dict(run.data.params)
+        if wanted and run_id not in wanted:
+            continue
+        if kinds and kind not in kinds:
+            continue
+        if dataset and params.get("dataset") != dataset:
+            continue
+        rows.append(_row(client, run, run_id, kind, params, tags, metric))
+        if len(rows) >= limit:
+            break
+    missing = wanted - {r.run_id for r in rows}
+    if missing:
+        raise WorkspaceError(
+            f"run(s) {', '.join(sorted(missing))} not found in MLflow at {tracking_uri()}; list them with `uaap runs`"
+        )
+    return rows
+
+
+def _row(client: Any, run: Any, run_id: str, kind: str, params: dict, tags: dict, metric: str) -> RunRow:
+    metrics = dict(run.data.metrics)
+    value, curve_key = None, None
+    for key in _final_key(kind, metric):
+        if key in metrics:
+            value, curve_key = float(metrics[key]), key
+            break
+    curve: list[tuple[int, float]] = []
+    if curve_key is not None and kind in ("central", "federated"):
+        history = client.get_metric_history(run.info.run_id, curve_key)
+        by_step = {int(m.step): float(m.value) for m in history}
+        curve = sorted(by_step.items())
+    epsilon = next((float(v) for k, v in metrics.items() if k.endswith("epsilon")), None)
+    seconds = (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
+    privacy = _privacy(params)
+    return RunRow(
+        run_id=run_id,
+        mlflow_id=run.info.run_id,
+        kind=kind,
+        label=_label(kind, run_id, params, tags, privacy),
+        dataset=params.get("dataset", "?"),
+        model=params.get("model", params.get("best_family", tags.get("uaap.best_family", "-"))),
+        privacy=privacy,
+        value=value,
+        epsilon=epsilon,
+        steps=max((s for s, _ in curve), default=0),
+        seconds=seconds,
+        status=tags.get("uaap.status", run.info.status.lower()),
+        split=f"seed {params.get('seed', '?')}, test {params.get('test-fraction', '?')}",
+        curve=curve,
+    )
+
+
+def compare_table(rows: Sequence[RunRow], metric: str = "accuracy") -> Any:
+    """A rich table, best first within each dataset."""
+    from rich.table import Table
+
+    table = Table(title=f"runs compared on held-out test {metric}")
+    for col in ("run", "kind", "dataset", "what", "privacy", metric, "epsilon", "rounds/epochs", "seconds", "split"):
+        table.add_column(
+            col,
+            justify="right" if col in (metric, "epsilon", "rounds/epochs", "seconds") else "left",
+            no_wrap=col == "run",
+        )
+    for row in sort_rows(rows):
+        table.add_row(
+            row.run_id,
+            row.kind,
+            row.dataset,
+            row.label,
+            row.privacy,
+            "-" if row.value is None else f"{row.value:.4f}",
+            "-" if row.epsilon is None else f"{row.epsilon:.3f}",
+            str(row.steps or "-"),
+            "-" if row.seconds is None else f"{row.seconds:.0f}",
+            row.split,
+        )
+    splits = {(r.dataset, r.split) for r in rows}
+    if len(splits) > len({r.dataset for r in rows}):
+        table.caption = "note: some runs on one dataset used different seeds/test fractions (different test rows)"
+    return table
+
+
+def sort_rows(rows: Sequence[RunRow]) -> list[RunRow]:
+    """Grouped by dataset, best value first (runs without a value last)."""
+    return sorted(rows, key=lambda r: (r.dataset, r.value is None, -(r.value or 0.0)))
+
+
+def compare_plot(rows: Sequence[RunRow], out: Path | None = None, metric: str = "accuracy") -> Path:
+    """PNG: final test metric per run (bars, coloured by kind) and per-round/epoch curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from uaap import workspace
+
+    out = out or workspace.home() / "compare.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ordered = sort_rows(rows)
+    colors = {"central": "#4c72b0", "federated": "#55a868", "automl": "#c44e52", "tune-federated": "#8172b2"}
+    fig, (bars, curves) = plt.subplots(
+        1, 2, figsize=(13, max(3.5, 0.45 * len(ordered) + 1.5)), dpi=110, gridspec_kw={"width_ratios": [1.1, 1]}
+    )
+    values = [r.value if r.value is not None else math.nan for r in ordered]
+    names = [f"{r.label} ({r.dataset}, {r.run_id[-4:]})" for r in ordered]
+    ypos = list(range(len(ordered)))[::-1]
+    bars.barh(ypos, [0 if math.isnan(v) else v for v in values], color=[colors.get(r.kind, "grey") for r in ordered])
+    for y, v in zip(ypos, values, strict=True):
+        bars.text(0.01 if math.isnan(v) else v, y, " n/a" if math.isnan(v) else f" {v:.3f}", va="center", fontsize=8)
+    bars.set_yticks(ypos, names, fontsize=8)
+    bars.set_xlim(0, 1.08 if metric != "loss" else max([v for v in values if not math.isnan(v)] or [1]) * 1.15)
+    bars.set_xlabel(f"held-out test {metric}")
+    bars.set_title("final result per run")
+    for kind, color in colors.items():
+        if any(r.kind == kind for r in ordered):
+            bars.bar(0, 0, color=color, label=kind)
+    bars.legend(fontsize=8, loc="lower right")
+    drawn = False
+    for r in ordered:
+        if r.curve:
+            xs, ys = zip(*r.curve, strict=True)
+            curves.plot(xs, ys, marker="." if len(xs) < 40 else None, label=f"{r.label} ({r.run_id[-4:]})")
+            drawn = True
+    curves.set_xlabel("round (federated) / epoch (central)")
+    curves.set_ylabel(f"test {metric}")
+    curves.set_title("learning curves")
+    curves.grid(alpha=0.3)
+    if drawn:
+        curves.legend(fontsize=7, loc="lower right")
+    else:
+        curves.text(0.5, 0.5, "no per-round history", ha="center", va="center", transform=curves.transAxes)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
