@@ -21,9 +21,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
+from uaap import crypto
 from uaap.config import RunConfig
-from uaap.data import Split, client_data
+from uaap.data import Split, client_data, load_split
 from uaap.models import build_model, from_record, get_weights, set_weights, to_record
+from uaap.privacy import dpsgd
+from uaap.privacy.clip import clip_update
 from uaap.training import PrivacyEngineLike, TrainConfig, evaluate, local_train
 
 CONFIG_KEY = "uaap-config"
@@ -35,6 +38,10 @@ app = ClientApp()
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, Split, int]:
     cfg = RunConfig.from_json(str(msg.content["config"][CONFIG_KEY]))
     pid = int(context.node_config.get(PARTITION_KEY, 0))
+    if context.node_config.get("data-path"):  # a deployed client's own table (flower-client --data/--target)
+        node = context.node_config
+        own = cfg.replace(dataset="csv", data_path=str(node["data-path"]), target=str(node.get("target", cfg.target)))
+        return own, load_split(own), pid  # split locally into train/validation, scaled with local statistics
     num = int(context.node_config.get("num-partitions", cfg.num_clients))
     return cfg, client_data(cfg, pid, num), pid
 
@@ -51,19 +58,39 @@ def straggler_steps(cfg: RunConfig, server_round: int, pid: int, full_steps: int
 
 def receive_global(cfg: RunConfig, content: RecordDict, context: Context) -> list[np.ndarray]:
     """The global model's weights from a server message (decrypting them under HE)."""
+    if cfg.secure and crypto.is_encrypted(content["arrays"]):  # round 1's initial model is plaintext
+        return crypto.decrypt_global(content["arrays"], crypto.client_context(cfg, context.node_config))
     return from_record(content["arrays"])
 
 
 def local_privacy(cfg: RunConfig, data: Split, context: Context) -> PrivacyEngineLike | None:
-    """The DP-SGD session for this client when example-level DP is on."""
-    return None
+    """The DP-SGD session for this client when example-level DP is on (accountant kept in ``context.state``)."""
+    if not cfg.dp_local:
+        return None
+    return dpsgd.client_engine(cfg, len(data.train.y), context.state, _dp_key(context))
+
+
+def _dp_key(context: Context) -> str:
+    return f"partition-{int(context.node_config.get(PARTITION_KEY, 0))}"  # the server's ledger name for us
 
 
 def prepare_update(
     cfg: RunConfig, new: list[np.ndarray], start: list[np.ndarray], num_examples: int, context: Context
 ) -> tuple[ArrayRecord, dict[str, float]]:
     """What goes on the wire (arrays) and extra metrics for the reply."""
-    return to_record(new), {}
+    extra: dict[str, float] = {}
+    if cfg.dp_local:  # this round's DP-SGD release (sigma, q, steps) and the example-level epsilon so far
+        extra = dpsgd.client_report(cfg, context.state, _dp_key(context))
+    if cfg.dp_central:  # client-level DP: bound this client's contribution before it leaves (and before HE)
+        new = clip_update(new, start, cfg.dp_central_clip_norm)
+    if cfg.secure:  # pre-weight (1 under central DP: uniform weights) and encrypt; the server only adds
+        weight = 1.0 if cfg.dp_central else float(num_examples)
+        hctx = crypto.client_context(cfg, context.node_config)
+        return crypto.encrypt_weights(new, weight, hctx, max_summands=cfg.num_clients), {
+            crypto.METRIC_WEIGHT: weight,
+            **extra,
+        }
+    return to_record(new), extra
 
 
 @app.train()

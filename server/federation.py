@@ -52,6 +52,7 @@ class RoundLog:
     replies: int = 0
     failures: int = 0
     sampled: int = 0
+    participants: list[int] = field(default_factory=list)
 
 
 def _metrics(record: MetricRecord | None) -> dict[str, float]:
@@ -220,6 +221,7 @@ def _one_round(
         replies=len(ok),
         failures=len(replies) - len(ok),
         sampled=len(messages),
+        participants=sorted(int(m.metadata.src_node_id) for m in ok),  # replied; wrappers log rejections
     )
 
     eval_msgs = list(strategy.configure_evaluate(server_round, arrays, config_cls({CONFIG_KEY: cfg.to_json()}), grid))

@@ -83,10 +83,12 @@ def simulate(
 
     from client.app import app as client_app
     from server.app import make_app
+    from uaap.crypto import ensure_simulation_keys
     from uaap.data import federated
     from uaap.tracking import ensure_experiment
 
     cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id())
+    cfg = ensure_simulation_keys(cfg)  # CKKS keys under <UAAP_HOME>/keys/<run-id>/ when HE is on without key paths
     federated(cfg, cfg.num_clients)  # bad data fails here, before Ray starts
     ensure_experiment(cfg.experiment)  # schema + experiment before any worker exists
     rd = workspace.run_dir(cfg.run_id)

@@ -16,8 +16,16 @@ CLIENT_INFO_KEY = "client-info"
 
 
 def build_strategy(cfg: RunConfig, num_nodes: int | None = None) -> Strategy:
-    """Flower's FedAvg or FedProx with the run's sampling fractions and minimums."""
+    """Flower's FedAvg or FedProx, wrapped as the run asks.
+
+    From the inside out: reply validation (malformed plaintext never reaches FedAvg), secure
+    aggregation when ``secure-aggregation = "ckks"``, central DP / privacy accounting when DP is on.
+    """
     from flwr.serverapp.strategy import FedAvg, FedProx
+
+    from strategies.privacy import wrap_privacy
+    from strategies.secure import wrap_secure
+    from strategies.validation import ValidateReplies
 
     common = {
         "fraction_train": cfg.fraction_train,
@@ -26,9 +34,8 @@ def build_strategy(cfg: RunConfig, num_nodes: int | None = None) -> Strategy:
         "min_evaluate_nodes": min(cfg.min_clients, 1 if cfg.fraction_evaluate == 0 else cfg.min_clients),
         "min_available_nodes": cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
     }
-    if cfg.strategy == "fedprox":
-        return FedProx(proximal_mu=cfg.proximal_mu, **common)
-    return FedAvg(**common)
+    inner = FedProx(proximal_mu=cfg.proximal_mu, **common) if cfg.strategy == "fedprox" else FedAvg(**common)
+    return wrap_privacy(cfg, wrap_secure(cfg, ValidateReplies(inner, cfg.run_id)))
 
 
 def sort_replies(replies: Iterable[Message]) -> list[Message]:

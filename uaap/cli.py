@@ -20,6 +20,8 @@ COMMANDS = (
     "uaap.commands.keys",
     "uaap.commands.certs",
     "uaap.commands.demo",
+    "uaap.commands.export",
+    "uaap.commands.automl",
 )
 
 

@@ -1,0 +1,32 @@
+# One image for every UAAP role: flower-server, flower-client, the MLflow server and the dashboard.
+# Build: docker build -t uaap .      (CPU-only torch; secrets are mounted at run time, never baked in)
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    FLWR_TELEMETRY_ENABLED=0 \
+    RAY_USAGE_STATS_ENABLED=0 \
+    FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+    UAAP_HOME=/workspace
+
+WORKDIR /app
+# CPU wheels of torch first (the default index ships multi-GB CUDA wheels).
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.6,<2.15"
+COPY pyproject.toml README.md ./
+COPY uaap ./uaap
+COPY server ./server
+COPY client ./client
+COPY strategies ./strategies
+COPY simulations ./simulations
+COPY edge ./edge
+# psycopg2-binary: MLflow's PostgreSQL backend store (postgresql+psycopg2://).
+RUN pip install ".[server,dashboard]" "psycopg2-binary>=2.9,<3" \
+    && useradd --create-home --uid 1000 uaap \
+    && mkdir -p /workspace /certs /keys \
+    && chown uaap:uaap /workspace /certs /keys
+USER uaap
+VOLUME ["/workspace"]
+# 9093: SuperLink (Fleet + Control + runtime API); 5000: MLflow; 8501: dashboard.
+EXPOSE 9093 5000 8501
+CMD ["uaap", "--help"]

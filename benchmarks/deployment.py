@@ -1,0 +1,170 @@
+"""Deployment vs simulation, same app and data, measured side by side in one run.
+
+Prints:
+* per-round wall time (median over rounds) of the UAAP app run by `flower-server` + N `flower-client`
+  processes on localhost (TLS, SuperNode auth) and by the Ray simulation (`simulations.runner.simulate`),
+  and their ratio;
+* the per-message overhead of a deployed client: a fresh process importing the ClientApp (what every
+  `flwr-clientapp` does per message in Flower 1.42) against the in-process cost of one train message.
+
+Usage: python benchmarks/deployment.py [--rounds 3] [--clients 3]   (takes a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _round_seconds(metrics: Path) -> list[float]:
+    events = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return [e["seconds"] for e in events if e["kind"] == "round" and e.get("round", 0) > 0]
+
+
+def config_flags(rounds: int, clients: int) -> list[str]:
+    return [
+        "--dataset", "breast_cancer", "--model", "logreg", "--partition", "iid", "--num-rounds", str(rounds),
+        "--num-clients", str(clients), "--min-clients", str(clients), "--local-epochs", "1",
+    ]  # fmt: skip
+
+
+def run_deployment(root: Path, rounds: int, clients: int) -> tuple[list[float], float]:
+    """Per-round seconds and total wall time of a localhost deployment."""
+    from server.launcher import free_port
+    from uaap.certs import init_certs
+
+    certs = init_certs(root / "certs", clients=clients)
+    env = {**os.environ, "UAAP_HOME": str(root / "ws-deploy"), "FLWR_TELEMETRY_ENABLED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    port = free_port()
+    procs = []
+    t0 = time.perf_counter()
+    server = subprocess.Popen(
+        [str(BIN / "flower-server"), "--port", str(port), "--certs", str(certs.out), "--auth-keys", str(certs.out),
+         "--run-id", "bench-deploy", "--quiet", *config_flags(rounds, clients)],
+        env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        for i in range(clients):
+            log = open(root / f"client-{i}.log", "wb")  # noqa: SIM115
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "flower-client"),
+                        "--server",
+                        f"127.0.0.1:{port}",
+                        "--root-certificates",
+                        str(certs.ca_cert),
+                        "--auth-key",
+                        str(certs.client_keys[i]),
+                        "--partition-id",
+                        str(i),
+                        "--num-partitions",
+                        str(clients),
+                        "--max-wait-time",
+                        "120",
+                        "--quiet",
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            )
+        rc = server.wait(timeout=3600)
+        wall = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit(f"flower-server failed with code {rc}")
+    finally:
+        from server.launcher import stop_tree
+
+        for p in [server, *procs]:
+            stop_tree(p.pid, grace=5)
+    return _round_seconds(root / "ws-deploy" / "runs" / "bench-deploy" / "metrics.jsonl"), wall
+
+
+def run_simulation(root: Path, rounds: int, clients: int) -> tuple[list[float], float]:
+    """Per-round seconds and total wall time of the same federation in the Ray simulation (own process)."""
+    code = (
+        "from uaap.commands.common import add_config_flags, config_from_args; import argparse, sys;"
+        "p = argparse.ArgumentParser(); add_config_flags(p); a = p.parse_args(sys.argv[1:]);"
+        "from simulations.runner import simulate; simulate(config_from_args(a).replace(run_id='bench-sim'))"
+    )
+    env = {**os.environ, "UAAP_HOME": str(root / "ws-sim")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, *config_flags(rounds, clients)], env=env, check=True, cwd=root)
+    wall = time.perf_counter() - t0
+    return _round_seconds(root / "ws-sim" / "runs" / "bench-sim" / "metrics.jsonl"), wall
+
+
+def message_overhead(repeats: int = 3) -> tuple[float, float]:
+    """(median seconds a fresh process needs to import the ClientApp, median in-process train message)."""
+    cold = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import client.app"], check=True, cwd=REPO)
+        cold.append(time.perf_counter() - t0)
+    code = r"""
+import time, statistics
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+from client.app import CONFIG_KEY, train
+from server.federation import initial_arrays
+from uaap.config import RunConfig
+cfg = RunConfig(dataset="breast_cancer", model="logreg", partition="iid", num_clients=3, local_epochs=1)
+content = RecordDict({"arrays": initial_arrays(cfg),
+                      "config": ConfigRecord({CONFIG_KEY: cfg.to_json(), "server-round": 1, "proximal-mu": 0.01})})
+times = []
+for i in range(4):
+    msg = Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
+                  run_config={})
+    t0 = time.perf_counter(); train(msg, ctx); times.append(time.perf_counter() - t0)
+print(statistics.median(times[1:]))
+"""
+    warm = float(subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, capture_output=True,
+                                text=True).stdout.strip().splitlines()[-1])  # fmt: skip
+    return statistics.median(cold), warm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="uaap-bench-deploy-") as tmp:
+        root = Path(tmp)
+        sim_rounds, sim_wall = run_simulation(root, args.rounds, args.clients)
+        dep_rounds, dep_wall = run_deployment(root, args.rounds, args.clients)
+        cold, warm = message_overhead()
+    sim_med, dep_med = statistics.median(sim_rounds), statistics.median(dep_rounds)
+    load = os.getloadavg()[0]
+    print(f"\nUAAP deployment vs simulation: breast_cancer, logreg, {args.clients} clients, {args.rounds} rounds")
+    print(f"(machine: {os.cpu_count()} cores, load average {load:.1f} at the end)")
+    print(f"{'':34}{'simulation':>12}{'deployment':>12}{'ratio':>8}")
+    print(f"{'per-round wall time, median (s)':34}{sim_med:12.2f}{dep_med:12.2f}{dep_med / sim_med:8.1f}")
+    print(f"{'rounds, simulation (s)':34}{', '.join(f'{s:.2f}' for s in sim_rounds)} (round 1 includes actor warm-up)")
+    print(f"{'rounds, deployment (s)':34}{', '.join(f'{s:.2f}' for s in dep_rounds)}")
+    print(f"{'whole run incl. start-up (s)':34}{sim_wall:12.1f}{dep_wall:12.1f}{dep_wall / sim_wall:8.1f}")
+    print("\nper-message cost of a deployed client (Flower 1.42 starts one flwr-clientapp process per message):")
+    print(f"  fresh process importing client.app (torch, flwr, sklearn): {cold:.2f} s")
+    print(f"  one train message handled in a warm process:               {warm:.3f} s")
+    print(
+        f"  start-up overhead per message:                            {cold - warm:.2f} s ({cold / warm:.0f}x the work)"
+    )
+
+
+if __name__ == "__main__":
+    main()

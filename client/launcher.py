@@ -1,0 +1,493 @@
+"""``flower-client``: one data owner's SuperNode, with checks that say what is wrong.
+
+It checks everything it can before connecting (the data loads, the HE secret context holds a
+secret key, the auth key parses), then probes the server itself: TCP (is anything listening?) and
+a TLS handshake against the given root certificate (is it the federation's CA?). Only then does it
+start ``flower-supernode`` with the node config the ClientApp reads (``data-path``/``target`` or
+``partition-id``/``num-partitions``, ``he-secret-context``), bounded by ``--max-wait-time``, and
+reads its output to tell an unregistered key (``[code: 2004]``) from a lost server.
+
+A SuperNode starts a fresh ``flwr-clientapp`` process per message (Flower 1.42 has no long-lived
+ClientApp), so every message re-imports torch; ``benchmarks/deployment.py`` measures what it costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from uaap.errors import ConfigError, DataError, KeyMaterialError, UaapError
+
+EXIT_UNREACHABLE = 3
+EXIT_TLS = 4
+EXIT_AUTH = 5
+EXIT_SUPERNODE = 1
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+_AUTH_PATTERNS = ("[code: 2004]", "failed to activate supernode", "unauthenticated", "permission denied")
+_RETRY_PATTERN = "Connection attempt failed"
+_STILL_FAILING = ("ERROR", "Errno", "Starting Flower SuperExec", "WARNING")  # lines that do not prove a connection
+_TLS_PATTERNS = ("certificate verify failed", "ssl", "handshake")
+
+
+class ClientError(UaapError):
+    """The client cannot join: unreachable server, wrong certificate, refused key or a failed SuperNode."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ---- processes (same rules as the server launcher: stop every child, by pid) ------------------
+
+
+def _bin(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        raise ClientError(f"'{name}' is not installed next to {sys.executable}; install flwr==1.42.*", EXIT_SUPERNODE)
+    return found
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out += [child]
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_tree(pid: int, grace: float = 10.0) -> None:
+    """SIGTERM ``pid`` and its descendants, SIGKILL what is left after ``grace`` seconds."""
+    victims = [pid, *_descendants(pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for v in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(v, sig)
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            for v in victims:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(v, os.WNOHANG)
+            if not any(_alive(v) for v in victims):
+                return
+            time.sleep(0.2)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+# ---- options and checks -----------------------------------------------------------------------
+
+
+@dataclass
+class ClientOptions:
+    """One data owner's SuperNode."""
+
+    server: str
+    root_certificates: Path | None = None
+    auth_key: Path | None = None
+    data: Path | None = None
+    target: str = ""
+    partition_id: int | None = None
+    num_partitions: int | None = None
+    he_secret_context: Path | None = None
+    max_wait_time: float = 60.0
+    port: int = 0
+    extra_node_config: dict[str, str] = field(default_factory=dict)
+    log_file: Path | None = None
+    quiet: bool = False
+
+    def node_config(self) -> str:
+        """The ``--node-config`` string the ClientApp reads (``client.app._setup``)."""
+        items: dict[str, str] = {}
+        if self.data is not None:
+            items["data-path"] = str(self.data)
+            items["target"] = self.target
+        if self.partition_id is not None:
+            items["partition-id"] = str(self.partition_id)
+        if self.num_partitions is not None:
+            items["num-partitions"] = str(self.num_partitions)
+        if self.he_secret_context is not None:
+            items["he-secret-context"] = str(self.he_secret_context)
+        items.update(self.extra_node_config)
+        return " ".join(f"{k}={_toml_value(v)}" for k, v in items.items())
+
+
+def _toml_value(value: str) -> str:
+    if re.fullmatch(r"-?\d+", value) or re.fullmatch(r"-?\d+\.\d*", value) or value in ("true", "false"):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (IPv6 as ``[::1]:port``) into its parts, with a clear error."""
+    m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d+)", address.strip())
+    if not m:
+        raise ConfigError(f"--server {address!r} is not host:port; e.g. --server 10.0.0.5:9093")
+    return m.group(1), int(m.group(2))
+
+
+def check_inputs(opt: ClientOptions) -> None:
+    """Everything that can be checked without the server: data, keys, certificates."""
+    if opt.data is None and opt.partition_id is None:
+        raise ConfigError("give your data (--data FILE --target COLUMN) or a demo partition (--partition-id I)")
+    if opt.data is not None:
+        from uaap.data import load_table
+
+        if not opt.target:
+            raise ConfigError("--data needs --target COLUMN (the label column of your table)")
+        data = load_table(opt.data, opt.target)  # raises DataError naming the problem
+        if len(data.y) < 5:
+            raise DataError(f"{opt.data} has {len(data.y)} rows; a client needs at least 5 to train and validate")
+    if (
+        opt.partition_id is not None
+        and opt.num_partitions is not None
+        and not 0 <= opt.partition_id < opt.num_partitions
+    ):
+        raise ConfigError(f"--partition-id {opt.partition_id} is outside 0..{opt.num_partitions - 1}")
+    if opt.root_certificates is not None and not opt.root_certificates.is_file():
+        raise KeyMaterialError(
+            f"root certificate {str(opt.root_certificates)!r} does not exist (the federation's ca.pem)"
+        )
+    if opt.auth_key is not None:
+        from uaap.certs import public_key_of
+
+        public_key_of(opt.auth_key)  # parses, or a clear error
+        if opt.root_certificates is None:
+            raise ConfigError("SuperNode authentication (--auth-key) needs TLS: pass --root-certificates ca.pem")
+    if opt.he_secret_context is not None:
+        check_secret_context(opt.he_secret_context)
+
+
+def check_secret_context(path: Path) -> None:
+    """The HE context must exist, be private and hold a secret key (clients decrypt the global model)."""
+    if not path.is_file():
+        raise KeyMaterialError(f"HE secret context {str(path)!r} does not exist; get it from `uaap keys init`")
+    if path.stat().st_mode & 0o077:
+        raise KeyMaterialError(
+            f"HE secret context {path} is readable by others (mode {path.stat().st_mode & 0o777:o}); chmod 600 it"
+        )
+    from uaap.crypto import load_context
+
+    hctx = load_context(path)  # raises KeyMaterialError for files that are not UAAP CKKS contexts
+    if not hctx.has_secret_key:
+        raise KeyMaterialError(
+            f"{path} is a public context (no secret key); clients need the secret context from `uaap keys init`"
+        )
+
+
+def probe_server(opt: ClientOptions) -> None:
+    """Wait (up to --max-wait-time) for the server to listen, then check its certificate against ours."""
+    host, port = split_address(opt.server)
+    deadline = time.monotonic() + opt.max_wait_time
+    last: Exception | None = None
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=5)
+            break
+        except OSError as exc:
+            last = exc
+            if time.monotonic() > deadline:
+                raise ClientError(
+                    f"the server {host}:{port} is unreachable ({exc.strerror or exc}) after {opt.max_wait_time:g}s; "
+                    "check the address, that `flower-server` runs and that the port is open",
+                    EXIT_UNREACHABLE,
+                ) from last
+            time.sleep(1.0)
+    with sock:
+        if opt.root_certificates is None:
+            return
+        ctx = ssl.create_default_context(cafile=str(opt.root_certificates))
+        try:
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return
+        except ssl.SSLCertVerificationError as exc:
+            raise ClientError(
+                f"the server's TLS certificate does not verify against {opt.root_certificates} "
+                f"({exc.verify_message}); use the ca.pem of this federation",
+                EXIT_TLS,
+            ) from exc
+        except ssl.SSLError as exc:
+            raise ClientError(
+                f"TLS handshake with {host}:{port} failed ({exc.reason}); is the server running without TLS "
+                "(--insecure)? Then start this client with --insecure too",
+                EXIT_TLS,
+            ) from exc
+
+
+# ---- the SuperNode ----------------------------------------------------------------------------
+
+
+class FlowerClient:
+    """A supervised ``flower-supernode``; ``run()`` blocks until it exits and explains why it did."""
+
+    def __init__(self, opt: ClientOptions) -> None:
+        self.opt = opt
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self.failing_since: float | None = None  # first of an unbroken series of failed connection attempts
+        self.gave_up = False  # Flower's own --max-wait-time fired (its process does not exit by itself)
+        self.env = {**os.environ, **QUIET_ENV}
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+
+    def command(self) -> list[str]:
+        """The ``flower-supernode`` command line."""
+        o = self.opt
+        cmd = [_bin("flower-supernode"), "--superlink", o.server, "--max-wait-time", f"{o.max_wait_time:g}"]
+        cmd += ["--port", str(o.port or free_port())]
+        cmd += ["--root-certificates", str(o.root_certificates)] if o.root_certificates else ["--insecure"]
+        if o.auth_key is not None:
+            cmd += ["--auth-supernode-private-key", str(o.auth_key)]
+        node_config = o.node_config()
+        if node_config:
+            cmd += ["--node-config", node_config]
+        return cmd
+
+    def start(self) -> None:
+        """Start the SuperNode; its output is echoed, kept for diagnosis and written to --log-file."""
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        self._say(f"SuperNode pid {self.proc.pid} -> {self.opt.server}")
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        log = open(self.opt.log_file, "a", encoding="utf-8") if self.opt.log_file else None  # noqa: SIM115
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            del self.lines[:-400]
+            if _RETRY_PATTERN in line:
+                self.failing_since = self.failing_since or time.monotonic()
+            elif "Giving up reconnection" in line:  # Flower gives up but its SuperNode process keeps running
+                self.gave_up = True
+            elif not any(p in line for p in _STILL_FAILING):
+                self.failing_since = None
+            if log:
+                log.write(line)
+                log.flush()
+            if not self.opt.quiet:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        if log:
+            log.close()
+
+    def wait(self) -> int:
+        """Block until the SuperNode exits; 0, or a ClientError saying why it stopped.
+
+        When its SuperLink goes away, Flower 1.42's SuperNode logs "Giving up reconnection" after
+        ``--max-wait-time`` but its process keeps running (measured: still alive 10 minutes later). The launcher
+        stops it then, or after --max-wait-time of failed connection attempts, and says the server is lost.
+        """
+        assert self.proc is not None
+        while (rc := self.proc.poll()) is None:
+            since = self.failing_since
+            if self.gave_up or (since is not None and time.monotonic() - since > self.opt.max_wait_time):
+                self.stop()
+                raise ClientError(
+                    f"lost the server {self.opt.server}: no connection for {self.opt.max_wait_time:g}s "
+                    "(--max-wait-time); the federation has ended or the server is down",
+                    EXIT_UNREACHABLE,
+                )
+            time.sleep(0.5)
+        time.sleep(0.3)  # let the pump read the last lines
+        if rc == 0:
+            return 0
+        raise self.diagnose(rc)
+
+    def run(self) -> int:
+        """Start and supervise; a refused key is retried until --max-wait-time (the server may still be
+        registering keys when this client arrives), then reported."""
+        deadline = time.monotonic() + self.opt.max_wait_time
+        while True:
+            self.lines, self.failing_since, self.gave_up = [], None, False
+            self.start()
+            try:
+                return self.wait()
+            except ClientError as exc:
+                if exc.code != EXIT_AUTH or time.monotonic() > deadline:
+                    raise
+                self.stop()
+                self._say("authentication refused; retrying in 5 s (the server may still be registering keys)")
+                time.sleep(5.0)
+
+    def diagnose(self, rc: int) -> ClientError:
+        """Turn the SuperNode's exit code and last lines into one clear message."""
+        text = "\n".join(self.lines[-60:])
+        low = text.lower()
+        if any(p in low for p in _AUTH_PATTERNS):
+            return ClientError(
+                "the server refused this client's authentication key (code 2004): its public key is not registered "
+                f"or --auth-key {self.opt.auth_key} is not the key that was registered; send the matching .pub to "
+                "the server operator (`flower-server --auth-keys`)",
+                EXIT_AUTH,
+            )
+        if any(p in low for p in _TLS_PATTERNS) and "certificate" in low:
+            return ClientError(
+                f"TLS failed: the server's certificate does not match --root-certificates {self.opt.root_certificates}",
+                EXIT_TLS,
+            )
+        if "exit code: 305" in low or "could not establish a connection" in low or "unavailable" in low:
+            return ClientError(
+                f"lost the server {self.opt.server}: no connection within --max-wait-time {self.opt.max_wait_time:g}s "
+                "(server stopped, wrong address, or a TLS/--insecure mismatch)",
+                EXIT_UNREACHABLE,
+            )
+        tail = "\n".join(self.lines[-8:])
+        return ClientError(f"flower-supernode exited with code {rc}; last lines:\n{tail}", EXIT_SUPERNODE)
+
+    def stop(self) -> None:
+        """Stop the SuperNode, its SuperExec and any ClientApp process."""
+        if self.proc is not None and self.proc.poll() is None:
+            stop_tree(self.proc.pid)
+        elif self.proc is not None:
+            for child in _descendants(self.proc.pid):
+                stop_tree(child)
+
+    def _say(self, text: str) -> None:
+        if not self.opt.quiet:
+            print(f"[flower-client] {text}", flush=True)
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``flower-client`` flags."""
+    p = argparse.ArgumentParser(prog="flower-client", description="Join a UAAP federation with your own data.")
+    p.add_argument("--server", required=True, help="the SuperLink's host:port (flower-server)")
+    p.add_argument("--root-certificates", help="the federation's CA certificate (ca.pem) to verify the server")
+    p.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
+    p.add_argument("--auth-key", help="this client's SuperNode private key (client-<i>.key from `uaap certs init`)")
+    p.add_argument("--data", help="your table (.csv or .parquet); it never leaves this machine")
+    p.add_argument("--target", default="", help="label column of --data")
+    p.add_argument("--partition-id", type=int, help="demo: use partition I of the bundled dataset")
+    p.add_argument("--num-partitions", type=int, help="demo: number of partitions (the number of clients)")
+    p.add_argument("--he-secret-context", help="the CKKS secret context (secure aggregation; mode 0600)")
+    p.add_argument(
+        "--max-wait-time", type=float, default=60.0, help="seconds to keep trying to reach the server (default 60)"
+    )
+    p.add_argument("--port", type=int, default=0, help="the SuperNode's own local port (default: a free one)")
+    p.add_argument("--node-config", action="append", default=[], metavar="K=V", help="extra node config (repeatable)")
+    p.add_argument("--log-file", help="also write the SuperNode's output here")
+    p.add_argument("--quiet", action="store_true", help="do not echo the SuperNode's output")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> ClientOptions:
+    """Validated options (paths made absolute)."""
+    if args.insecure and args.root_certificates:
+        raise ConfigError("--insecure and --root-certificates exclude each other; drop one")
+    if not args.insecure and not args.root_certificates:
+        raise ConfigError("give --root-certificates ca.pem (the federation's CA) or --insecure for a local test")
+
+    def path(value: str | None) -> Path | None:
+        return Path(value).expanduser().resolve() if value else None
+
+    extra = {}
+    for item in args.node_config:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--node-config {item!r} is not KEY=VALUE")
+        extra[key.strip()] = value.strip()
+    return ClientOptions(
+        server=args.server,
+        root_certificates=path(args.root_certificates),
+        auth_key=path(args.auth_key),
+        data=path(args.data),
+        target=args.target,
+        partition_id=args.partition_id,
+        num_partitions=args.num_partitions,
+        he_secret_context=path(args.he_secret_context),
+        max_wait_time=args.max_wait_time,
+        port=args.port,
+        extra_node_config=extra,
+        log_file=path(args.log_file),
+        quiet=args.quiet,
+    )
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``flower-client``: 0 on a clean stop; 2 bad input, 3 unreachable, 4 TLS, 5 auth, 1 other."""
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    client: FlowerClient | None = None
+    try:
+        opt = options_from_args(args)
+        check_inputs(opt)
+        probe_server(opt)
+        client = FlowerClient(opt)
+        return client.run()
+    except ClientError as exc:
+        print(f"flower-client: error: {exc}", file=sys.stderr)
+        return exc.code
+    except UaapError as exc:
+        print(f"flower-client: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flower-client: stopped", file=sys.stderr)
+        return 130
+    finally:
+        if client is not None:
+            client.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

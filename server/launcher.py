@@ -1,0 +1,739 @@
+"""``flower-server``: a SuperLink plus one UAAP run, as one command that cleans up after itself.
+
+What it does, in order:
+
+1. starts ``flower-superlink`` (state database and log in ``<workspace>/server/``, runtime dependency
+   installation off, TLS when certificates are given, SuperNode authentication when asked);
+2. registers the SuperNodes' public keys (authentication) and waits until ``--min-clients`` are online;
+3. submits the UAAP app with ``flwr run <app> uaap`` through a private ``FLWR_HOME`` whose
+   ``config.toml`` it writes into the workspace;
+4. streams progress from ``runs/<run-id>/metrics.jsonl`` and polls the run's status (``flwr run
+   --stream`` exits 0 even when the ServerApp fails, so it is not trusted);
+5. writes ``runs/<run-id>/deployment.json`` and stops the SuperLink and every child it started
+   (also the ``flower-superexec --parent-pid`` it detaches) on exit, SIGTERM or Ctrl-C.
+
+Flower rejects ``flwr run -c key=value`` for keys missing from the app's ``[tool.flwr.app.config]``,
+so the launcher stages the app: a ``pyproject.toml`` whose config table *is* this run's validated
+configuration (every RunConfig key). The code itself is imported from the installed packages on
+both sides, so clients run their own installed code, not code shipped by the server.
+
+Resume: pass ``--resume RUN_ID`` (or the same ``--run-id``); the ServerApp continues from the last
+checkpoint in ``runs/<run-id>/checkpoints`` with the same accountant state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uaap import workspace
+from uaap.config import RunConfig
+from uaap.errors import ConfigError, KeyMaterialError, UaapError
+
+CONNECTION = "uaap"
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class DeploymentError(UaapError):
+    """The SuperLink, a registration or the submitted run failed."""
+
+
+# ---- processes --------------------------------------------------------------------------------
+
+
+def _bin(name: str) -> str:
+    """A console script of this interpreter's environment (flower-superlink, flwr, ...)."""
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if not found:
+        raise DeploymentError(f"'{name}' is not installed next to {sys.executable}; install flwr==1.42.*")
+    return found
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM when the launcher dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc), deepest last."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _orphans_of(pid: int) -> list[int]:
+    """Processes started with ``--parent-pid <pid>`` (Flower's detached SuperExec) and their children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            cmd = _cmdline(int(entry.name))
+            if "--parent-pid" in cmd and cmd[cmd.index("--parent-pid") + 1 : cmd.index("--parent-pid") + 2] == [
+                str(pid)
+            ]:
+                found.append(int(entry.name))
+    return found
+
+
+def stop_tree(pid: int, grace: float = 10.0) -> None:
+    """Stop ``pid``, its descendants and any ``--parent-pid pid`` process: SIGTERM, then SIGKILL."""
+    victims = [pid, *_children(pid)]
+    for orphan in _orphans_of(pid):
+        victims += [orphan, *_children(orphan)]
+    victims = list(dict.fromkeys(victims))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for v in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(v, sig)
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            for v in victims:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(v, os.WNOHANG)  # reap our own children
+            if not any(_alive(v) for v in victims):
+                return
+            time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """The SuperLink's certificate, key and the federation CA (all absolute)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def resolve(cls, certs_dir: str | None, ca: str | None, cert: str | None, key: str | None) -> TLSFiles | None:
+        """From ``--certs DIR`` (ca.pem, server.pem, server.key) or the three explicit flags; None for insecure."""
+        if certs_dir:
+            base = Path(certs_dir).expanduser().resolve()
+            ca, cert, key = (
+                ca or str(base / "ca.pem"),
+                cert or str(base / "server.pem"),
+                key or str(base / "server.key"),
+            )
+        given = [ca, cert, key]
+        if not any(given):
+            return None
+        if not all(given):
+            raise ConfigError(
+                "TLS needs all of --ssl-ca-certfile, --ssl-certfile and --ssl-keyfile (or --certs DIR from "
+                "`uaap certs init`); pass --insecure to run without TLS"
+            )
+        paths = [Path(p).expanduser().resolve() for p in given]  # type: ignore[arg-type]
+        for p in paths:
+            if not p.is_file():
+                raise KeyMaterialError(f"TLS file {str(p)!r} does not exist; create them with `uaap certs init`")
+        from uaap.certs import check_certificate
+
+        check_certificate(paths[1], paths[0])
+        return cls(*paths)
+
+
+@dataclass
+class ServerOptions:
+    """Everything the launcher needs besides the run configuration."""
+
+    host: str = "127.0.0.1"
+    port: int = 9093
+    tls: TLSFiles | None = None
+    auth_keys: tuple[Path, ...] = ()
+    wait_timeout: float = 600.0
+    poll: float = 5.0  # each `flwr` CLI call costs ~1.5 CPU-s (imports): poll gently
+    status_every: float = 15.0
+    quiet: bool = False
+    app: Path | None = None  # a Flower App folder to submit (`flwr run <app>`); None: stage one per run
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def public_keys(spec: Sequence[str]) -> tuple[Path, ...]:
+    """SuperNode public keys from files, folders (``*.pub``) or a ``supernodes.txt`` (one key a line)."""
+    out: list[Path] = []
+    for item in spec:
+        p = Path(item).expanduser().resolve()
+        if p.is_dir():
+            out += sorted(p.glob("*.pub"))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise KeyMaterialError(f"SuperNode public key {item!r} does not exist; pass .pub files or their folder")
+    if spec and not out:
+        raise KeyMaterialError(f"no *.pub files in {', '.join(spec)}; create keys with `uaap certs init --clients N`")
+    return tuple(out)
+
+
+# ---- the server -------------------------------------------------------------------------------
+
+
+class FlowerServer:
+    """One SuperLink and the runs submitted to it; a context manager that always stops what it started."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.opt = options
+        self.home = workspace.home() / "server"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.flwr_home = self.home / "flwr"
+        self.log_file = self.home / "superlink.log"
+        self.pid_file = self.home / "superlink.pid"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, **QUIET_ENV, **options.extra_env}
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.env["FLWR_HOME"] = str(self.flwr_home)
+        self.env["UAAP_HOME"] = str(workspace.home())
+
+    # -- lifecycle
+    def __enter__(self) -> FlowerServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the SuperLink (Fleet, Control and runtime APIs share it)."""
+        return f"{self.opt.host}:{self.opt.port}"
+
+    def write_connection(self) -> Path:
+        """The private FLWR_HOME/config.toml with the ``uaap`` connection."""
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]"]
+        host = "127.0.0.1" if self.opt.host in ("0.0.0.0", "") else self.opt.host
+        lines.append(f'address = "{host}:{self.opt.port}"')
+        if self.opt.tls:
+            lines.append(f'root-certificates = "{self.opt.tls.ca}"')
+        else:
+            lines.append("insecure = true")
+        path = self.flwr_home / "config.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def _stop_stale(self) -> None:
+        """A SuperLink left by a launcher that was killed (same workspace) is stopped first."""
+        if not self.pid_file.is_file():
+            return
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except ValueError:
+            return
+        cmd = _cmdline(pid)
+        if _alive(pid) and any("flower-superlink" in c for c in cmd):
+            self._say(f"stopping a SuperLink left behind by an earlier launcher (pid {pid})")
+            stop_tree(pid)
+        for orphan in _orphans_of(pid):
+            stop_tree(orphan)
+
+    def start(self) -> None:
+        """Start the SuperLink and wait until its API answers."""
+        self._stop_stale()
+        self.write_connection()
+        cmd = [
+            _bin("flower-superlink"),
+            "--host",
+            self.opt.host,
+            "--port",
+            str(self.opt.port),
+            "--database",
+            str(self.home / "state.db"),
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.opt.tls:
+            t = self.opt.tls
+            cmd += ["--ssl-ca-certfile", str(t.ca), "--ssl-certfile", str(t.cert), "--ssl-keyfile", str(t.key)]
+        else:
+            cmd.append("--insecure")
+        if self.opt.auth_keys:
+            if not self.opt.tls:
+                raise ConfigError("SuperNode authentication needs TLS: pass --certs DIR (or the --ssl-* files)")
+            cmd.append("--enable-supernode-auth")
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed on stop
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.home,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
+        )
+        log.close()
+        self.pid_file.write_text(str(self.proc.pid))
+        self._say(f"SuperLink pid {self.proc.pid} on {self.address} ({'TLS' if self.opt.tls else 'insecure'})")
+        self._wait_ready(timeout=max(60.0, self.opt.wait_timeout / 4))
+        for key in self.opt.auth_keys:
+            self.register(key)
+
+    def stop(self) -> None:
+        """Stop the SuperLink, its detached SuperExec and the ServerApp processes."""
+        if self.proc is None:
+            return
+        stop_tree(self.proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=5)
+        self.pid_file.unlink(missing_ok=True)
+        self._say("SuperLink stopped")
+        self.proc = None
+
+    # -- flwr CLI
+    def flwr(self, *args: str, timeout: float = 120.0, cwd: Path | None = None) -> dict[str, Any]:
+        """Run ``flwr <args> --format json`` against this SuperLink; the parsed JSON answer."""
+        cmd = [_bin("flwr"), *args, "--format", "json"]
+        try:
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, env=self.env, cwd=cwd or self.home, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise DeploymentError(f"`flwr {' '.join(args)}` did not answer within {timeout:g}s") from exc
+        text = done.stdout.strip()
+        start = text.find("{")
+        try:
+            return dict(json.loads(text[start:])) if start >= 0 else {"success": False, "error-message": text}
+        except json.JSONDecodeError:
+            return {"success": False, "error-message": (text or done.stderr)[-500:]}
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            try:
+                with socket.create_connection(
+                    ("127.0.0.1" if self.opt.host == "0.0.0.0" else self.opt.host, self.opt.port), timeout=2
+                ):
+                    pass
+                answer = self.flwr("supernode", "ls", CONNECTION)
+                if answer.get("success"):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"the SuperLink did not answer on {self.address} within {timeout:g}s; see {self.log_file}"
+                )
+            time.sleep(1.0)
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_file.read_text(errors="replace")[-1500:] if self.log_file.is_file() else ""
+            hint = " (is the port in use?)" if "address already in use" in tail.lower() else ""
+            raise DeploymentError(
+                f"the SuperLink exited with code {self.proc.returncode}{hint}; last log lines:\n{tail}"
+            )
+
+    def register(self, pub: Path) -> None:
+        """Register one SuperNode public key (already registered keys are fine)."""
+        answer = self.flwr("supernode", "register", str(pub), CONNECTION)
+        if answer.get("success"):
+            self._say(f"registered SuperNode key {pub.name} (node {answer.get('node-id')})")
+            return
+        message = str(answer.get("error-message", ""))
+        if "already" in message.lower() or "exists" in message.lower():
+            self._say(f"SuperNode key {pub.name} was already registered")
+            return
+        raise DeploymentError(f"registering SuperNode key {pub} failed: {message.strip()[-300:]}")
+
+    def online_nodes(self) -> list[str]:
+        """Ids of the SuperNodes that are online now."""
+        answer = self.flwr("supernode", "ls", CONNECTION)
+        if not answer.get("success"):
+            return []
+        return [str(n["node-id"]) for n in answer.get("nodes", []) if n.get("status") == "online"]
+
+    def wait_for_clients(self, n: int, timeout: float) -> list[str]:
+        """Block until ``n`` SuperNodes are online; a clear error after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while True:
+            self._check_alive()
+            nodes = self.online_nodes()
+            if len(nodes) != last:
+                self._say(f"{len(nodes)} of {n} clients connected")
+                last = len(nodes)
+            if len(nodes) >= n:
+                return nodes
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"only {len(nodes)} of --min-clients={n} clients connected to {self.address} within "
+                    f"{timeout:g}s; start more `flower-client`s (check their TLS root certificate and keys) "
+                    "or lower --min-clients"
+                )
+            time.sleep(self.opt.poll)
+
+    # -- runs
+    def stage_app(self, cfg: RunConfig) -> Path:
+        """A Flower App folder whose ``[tool.flwr.app.config]`` is exactly ``cfg``."""
+        import tomli_w
+
+        app = self.home / "apps" / cfg.run_id
+        app.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "build-system": {"requires": ["setuptools>=69"], "build-backend": "setuptools.build_meta"},
+            "project": {
+                "name": "uaap",
+                "version": _version(),
+                "description": f"UAAP run {cfg.run_id}",
+                "license": {"text": "Apache-2.0"},
+                "dependencies": [],
+            },
+            "tool": {
+                "flwr": {
+                    "app": {
+                        "publisher": "uaap",
+                        "components": {"serverapp": "server.app:app", "clientapp": "client.app:app"},
+                        "config": cfg.to_flower(),
+                    }
+                }
+            },
+        }
+        (app / "pyproject.toml").write_text(tomli_w.dumps(doc))
+        (app / "README.md").write_text(
+            f"UAAP run {cfg.run_id}: staged by flower-server; code comes from the install.\n"
+        )
+        return app
+
+    def run_overrides(self, cfg: RunConfig, app: Path) -> Path:
+        """A TOML file for ``flwr run <app> -c FILE`` holding every run config value of ``cfg``.
+
+        Flower refuses override keys that the app's ``[tool.flwr.app.config]`` lacks, so they are checked here.
+        """
+        import tomli_w
+
+        declared = app_config_keys(app)
+        missing = sorted(set(cfg.to_flower()) - declared)
+        if missing:
+            raise ConfigError(
+                f"the app in {app} does not declare {', '.join(missing)} in [tool.flwr.app.config], so Flower would "
+                "refuse them as overrides; add them there or drop --app (the launcher then stages the app itself)"
+            )
+        path = self.home / "apps" / f"{cfg.run_id}.overrides.toml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(tomli_w.dumps(cfg.to_flower()))
+        return path
+
+    def submit(self, cfg: RunConfig) -> int:
+        """Submit the run (``flwr run <app> uaap``); returns Flower's run id."""
+        if self.opt.app is not None:
+            app, extra = self.opt.app, ["--run-config", str(self.run_overrides(cfg, self.opt.app))]
+        else:
+            app, extra = self.stage_app(cfg), []
+        answer = self.flwr("run", str(app), CONNECTION, *extra, cwd=app, timeout=300.0)
+        if not answer.get("success"):
+            raise DeploymentError(f"`flwr run` refused the app: {str(answer.get('error-message'))[-500:]}")
+        return int(answer["run-id"])
+
+    def run_status(self, flwr_run_id: int) -> str:
+        """Flower's status string for a run (``running``, ``finished:completed``, ...)."""
+        answer = self.flwr("ls", CONNECTION, "--run-id", str(flwr_run_id))
+        runs = answer.get("runs", []) if answer.get("success") else []
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+    def follow(self, cfg: RunConfig, flwr_run_id: int) -> dict[str, Any]:
+        """Stream metrics.jsonl until the run ends; returns the final status record."""
+        rd = workspace.run_dir(cfg.run_id)
+        offset = rd.metrics_file.stat().st_size if rd.metrics_file.is_file() else 0
+        last_poll = time.monotonic()
+        ended: dict[str, Any] | None = None
+        status = "starting"
+        while True:
+            self._check_alive()
+            offset, events = _read_new(rd.metrics_file, offset)
+            for event in events:
+                self._say(_progress(event, cfg.num_rounds))
+                if event.get("kind") == "end":
+                    ended = event
+            if ended is not None or time.monotonic() - last_poll > self.opt.status_every:
+                status = self.run_status(flwr_run_id)
+                last_poll = time.monotonic()
+                if status.startswith("finished"):
+                    offset, events = _read_new(rd.metrics_file, offset)
+                    for event in events:
+                        self._say(_progress(event, cfg.num_rounds))
+                        ended = event if event.get("kind") == "end" else ended
+                    return {"flower_status": status, "end": ended}
+                if ended is not None:
+                    time.sleep(self.opt.poll)  # the ServerApp is saving its model; Flower marks it finished soon
+                    continue
+            time.sleep(self.opt.poll)
+
+    def save_log(self, flwr_run_id: int, path: Path) -> Path:
+        """The ServerApp's log (Flower discards its stdout; ``flwr log`` keeps it) written to ``path``."""
+        cmd = [_bin("flwr"), "log", str(flwr_run_id), CONNECTION, "--show"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, env=self.env, cwd=self.home, timeout=120)
+            path.write_text(done.stdout + done.stderr)
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            path.write_text(f"could not fetch the ServerApp log: {exc}\n")
+        return path
+
+    def _say(self, text: str) -> None:
+        if not self.opt.quiet:
+            print(f"[flower-server] {text}", flush=True)
+
+
+def app_config_keys(app: Path) -> set[str]:
+    """The run config keys a Flower App folder declares in ``[tool.flwr.app.config]``."""
+    import tomllib
+
+    path = app / "pyproject.toml"
+    if not path.is_file():
+        raise ConfigError(f"--app {app} has no pyproject.toml; give the folder of a Flower App (the repository root)")
+    with open(path, "rb") as fh:
+        doc = tomllib.load(fh)
+    return set(doc.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("uaap")
+    except Exception:
+        return "0.1.0"
+
+
+def _read_new(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
+    if not path.is_file():
+        return offset, []
+    with open(path, encoding="utf-8") as fh:
+        fh.seek(offset)
+        chunk = fh.read()
+    complete = chunk[: chunk.rfind("\n") + 1]
+    events = []
+    for line in complete.splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return offset + len(complete.encode()), events
+
+
+def _progress(event: dict[str, Any], num_rounds: int) -> str:
+    kind = event.get("kind")
+    if kind == "start":
+        how = "resuming at" if event.get("resumed") else "starting"
+        return f"{how} round {event.get('round')}/{num_rounds} with {event.get('nodes')} clients"
+    if kind == "round":
+        r = event.get("round")
+        acc = event.get("central", {}).get("accuracy", event.get("evaluate", {}).get("accuracy"))
+        eps = event.get("privacy", {}).get("epsilon")
+        text = f"round {r}/{num_rounds}"
+        if r:
+            text += f": {event.get('replies', 0)}/{event.get('sampled', 0)} clients replied"
+            text += f", {event.get('seconds', 0.0):.1f}s"
+        text += f", accuracy {acc:.4f}" if acc is not None else ""
+        text += f", epsilon {eps:.3f}" if eps is not None else ""
+        return text
+    if kind == "end":
+        return f"run {event.get('status')}" + (f": {event['reason']}" if event.get("reason") else "")
+    return f"{kind}: " + json.dumps({k: v for k, v in event.items() if k not in ("kind", "time")})[:200]
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags: deployment options plus every RunConfig field (``--num-rounds``, ``--secure-aggregation``...)."""
+    from uaap.commands.common import add_config_flags
+
+    p = argparse.ArgumentParser(
+        prog="flower-server",
+        description="Start a Flower SuperLink, wait for clients and run one UAAP federation on it.",
+    )
+    d = p.add_argument_group("deployment")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
+    d.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet, Control, runtime; default 9093)")
+    d.add_argument("--certs", help="folder from `uaap certs init` (ca.pem, server.pem, server.key)")
+    d.add_argument("--ssl-ca-certfile", help="CA certificate (PEM)")
+    d.add_argument("--ssl-certfile", help="server certificate (PEM)")
+    d.add_argument("--ssl-keyfile", help="server private key (PEM)")
+    d.add_argument("--insecure", action="store_true", help="no TLS (local tests only)")
+    d.add_argument(
+        "--auth-keys",
+        action="append",
+        default=[],
+        metavar="PUB",
+        help="enable SuperNode authentication and register these public keys (.pub files or a folder; repeatable)",
+    )
+    d.add_argument("--wait-timeout", type=float, default=600.0, help="seconds to wait for --min-clients (default 600)")
+    d.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    d.add_argument(
+        "--app",
+        metavar="DIR",
+        help="submit this Flower App folder (e.g. the repository root: `flwr run DIR`) with the run config as "
+        "overrides; default: a staged app whose config table is the run config (works from an installed package)",
+    )
+    d.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_config_flags(p)
+    return p
+
+
+def resolve(args: argparse.Namespace) -> tuple[RunConfig, ServerOptions]:
+    """The validated run configuration and launcher options (fails before any process starts)."""
+    from uaap.commands.common import config_from_args
+
+    if args.resume:
+        base = workspace.existing_run(args.resume).read_config()
+        cfg = config_from_args(args, base=base).replace(run_id=args.resume)
+    else:
+        cfg = config_from_args(args)
+        cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id())
+    tls = (
+        None
+        if args.insecure
+        else TLSFiles.resolve(args.certs, args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile)
+    )
+    if tls is None and not args.insecure:
+        raise ConfigError("give TLS files (--certs DIR from `uaap certs init`) or --insecure for a local test")
+    if cfg.secure and not cfg.he_public_context:
+        raise ConfigError(
+            "secure-aggregation=ckks needs --he-public-context FILE on the server (the public context from "
+            "`uaap keys init`); clients keep the secret context"
+        )
+    if args.auth_keys and tls is None:
+        raise ConfigError("SuperNode authentication (--auth-keys) needs TLS: pass --certs DIR instead of --insecure")
+    opts = ServerOptions(
+        host=args.host,
+        port=args.port,
+        tls=tls,
+        auth_keys=public_keys(args.auth_keys),
+        wait_timeout=args.wait_timeout,
+        quiet=args.quiet,
+        app=Path(args.app).expanduser().resolve() if args.app else None,
+    )
+    if opts.app is not None:
+        missing = sorted(set(cfg.to_flower()) - app_config_keys(opts.app))
+        if missing:
+            raise ConfigError(
+                f"--app {opts.app} does not declare {', '.join(missing)} in [tool.flwr.app.config]; Flower would "
+                "refuse them as overrides. Add them there, or drop --app"
+            )
+    return cfg, opts
+
+
+def serve(cfg: RunConfig, opts: ServerOptions) -> dict[str, Any]:
+    """Start the SuperLink, run ``cfg`` to the end and stop everything; returns the deployment record."""
+    from uaap.data import federated
+    from uaap.tracking import ensure_experiment
+
+    if cfg.central_eval or not cfg.secure:
+        federated(cfg, max(cfg.num_clients, 2))  # bad data fails here, before anything starts
+    ensure_experiment(cfg.experiment)  # schema + experiment before the ServerApp process exists
+    rd = workspace.run_dir(cfg.run_id)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"run_id": cfg.run_id, "address": f"{opts.host}:{opts.port}", "tls": bool(opts.tls)}
+    t0 = time.time()
+    with FlowerServer(opts) as server:
+        nodes = server.wait_for_clients(cfg.min_clients, opts.wait_timeout)
+        flwr_run = server.submit(cfg)
+        server._say(f"submitted run {cfg.run_id} (Flower run {flwr_run}); following {rd.metrics_file}")
+        record.update(flower_run_id=flwr_run, nodes_at_start=nodes, submitted=time.time())
+        _save_record(rd, record)
+        result = server.follow(cfg, flwr_run)
+        if not str(result.get("flower_status", "")).endswith("completed"):
+            result["serverapp_log"] = str(server.save_log(flwr_run, rd.path / f"serverapp-{flwr_run}.log"))
+    record.update(result, seconds=time.time() - t0, finished=time.time())
+    _save_record(rd, record)
+    return record
+
+
+def _save_record(rd: workspace.RunDir, record: dict[str, Any]) -> None:
+    path = rd.path / "deployment.json"
+    runs = json.loads(path.read_text()) if path.is_file() else []
+    runs = [r for r in runs if r.get("flower_run_id") != record.get("flower_run_id")] + [record]
+    path.write_text(json.dumps(runs, indent=2, default=str) + "\n")
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``flower-server``: 0 when the run completed, 1 when it failed, 2 on bad input."""
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cfg, opts = resolve(args)
+        record = serve(cfg, opts)
+    except UaapError as exc:
+        print(f"flower-server: error: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, DeploymentError) else 1
+    except KeyboardInterrupt:
+        print("flower-server: stopped; resume with --resume <run-id>", file=sys.stderr)
+        return 130
+    end = record.get("end") or {}
+    ok = str(record.get("flower_status", "")).endswith("completed") and end.get("status") in ("completed", "stopped")
+    rd = workspace.run_dir(cfg.run_id)
+    if ok:
+        print(f"[flower-server] run {cfg.run_id} {end.get('status')}; results in {rd.path}")
+        return 0
+    print(
+        f"flower-server: error: run {cfg.run_id} ended as {record.get('flower_status')!r} "
+        f"(ServerApp: {end.get('status', 'no end event')}); see {record.get('serverapp_log', rd.metrics_file)} "
+        f"and {workspace.home() / 'server' / 'superlink.log'}",
+        file=sys.stderr,
+    )
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

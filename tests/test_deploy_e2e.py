@@ -1,0 +1,372 @@
+"""End to end on localhost: `flower-server` + three `flower-client` processes, TLS, SuperNode authentication,
+secure aggregation (CKKS) and central DP, with faults injected into one shared federation:
+
+* a client is SIGKILLed while round 2 is training: round 2 completes with the other two (the HE sum and the
+  weights count only them; the ledger and MLflow record two participants);
+* late joiners are refused with a clear message and leave the run alone: one with a foreign CA (TLS) and
+  one with an unregistered SuperNode key;
+* the server (launcher, SuperLink and everything below it) is SIGKILLed after round 2 and restarted with
+  `--resume`: round 3 runs from the round-2 checkpoint with the same accountant (no round lost or counted
+  twice), and the decrypted final model beats the majority-class baseline by a wide margin.
+
+Every process is started in its own session and stopped by PID in the fixture's finalizer. This costs a few
+minutes on a busy 2-core machine (each Flower message starts a fresh `flwr-clientapp` that imports torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+RUN_ID = "e2e-deploy"
+ROUNDS = 3
+KILLED = 2  # partition id of the client killed in round 2
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        table[int(entry.name)] = (ppid, cmd)
+    return table
+
+
+def _tree(pid: int, table: dict[int, tuple[int, str]] | None = None) -> list[int]:
+    table = table or _proc_table()
+    out, todo = [pid], [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, _) in table.items():
+            if ppid == parent and child not in out:
+                out.append(child)
+                todo.append(child)
+    return out
+
+
+def _ours(marker: str) -> list[int]:
+    """Flower processes whose command line names this test's workspace or ports."""
+    return [
+        pid
+        for pid, (_, cmd) in _proc_table().items()
+        if marker in cmd and ("flwr" in cmd or "flower" in cmd) and pid != os.getpid()
+    ]
+
+
+def _server_side(port: int, home: Path) -> list[int]:
+    """SuperLink-side processes of this federation (SuperLink, SuperExec, ServerApp, flwr CLI calls)."""
+    table = _proc_table()
+    client_side = ("flower-supernode", "flower-client")
+    mine = set(_ours(f":{port}") + _ours(str(home)))
+    return [p for p in mine if p in table and not any(c in table[p][1] for c in client_side)]
+
+
+def _kill(pids: list[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+class Federation:
+    """The processes of one localhost federation and the paths they use."""
+
+    def __init__(self, root: Path) -> None:
+        from server.launcher import free_port
+
+        self.root = root
+        self.home = root / "ws"
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = {**os.environ, "UAAP_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0"}
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def kill_tree(self, name: str) -> None:
+        """SIGKILL a launcher and everything under it, including a SuperLink's detached SuperExec."""
+        proc = self.procs[name]
+        table = _proc_table()
+        victims = _tree(proc.pid, table)
+        for pid in list(victims):
+            for other, (_, cmd) in table.items():
+                if f"--parent-pid {pid} " in cmd + " " and other not in victims:
+                    victims += _tree(other, table)
+        _kill(victims)
+        proc.wait(timeout=30)
+
+    def events(self) -> list[dict]:
+        path = self.home / "runs" / RUN_ID / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, what: str, predicate, timeout: float, poll: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                logs = {n: self.log(n)[-1500:] for n in self.procs}
+                raise AssertionError(f"timed out waiting for {what}; logs:\n" + json.dumps(logs, indent=1))
+            time.sleep(poll)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                _kill(_tree(proc.pid), signal.SIGTERM)
+        time.sleep(3)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                _kill(_tree(proc.pid))
+            proc.wait(timeout=30)
+        _kill(_ours(str(self.home)) + _ours(f":{self.port}"))  # anything detached that still names us
+
+
+def _server_argv(fed: Federation, certs, keys, *extra: str) -> list[str]:
+    return [
+        str(BIN / "flower-server"),
+        "--port",
+        str(fed.port),
+        "--certs",
+        str(certs.out),
+        *[arg for pub in certs.client_pubs[:3] for arg in ("--auth-keys", str(pub))],
+        "--he-public-context",
+        str(keys.public),
+        "--wait-timeout",
+        "300",
+        *extra,
+    ]
+
+
+def _client_argv(fed: Federation, ca: Path, key: Path, pid: int, secret: Path, wait: float) -> list[str]:
+    return [
+        str(BIN / "flower-client"),
+        "--server",
+        fed.addr,
+        "--root-certificates",
+        str(ca),
+        "--auth-key",
+        str(key),
+        "--partition-id",
+        str(pid),
+        "--num-partitions",
+        "3",
+        "--he-secret-context",
+        str(secret),
+        "--max-wait-time",
+        str(wait),
+    ]
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory):
+    from uaap import crypto
+    from uaap.certs import init_certs
+
+    root = tmp_path_factory.mktemp("deploy")
+    fed = Federation(root)
+    certs = init_certs(root / "certs", clients=4)  # client-3's key is never registered
+    foreign = init_certs(root / "foreign", clients=0)
+    keys = crypto.generate_keys(root / "keys")
+    fed.certs, fed.keys = certs, keys
+    server_cfg = [
+        "--run-id",
+        RUN_ID,
+        "--dataset",
+        "breast_cancer",
+        "--model",
+        "logreg",
+        "--num-rounds",
+        str(ROUNDS),
+        "--num-clients",
+        "3",
+        "--min-clients",
+        "3",
+        "--local-epochs",
+        "1",
+        "--partition",
+        "iid",
+        "--fraction-evaluate",
+        "0",
+        "--secure-aggregation",
+        "ckks",
+        "--dp-central",
+        "true",
+        "--dp-noise-multiplier",
+        "0.1",
+        "--quiet",
+    ]
+    try:
+        fed.start("server", _server_argv(fed, certs, keys, *server_cfg))
+        for i in range(3):
+            fed.start(f"client-{i}", _client_argv(fed, certs.ca_cert, certs.client_keys[i], i, keys.secret, 300))
+
+        def rounds_done() -> list[int]:
+            return [e["round"] for e in fed.events() if e["kind"] == "round" and e["round"] > 0]
+
+        fed.wait_for("round 1", lambda: 1 in rounds_done(), timeout=600)
+        # late joiners while round 2 runs: a foreign CA, and a SuperNode key the server never registered
+        fed.start("wrong-ca", _client_argv(fed, foreign.ca_cert, certs.client_keys[0], 0, keys.secret, 10))
+        fed.start("unregistered", _client_argv(fed, certs.ca_cert, certs.client_keys[3], 0, keys.secret, 10))
+        # kill client 2 while it trains in round 2 (its flwr-clientapp is running)
+        victim = fed.procs[f"client-{KILLED}"]
+        fed.wait_for(
+            "client 2's round-2 ClientApp",
+            lambda: any("flwr-clientapp" in _proc_table().get(p, (0, ""))[1] for p in _tree(victim.pid)),
+            timeout=300,
+            poll=0.5,
+        )
+        fed.kill_tree(f"client-{KILLED}")
+        fed.wait_for("round 2", lambda: 2 in rounds_done(), timeout=600)
+        # crash the whole server side after round 2's checkpoint, then restart it on the same port
+        fed.kill_tree("server")
+        time.sleep(1.0)
+        fed.round2_left_server = _server_side(fed.port, fed.home)
+        resume_cfg = ["--resume", RUN_ID, "--min-clients", "2", "--quiet"]
+        fed.start("server-resumed", _server_argv(fed, certs, keys, *resume_cfg))
+        fed.procs["server-resumed"].wait(timeout=900)
+        for name in ("wrong-ca", "unregistered"):
+            fed.procs[name].wait(timeout=120)
+        yield fed
+    finally:
+        fed.stop_all()
+
+
+def test_resumed_server_completes_the_run(federation):
+    fed = federation
+    assert fed.procs["server-resumed"].returncode == 0, fed.log("server-resumed")[-3000:]
+    events = fed.events()
+    rounds = [e["round"] for e in events if e["kind"] == "round" and e["round"] > 0]
+    assert rounds == [1, 2, 3]  # none lost, none run twice
+    starts = [e for e in events if e["kind"] == "start"]
+    assert [(s["round"], s["resumed"]) for s in starts] == [(1, False), (3, True)]
+    assert events[-1]["kind"] == "end" and events[-1]["status"] == "completed"
+    ckpts = sorted(p.name for p in (fed.home / "runs" / RUN_ID / "checkpoints").glob("round-*.npz"))
+    assert ckpts == ["round-0001.npz", "round-0002.npz", "round-0003.npz"]
+    record = json.loads((fed.home / "runs" / RUN_ID / "deployment.json").read_text())
+    # one record per submitted Flower run: the crashed one never got a status, the resumed one completed
+    assert [r.get("flower_status") for r in record] == [None, "finished:completed"]
+    assert record[0]["flower_run_id"] != record[1]["flower_run_id"] and all(r["tls"] for r in record)
+
+
+def test_killed_client_left_out_of_round_two(federation):
+    by_round = {e["round"]: e for e in federation.events() if e["kind"] == "round" and e["round"] > 0}
+    assert by_round[1]["replies"] == 3 and by_round[1]["train"]["he-clients"] == 3
+    r2 = by_round[2]
+    assert r2["sampled"] == 3 and r2["replies"] == 2  # late joiners were never sampled
+    assert r2["train"]["he-clients"] == 2 and r2["train"]["he-rejected"] == 1  # the lost client
+    assert r2["train"]["he-total-weight"] == pytest.approx(2.0)  # central DP: uniform weights, the two summed
+    assert by_round[3]["replies"] == 2
+
+
+def test_ledger_and_mlflow_record_participation(federation):
+    from uaap.privacy.ledger import USER, Ledger
+    from uaap.tracking import RUN_TAG
+
+    fed = federation
+    os.environ["UAAP_HOME"], old = str(fed.home), os.environ.get("UAAP_HOME")
+    try:
+        ledger = Ledger()
+        user = ledger.releases(RUN_ID, level=USER)
+        ledger.close()
+        assert [r.round for r in user] == [1, 2, 3]  # same accountant across the restart: no round twice
+        eps = [r.epsilon for r in user]
+        assert eps[0] < eps[1] < eps[2]
+        import mlflow
+
+        client = mlflow.MlflowClient(f"sqlite:///{fed.home / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("uaap")
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{RUN_ID}'")
+        assert len(runs) == 1  # reopened on resume, not duplicated
+        clients = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "clients")}
+        assert clients == {1: 3.0, 2: 2.0, 3: 2.0}
+    finally:
+        if old is None:
+            os.environ.pop("UAAP_HOME", None)
+        else:
+            os.environ["UAAP_HOME"] = old
+
+
+def test_final_model_decrypts_and_learns(federation):
+    from uaap import crypto, workspace
+    from uaap.data import load_split
+    from uaap.training import evaluate
+
+    fed = federation
+    os.environ["UAAP_HOME"], old = str(fed.home), os.environ.get("UAAP_HOME")
+    try:
+        path = crypto.decrypt_model(RUN_ID, fed.keys.secret)
+        model, meta = workspace.load_model(path)
+        assert meta["decrypted_from_round"] == ROUNDS
+        cfg = workspace.run_dir(RUN_ID).read_config()
+        test = load_split(cfg).test
+        acc = evaluate(model, test)["accuracy"]
+        majority = np.bincount(test.y).max() / len(test.y)
+        assert acc >= majority + 0.15, (acc, majority)
+    finally:
+        if old is None:
+            os.environ.pop("UAAP_HOME", None)
+        else:
+            os.environ["UAAP_HOME"] = old
+
+
+def test_late_joiners_refused_with_clear_messages(federation):
+    from client.launcher import EXIT_AUTH, EXIT_TLS
+
+    fed = federation
+    assert fed.procs["wrong-ca"].returncode == EXIT_TLS
+    assert "does not verify against" in fed.log("wrong-ca")
+    assert fed.procs["unregistered"].returncode == EXIT_AUTH
+    assert "refused this client's authentication key" in fed.log("unregistered")
+
+
+def test_no_process_left_behind(federation):
+    fed = federation
+    # the crashed server's SuperLink, SuperExec and ServerApp were gone before the restart
+    assert fed.round2_left_server == []
+    # the resumed server stopped its own SuperLink tree when the run ended (clients may still be retrying)
+    assert _server_side(fed.port, fed.home) == []
+    fed.stop_all()  # last test: stop the clients now and check that nothing of ours is left
+    assert _ours(str(fed.home)) + _ours(f":{fed.port}") == []
+
+
+def test_sigterm_stops_the_superlink_and_its_children(tmp_path):
+    """SIGTERM while waiting for clients: exit 130, and the SuperLink and its detached SuperExec are gone."""
+    fed = Federation(tmp_path)
+    argv = [str(BIN / "flower-server"), "--port", str(fed.port), "--insecure", "--min-clients", "2"]
+    server = fed.start("server", [*argv, "--num-clients", "2", "--run-id", "sigterm", "--wait-timeout", "600"])
+    try:
+        fed.wait_for("clients being awaited", lambda: "0 of 2 clients connected" in fed.log("server"), timeout=300)
+        assert _server_side(fed.port, fed.home), "the SuperLink should be running"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 130
+        assert "stopped; resume with --resume" in fed.log("server")
+        time.sleep(1.0)
+        assert _server_side(fed.port, fed.home) == []
+        assert not (fed.home / "server" / "superlink.pid").exists()
+    finally:
+        fed.stop_all()
