@@ -46,8 +46,8 @@ def main() -> int:
     os.environ.setdefault("UAAP_HOME", tempfile.mkdtemp(prefix="uaap-bench-automl-"))
     import ray
 
-    from uaap.automl.cluster import connect
     from uaap.automl.search import AutoMLSettings, run_automl
+    from uaap.cluster import connect
     from uaap.config import RunConfig
 
     connect()

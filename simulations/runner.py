@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,16 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from uaap import workspace
+from uaap.cluster import block_tensorflow, connect
 from uaap.config import RunConfig
 
 log = logging.getLogger("uaap.simulate")
-
-QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "FLWR_TELEMETRY_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
-
-
-def block_tensorflow() -> None:
-    """Make ``import tensorflow`` fail fast in this process (Flower catches ModuleNotFoundError)."""
-    sys.modules["tensorflow"] = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -41,26 +33,6 @@ class ClientResources:
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-
-
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Start (or attach to) Ray with TensorFlow blocked in every worker."""
-    import ray
-
-    os.environ.update(QUIET_ENV)
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    runtime_env = {
-        "worker_process_setup_hook": "simulations.runner.block_tensorflow",
-        "env_vars": dict(QUIET_ENV),
-    }
-    kwargs: dict[str, Any] = {"runtime_env": runtime_env, "logging_level": logging.WARNING, "log_to_driver": False}
-    if address:
-        kwargs["address"] = address
-    else:
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus or os.cpu_count())
-    ray.init(**kwargs)
 
 
 def simulate(
@@ -77,7 +49,6 @@ def simulate(
     Ray is shut down on return (an attached cluster is only disconnected, never stopped).
     """
     block_tensorflow()
-    os.environ.update(QUIET_ENV)
     import ray
     from flwr.simulation import run_simulation
 
@@ -101,7 +72,7 @@ def simulate(
     stop = threading.Event()
     tail = threading.Thread(target=_tail, args=(rd, on_event, stop), daemon=True) if on_event else None
     try:
-        start_ray(ray_address)
+        connect(ray_address)
         if tail:
             tail.start()
         run_simulation(

@@ -3,7 +3,7 @@
 How trials and the simulations inside them share one cluster without deadlock:
 
 * Ray is started once, by the driver, with TensorFlow blocked in every worker
-  (:func:`simulations.runner.start_ray`); inside a trial Ray is already up, so neither our runner nor
+  (:func:`uaap.cluster.connect`); inside a trial Ray is already up, so neither our runner nor
   Flower calls ``ray.init`` again.
 * Flower sizes its actor pool from the *whole* cluster (``pool_size_from_resources`` reads
   ``ray.nodes()``: per node, floor(CPUs / client CPUs)), and Tune captures the actors a trial
@@ -186,7 +186,8 @@ def _federated_trial(
     """One trial: a full Flower simulation with this configuration; reports its final test metrics once."""
     from ray import tune
 
-    from simulations.runner import ClientResources, block_tensorflow, simulate
+    from simulations.runner import ClientResources, simulate
+    from uaap.cluster import block_tensorflow
 
     block_tensorflow()
     base = RunConfig.from_json(base_json)
@@ -271,7 +272,7 @@ def tune_federated(
     on_stage: Callable[[str], None] | None = None,
 ) -> TuneFederatedResult:
     """Search federated hyperparameters of ``base``; every trial is a Flower simulation (see module doc)."""
-    from simulations.runner import QUIET_ENV, block_tensorflow, start_ray
+    from uaap.cluster import block_tensorflow, connect, quiet_env
 
     settings = settings or TuneFederatedSettings()
     stage = on_stage or (lambda text: None)
@@ -293,14 +294,7 @@ def tune_federated(
         json.dumps({**asdict(settings), "params": list(names)}, indent=2) + "\n"
     )
 
-    import os
-
-    os.environ.update(QUIET_ENV)
-    from uaap.automl.cluster import QUIET_ENV as RAY_QUIET_ENV
-    from uaap.automl.cluster import TUNE_ENV
-
-    for key, value in {**RAY_QUIET_ENV, **TUNE_ENV}.items():
-        os.environ.setdefault(key, value)
+    quiet_env()
     block_tensorflow()
     import ray
     from ray import tune
@@ -316,7 +310,7 @@ def tune_federated(
     released = False
     try:
         stage("starting Ray" if not ray_address else f"attaching to Ray at {ray_address}")
-        start_ray(ray_address)
+        connect(ray_address)
         pool = actor_pool_size(settings.client_cpus)
         if pool < 1:
             raise ConfigError(

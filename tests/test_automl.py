@@ -118,7 +118,7 @@ def ray_session(tmp_path_factory):
     """One local Ray for the module, and one workspace; Ray is stopped at the end."""
     import ray
 
-    from uaap.automl.cluster import connect
+    from uaap.cluster import connect
 
     mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("automl-home")

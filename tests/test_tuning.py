@@ -31,14 +31,14 @@ def test_federated_search_runs_real_simulations_and_releases_ray(tmp_path, monke
     import ray
     from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
 
-    from simulations.runner import start_ray
     from simulations.tuning import TuneFederatedSettings, actor_pool_size, tune_federated
     from uaap import workspace
+    from uaap.cluster import connect
     from uaap.tracking import tracking_uri
 
     monkeypatch.setenv("UAAP_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    start_ray(num_cpus=2)
+    connect(num_cpus=2)
     try:
         # Our reservation is Flower's own pool size (the no-deadlock condition).
         assert actor_pool_size(1.0) == pool_size_from_resources({"num_cpus": 1.0}) == 2

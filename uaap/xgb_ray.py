@@ -67,7 +67,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     import xgboost
 
-    from uaap.automl.cluster import block_tensorflow
+    from uaap.cluster import block_tensorflow
 
     block_tensorflow()
     ctx = ray.train.get_context()
@@ -147,7 +147,7 @@ def train_xgboost_on_ray(
     from ray.train.xgboost import XGBoostTrainer
     from xgboost import XGBClassifier
 
-    from uaap.automl.cluster import SETUP_HOOK, cluster_cpus, connect
+    from uaap.cluster import SETUP_HOOK, cluster_cpus, connect
 
     n_classes = split.train.n_classes
     bparams, rounds = booster_params(params or {}, n_classes, seed)

@@ -327,7 +327,7 @@ def run_automl(
     )
     import ray
 
-    from uaap.automl.cluster import connect
+    from uaap.cluster import connect
 
     started = False
     try:
@@ -431,7 +431,7 @@ def _search(
 ) -> tuple[dict[str, TrialRecord], float]:
     from ray import tune
 
-    from uaap.automl.cluster import cluster_cpus
+    from uaap.cluster import cluster_cpus
 
     records: dict[str, TrialRecord] = {}
     concurrency = settings.concurrency or cluster_cpus()

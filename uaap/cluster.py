@@ -1,4 +1,4 @@
-"""Start or attach to Ray for AutoML and Ray Train XGBoost (TensorFlow blocked in every worker)."""
+"""Start or attach to Ray with TensorFlow blocked in every worker: one place for simulation, Ray Train, Tune."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ TUNE_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_AIR_NEW_OUTPUT": "0",  # the new console output prints a config box even at verbose=0
 }
-SETUP_HOOK = "uaap.automl.cluster.block_tensorflow"
+SETUP_HOOK = "uaap.cluster.block_tensorflow"
 
 
 def block_tensorflow() -> None:
@@ -29,15 +29,20 @@ def block_tensorflow() -> None:
     sys.modules["tensorflow"] = None  # type: ignore[assignment]
 
 
+def quiet_env() -> None:
+    """No telemetry (no internet here), no Tune file loggers, fast Ray Train reports: set before Ray starts."""
+    os.environ.update(QUIET_ENV)
+    os.environ.update(TRAIN_ENV)
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Start a local Ray (or attach to ``address`` / ``RAY_ADDRESS``); True when this call started it.
 
     An attached cluster is never stopped by UAAP; the caller shuts down only what it started.
     """
-    os.environ.update(QUIET_ENV)
-    os.environ.update(TRAIN_ENV)
-    for key, value in TUNE_ENV.items():
-        os.environ.setdefault(key, value)
+    quiet_env()
     import ray
 
     if ray.is_initialized():
