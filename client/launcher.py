@@ -14,10 +14,8 @@ ClientApp), so every message re-imports torch; ``benchmarks/deployment.py`` meas
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -29,6 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from uaap.errors import ConfigError, DataError, KeyMaterialError, UaapError
+from uaap.processes import (
+    console_script,
+    descendants,
+    die_with_parent,
+    free_port,
+    stop_tree,
+)
 
 EXIT_UNREACHABLE = 3
 EXIT_TLS = 4
@@ -59,68 +64,10 @@ class ClientError(UaapError):
 
 
 def _bin(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    found = str(path) if path.exists() else shutil.which(name)
+    found = console_script(name)
     if not found:
         raise ClientError(f"'{name}' is not installed next to {sys.executable}; install flwr==1.42.*", EXIT_SUPERNODE)
     return found
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out += [child]
-            todo.append(child)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def stop_tree(pid: int, grace: float = 10.0) -> None:
-    """SIGTERM ``pid`` and its descendants, SIGKILL what is left after ``grace`` seconds."""
-    victims = [pid, *_descendants(pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for v in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(v, sig)
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
-        while time.monotonic() < deadline:
-            for v in victims:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(v, os.WNOHANG)
-            if not any(_alive(v) for v in victims):
-                return
-            time.sleep(0.2)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # ---- options and checks -----------------------------------------------------------------------
@@ -299,7 +246,7 @@ class FlowerClient:
             text=True,
             env=self.env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only
         )
         threading.Thread(target=self._pump, daemon=True).start()
         self._say(f"SuperNode pid {self.proc.pid} -> {self.opt.server}")
@@ -394,7 +341,7 @@ class FlowerClient:
         if self.proc is not None and self.proc.poll() is None:
             stop_tree(self.proc.pid)
         elif self.proc is not None:
-            for child in _descendants(self.proc.pid):
+            for child in descendants(self.proc.pid):
                 stop_tree(child)
 
     def _say(self, text: str) -> None:

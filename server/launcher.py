@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,6 +40,14 @@ from typing import Any
 from uaap import workspace
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, KeyMaterialError, UaapError
+from uaap.processes import (
+    alive,
+    cmdline,
+    console_script,
+    die_with_parent,
+    orphans_of,
+    stop_tree,
+)
 
 CONNECTION = "uaap"
 QUIET_ENV = {
@@ -60,96 +67,10 @@ class DeploymentError(UaapError):
 
 def _bin(name: str) -> str:
     """A console script of this interpreter's environment (flower-superlink, flwr, ...)."""
-    path = Path(sys.executable).parent / name
-    found = str(path) if path.exists() else shutil.which(name)
+    found = console_script(name)
     if not found:
         raise DeploymentError(f"'{name}' is not installed next to {sys.executable}; install flwr==1.42.*")
     return found
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the child gets SIGTERM when the launcher dies, even by SIGKILL."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc), deepest last."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
-def _orphans_of(pid: int) -> list[int]:
-    """Processes started with ``--parent-pid <pid>`` (Flower's detached SuperExec) and their children."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            cmd = _cmdline(int(entry.name))
-            if "--parent-pid" in cmd and cmd[cmd.index("--parent-pid") + 1 : cmd.index("--parent-pid") + 2] == [
-                str(pid)
-            ]:
-                found.append(int(entry.name))
-    return found
-
-
-def stop_tree(pid: int, grace: float = 10.0) -> None:
-    """Stop ``pid``, its descendants and any ``--parent-pid pid`` process: SIGTERM, then SIGKILL."""
-    victims = [pid, *_children(pid)]
-    for orphan in _orphans_of(pid):
-        victims += [orphan, *_children(orphan)]
-    victims = list(dict.fromkeys(victims))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for v in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(v, sig)
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
-        while time.monotonic() < deadline:
-            for v in victims:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(v, os.WNOHANG)  # reap our own children
-            if not any(_alive(v) for v in victims):
-                return
-            time.sleep(0.2)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # ---- configuration ----------------------------------------------------------------------------
@@ -277,11 +198,11 @@ class FlowerServer:
             pid = int(self.pid_file.read_text().strip())
         except ValueError:
             return
-        cmd = _cmdline(pid)
-        if _alive(pid) and any("flower-superlink" in c for c in cmd):
+        cmd = cmdline(pid)
+        if alive(pid) and any("flower-superlink" in c for c in cmd):
             self._say(f"stopping a SuperLink left behind by an earlier launcher (pid {pid})")
             stop_tree(pid)
-        for orphan in _orphans_of(pid):
+        for orphan in orphans_of(pid):
             stop_tree(orphan)
 
     def start(self) -> None:
@@ -315,7 +236,7 @@ class FlowerServer:
             env=self.env,
             cwd=self.home,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
         )
         log.close()
         self.pid_file.write_text(str(self.proc.pid))
@@ -355,7 +276,7 @@ class FlowerServer:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            self._check_alive()
+            self._checkalive()
             try:
                 with socket.create_connection(
                     ("127.0.0.1" if self.opt.host == "0.0.0.0" else self.opt.host, self.opt.port), timeout=2
@@ -372,7 +293,7 @@ class FlowerServer:
                 )
             time.sleep(1.0)
 
-    def _check_alive(self) -> None:
+    def _checkalive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             tail = self.log_file.read_text(errors="replace")[-1500:] if self.log_file.is_file() else ""
             hint = " (is the port in use?)" if "address already in use" in tail.lower() else ""
@@ -404,7 +325,7 @@ class FlowerServer:
         deadline = time.monotonic() + timeout
         last = -1
         while True:
-            self._check_alive()
+            self._checkalive()
             nodes = self.online_nodes()
             if len(nodes) != last:
                 self._say(f"{len(nodes)} of {n} clients connected")
@@ -495,7 +416,7 @@ class FlowerServer:
         ended: dict[str, Any] | None = None
         status = "starting"
         while True:
-            self._check_alive()
+            self._checkalive()
             offset, events = _read_new(rd.metrics_file, offset)
             for event in events:
                 self._say(_progress(event, cfg.num_rounds))

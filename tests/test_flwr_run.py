@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,28 +13,9 @@ import pytest
 
 from tests.conftest import REPO
 from uaap import workspace
+from uaap.processes import free_port, stop_tree
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop_everything_on(port: int, superlink: subprocess.Popen) -> None:
-    """Stop the SuperLink and what it started in other sessions (superexec, flwr-simulation)."""
-    os.killpg(superlink.pid, signal.SIGTERM)
-    superlink.wait(timeout=30)
-    marker = f"127.0.0.1:{port}".encode()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if marker in (proc / "cmdline").read_bytes():
-                    os.kill(int(proc.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                continue
 
 
 def _flwr(*args: str, env: dict[str, str], timeout: float = 180) -> dict:
@@ -53,7 +32,7 @@ def _flwr(*args: str, env: dict[str, str], timeout: float = 180) -> dict:
 
 @pytest.mark.slow
 def test_flwr_run_dot_runs_the_app_in_simulation(uaap_home: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     flwr_home = tmp_path / "flwr-home"
     flwr_home.mkdir()
     (flwr_home / "config.toml").write_text(
@@ -113,4 +92,4 @@ def test_flwr_run_dot_runs_the_app_in_simulation(uaap_home: Path, tmp_path: Path
         assert rd.read_config().local_epochs == 1, "run config overrides reach the ServerApp"
         assert rd.events("end")[-1]["status"] == "completed" and rd.model_file.is_file()
     finally:
-        _stop_everything_on(port, superlink)
+        stop_tree(superlink.pid)  # also Flower's out-of-session superexec and its simulation
