@@ -39,6 +39,8 @@ def train_central(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> CentralResult:
     """Train ``cfg.model`` on the pooled training split; evaluate on the held-out test split."""
+    if workers < 0:
+        raise ConfigError(f"workers={workers} must be 0 (in-process) or a positive number of Ray Train workers")
     if epochs < 1:
         raise ConfigError(f"epochs={epochs} must be at least 1")
     if cfg.dataset == "synthetic":

