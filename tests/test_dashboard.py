@@ -126,7 +126,6 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(not Path("/usr/bin/chromedriver").exists(), reason="needs Debian's chromium + chromium-driver")
 def test_headless_chromium_screenshot_and_live_update(home, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

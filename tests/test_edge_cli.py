@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 
 import numpy as np
@@ -11,8 +10,6 @@ import pytest
 
 from uaap.cli import main
 from uaap.config import RunConfig
-
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed for the C exports")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
@@ -17,7 +16,6 @@ TORCH = ("logreg", "mlp", "cnn")
 ESTIMATORS = ("logistic_regression", "decision_tree", "random_forest", "xgboost")
 TREES = ("decision_tree", "random_forest", "xgboost", "xgboost_bc")
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is needed for the C exports")
 
 
 @pytest.fixture(scope="module")
