@@ -40,8 +40,8 @@ def config_flags(rounds: int, clients: int) -> list[str]:
 
 def run_deployment(root: Path, rounds: int, clients: int) -> tuple[list[float], float]:
     """Per-round seconds and total wall time of a localhost deployment."""
-    from server.launcher import free_port
     from uaap.certs import init_certs
+    from uaap.processes import free_port
 
     certs = init_certs(root / "certs", clients=clients)
     env = {**os.environ, "UAAP_HOME": str(root / "ws-deploy"), "FLWR_TELEMETRY_ENABLED": "0"}
@@ -86,7 +86,7 @@ def run_deployment(root: Path, rounds: int, clients: int) -> tuple[list[float], 
         if rc != 0:
             raise SystemExit(f"flower-server failed with code {rc}")
     finally:
-        from server.launcher import stop_tree
+        from uaap.processes import stop_tree
 
         for p in [server, *procs]:
             stop_tree(p.pid, grace=5)

@@ -88,7 +88,7 @@ class Federation:
     """The processes of one localhost federation and the paths they use."""
 
     def __init__(self, root: Path) -> None:
-        from server.launcher import free_port
+        from uaap.processes import free_port
 
         self.root = root
         self.home = root / "ws"

@@ -217,8 +217,9 @@ def _tls_server(cert: Path, key: Path) -> tuple[int, threading.Event]:
 
 
 def test_probe_server_tells_unreachable_from_wrong_certificate(certs, tmp_path):
-    from client.launcher import EXIT_TLS, EXIT_UNREACHABLE, ClientError, ClientOptions, free_port, probe_server
+    from client.launcher import EXIT_TLS, EXIT_UNREACHABLE, ClientError, ClientOptions, probe_server
     from uaap.certs import init_certs
+    from uaap.processes import free_port
 
     port, stop = _tls_server(certs.server_cert, certs.server_key)
     try:
@@ -235,7 +236,8 @@ def test_probe_server_tells_unreachable_from_wrong_certificate(certs, tmp_path):
 
 
 def test_client_main_exit_codes(certs, tmp_path, capsys):
-    from client.launcher import EXIT_UNREACHABLE, free_port, main
+    from client.launcher import EXIT_UNREACHABLE, main
+    from uaap.processes import free_port
 
     port = free_port()
     assert main(["--server", f"127.0.0.1:{port}", "--partition-id", "0"]) == 2  # neither TLS nor --insecure

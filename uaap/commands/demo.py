@@ -23,18 +23,21 @@ SECURE = RunConfig(
     secure_aggregation="ckks",
     experiment="uaap-demo",
 )
-# Both DP levels on top. With only 10 clients the client-level guarantee is weak whatever we do (the
-# noise on the average is sigma*C/(q*N) per coordinate): the demo shows the mechanism and its ledger,
-# with a modest noise multiplier, and prints both epsilons as they are.
+# Both DP levels on top. Measured here (10 clients, 10 rounds, HE on): DP-SGD alone at example-level
+# epsilon 8 reaches ~0.74; any client-level noise that buys a meaningful user-level epsilon drowns a
+# 9k-parameter update averaged over 10 clients (noise sigma*C/m per coordinate), and clipping DP-SGD's
+# noisy updates slows learning further. So the demo runs client-level DP with a tiny noise multiplier and
+# a clip that rarely binds, momentum 0.5 to keep DP-SGD's noise in check, and prints the epsilons as they
+# are: a user-level guarantee needs hundreds of clients (see README, "Differential privacy").
 PRIVATE = SECURE.replace(
+    momentum=0.5,
     dp_local=True,
     dp_target_epsilon=8.0,
     dp_delta=1e-5,
     dp_clip_norm=1.0,
     dp_central=True,
-    dp_noise_multiplier=0.1,
-    dp_central_clip_norm=3.0,
-    max_epsilon=1000.0,
+    dp_noise_multiplier=0.02,
+    dp_central_clip_norm=10.0,
 )
 
 
@@ -70,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
         console.rule("[bold]2/3 the same federation with DP-SGD on clients and client-level central DP")
         console.print(
             f"example level: target epsilon {private.dp_target_epsilon} at delta {private.dp_delta}; "
-            f"client level: noise multiplier {private.dp_noise_multiplier}, clip {private.dp_central_clip_norm}; "
-            f"budget max-epsilon {private.max_epsilon:g}"
+            f"client level: noise multiplier {private.dp_noise_multiplier}, clip {private.dp_central_clip_norm} "
+            "(10 clients cannot buy a meaningful user-level epsilon: the ledger shows what was spent)"
         )
         runs.append(("federated, secure aggregation + DP", simulate_with_progress(private, console)))
     console.rule("[bold]3/3 central baseline: same model, pooled data, same test set")
