@@ -17,7 +17,6 @@ ESTIMATORS = ("logistic_regression", "decision_tree", "random_forest", "xgboost"
 TREES = ("decision_tree", "random_forest", "xgboost", "xgboost_bc")
 
 
-
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     """Small trained models saved the way UAAP saves them, loaded back as export sources."""
