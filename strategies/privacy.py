@@ -53,6 +53,7 @@ import numpy as np
 from flwr.serverapp.strategy import Strategy
 
 from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
+from strategies.wrapper import StrategyWrapper
 from uaap.config import RunConfig
 from uaap.errors import ConfigError
 from uaap.models import flatten, from_record, to_record, unflatten
@@ -83,7 +84,7 @@ def poisson_sample(nodes: list[int], q: float, rng: np.random.Generator) -> list
     return [n for n, u in zip(nodes, rng.random(len(nodes)), strict=True) if u < q]
 
 
-class CentralDP(Strategy):
+class CentralDP(StrategyWrapper):
     """Client-level DP (Poisson sampling, clipping, Gaussian noise) plus accounting, ledger and budget stop."""
 
     def __init__(
@@ -95,7 +96,7 @@ class CentralDP(Strategy):
         ledger: Ledger | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.cfg = cfg
         self.central = cfg.dp_central if central is None else central
         if self.central and cfg.dp_noise_multiplier <= 0:
@@ -121,13 +122,6 @@ class CentralDP(Strategy):
             levels = "+".join(x for x, on in ((USER, self.central), (EXAMPLE, cfg.dp_local)) if on) or "none"
             self.ledger.set_budget(Budget(cfg.run_id, cfg.max_epsilon, cfg.dp_delta, cfg.dp_accountant, levels))
 
-    def __getattr__(self, name: str) -> Any:
-        # Attributes of the wrapped strategy (e.g. ``encrypted``, sampling settings) stay reachable.
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
-
-    # ---- delegated ---------------------------------------------------------------------------------
     def summary(self) -> None:
         """Log the DP settings and the inner strategy's summary."""
         log.info(
@@ -141,16 +135,6 @@ class CentralDP(Strategy):
             self.max_epsilon,
         )
         self.strategy.summary()
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """The inner strategy's evaluation messages (evaluation releases only metrics to the server)."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Evaluation metrics as the inner strategy aggregates them."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
     # ---- sampling ----------------------------------------------------------------------------------
     def configure_train(

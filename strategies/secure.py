@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp.strategy import Strategy
 
+from strategies.wrapper import StrategyWrapper
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, UaapError
 
 if TYPE_CHECKING:
-    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-    from flwr.serverapp import Grid
+    from flwr.app import ArrayRecord, Message, MetricRecord
 
 log = logging.getLogger("uaap.secure")
 
 
-class SecureAggregation(Strategy):
+class SecureAggregation(StrategyWrapper):
     """Wrap any message-based Flower strategy so that training replies are summed as CKKS ciphertexts."""
 
     encrypted = True  # server loop: the global arrays are ciphertext (no central evaluation, no plaintext model)
@@ -38,37 +38,14 @@ class SecureAggregation(Strategy):
                 f"the server was given a context with a secret key (fingerprint {ctx.short}); give it only "
                 f"{crypto.PUBLIC_FILE}"
             )
-        self.strategy = strategy
+        super().__init__(strategy)
         self.context = ctx
         self.last_rejected: list[tuple[int, str]] = []  # (node id, reason) of the last aggregate_train
 
-    def __getattr__(self, name: str) -> Any:
-        # Sampling settings and hooks of the inner strategy stay reachable (wrappers stack).
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
-
-    # ---- delegated ------------------------------------------------------------------------------------
     def summary(self) -> None:
         """Log the inner strategy's summary and the HE settings."""
         log.info("secure aggregation: CKKS, public context %s", self.context.short)
         self.strategy.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """The inner strategy's training messages (arrays may be ciphertext)."""
-        return self.strategy.configure_train(server_round, arrays, config, grid)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """The inner strategy's evaluation messages: clients decrypt and evaluate locally."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Federated evaluation metrics, as the inner strategy aggregates them."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
     # ---- the encrypted sum ----------------------------------------------------------------------------
     def aggregate_train(

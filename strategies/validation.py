@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.serverapp.strategy import Strategy
 
+from strategies.wrapper import StrategyWrapper
+
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
     from flwr.serverapp import Grid
@@ -31,19 +33,14 @@ class InvalidReply(ValueError):
     """Why one reply cannot be aggregated."""
 
 
-class ValidateReplies(Strategy):
+class ValidateReplies(StrategyWrapper):
     """Drop replies with wrong shapes, NaN/Inf or bad weights; delegate everything else to ``strategy``."""
 
     def __init__(self, strategy: Strategy, run_id: str = "") -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.run_id = run_id
         self.expected: dict[str, tuple[tuple[int, ...], str]] | None = None
         self.rejected: list[dict[str, Any]] = []  # every rejection of this run: round, phase, node, reason
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
 
     def summary(self) -> None:
         """The inner strategy's summary."""
@@ -56,12 +53,6 @@ class ValidateReplies(Strategy):
         """Remember the global model's layout (when it is plaintext), then let the inner strategy sample."""
         self.expected = expected_layout(arrays)
         return self.strategy.configure_train(server_round, arrays, config, grid)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegated."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
