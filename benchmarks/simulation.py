@@ -178,15 +178,13 @@ def run_ours(cfg: RunConfig) -> Run:
         rd = simulate(cfg)
         wall = time.perf_counter() - t0
     marks = [e["time"] for e in sorted(rd.events("round"), key=lambda e: e["round"])]
-    return Run(
-        "uaap",
-        cfg.num_clients,
-        wall,
-        rss.peak_total / MB,
-        rss.actor_mb,
-        len(rss.peak_actor),
-        [b - a for a, b in zip(marks, marks[1:], strict=False)],
-    )
+    return _run("uaap", cfg, wall, rss, marks)
+
+
+def _run(app: str, cfg: RunConfig, wall: float, rss: RssSampler, marks: list[float]) -> Run:
+    """One benchmark row; round times are the gaps between consecutive round events."""
+    gaps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    return Run(app, cfg.num_clients, wall, rss.peak_total / MB, rss.actor_mb, len(rss.peak_actor), gaps)
 
 
 def run_plain(cfg: RunConfig, *, block_tf: bool = True) -> Run:
@@ -226,15 +224,7 @@ def run_plain(cfg: RunConfig, *, block_tf: bool = True) -> Run:
         wall = time.perf_counter() - t0
     if len(marks) != cfg.num_rounds + 1:
         raise RuntimeError(f"plain Flower app finished {len(marks) - 1} of {cfg.num_rounds} rounds")
-    return Run(
-        "plain",
-        cfg.num_clients,
-        wall,
-        rss.peak_total / MB,
-        rss.actor_mb,
-        len(rss.peak_actor),
-        [b - a for a, b in zip(marks, marks[1:], strict=False)],
-    )
+    return _run("plain", cfg, wall, rss, marks)
 
 
 # ---- TensorFlow tax ---------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import numpy as np
 from strategies import build_strategy, sort_replies
 from uaap import workspace
 from uaap.config import RunConfig
-from uaap.data import describe, federated
+from uaap.data import Dataset, describe, federated
 from uaap.models import build_model, from_record, get_weights, to_record
 from uaap.training import evaluate
 
@@ -65,9 +65,9 @@ def _hook(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def initial_arrays(cfg: RunConfig) -> ArrayRecord:
-    """The seeded initial global model, as Flower arrays."""
-    meta = describe(cfg)
+def initial_arrays(cfg: RunConfig, meta: Dataset | None = None) -> ArrayRecord:
+    """The seeded initial global model, as Flower arrays (``meta``: any split carrying the data's shape)."""
+    meta = meta if meta is not None else describe(cfg)
     model = build_model(cfg.model, meta.n_features, meta.n_classes, meta.image_shape, seed=cfg.seed)
     return to_record(get_weights(model))
 
@@ -92,8 +92,6 @@ def run_federation(
     grid: Grid, cfg: RunConfig, strategy: Strategy | None = None, *, num_partitions: int | None = None
 ) -> workspace.RunDir:
     """Run (or resume) the federation described by ``cfg``; returns the run folder."""
-    from flwr.app import ConfigRecord
-
     rd = workspace.run_dir(cfg.run_id or workspace.new_run_id())
     cfg = cfg.replace(run_id=rd.run_id)
     rd.write_config(cfg)
@@ -101,6 +99,7 @@ def run_federation(
     np.random.seed(cfg.seed % 2**32)
     nodes = _wait_for_nodes(grid, cfg)
     num_partitions = num_partitions or cfg.num_clients
+    meta = federated(cfg, num_partitions)[1]  # the server's test set (cached): shapes for model and export
     strategy = strategy or build_strategy(cfg, num_nodes=nodes)
 
     ckpt = rd.latest_checkpoint()
@@ -113,7 +112,7 @@ def run_federation(
             load(ckpt.state["strategy"])
         log.info("resuming run %s from the checkpoint of round %d", rd.run_id, ckpt.round)
     else:
-        arrays = initial_arrays(cfg)
+        arrays = initial_arrays(cfg, meta)
         start = 1
 
     encrypted = bool(_hook(strategy, "encrypted"))
@@ -133,7 +132,7 @@ def run_federation(
                 status, reason = "stopped", str(stop)
                 log.warning("stopping before round %d: %s", server_round, stop)
                 break
-            arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn, ConfigRecord)
+            arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn)
             state = {"strategy": save()} if (save := _hook(strategy, "state_dict")) is not None else {}
             rd.save_checkpoint(workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state))
             rd.log_event("round", **entry.__dict__)
@@ -151,7 +150,6 @@ def run_federation(
         raise
 
     if not encrypted:
-        meta = describe(cfg)
         workspace.save_model(
             rd.model_file,
             cfg.model,
@@ -201,10 +199,11 @@ def _one_round(
     server_round: int,
     arrays: ArrayRecord,
     evaluate_fn: Any,
-    config_cls: Any,
 ) -> tuple[ArrayRecord, RoundLog]:
     t0 = time.perf_counter()
-    train_cfg = config_cls({CONFIG_KEY: cfg.to_json()})
+    from flwr.app import ConfigRecord
+
+    train_cfg = ConfigRecord({CONFIG_KEY: cfg.to_json()})
     messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
     replies = sort_replies(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     ok = [m for m in replies if not m.has_error()]
@@ -224,7 +223,7 @@ def _one_round(
         participants=sorted(int(m.metadata.src_node_id) for m in ok),  # replied; wrappers log rejections
     )
 
-    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, config_cls({CONFIG_KEY: cfg.to_json()}), grid))
+    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord({CONFIG_KEY: cfg.to_json()}), grid))
     if eval_msgs:
         eval_replies = sort_replies(grid.send_and_receive(eval_msgs, timeout=cfg.round_timeout))
         _warn_missing("evaluate", server_round, eval_msgs, eval_replies)

@@ -8,8 +8,12 @@ a privacy budget; then central training of the same model on the pooled data as 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from uaap.config import RunConfig
+
+if TYPE_CHECKING:
+    from uaap.workspace import RunDir
 
 SECURE = RunConfig(
     dataset="digits",
@@ -102,14 +106,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_holder_accuracy(rd: object) -> float:
+def _key_holder_accuracy(rd: RunDir) -> float:
     """Decrypt the final model as a data owner would (`uaap keys decrypt-model`) and test it centrally."""
     from uaap import workspace
     from uaap.crypto import decrypt_model
     from uaap.data import load_split
     from uaap.training import evaluate
 
-    assert isinstance(rd, workspace.RunDir)
     cfg = rd.read_config()
     model, _ = workspace.load_model(decrypt_model(rd.run_id, cfg.he_secret_context))
     return evaluate(model, load_split(cfg).test)["accuracy"]
