@@ -205,7 +205,7 @@ def _one_round(
 
     train_cfg = ConfigRecord({CONFIG_KEY: cfg.to_json()})
     messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
-    replies = sort_replies(grid.send_and_receive(messages, timeout=cfg.round_timeout))
+    replies = sort_replies(exchange(grid, messages, cfg.round_timeout))
     ok = [m for m in replies if not m.has_error()]
     _warn_missing("train", server_round, messages, replies)
     new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
@@ -225,7 +225,7 @@ def _one_round(
 
     eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord({CONFIG_KEY: cfg.to_json()}), grid))
     if eval_msgs:
-        eval_replies = sort_replies(grid.send_and_receive(eval_msgs, timeout=cfg.round_timeout))
+        eval_replies = sort_replies(exchange(grid, eval_msgs, cfg.round_timeout))
         _warn_missing("evaluate", server_round, eval_msgs, eval_replies)
         entry.evaluate = _metrics(strategy.aggregate_evaluate(server_round, eval_replies))
     if evaluate_fn is not None:
@@ -234,6 +234,29 @@ def _one_round(
         entry.privacy = dict(report(server_round))
     entry.seconds = time.perf_counter() - t0
     return arrays, entry
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float, *, max_pause: float = 0.5) -> list[Message]:
+    """Push ``messages`` and pull their replies until all are in or ``timeout`` seconds pass.
+
+    Flower's ``send_and_receive`` sleeps a fixed 0.1 s (simulation) or 3 s (deployment) between pulls, so
+    every phase of a round ended on one of those ticks. Here polling starts at 5 ms, backs off by 1.5x to
+    ``max_pause`` while nothing arrives, and starts short again after each reply.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    pause = 0.005
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        pause = 0.005 if got else min(pause * 1.5, max_pause)
+        time.sleep(min(pause, left))
+    return replies
 
 
 def _warn_missing(phase: str, server_round: int, sent: list[Message], got: list[Message]) -> None:
