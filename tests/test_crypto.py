@@ -25,8 +25,8 @@ def other_keys(tmp_path_factory: pytest.TempPathFactory) -> crypto.KeyFiles:
 
 
 def _model(rng: np.random.Generator) -> list[np.ndarray]:
-    """MLP-shaped float32 weights spanning more than one ciphertext (4096 slots)."""
-    return [rng.normal(0, 0.3, size=s).astype(np.float32) for s in [(64, 64), (64,), (10, 64), (10,)]]
+    """MLP-shaped float32 weights spanning more than one ciphertext (8192 values)."""
+    return [rng.normal(0, 0.3, size=s).astype(np.float32) for s in [(64, 64), (64,), (64, 64), (10, 64), (10,)]]
 
 
 def test_keys_init_writes_secret_0600_public_fingerprint_and_gitignore(keys: crypto.KeyFiles) -> None:
@@ -88,9 +88,29 @@ def test_round_trip_precision_against_numpy(keys: crypto.KeyFiles) -> None:
     for got, ref in zip(back, weights, strict=True):
         assert got.dtype == ref.dtype and got.shape == ref.shape
         assert np.abs(got.astype(np.float64) - ref).max() <= 1e-6
-    slots = -(-sum(w.size for w in weights) // crypto.SLOTS) * crypto.SLOTS  # the last ciphertext is part-filled
+    n_ct = -(-sum(w.size for w in weights) // crypto.VALUES_PER_CT)
+    assert n_ct == 2 and crypto.parse_record(record, secret).header["n_ciphertexts"] == n_ct
     wire = sum(len(record[k].data) for k in record)
-    assert 32.0 < wire / slots < 32.2, f"{wire / slots:.3f} bytes per slot (32 = 2 x 8192 x 8 B / 4096)"
+    per_value = wire / (n_ct * crypto.VALUES_PER_CT)  # the last ciphertext is part-filled
+    assert 16.0 < per_value < 16.2, f"{per_value:.3f} bytes per value (16 = 2 x 8192 x 8 B / 8192)"
+
+
+def test_repeated_decryption_is_cached_but_never_stale(keys: crypto.KeyFiles) -> None:
+    from flwr.app import Array, ArrayRecord
+
+    secret = crypto.load_context(keys.secret)
+    weights = _model(np.random.default_rng(6))
+    record = crypto.encrypt_weights(weights, 1.0, secret)
+    first = crypto.decrypt_sum(record, secret)
+    assert crypto.decrypt_sum(record, secret) is first and not first.flags.writeable
+    # one NTT coefficient of the first ciphertext moved by +1: a different ciphertext must decrypt afresh
+    coeffs = crypto._u8_view(record[f"{crypto.CHUNK_PREFIX}0000"], "x").copy()
+    coeffs.view("<u8")[0] += np.uint64(1)
+    changed = ArrayRecord({k: record[k] for k in record})
+    changed[f"{crypto.CHUNK_PREFIX}0000"] = Array(coeffs)
+    second = crypto.decrypt_sum(changed, secret)
+    assert second is not first and not np.array_equal(second[: crypto.VALUES_PER_CT], first[: crypto.VALUES_PER_CT])
+    assert np.array_equal(second[crypto.VALUES_PER_CT :], first[crypto.VALUES_PER_CT :])  # the untouched ciphertext
 
 
 def test_encrypted_sum_matches_weighted_numpy_sum_and_add_plain(keys: crypto.KeyFiles) -> None:
@@ -176,7 +196,7 @@ def test_ciphertext_chunks_survive_a_checkpoint(keys: crypto.KeyFiles, uaap_home
     from uaap import workspace
 
     secret = crypto.load_context(keys.secret)
-    weights = [np.random.default_rng(4).normal(size=300_000).astype(np.float32)]  # > one 64-ciphertext chunk
+    weights = [np.random.default_rng(4).normal(size=600_000).astype(np.float32)]  # > one 64-ciphertext chunk
     record = crypto.encrypt_weights(weights, 2.0, secret)
     assert len([k for k in record if k.startswith(crypto.CHUNK_PREFIX)]) == 2
     rd = workspace.run_dir("run-he")

@@ -18,31 +18,38 @@ Round 1's global model is plaintext (a seeded random initialisation is not priva
 ciphertext, and checkpoints keep them so (``uaap keys decrypt-model`` makes the plaintext model for a key
 holder).
 
-Parameters (measured; see FIELD-NOTES)
---------------------------------------
+Parameters and packing (measured; see FIELD-NOTES and benchmarks/secure_aggregation.py)
+---------------------------------------------------------------------------------------
 ``N = 8192``, ``coeff_mod_bit_sizes = [60, 60]``, scale ``2**40``. One 60-bit data prime plus the special
 prime: log2 q = 120 <= 218, the HE standard's bound for 128-bit security at N = 8192 (SEAL enforces it,
-``sec_level = tc128``). A ciphertext holds N/2 = 4096 values in 2 x 8192 coefficients of 8 bytes: 32 bytes
-per parameter (a [60,40,60] chain that allows one server-side multiply costs ~58). Precision: the decrypted
-sum of K fresh ciphertexts is off by ~1e-8 (max abs, K = 10), far below float32 resolution of the weights.
-Range: the decrypted sum must satisfy ``sum_k |he-weight_k * w_k| < 2**19`` per coordinate (scale 2**40 in a
-60-bit prime); :func:`encrypt_weights` refuses values beyond ``2**18 / max_summands`` (one bit of margin).
+``sec_level = tc128``). A ciphertext has N/2 = 4096 complex slots in 2 x 8192 coefficients of 8 bytes.
+CKKS is linear over the complex numbers, so each slot carries two parameters (real and imaginary part):
+8192 values per ciphertext, 16 bytes per parameter (TenSEAL's real ``ckks_vector`` packing costs 32; a
+[60,40,60] chain that allows one server-side multiply ~58). Clients encrypt symmetrically with the secret
+key they hold: half the work of public-key encryption, and ciphertexts of the same kind. Precision: the
+decrypted sum of K fresh ciphertexts is off by ~1e-9 (max abs, K = 10), far below the float32 resolution
+of the weights. Range: a coefficient of the decrypted sum must stay below 2**19 (scale 2**40 in a 60-bit
+prime); it is bounded by the largest slot modulus, so :func:`encrypt_weights` refuses values beyond
+``2**18 / max_summands`` per parameter (a slot then stays below 2**18.5).
 
 Wire format (an ``ArrayRecord``; every entry a 1-D uint8 ``Array``)
 -----------------------------------------------------------------
 ``he-fingerprint``   ASCII hex SHA-256 of the public context the ciphertexts belong to;
-``he-header``        UTF-8 JSON: ``format`` ("uaap-ckks/1"), ``n_values``, ``n_ciphertexts``, ``shapes``,
+``he-header``        UTF-8 JSON: ``format`` ("uaap-ckks/2"), ``n_values``, ``n_ciphertexts``, ``shapes``,
                      ``dtypes`` (the model tensors, for unflattening), ``modulus`` (q, decimal string);
 ``he-total-weight``  one little-endian float64: the plaintext weight this ciphertext is a sum over
                      (a client's own ``he-weight``, or the server's total over the clients summed);
 ``he-ct-NNNN``       ciphertext chunks: little-endian uint64 RNS coefficients, shape (k, 2, 8192), k <= 64
-                     ciphertexts (262,144 values, 8 MiB) per chunk, in NTT form, all at the context's first
+                     ciphertexts (524,288 values, 8 MiB) per chunk, in NTT form, all at the context's first
                      data level and scale 2**40 (the SEAL metadata is identical for every fresh ciphertext of
                      a context and is rebuilt on the client from its own context, never trusted from the wire).
+                     Values 2i and 2i+1 of ciphertext j are the real and imaginary part of its slot i.
 
 Carrying raw coefficients instead of TenSEAL's serialisation lets the server add with NumPy (lazy modular
 reduction) instead of decompressing and parsing every ciphertext through SEAL: that is what makes server
 aggregation cheap (see benchmarks/secure_aggregation.py), and the server parses no untrusted bytes in C++.
+TenSEAL makes and stores the keys; the per-ciphertext work (encode, encrypt, decrypt) goes through the SEAL
+API that TenSEAL ships (``tenseal.sealapi``), which has the complex encoder and symmetric encryption.
 
 Security notes
 --------------
@@ -61,6 +68,8 @@ Security notes
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import io
@@ -69,7 +78,10 @@ import logging
 import os
 import re
 import struct
+import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,10 +100,11 @@ log = logging.getLogger("uaap.crypto")
 POLY_MODULUS_DEGREE = 8192
 COEFF_MOD_BIT_SIZES = (60, 60)
 SCALE_BITS = 40
-SLOTS = POLY_MODULUS_DEGREE // 2
+SLOTS = POLY_MODULUS_DEGREE // 2  # complex slots per ciphertext
+VALUES_PER_CT = 2 * SLOTS  # two real values per slot: its real and its imaginary part
 CT_PER_CHUNK = 64
-MAX_ABS_SUM = 2.0**18  # |decrypted sum| must stay below 2**(60 - 40 - 1); one bit of margin
-FORMAT = "uaap-ckks/1"
+MAX_ABS_SUM = 2.0**18  # per value; a slot's modulus then stays below 2**18.5 < 2**(60 - 40 - 1)
+FORMAT = "uaap-ckks/2"
 FILE_MAGIC = b"UAAP-CKKS/1\n"
 
 KEY_FINGERPRINT = "he-fingerprint"
@@ -124,6 +137,7 @@ class HEContext:
     fingerprint: str
     modulus: int
     seal_prefix: bytes  # SEAL metadata of a fresh ciphertext (parms_id, NTT flag, size, N, scale, array header)
+    seal: SealTools
     path: str = ""
 
     @property
@@ -135,6 +149,32 @@ class HEContext:
     def short(self) -> str:
         """The fingerprint's first 16 hex digits, for messages."""
         return self.fingerprint[:16]
+
+
+@dataclass(frozen=True, eq=False)
+class SealTools:
+    """SEAL objects for the per-ciphertext hot path, built once per loaded context.
+
+    Clients encrypt symmetrically with the secret key they hold (half the work of public-key encryption and
+    less noise; the ciphertexts are the same kind, so the server's sums do not change).
+    """
+
+    context: Any  # seal::SEALContext
+    encoder: Any  # seal::CKKSEncoder
+    encryptor: Any | None  # symmetric (secret key); None on the server
+    decryptor: Any | None
+
+    @classmethod
+    def of(cls, ctx: Any) -> SealTools:
+        """The encoder, encryptor and decryptor of a TenSEAL context (the last two only with a secret key)."""
+        import tenseal.sealapi as sealapi
+
+        seal_ctx = ctx.seal_context().data
+        if not ctx.has_secret_key():
+            return cls(seal_ctx, sealapi.CKKSEncoder(seal_ctx), None, None)
+        sk = ctx.secret_key().data
+        encoder = sealapi.CKKSEncoder(seal_ctx)
+        return cls(seal_ctx, encoder, sealapi.Encryptor(seal_ctx, sk), sealapi.Decryptor(seal_ctx, sk))
 
 
 @dataclass(frozen=True)
@@ -181,9 +221,7 @@ def _wrap(ctx: Any, path: str = "") -> HEContext:
             f"CKKS context {path or '(in memory)'} has no public key; recreate it with `uaap keys init`"
         )
     ctx.global_scale = 2.0**SCALE_BITS
-    blob = _tenseal_encrypt_one(ctx, np.zeros(1))
-    meta, _ = _split_seal(blob)
-    # meta: parms_id(32) ntt(1) size(8) N(8) coeff_modulus_size(8) scale(8) correction(8) | array header(16+8)
+    meta = _fresh_ciphertext_meta(ctx)
     size, degree, levels = struct.unpack_from("<QQQ", meta, 33)
     (scale,) = struct.unpack_from("<d", meta, 57)
     if (size, degree, levels, scale) != (2, POLY_MODULUS_DEGREE, 1, 2.0**SCALE_BITS) or meta[32] != 1:
@@ -192,7 +230,18 @@ def _wrap(ctx: Any, path: str = "") -> HEContext:
             f"UAAP expects N={POLY_MODULUS_DEGREE}, coeff_mod_bit_sizes={list(COEFF_MOD_BIT_SIZES)}, "
             f"scale 2**{SCALE_BITS}: make keys with `uaap keys init`"
         )
-    return HEContext(ctx, fingerprint_of(ctx), _modulus(), meta, path)
+    return HEContext(ctx, fingerprint_of(ctx), _modulus(), meta, SealTools.of(ctx), path)
+
+
+def _fresh_ciphertext_meta(ctx: Any) -> bytes:
+    """The SEAL metadata of a fresh public-key encryption of zero under ``ctx`` (any parameters)."""
+    import tenseal.sealapi as sealapi
+
+    seal_ctx = ctx.seal_context().data
+    plain, cipher = sealapi.Plaintext(), sealapi.Ciphertext(seal_ctx)
+    sealapi.CKKSEncoder(seal_ctx).encode(0.0, 2.0**SCALE_BITS, plain)
+    sealapi.Encryptor(seal_ctx, ctx.public_key().data).encrypt(plain, cipher)
+    return _split_seal(_SEAL_FILE.save(cipher))[0]
 
 
 def generate_keys(out_dir: str | Path, *, overwrite: bool = False) -> KeyFiles:
@@ -313,8 +362,8 @@ def inspect_context(path: str | Path) -> dict[str, Any]:
         "log2_q": sum(COEFF_MOD_BIT_SIZES),
         "security": "128-bit: log2 q <= 218 at N=8192 (HE standard)",
         "scale": f"2**{SCALE_BITS}",
-        "slots_per_ciphertext": SLOTS,
-        "bytes_per_parameter": _CT_BYTES / SLOTS,
+        "values_per_ciphertext": VALUES_PER_CT,
+        "bytes_per_parameter": _CT_BYTES / VALUES_PER_CT,
         "fingerprint": hctx.fingerprint,
         "created": header.get("created", ""),
         "mode": oct(Path(path).expanduser().stat().st_mode & 0o777),
@@ -372,109 +421,164 @@ def ensure_simulation_keys(cfg: RunConfig) -> RunConfig:
 # ---- raw ciphertexts -----------------------------------------------------------------------------------
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(buf):
-            raise CiphertextError("truncated varint in a TenSEAL vector")
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, i
+class _SealFile:
+    """One in-memory file per process through which SEAL objects become bytes and back.
 
+    TenSEAL's SEAL bindings save and load only by path. A memfd (a file that lives in RAM and has no name on
+    any disk) stands in; elsewhere a private temporary file. Only ciphertexts and the server's plaintext
+    noise pass through it, never key material or decrypted values.
+    """
 
-def _enc_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._fd = -1
+        self._path = ""
 
-
-def _tenseal_encrypt_one(ctx: Any, values: np.ndarray) -> bytes:
-    """TenSEAL-encrypt up to 4096 values; the SEAL ciphertext blob (CKKSVectorProto field 2)."""
-    import tenseal as ts
-
-    blob = ts.ckks_vector(ctx, values).serialize()
-    i, cts = 0, []
-    while i < len(blob):  # CKKSVectorProto: 1 sizes (packed), 2 ciphertexts, 3 scale (double)
-        tag = blob[i]
-        i += 1
-        if tag in (0x0A, 0x12):
-            n, i = _varint(blob, i)
-            if tag == 0x12:
-                cts.append(blob[i : i + n])
-            i += n
-        elif tag == 0x19:
-            i += 8
+    def _open(self) -> None:
+        if self._pid == os.getpid():
+            return
+        if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+            self._fd = os.memfd_create("uaap-seal", os.MFD_CLOEXEC)
+            self._path = f"/proc/self/fd/{self._fd}"
         else:
-            raise CiphertextError(f"unexpected field tag {tag:#x} in a TenSEAL vector")
-    if len(cts) != 1:
-        raise CiphertextError(f"expected one ciphertext per 4096 values, TenSEAL produced {len(cts)}")
-    return cts[0]
+            self._fd, self._path = tempfile.mkstemp(prefix="uaap-seal-")
+            atexit.register(functools.partial(_unlink_quietly, self._path))
+        self._pid = os.getpid()
+
+    def save(self, obj: Any) -> bytes:
+        """A SEAL Ciphertext or Plaintext as SEAL's serialisation (header + possibly compressed body)."""
+        with self._lock:
+            self._open()
+            obj.save(self._path)
+            return os.pread(self._fd, os.fstat(self._fd).st_size, 0)
+
+    def load(self, obj: Any, seal_context: Any, blob: bytes) -> Any:
+        """Load SEAL's serialisation ``blob`` into ``obj`` (SEAL validates it against ``seal_context``)."""
+        with self._lock:
+            self._open()
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, blob, 0)
+            obj.load(seal_context, self._path)
+            return obj
 
 
-def _split_seal(ct: bytes) -> tuple[bytes, np.ndarray]:
-    """A SEAL ciphertext blob -> (metadata prefix, (2, N) uint64 coefficients)."""
-    magic, hsize, _major, _minor, compr, _res, size = _SEAL_HEADER.unpack_from(ct, 0)
-    if magic != _SEAL_MAGIC or hsize != _SEAL_HEADER.size or size != len(ct):
-        raise CiphertextError("not a SEAL ciphertext")
-    body = ct[hsize:size]
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+_SEAL_FILE = _SealFile()
+
+
+def _seal_body(blob: bytes) -> bytes:
+    """The uncompressed body of a SEAL serialisation (after its 16-byte header)."""
+    magic, hsize, _major, _minor, compr, _res, size = _SEAL_HEADER.unpack_from(blob, 0)
+    if magic != _SEAL_MAGIC or hsize != _SEAL_HEADER.size or size != len(blob):
+        raise CiphertextError("not a SEAL serialisation")
+    body = blob[hsize:size]
     if compr == 2:
         import zstandard
 
-        body = zstandard.ZstdDecompressor().decompress(body, max_output_size=4 * _CT_BYTES)
-    elif compr == 1:
+        return zstandard.ZstdDecompressor().decompress(body, max_output_size=4 * _CT_BYTES)
+    if compr == 1:
         import zlib
 
-        body = zlib.decompress(body)
-    elif compr != 0:
+        return zlib.decompress(body)
+    if compr != 0:
         raise CiphertextError(f"unknown SEAL compression mode {compr}")
-    if len(body) < _CT_BYTES + 97:
-        raise CiphertextError("SEAL ciphertext shorter than one 2-polynomial ciphertext")
-    cut = len(body) - _CT_BYTES
-    return bytes(body[:cut]), np.frombuffer(body, dtype="<u8", offset=cut).reshape(2, POLY_MODULUS_DEGREE)
+    return body
+
+
+def _split_seal(blob: bytes) -> tuple[bytes, np.ndarray]:
+    """A SEAL ciphertext -> (metadata prefix, uint64 coefficients of shape (size, N x primes))."""
+    body = _seal_body(blob)
+    # metadata: parms_id(32) ntt(1) size(8) N(8) primes(8) scale(8) correction(8) | array header(16+8)
+    if len(body) < 97:
+        raise CiphertextError("SEAL ciphertext shorter than its metadata")
+    size, degree, primes = struct.unpack_from("<QQQ", body, 33)
+    n_bytes = size * degree * primes * 8
+    if not 0 < n_bytes <= len(body) - 97:
+        raise CiphertextError(f"SEAL ciphertext of {len(body)} bytes cannot hold {size} x {degree} x {primes}")
+    cut = len(body) - n_bytes
+    return bytes(body[:cut]), np.frombuffer(body, dtype="<u8", offset=cut).reshape(size, degree * primes)
+
+
+def _seal_ciphertext(coeffs: np.ndarray, hctx: HEContext) -> bytes:
+    """SEAL's uncompressed serialisation of one (2, N) coefficient array at the context's fresh level."""
+    body = hctx.seal_prefix + np.ascontiguousarray(coeffs, dtype="<u8").tobytes()
+    return _SEAL_HEADER.pack(_SEAL_MAGIC, _SEAL_HEADER.size, 4, 3, 0, 0, _SEAL_HEADER.size + len(body)) + body
+
+
+def _pack(vector: np.ndarray) -> np.ndarray:
+    """Real values -> complex slots, (n_ct, SLOTS): values 2i and 2i+1 are slot i's real and imaginary part."""
+    vec = np.asarray(vector, dtype=np.float64).ravel()
+    n_ct = max(1, -(-vec.size // VALUES_PER_CT))
+    padded = np.zeros(n_ct * VALUES_PER_CT)
+    padded[: vec.size] = vec
+    return padded.view(np.complex128).reshape(n_ct, SLOTS)
 
 
 def encrypt_vector(vector: np.ndarray, hctx: HEContext) -> np.ndarray:
-    """Encrypt a float vector: uint64 coefficients of shape (ceil(n / 4096), 2, 8192)."""
-    vec = np.asarray(vector, dtype=np.float64).ravel()
-    n_ct = max(1, -(-vec.size // SLOTS))
-    out = np.empty((n_ct, 2, POLY_MODULUS_DEGREE), dtype=np.uint64)
-    for j in range(n_ct):
-        meta, coeffs = _split_seal(_tenseal_encrypt_one(hctx.context, vec[j * SLOTS : (j + 1) * SLOTS]))
+    """Encrypt a float vector (needs the secret context): uint64 coefficients (ceil(n / 8192), 2, 8192)."""
+    import tenseal.sealapi as sealapi
+
+    seal = hctx.seal
+    if seal.encryptor is None:
+        raise KeyMaterialError(
+            f"context {hctx.path or hctx.short} has no secret key; clients encrypt with {SECRET_FILE}"
+        )
+    slots = _pack(vector)
+    out = np.empty((slots.shape[0], 2, POLY_MODULUS_DEGREE), dtype=np.uint64)
+    plain, cipher = sealapi.Plaintext(), sealapi.Ciphertext(seal.context)
+    for j, row in enumerate(slots):
+        seal.encoder.encode(row.tolist(), 2.0**SCALE_BITS, plain)
+        seal.encryptor.encrypt_symmetric(plain, cipher)
+        meta, coeffs = _split_seal(_SEAL_FILE.save(cipher))
         if meta != hctx.seal_prefix:
-            raise CiphertextError("TenSEAL produced a ciphertext at an unexpected level or scale")
+            raise CiphertextError("SEAL produced a ciphertext at an unexpected level or scale")
         out[j] = coeffs
+    return out
+
+
+def encode_vector(vector: np.ndarray, hctx: HEContext) -> np.ndarray:
+    """CKKS-encode a float vector (no key needed): uint64 plaintext coefficients (ceil(n / 8192), 8192).
+
+    Adding them to a ciphertext's first polynomial adds the vector to what it encrypts (SEAL's add_plain).
+    """
+    import tenseal.sealapi as sealapi
+
+    seal = hctx.seal
+    slots = _pack(vector)
+    out = np.empty((slots.shape[0], POLY_MODULUS_DEGREE), dtype=np.uint64)
+    plain = sealapi.Plaintext()
+    parms_id = hctx.seal_prefix[:32]
+    for j, row in enumerate(slots):
+        seal.encoder.encode(row.tolist(), 2.0**SCALE_BITS, plain)
+        body = _seal_body(_SEAL_FILE.save(plain))  # parms_id(32) coeff_count(8) scale(8) | array header | data
+        if body[:32] != parms_id or len(body) < 48 + POLY_MODULUS_DEGREE * 8:
+            raise CiphertextError("SEAL encoded a plaintext at an unexpected level")
+        out[j] = np.frombuffer(body, dtype="<u8", offset=len(body) - POLY_MODULUS_DEGREE * 8)
     return out
 
 
 def decrypt_vector(coeffs: np.ndarray, n_values: int, hctx: HEContext) -> np.ndarray:
     """Decrypt uint64 coefficients (k, 2, 8192) into ``n_values`` floats (needs the secret context)."""
-    import tenseal as ts
+    import tenseal.sealapi as sealapi
 
-    if not hctx.has_secret_key:
+    seal = hctx.seal
+    if seal.decryptor is None:
         raise KeyMaterialError(
             f"context {hctx.path or hctx.short} has no secret key and cannot decrypt; only data owners hold "
             f"{SECRET_FILE}"
         )
-    scale = struct.pack("<d", 2.0**SCALE_BITS)
-    parts: list[np.ndarray] = []
-    for start in range(0, coeffs.shape[0], CT_PER_CHUNK):
-        block = coeffs[start : start + CT_PER_CHUNK]
-        sizes, cts = b"", b""
-        for j in range(block.shape[0]):
-            body = hctx.seal_prefix + np.ascontiguousarray(block[j], dtype="<u8").tobytes()
-            ct = _SEAL_HEADER.pack(_SEAL_MAGIC, _SEAL_HEADER.size, 4, 3, 0, 0, _SEAL_HEADER.size + len(body)) + body
-            sizes += _enc_varint(max(0, min(SLOTS, n_values - (start + j) * SLOTS)))
-            cts += b"\x12" + _enc_varint(len(ct)) + ct
-        blob = b"\x0a" + _enc_varint(len(sizes)) + sizes + cts + b"\x19" + scale
-        parts.append(np.asarray(ts.ckks_vector_from(hctx.context, blob).decrypt(), dtype=np.float64))
-    out = np.concatenate(parts) if parts else np.zeros(0)
-    return out[:n_values]
+    slots = np.empty((coeffs.shape[0], SLOTS), dtype=np.complex128)
+    plain, cipher = sealapi.Plaintext(), sealapi.Ciphertext(seal.context)
+    for j in range(coeffs.shape[0]):
+        _SEAL_FILE.load(cipher, seal.context, _seal_ciphertext(coeffs[j], hctx))
+        seal.decryptor.decrypt(cipher, plain)
+        slots[j] = seal.encoder.decode_complex(plain)
+    return slots.view(np.float64).ravel()[:n_values]
 
 
 # ---- uint8 Arrays without copies -----------------------------------------------------------------------
@@ -581,7 +685,7 @@ def parse_record(record: ArrayRecord, hctx: HEContext, *, check_range: bool = Tr
         raise CiphertextError(f"unreadable {KEY_HEADER} ({exc})") from exc
     if header.get("format") != FORMAT or int(header.get("modulus", 0)) != hctx.modulus:
         raise CiphertextError(f"ciphertext format {header.get('format')!r} / modulus do not match {FORMAT}")
-    if sum(int(np.prod(s)) for s in shapes) != n_values or n_ct != max(1, -(-n_values // SLOTS)):
+    if sum(int(np.prod(s)) for s in shapes) != n_values or n_ct != max(1, -(-n_values // VALUES_PER_CT)):
         raise CiphertextError(f"header says {n_values} values in {n_ct} ciphertexts for shapes {shapes}")
     names = sorted(k for k in record if k.startswith(CHUNK_PREFIX))
     expected = [f"{CHUNK_PREFIX}{i:04d}" for i in range(-(-n_ct // CT_PER_CHUNK))]
@@ -631,17 +735,41 @@ def encrypt_weights(weights: list[np.ndarray], weight: float, hctx: HEContext, *
 
 
 def decrypt_sum(record: ArrayRecord, hctx: HEContext) -> np.ndarray:
-    """The decrypted (still weighted) flat sum of an encrypted record."""
-    enc = parse_record(record, hctx)
+    """The decrypted (still weighted) flat sum of an encrypted record (a read-only float64 array)."""
+    return _decrypted(parse_record(record, hctx), hctx)
+
+
+_RECENT: OrderedDict[bytes, np.ndarray] = OrderedDict()
+_RECENT_LOCK = threading.Lock()
+
+
+def _decrypted(enc: Encrypted, hctx: HEContext) -> np.ndarray:
+    """Decrypt a parsed record; the last two results per process are kept, keyed by a digest of ciphertext,
+    layout and key. A simulated client process gets the same global model for evaluation and again for the
+    next round's training, several times over when it plays several clients."""
+    digest = hashlib.blake2b(hctx.fingerprint.encode() + json.dumps(enc.header, sort_keys=True).encode())
+    for chunk in enc.chunks:
+        digest.update(np.ascontiguousarray(chunk))
+    key = digest.digest()
+    with _RECENT_LOCK:
+        hit = _RECENT.get(key)
+        if hit is not None:
+            _RECENT.move_to_end(key)
+            return hit
     coeffs = np.concatenate(enc.chunks) if len(enc.chunks) > 1 else enc.chunks[0]
-    return decrypt_vector(coeffs, int(enc.header["n_values"]), hctx)
+    flat = decrypt_vector(coeffs, int(enc.header["n_values"]), hctx)
+    flat.setflags(write=False)
+    with _RECENT_LOCK:
+        _RECENT[key] = flat
+        while len(_RECENT) > 2:
+            _RECENT.popitem(last=False)
+    return flat
 
 
 def decrypt_global(record: ArrayRecord, hctx: HEContext, like: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Decrypt an encrypted global model and divide by its total weight: the averaged weights."""
     enc = parse_record(record, hctx)
-    coeffs = np.concatenate(enc.chunks) if len(enc.chunks) > 1 else enc.chunks[0]
-    flat = decrypt_vector(coeffs, int(enc.header["n_values"]), hctx) / enc.weight
+    flat = _decrypted(enc, hctx) / enc.weight
     shapes = [tuple(s) for s in enc.header["shapes"]]
     dtypes = enc.header.get("dtypes") or ["float32"] * len(shapes)
     if like is not None and [tuple(np.shape(w)) for w in like] != shapes:
@@ -657,8 +785,9 @@ def decrypt_global(record: ArrayRecord, hctx: HEContext, like: list[np.ndarray] 
 def add_plain(record: ArrayRecord, vector: np.ndarray, context: HEContext | str | Path) -> ArrayRecord:
     """Add a plaintext float64 vector (e.g. central-DP noise, in units of the weighted SUM) to an encrypted sum.
 
-    The vector is encrypted with the public key and added coefficient-wise, so a public context (or its
-    path) suffices. The total weight, header and fingerprint are kept.
+    The vector is CKKS-encoded (no key needed) and added to each ciphertext's first polynomial, as SEAL's
+    add_plain does, so a public context (or its path) suffices. The total weight, header and fingerprint
+    are kept.
     """
     if not isinstance(context, HEContext):
         context = load_context(context)
@@ -668,13 +797,15 @@ def add_plain(record: ArrayRecord, vector: np.ndarray, context: HEContext | str 
         raise ConfigError(f"plaintext vector has {vec.size} values; the encrypted sum has {enc.header['n_values']}")
     if vec.size and float(np.abs(vec).max()) >= MAX_ABS_SUM:
         raise ConfigError(f"plaintext vector peaks at {np.abs(vec).max():.4g}, beyond the CKKS range {MAX_ABS_SUM:g}")
-    extra = encrypt_vector(vec, context)
+    plain = encode_vector(vec, context)
     q = np.uint64(context.modulus)
     chunks, pos = [], 0
     for chunk in enc.chunks:
         k = chunk.shape[0]
-        total = chunk + extra[pos : pos + k]  # both < q < 2**60: no uint64 overflow
-        np.subtract(total, q, out=total, where=total >= q)
+        total = np.array(chunk, dtype=np.uint64)
+        c0 = total[:, 0, :]
+        np.add(c0, plain[pos : pos + k], out=c0)  # both < q < 2**60: no uint64 overflow
+        np.subtract(c0, q, out=c0, where=c0 >= q)
         chunks.append(total)
         pos += k
     return _build_record(enc.header, chunks, enc.weight, enc.fingerprint)
