@@ -20,10 +20,11 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
+from strategies.base import CLIENT_INFO_KEY, DENOMINATOR_KEY, PARTITION_KEY
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.data import Split, client_data, load_split
+from uaap.errors import ConfigError
 from uaap.models import build_model, from_record, get_weights, set_weights, to_record
 from uaap.privacy import dpsgd
 from uaap.privacy.clip import clip_update
@@ -75,22 +76,38 @@ def _dp_key(context: Context) -> str:
 
 
 def prepare_update(
-    cfg: RunConfig, new: list[np.ndarray], start: list[np.ndarray], num_examples: int, context: Context
+    cfg: RunConfig,
+    new: list[np.ndarray],
+    start: list[np.ndarray],
+    num_examples: int,
+    context: Context,
+    denominator: float | None = None,
 ) -> tuple[ArrayRecord, dict[str, float]]:
-    """What goes on the wire (arrays) and extra metrics for the reply."""
+    """What goes on the wire (arrays) and extra metrics for the reply.
+
+    ``denominator`` is central DP's ``q * N`` (the server's ``dp-denominator``); under HE the client sends
+    its clipped update divided by it, so that the server's sum of additions is the DP estimator itself.
+    """
     extra: dict[str, float] = {}
     if cfg.dp_local:  # this round's DP-SGD release (sigma, q, steps) and the example-level epsilon so far
         extra = dpsgd.client_report(cfg, context.state, _dp_key(context))
     if cfg.dp_central:  # client-level DP: bound this client's contribution before it leaves (and before HE)
         new = clip_update(new, start, cfg.dp_central_clip_norm)
-    if cfg.secure:  # pre-weight (1 under central DP: uniform weights) and encrypt; the server only adds
-        weight = 1.0 if cfg.dp_central else float(num_examples)
-        hctx = crypto.client_context(cfg, context.node_config)
-        return crypto.encrypt_weights(new, weight, hctx, max_summands=cfg.num_clients), {
-            crypto.METRIC_WEIGHT: weight,
-            **extra,
-        }
-    return to_record(new), extra
+    if not cfg.secure:
+        return to_record(new), extra
+    hctx = crypto.client_context(cfg, context.node_config)
+    if cfg.dp_central:  # Enc(clip(w_k - w) / (q N)), weight 1: see strategies.privacy
+        if denominator is None or not denominator > 0:
+            raise ConfigError(
+                f"central DP under HE needs the server's {DENOMINATOR_KEY} (q * N) > 0, got {denominator!r}: "
+                "client and server run different UAAP versions or settings"
+            )
+        update = [((n - s) / denominator).astype(s.dtype) for n, s in zip(new, start, strict=True)]
+        record = crypto.encrypt_weights(update, 1.0, hctx, max_summands=cfg.num_clients)
+        return record, {crypto.METRIC_WEIGHT: 1.0, **extra}
+    weight = float(num_examples)  # pre-weighted: the server's sum over the total weight is FedAvg
+    record = crypto.encrypt_weights(new, weight, hctx, max_summands=cfg.num_clients)
+    return record, {crypto.METRIC_WEIGHT: weight, **extra}
 
 
 @app.train()
@@ -113,7 +130,15 @@ def train(msg: Message, context: Context) -> Message:
     result = local_train(
         model, data.train, tcfg, global_params=global_params, privacy=local_privacy(cfg, data, context)
     )
-    arrays, extra = prepare_update(cfg, get_weights(model), start, result.num_examples, context)
+    denominator = msg.content["config"].get(DENOMINATOR_KEY)
+    arrays, extra = prepare_update(
+        cfg,
+        get_weights(model),
+        start,
+        result.num_examples,
+        context,
+        None if denominator is None else float(denominator),
+    )
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from flwr.serverapp.strategy import Strategy
 
 PARTITION_KEY = "partition-id"
+DENOMINATOR_KEY = "dp-denominator"  # central DP: q * N, sent with every training message (strategies.privacy)
 CLIENT_INFO_KEY = "client-info"
 
 

@@ -30,20 +30,20 @@ Weights are uniform (every client's update counts once, clipped to ``C``): with 
 client's influence, hence the sensitivity, would depend on its private dataset size, and the weights
 themselves would leak it.
 
-Under secure aggregation (CKKS) the server sees only the encrypted SUM of the clients' updates
-(pre-weighted by 1) and the plaintext count, and adds the noise as a plaintext vector
-(:func:`uaap.crypto.add_plain`); clients decrypt and divide by the count ``m``. The noisy sum is the same
-accounted mechanism; the division by ``m`` is not the fixed-denominator estimator, and the plaintext count
-``m`` the HE wire format publishes is not covered by the accountant (the count of a Poisson sample reveals
-a little about participation). The server cannot re-clip ciphertexts: the clipping is the clients'.
-An empty sample under HE leaves the model unchanged (there is no sum to perturb); the round is accounted.
+Under secure aggregation (CKKS) the same estimator is computed with additions only (the add-only modulus
+chain allows no multiply). The server sends ``dp-denominator = q * N`` with the training message; each
+client sends ``Enc(clip(w_k - w) / (q N))`` with weight 1; the server adds the encrypted sum, the global
+model (a ciphertext of weight 1, or round 1's public plaintext initialisation) and the encoded noise
+``N(0, sigma^2 C^2 I) / (q N)`` (:func:`uaap.crypto.add_plain`), and publishes the result with weight 1.
+The released model is therefore exactly the plaintext path's, and nothing in it depends on the realised
+count ``m``. An empty sample releases ``w + noise / (q N)`` as in plaintext. The server cannot re-clip
+ciphertexts: under HE the clipping is the clients'.
 
 Randomness for sampling and noise comes from the OS entropy pool, never the run's public seed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Iterable
@@ -52,8 +52,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.serverapp.strategy import Strategy
 
-from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
+from strategies.base import CLIENT_INFO_KEY, DENOMINATOR_KEY, PARTITION_KEY
 from strategies.wrapper import StrategyWrapper
+from uaap import crypto
 from uaap.config import RunConfig
 from uaap.errors import ConfigError
 from uaap.models import flatten, from_record, to_record, unflatten
@@ -153,6 +154,7 @@ class CentralDP(StrategyWrapper):
                 raise ConfigError("the inner strategy built no training message; central DP needs one to forward")
             return []
         content = messages[0].content  # the inner strategy's payload (arrays + config), one per node
+        content["config"][DENOMINATOR_KEY] = self.denominator  # clients divide their update under HE
         log.info(
             "round %d: Poisson sampling (q=%g) chose %d of %d clients",
             server_round,
@@ -161,6 +163,11 @@ class CentralDP(StrategyWrapper):
             self.last_population,
         )
         return [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=n) for n in chosen]
+
+    @property
+    def denominator(self) -> float:
+        """The fixed denominator ``q * N`` of this round's estimator (N: clients online at sampling time)."""
+        return self.q * max(self.last_population, 1)
 
     def start_round(self, arrays: ArrayRecord, nodes: list[int]) -> list[int]:
         """Remember the round's global model and population; the Poisson sample of ``nodes`` (central DP)."""
@@ -208,8 +215,6 @@ class CentralDP(StrategyWrapper):
     def _encrypted(self, replies: list[Message]) -> bool:
         if self.cfg.secure or bool(getattr(self.strategy, "encrypted", False)):
             return True
-        from uaap import crypto
-
         return any(
             crypto.is_encrypted(r) for m in replies if not m.has_error() for r in m.content.array_records.values()
         )
@@ -246,7 +251,7 @@ class CentralDP(StrategyWrapper):
         for w in clipped:
             total += flatten(w) - start_flat
         noise = self.rng.normal(0.0, self.sigma * self.clip, size=start_flat.size)
-        denom = self.q * max(self.last_population, 1)
+        denom = self.denominator
         new_global = unflatten(start_flat + (total + noise) / denom, start)
         m = len(clipped)
         out = MetricRecord(dict(metrics) if metrics is not None else {})
@@ -257,21 +262,43 @@ class CentralDP(StrategyWrapper):
     def _noisy_encrypted(
         self, server_round: int, replies: list[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        from uaap import crypto
+        """``w + (Enc(sum of clip(delta_k) / qN)) + noise / qN`` with additions only; published with weight 1."""
+        from flwr.app import MetricRecord
 
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        if arrays is None or not crypto.is_encrypted(arrays):
-            log.warning("round %d: no encrypted sum to perturb (empty sample); the model is unchanged", server_round)
-            return arrays, metrics
         context = getattr(self.strategy, "context", None)
         if context is None:
             raise ConfigError("central DP over ciphertext needs the inner SecureAggregation's public context")
-        n_values = int(json.loads(bytes(arrays[crypto.KEY_HEADER].numpy()).decode())["n_values"])
-        noise = self.rng.normal(0.0, self.sigma * self.clip, size=n_values)
-        arrays = crypto.add_plain(arrays, noise, context)
-        if metrics is not None:
-            metrics["dp-noise-std-sum"] = self.sigma * self.clip
-        return arrays, metrics
+        if self._current is None:
+            raise ConfigError("aggregate_train was called before configure_train: the round's start model is unknown")
+        summed, metrics = self.strategy.aggregate_train(server_round, replies)
+        acc = crypto.EncryptedSum(context)
+        if summed is not None:
+            acc.add(summed)
+        plain = self.rng.normal(0.0, self.sigma * self.clip, size=self._n_values(context)) / self.denominator
+        if crypto.is_encrypted(self._current):
+            if (weight := crypto.total_weight(self._current)) != 1.0:
+                raise ConfigError(
+                    f"the encrypted global model has total weight {weight:g}; central DP under HE keeps it at 1 "
+                    "(it was not made by this protocol): start a new run instead of resuming this one"
+                )
+            acc.add(self._current)
+        else:  # round 1: the public initialisation, added as a plaintext
+            plain = plain + flatten(from_record(self._current))
+        out = MetricRecord(dict(metrics) if metrics is not None else {})
+        out["dp-sampled"] = int(out.get("he-clients", 0))
+        out["dp-noise-std"] = self.sigma * self.clip / self.denominator
+        total = acc.result(weight=1.0)
+        if total is None:  # empty sample in round 1: the public initialisation plus noise, in the clear
+            log.warning("round %d: empty sample; the model moves by noise only", server_round)
+            return to_record(unflatten(plain, from_record(self._current))), out
+        return crypto.add_plain(total, plain, context), out
+
+    def _n_values(self, context: crypto.HEContext) -> int:
+        current = self._current
+        assert current is not None
+        if crypto.is_encrypted(current):
+            return int(crypto.parse_record(current, context).header["n_values"])
+        return int(flatten(from_record(current)).size)
 
     def _local_releases(self, server_round: int, replies: list[Message]) -> list[Release]:
         out = []

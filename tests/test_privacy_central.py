@@ -194,37 +194,59 @@ def test_central_dp_refuses_zero_noise():
         CentralDP(FedAvg(), _cfg(dp_noise_multiplier=0.0))
 
 
-def test_noise_is_added_to_the_ciphertext_sum(uaap_home, tmp_path):
-    # Under CKKS the server adds N(0, (sigma C)^2) as a plaintext to the encrypted SUM; clients decrypt and
-    # divide by the count. The same seeded generator replays the noise, so the check is exact to CKKS precision.
+def test_he_central_dp_releases_the_plaintext_fixed_denominator_estimator(uaap_home, tmp_path):
+    # Under CKKS the clients (client.app.prepare_update) send Enc(clip(w_k - w) / (q N)); the server adds the
+    # encrypted sum, the global model and noise / (q N), with additions only. 4 clients online, q = 1, one of
+    # them drops: the divisor stays q N = 4. The same seeded generator drives a plaintext CentralDP over the
+    # same updates, so both paths must release the same model, round after round, and on an empty sample.
+    from flwr.app import Context
+
+    from client.app import prepare_update
+
     keys = crypto.generate_keys(tmp_path / "fed")
     secret = crypto.load_context(keys.secret)
     sigma, clip = 0.7, 1.0
-    cfg = _cfg(dp_noise_multiplier=sigma, dp_central_clip_norm=clip, run_id="he")
-    start = _start(3000)
+    cfg = _cfg(dp_noise_multiplier=sigma, dp_central_clip_norm=clip, run_id="he", num_clients=4)
+    he_cfg = cfg.replace(
+        secure_aggregation="ckks", he_public_context=str(keys.public), he_secret_context=str(keys.secret)
+    )
+    he = CentralDP(SecureAggregation(FedAvg(), str(keys.public)), he_cfg, rng=np.random.default_rng(77))
+    plain = CentralDP(FedAvg(), cfg.replace(run_id="plain"), rng=np.random.default_rng(77))
+    assert he.encrypted  # the server loop sees ciphertext through the wrapper
+    node = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     rng = np.random.default_rng(5)
-    clients = [
-        clip_update([w + rng.normal(0, 0.02, w.shape).astype(np.float32) for w in start], start, clip) for _ in range(3)
-    ]
-    replies = []
-    for i, w in enumerate(clients, start=1):
-        content = RecordDict(
-            {
-                "arrays": crypto.encrypt_weights(w, 1.0, secret, max_summands=3),
-                "metrics": MetricRecord({"num-examples": 50 * i, crypto.METRIC_WEIGHT: 1.0}),
-            }
-        )
-        replies.append(reply_from(i, content))
-    dp = CentralDP(SecureAggregation(FedAvg(), str(keys.public)), cfg, rng=np.random.default_rng(77))
-    assert dp.encrypted  # the server loop sees ciphertext through the wrapper
-    dp.start_round(to_record(start), [1, 2, 3])
-    arrays, metrics = dp.aggregate_train(1, replies)
-    assert crypto.is_encrypted(arrays) and crypto.total_weight(arrays) == 3.0
-    replay = np.random.default_rng(77)
-    replay.random(3)  # start_round drew the Poisson sample of the 3 nodes first
-    noise = replay.normal(0.0, sigma * clip, size=flatten(start).size)
-    expected = (sum(flatten(w) for w in clients) + noise) / 3
-    got = flatten(crypto.decrypt_global(arrays, secret, start))
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert metrics["dp-noise-std-sum"] == pytest.approx(sigma * clip)
-    assert dp.user_epsilon() == pytest.approx(epsilon_of([(sigma, 1.0, 1)], 1e-5))
+    he_global, plain_global = to_record(_start(3000)), to_record(_start(3000))
+    for server_round, replying in ((1, 3), (2, 3), (3, 0)):
+        he.start_round(he_global, [1, 2, 3, 4])
+        plain.start_round(plain_global, [1, 2, 3, 4])
+        assert he.denominator == plain.denominator == 4.0
+        start = crypto.decrypt_global(he_global, secret) if crypto.is_encrypted(he_global) else from_record(he_global)
+        np.testing.assert_allclose(flatten(start), flatten(from_record(plain_global)), atol=1e-5)
+        he_replies, plain_replies = [], []
+        for i in range(1, replying + 1):
+            new = [w + rng.normal(0, 0.05, w.shape).astype(np.float32) for w in start]
+            record, metrics = prepare_update(he_cfg, new, start, 50 * i, node, he.denominator)
+            metrics["num-examples"] = 50 * i  # client.app's train() adds it beside prepare_update's metrics
+            he_replies.append(reply_from(i, RecordDict({"arrays": record, "metrics": MetricRecord(metrics)})))
+            plain_replies.append(_reply(i, clip_update(new, start, clip), 50 * i))
+        he_global, he_metrics = he.aggregate_train(server_round, he_replies)
+        plain_global, _ = plain.aggregate_train(server_round, plain_replies)
+        assert crypto.is_encrypted(he_global) and crypto.total_weight(he_global) == 1.0
+        assert he_metrics["dp-sampled"] == replying
+        assert he_metrics["dp-noise-std"] == pytest.approx(sigma * clip / 4)
+        got = flatten(crypto.decrypt_global(he_global, secret))
+        np.testing.assert_allclose(got, flatten(from_record(plain_global)), atol=1e-5)
+    assert he.user_epsilon() == plain.user_epsilon() == pytest.approx(epsilon_of([(sigma, 1.0, 3)], 1e-5))
+
+
+def test_he_central_dp_client_refuses_a_missing_denominator(tmp_path):
+    from flwr.app import Context
+
+    from client.app import prepare_update
+
+    keys = crypto.generate_keys(tmp_path / "fed")
+    cfg = _cfg(secure_aggregation="ckks", he_public_context=str(keys.public), he_secret_context=str(keys.secret))
+    node = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    start = _start(100)
+    with pytest.raises(ConfigError, match="dp-denominator"):
+        prepare_update(cfg, start, start, 10, node, None)

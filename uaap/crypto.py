@@ -854,12 +854,16 @@ class EncryptedSum:
             np.remainder(acc, q, out=acc)
         self._pending = 0
 
-    def result(self) -> ArrayRecord | None:
-        """The encrypted sum as a record (total weight = sum of the weights added), or None if empty."""
+    def result(self, weight: float | None = None) -> ArrayRecord | None:
+        """The encrypted sum as a record, or None if empty.
+
+        Its total weight is the sum of the weights added, or ``weight`` when the caller fixes the divisor
+        (central DP's fixed-denominator estimator publishes 1: the sum already is the model).
+        """
         if self.header is None:
             return None
         self._reduce()
-        return _build_record(self.header, self.acc, self.total, self.hctx.fingerprint)
+        return _build_record(self.header, self.acc, self.total if weight is None else weight, self.hctx.fingerprint)
 
 
 # ---- decrypting a run's final model --------------------------------------------------------------------
