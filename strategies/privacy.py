@@ -70,6 +70,7 @@ log = logging.getLogger("uaap.privacy")
 
 CENTRAL_MECHANISM = "central-gaussian"
 LOCAL_MECHANISM = "dp-sgd"
+CLIENT_RELEASE_METRICS = {"dp-sigma", "dp-q", "dp-steps", "dp-epsilon"}  # uaap.privacy.dpsgd.client_report
 
 
 def client_key(msg: Message) -> str:
@@ -210,6 +211,11 @@ class CentralDP(StrategyWrapper):
         if self.ledger is not None and self.cfg.run_id:
             self.ledger.record(releases)
         self.ledger_round = server_round
+        if metrics is not None:  # averages of per-client releases mean nothing; the ledger keeps each one
+            for key in CLIENT_RELEASE_METRICS & set(metrics.keys()):
+                del metrics[key]
+            if examples := [r.epsilon for r in releases if r.level == EXAMPLE]:
+                metrics["dp-example-epsilon-max"] = max(examples)
         return arrays, metrics
 
     def _encrypted(self, replies: list[Message]) -> bool:

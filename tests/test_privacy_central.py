@@ -250,3 +250,15 @@ def test_he_central_dp_client_refuses_a_missing_denominator(tmp_path):
     start = _start(100)
     with pytest.raises(ConfigError, match="dp-denominator"):
         prepare_update(cfg, start, start, 10, node, None)
+
+
+def test_aggregated_metrics_report_the_largest_client_epsilon_not_averages(uaap_home):
+    cfg = _cfg(dp_central=False, dp_local=True, run_id="local-metrics")
+    start = _start()
+    dp = CentralDP(FedAvg(), cfg)
+    dp.start_round(to_record(start), [1, 2])
+    small, large = {"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 10}, {"dp-sigma": 1.0, "dp-q": 0.1, "dp-steps": 40}
+    _, metrics = dp.aggregate_train(1, [_reply(1, start, 30, **small), _reply(2, start, 10, **large)])
+    assert not {"dp-sigma", "dp-q", "dp-steps", "dp-epsilon"} & set(metrics.keys())
+    assert metrics["dp-example-epsilon-max"] == pytest.approx(epsilon_of([(1.0, 0.1, 40)], 1e-5))
+    assert metrics["dp-example-epsilon-max"] == max(r.epsilon for r in Ledger().releases("local-metrics"))
