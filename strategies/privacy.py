@@ -280,7 +280,7 @@ class CentralDP(StrategyWrapper):
         acc = crypto.EncryptedSum(context)
         if summed is not None:
             acc.add(summed)
-        plain = self.rng.normal(0.0, self.sigma * self.clip, size=self._n_values(context)) / self.denominator
+        start: list[np.ndarray] | None = None
         if crypto.is_encrypted(self._current):
             if (weight := crypto.total_weight(self._current)) != 1.0:
                 raise ConfigError(
@@ -288,23 +288,21 @@ class CentralDP(StrategyWrapper):
                     "(it was not made by this protocol): start a new run instead of resuming this one"
                 )
             acc.add(self._current)
+            assert acc.header is not None
+            plain = self.rng.normal(0.0, self.sigma * self.clip, size=int(acc.header["n_values"])) / self.denominator
         else:  # round 1: the public initialisation, added as a plaintext
-            plain = plain + flatten(from_record(self._current))
+            start = from_record(self._current)
+            base = flatten(start)
+            plain = base + self.rng.normal(0.0, self.sigma * self.clip, size=base.size) / self.denominator
         out = MetricRecord(dict(metrics) if metrics is not None else {})
         out["dp-sampled"] = int(out.get("he-clients", 0))
         out["dp-noise-std"] = self.sigma * self.clip / self.denominator
         total = acc.result(weight=1.0)
         if total is None:  # empty sample in round 1: the public initialisation plus noise, in the clear
+            assert start is not None
             log.warning("round %d: empty sample; the model moves by noise only", server_round)
-            return to_record(unflatten(plain, from_record(self._current))), out
+            return to_record(unflatten(plain, start)), out
         return crypto.add_plain(total, plain, context), out
-
-    def _n_values(self, context: crypto.HEContext) -> int:
-        current = self._current
-        assert current is not None
-        if crypto.is_encrypted(current):
-            return int(crypto.parse_record(current, context).header["n_values"])
-        return int(flatten(from_record(current)).size)
 
     def _local_releases(self, server_round: int, replies: list[Message]) -> list[Release]:
         out = []

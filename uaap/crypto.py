@@ -170,10 +170,10 @@ class SealTools:
         import tenseal.sealapi as sealapi
 
         seal_ctx = ctx.seal_context().data
-        if not ctx.has_secret_key():
-            return cls(seal_ctx, sealapi.CKKSEncoder(seal_ctx), None, None)
-        sk = ctx.secret_key().data
         encoder = sealapi.CKKSEncoder(seal_ctx)
+        if not ctx.has_secret_key():
+            return cls(seal_ctx, encoder, None, None)
+        sk = ctx.secret_key().data
         return cls(seal_ctx, encoder, sealapi.Encryptor(seal_ctx, sk), sealapi.Decryptor(seal_ctx, sk))
 
 
@@ -744,9 +744,12 @@ _RECENT_LOCK = threading.Lock()
 
 
 def _decrypted(enc: Encrypted, hctx: HEContext) -> np.ndarray:
-    """Decrypt a parsed record; the last two results per process are kept, keyed by a digest of ciphertext,
-    layout and key. A simulated client process gets the same global model for evaluation and again for the
-    next round's training, several times over when it plays several clients."""
+    """Decrypt a parsed record, keeping the last two results per process.
+
+    They are keyed by a digest of ciphertext, layout and key. A simulated client process gets the same
+    global model for evaluation and again for the next round's training, several times when it plays
+    several clients.
+    """
     digest = hashlib.blake2b(hctx.fingerprint.encode() + json.dumps(enc.header, sort_keys=True).encode())
     for chunk in enc.chunks:
         digest.update(np.ascontiguousarray(chunk))
