@@ -1,0 +1,73 @@
+"""The wire protocol between UAAP's server and clients: every key that crosses the wire, in one place.
+
+A Flower message is a ``RecordDict`` of named records. UAAP's messages use these names:
+
+server -> client (``configure_train`` / ``configure_evaluate``)
+    ``arrays`` (:data:`ARRAYS`)     the global model: plaintext floats, or CKKS ciphertext (:data:`HE_*`)
+    ``config`` (:data:`CONFIG`)     Flower's ``server-round`` and ``proximal-mu``, UAAP's run config as
+                                    JSON (:data:`RUN_CONFIG`) and, under central DP, :data:`DP_DENOMINATOR`
+client -> server (the reply)
+    ``arrays``                      the new local model (or its ciphertext)
+    ``metrics`` (:data:`METRICS`)   :data:`NUM_EXAMPLES` (FedAvg's weight), :data:`TRAIN_LOSS`, ...
+    ``client-info`` (:data:`CLIENT_INFO`)  :data:`PARTITION_ID`, what the client says it holds
+
+Client, server and strategies import these names; nothing else defines one. A test greps the other
+packages for the literals so a second definition cannot creep back in.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ---- records of a message -------------------------------------------------------------------------
+ARRAYS: Final = "arrays"
+CONFIG: Final = "config"
+METRICS: Final = "metrics"
+CLIENT_INFO: Final = "client-info"
+
+# ---- config entries (server -> client) -------------------------------------------------------------
+SERVER_ROUND: Final = "server-round"  # set by Flower's strategies
+PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
+RUN_CONFIG: Final = "uaap-config"  # uaap.config.RunConfig as JSON
+DP_DENOMINATOR: Final = "dp-denominator"  # central DP: q * N, the fixed denominator of the estimator
+
+# ---- client-info entries (client -> server) --------------------------------------------------------
+PARTITION_ID: Final = "partition-id"  # also the simulation's node-config key
+
+# ---- metric entries --------------------------------------------------------------------------------
+NUM_EXAMPLES: Final = "num-examples"  # FedAvg's weight (Flower's default ``weighted_by_key``)
+TRAIN_LOSS: Final = "train-loss"
+STEPS: Final = "steps"
+STRAGGLER: Final = "straggler"
+LOSS: Final = "loss"
+ACCURACY: Final = "accuracy"
+# example-level DP-SGD: this round's release, as the client reports it (uaap.privacy.dpsgd.client_report)
+DP_SIGMA: Final = "dp-sigma"
+DP_Q: Final = "dp-q"
+DP_STEPS: Final = "dp-steps"
+DP_TOTAL_STEPS: Final = "dp-total-steps"
+DP_EPSILON: Final = "dp-epsilon"
+DP_RELEASE: Final = frozenset({DP_SIGMA, DP_Q, DP_STEPS, DP_TOTAL_STEPS, DP_EPSILON})
+# secure aggregation: the plaintext weight a client's ciphertext is pre-multiplied by
+HE_WEIGHT: Final = "he-weight"
+# server-side round metrics (aggregated train metrics)
+REJECTED_REPLIES: Final = "rejected-replies"
+HE_CLIENTS: Final = "he-clients"
+HE_REJECTED: Final = "he-rejected"
+# (the round's total weight is reported under HE_TOTAL_WEIGHT, the same name as in the record)
+DP_SAMPLED: Final = "dp-sampled"
+DP_NOISE_STD: Final = "dp-noise-std"
+DP_EXAMPLE_EPSILON_MAX: Final = "dp-example-epsilon-max"
+
+# ---- entries of an encrypted ArrayRecord (uaap.crypto's wire format) --------------------------------
+HE_FINGERPRINT: Final = "he-fingerprint"  # SHA-256 of the public context, ASCII hex
+HE_HEADER: Final = "he-header"  # UTF-8 JSON: format, n_values, n_ciphertexts, shapes, dtypes, modulus
+HE_TOTAL_WEIGHT: Final = "he-total-weight"  # one float64: the plaintext weight the ciphertext sums over
+HE_CHUNK_PREFIX: Final = "he-ct-"  # he-ct-0000, he-ct-0001, ...: ciphertext coefficient chunks
+
+# ---- node config keys (flower-client / simulation -> ClientApp) -------------------------------------
+NODE_PARTITION_ID: Final = PARTITION_ID
+NODE_NUM_PARTITIONS: Final = "num-partitions"
+NODE_DATA_PATH: Final = "data-path"
+NODE_TARGET: Final = "target"
+NODE_HE_SECRET_CONTEXT: Final = "he-secret-context"
