@@ -11,6 +11,7 @@ import pytest
 from uaap import crypto
 from uaap.cli import main
 from uaap.config import RunConfig
+from uaap.crypto.wire import _u8_view
 from uaap.errors import ConfigError, KeyMaterialError
 
 
@@ -104,7 +105,7 @@ def test_repeated_decryption_is_cached_but_never_stale(keys: crypto.KeyFiles) ->
     first = crypto.decrypt_sum(record, secret)
     assert crypto.decrypt_sum(record, secret) is first and not first.flags.writeable
     # one NTT coefficient of the first ciphertext moved by +1: a different ciphertext must decrypt afresh
-    coeffs = crypto._u8_view(record[f"{crypto.CHUNK_PREFIX}0000"], "x").copy()
+    coeffs = _u8_view(record[f"{crypto.CHUNK_PREFIX}0000"], "x").copy()
     coeffs.view("<u8")[0] += np.uint64(1)
     changed = ArrayRecord({k: record[k] for k in record})
     changed[f"{crypto.CHUNK_PREFIX}0000"] = Array(coeffs)
@@ -167,7 +168,7 @@ def test_foreign_and_broken_ciphertexts_leave_the_sum_untouched(
     with pytest.raises(crypto.CiphertextError):
         acc.add(broken)
     out_of_range = ArrayRecord({k: good[k] for k in good})
-    coeffs = crypto._u8_view(good[f"{crypto.CHUNK_PREFIX}0000"], "x").copy()
+    coeffs = _u8_view(good[f"{crypto.CHUNK_PREFIX}0000"], "x").copy()
     coeffs.view("<u8")[5] = np.uint64(2**64 - 1)
     out_of_range[f"{crypto.CHUNK_PREFIX}0000"] = Array(coeffs)
     with pytest.raises(crypto.CiphertextError, match=">= q"):

@@ -312,14 +312,15 @@ def test_ledger_and_mlflow_record_participation(federation):
 
 
 def test_final_model_decrypts_and_learns(federation):
-    from uaap import crypto, workspace
+    from uaap import workspace
+    from uaap.commands.keys import decrypt_model
     from uaap.data import load_split
     from uaap.training import evaluate
 
     fed = federation
     os.environ["UAAP_HOME"], old = str(fed.home), os.environ.get("UAAP_HOME")
     try:
-        path = crypto.decrypt_model(RUN_ID, fed.keys.secret)
+        path = decrypt_model(RUN_ID, fed.keys.secret)
         model, meta = workspace.load_model(path)
         assert meta["decrypted_from_round"] == ROUNDS
         cfg = workspace.run_dir(RUN_ID).read_config()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -59,8 +60,49 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_decrypt_model(args: argparse.Namespace) -> int:
     """Decrypt the final encrypted model of a run for a key holder."""
-    from uaap.crypto import decrypt_model
-
     path = decrypt_model(args.run_id, args.secret_context)
     print(f"plaintext model: {path}")
     return 0
+
+
+def decrypt_model(run_id: str, secret_context: str | Path) -> Path:
+    """Decrypt the last checkpoint of an HE run into ``runs/<id>/model.npz`` (for a key holder)."""
+    from flwr.app import Array, ArrayRecord
+
+    from uaap import crypto, workspace
+    from uaap.data import describe
+    from uaap.errors import KeyMaterialError, WorkspaceError
+
+    rd = workspace.existing_run(run_id)
+    ckpt = rd.latest_checkpoint()
+    if ckpt is None:
+        raise WorkspaceError(f"run {run_id!r} has no checkpoint yet; nothing to decrypt")
+    record = ArrayRecord({k: Array(v) for k, v in ckpt.arrays.items()})
+    if not crypto.is_encrypted(record):
+        raise WorkspaceError(f"run {run_id!r} is not encrypted; its plaintext model is {rd.model_file}")
+    hctx = crypto.load_context(secret_context)
+    if not hctx.has_secret_key:
+        raise KeyMaterialError(f"{secret_context} is a public context; decrypting needs {crypto.SECRET_FILE}")
+    theirs = crypto.record_fingerprint(record)
+    if theirs != hctx.fingerprint:
+        raise KeyMaterialError(
+            f"run {run_id!r} was encrypted under key fingerprint {theirs[:16]}, but {secret_context} has "
+            f"{hctx.short}: use the secret context of that federation (see the run's he-secret-context)"
+        )
+    weights = crypto.decrypt_global(record, hctx)
+    cfg = rd.read_config()
+    meta = describe(cfg)
+    return workspace.save_model(
+        rd.model_file,
+        cfg.model,
+        weights,
+        n_features=meta.n_features,
+        n_classes=meta.n_classes,
+        image_shape=meta.image_shape,
+        extra={
+            "run_id": rd.run_id,
+            "dataset": cfg.dataset,
+            "decrypted_from_round": ckpt.round,
+            "he_fingerprint": hctx.fingerprint,
+        },
+    )
