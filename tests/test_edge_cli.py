@@ -127,8 +127,8 @@ def test_importing_the_exporter_stays_light():
     import sys
 
     code = (
-        "import argparse, sys, edge, uaap.commands.export as e;"
-        "e.register(argparse.ArgumentParser().add_subparsers());"
+        "import argparse, sys, edge, edge.commands as e;"
+        "e.register_export(argparse.ArgumentParser().add_subparsers());"
         "heavy = [m for m in ('tensorflow', 'torch', 'coremltools', 'onnx', 'skl2onnx') if m in sys.modules];"
         "print(heavy); assert not heavy"
     )

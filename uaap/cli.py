@@ -1,7 +1,22 @@
-"""The ``uaap`` command line: one entry point, one module per command group.
+"""The ``uaap`` command line: one entry point, commands from the library and from the floors above it.
 
-Each module in ``uaap.commands`` exposes ``register(subparsers)``; heavy imports happen inside the
-command functions, so ``uaap --help`` stays fast.
+One parser, two sources of commands:
+
+* the library's own modules, ``uaap.commands.<module>`` (:data:`LIBRARY`), each with ``register(subparsers)``;
+* the ``uaap.commands`` entry-point group (:data:`GROUP`) for commands that need a floor above the library
+  (the simulation and edge-export floors, later serving/). The library never imports those floors: each
+  floor declares its commands in ``pyproject.toml``, one entry point per command, named like the command,
+  pointing at a ``register_<command>(subparsers) -> None`` function in ``<floor>/commands.py``::
+
+      [project.entry-points."uaap.commands"]
+      serve = "serving.commands:register_serve"
+
+  then refreshes the installed metadata (``pip install -e .``; the Makefile does it when pyproject changes).
+
+Commands are listed in :data:`ORDER`; names not listed there follow alphabetically. A command whose module
+fails to import or register is reported on stderr in one line and skipped; the others still work. ``register``
+functions only add flags: heavy imports (Ray, Flower, torch, TensorFlow, MLflow) stay inside the command
+functions, so ``uaap --help`` starts in well under a second (``tests/test_cli.py`` checks that none loads).
 """
 
 from __future__ import annotations
@@ -9,28 +24,58 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
 
 from uaap.errors import UaapError
 
-COMMANDS = (
-    "uaap.commands.simulate",
-    "uaap.commands.train",
-    "uaap.commands.runs",
-    "uaap.commands.privacy",
-    "uaap.commands.keys",
-    "uaap.commands.certs",
-    "uaap.commands.demo",
-    "uaap.commands.export",
-    "uaap.commands.automl",
-)
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Register: TypeAlias = Callable[[argparse._SubParsersAction[Any]], None]
+
+GROUP = "uaap.commands"
+# The library's command modules (uaap.commands.<module>), by the name that places them in ORDER.
+LIBRARY = ("train", "runs", "privacy", "keys", "certs", "automl")
+# Order of `uaap --help`: the main job first, then training, bookkeeping, keys, demos, search.
+ORDER = ("simulate", "train", "runs", "privacy", "keys", "certs", "demo", "export", "automl", "tune-federated")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every command group registered."""
+def _library_loader(module: str) -> Callable[[], Register]:
+    def load() -> Register:
+        register: Register = importlib.import_module(f"uaap.commands.{module}").register
+        return register
+
+    return load
+
+
+def command_sources(
+    entry_points: Iterable[metadata.EntryPoint],
+) -> list[tuple[str, str, Callable[[], Register]]]:
+    """Every registration source as ``(name, origin, load)``, in the order ``uaap --help`` lists them."""
+    sources: list[tuple[str, str, Callable[[], Register]]] = [
+        (name, f"uaap.commands.{name}", _library_loader(name)) for name in LIBRARY
+    ]
+    sources += [(ep.name, ep.value, ep.load) for ep in entry_points]
+    return sorted(sources, key=lambda s: (ORDER.index(s[0]) if s[0] in ORDER else len(ORDER), s[0]))
+
+
+def build_parser(entry_points: Iterable[metadata.EntryPoint] | None = None) -> argparse.ArgumentParser:
+    """The full parser: library commands plus the ``uaap.commands`` entry points (installed ones by default).
+
+    A source that fails to load or register is reported on stderr in one line and skipped.
+    """
     parser = argparse.ArgumentParser(prog="uaap", description="Federated-first ML on Flower and Ray.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    if entry_points is None:
+        entry_points = metadata.entry_points(group=GROUP)
+    for name, origin, load in command_sources(entry_points):
+        try:
+            load()(sub)
+        except Exception as exc:  # one broken floor must not take the whole CLI down
+            reason = (str(exc).strip().splitlines() or [""])[0]
+            print(f"uaap: command {name!r} unavailable ({origin}): {type(exc).__name__}: {reason}", file=sys.stderr)
     return parser
 
 

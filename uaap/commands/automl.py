@@ -1,4 +1,8 @@
-"""``uaap automl``, ``uaap tune-federated`` and ``uaap compare``: search, federated search, comparison."""
+"""``uaap automl`` and ``uaap compare``: search on one machine or cluster, runs side by side.
+
+The federated search (``uaap tune-federated``) runs a Flower simulation per trial, so it lives on the floor
+above and registers through the ``uaap.commands`` entry points (see :mod:`uaap.cli`).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,12 @@ import json
 import sys
 from typing import Any
 
-from uaap.commands.common import add_config_flags, config_from_args
 from uaap.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the ``automl``, ``tune-federated`` and ``compare`` commands."""
+    """Add the ``automl`` and ``compare`` commands."""
     _register_automl(sub)
-    _register_tune_federated(sub)
     _register_compare(sub)
 
 
@@ -149,61 +151,6 @@ def _console() -> Any:
 
     # Leaderboards are wide: do not fold them to 80 columns when the output is a file or a pipe.
     return Console() if sys.stdout.isatty() else Console(width=160)
-
-
-# ---- tune-federated ------------------------------------------------------------------------------
-
-
-def _register_tune_federated(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "tune-federated", help="search federated hyperparameters; each trial is a Flower simulation on Ray"
-    )
-    add_config_flags(p, skip=("run_id",))
-    p.add_argument("--trials", type=int, default=8, help="number of simulations (default 8)")
-    p.add_argument("--time-budget", type=float, default=1800.0, help="seconds for the whole search (default 1800)")
-    p.add_argument("--search", choices=("tpe", "random", "grid"), default="tpe")
-    p.add_argument(
-        "--tune",
-        default="",
-        help="comma-separated parameters to search (default: learning-rate, local-epochs, proximal-mu, "
-        "clients-per-round, plus the clip norm when DP is on)",
-    )
-    p.add_argument("--metric", choices=("accuracy", "loss"), default="accuracy", help="final central test metric")
-    p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per simulated client (default 1)")
-    p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
-    p.set_defaults(func=run_tune_federated_command)
-
-
-def run_tune_federated_command(args: argparse.Namespace) -> int:
-    """Run the federated search and print its leaderboard (default configuration included)."""
-    from simulations.tuning import TuneFederatedSettings, leaderboard_table, tune_federated
-
-    console = _console()
-    base = config_from_args(args)
-    settings = TuneFederatedSettings(
-        num_trials=args.trials,
-        time_budget_s=args.time_budget,
-        search=args.search,
-        params=tuple(p for p in args.tune.split(",") if p.strip()) if args.tune else (),
-        metric=args.metric,
-        client_cpus=args.client_cpus,
-    )
-
-    def on_trial(row: dict[str, Any]) -> None:
-        value = row.get("score")
-        shown = "-" if value is None else f"{value:.4f}"
-        console.print(f"  trial {row['trial']:<12} {row['status']:<9} {args.metric} {shown} {row.get('error', '')}")
-
-    result = tune_federated(
-        base,
-        settings,
-        ray_address=args.ray_address,
-        on_trial=on_trial,
-        on_stage=lambda s: console.print(f"[bold]{s}"),
-    )
-    console.print(leaderboard_table(result))
-    console.print(f"leaderboard: {result.run_dir.path / 'leaderboard.csv'}")
-    return 0
 
 
 # ---- compare ------------------------------------------------------------------------------------

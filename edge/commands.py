@@ -1,11 +1,17 @@
-"""``uaap export``: ship a model to devices as verified ONNX, TFLite, Core ML or C bundles."""
+"""``uaap export``: ship a model to devices as verified ONNX, TFLite, Core ML or C bundles.
+
+Registered with the library's ``uaap`` CLI through the ``uaap.commands`` entry-point group (see
+``pyproject.toml`` and :mod:`uaap.cli`), so ``uaap`` never imports edge/. The converters load inside
+:func:`run_export` only.
+"""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register_export(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the ``export`` command."""
     p = sub.add_parser(
         "export",
@@ -35,10 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--data", default=None, metavar="FILE", help="held-out rows (CSV/Parquet, model's input space)")
     p.add_argument("--target", default=None, metavar="COL", help="label column of --data")
     p.add_argument("--zip", action="store_true", help="also write one .zip per bundle")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run_export)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_export(args: argparse.Namespace) -> int:
     """Export, verify and bundle each format; print one table row per format."""
     from rich.console import Console
     from rich.table import Table
