@@ -20,8 +20,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from uaap.errors import KeyMaterialError
+
+if TYPE_CHECKING:
+    from cryptography.x509 import GeneralName
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -50,10 +54,10 @@ def _write(path: Path, data: bytes, private: bool) -> None:
     os.chmod(path, 0o600 if private else 0o644)  # also when the file already existed
 
 
-def _san(hosts: Sequence[str]) -> list[object]:
+def _san(hosts: Sequence[str]) -> list[GeneralName]:
     from cryptography import x509
 
-    names: list[object] = []
+    names: list[GeneralName] = []
     for host in dict.fromkeys(hosts):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
@@ -130,7 +134,7 @@ def init_certs(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(_san(all_hosts)), critical=False)  # type: ignore[arg-type]
+        .add_extension(x509.SubjectAlternativeName(_san(all_hosts)), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())

@@ -129,7 +129,9 @@ def collect_runs(
     return rows
 
 
-def _row(client: Any, run: Any, run_id: str, kind: str, params: dict, tags: dict, metric: str) -> RunRow:
+def _row(
+    client: Any, run: Any, run_id: str, kind: str, params: dict[str, str], tags: dict[str, str], metric: str
+) -> RunRow:
     metrics = dict(run.data.metrics)
     value, curve_key = None, None
     for key in _final_key(kind, metric):

@@ -14,11 +14,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from uaap.config import RunConfig
 from uaap.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where used at run time: `import uaap.data` stays cheap
 
 BUNDLED = ("digits", "breast_cancer", "wine")
 MIN_PARTITION_SIZE = 4
@@ -111,7 +115,7 @@ def load_table(path: str | Path, target: str) -> Dataset:
     return Dataset(path.stem, X, y.astype(np.int64), len(classes), tuple(map(str, frame.columns)))
 
 
-def _encode_features(frame: object) -> object:
+def _encode_features(frame: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
     assert isinstance(frame, pd.DataFrame)
@@ -174,6 +178,8 @@ def scale(split: Split, dataset: str) -> Split:
     scaling statistics are treated as public federation metadata (a real deployment agrees on them
     up front, like the feature schema).
     """
+    mean: np.float32 | np.ndarray
+    std: np.float32 | np.ndarray
     if dataset == "digits":
         mean, std = np.float32(0.0), np.float32(16.0)
     else:

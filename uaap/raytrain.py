@@ -160,7 +160,9 @@ def train_on_ray(
             _worker_loop,
             train_loop_config={"cfg": cfg.to_json(), "split": ray.put(split), "epochs": epochs, "queue": queue},
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
-            run_config=RayRunConfig(
+            # ray.train binds its v2 RunConfig at run time (RAY_TRAIN_V2_ENABLED, on by default), which
+            # takes worker_runtime_env; mypy resolves the name to the v1 class it replaces.
+            run_config=RayRunConfig(  # type: ignore[call-arg]  # the v2 RunConfig, see above
                 name=cfg.run_id or "uaap-central",
                 storage_path=str(storage),
                 worker_runtime_env={"worker_process_setup_hook": SETUP_HOOK},

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uaap import workspace
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 RUN_TAG = "uaap.run_id"
 
@@ -34,7 +37,7 @@ def _mlflow() -> Any:
 def ensure_experiment(name: str) -> str:
     """Create the store's schema and the experiment if needed; return the experiment id."""
     mlflow = _mlflow()
-    client = mlflow.MlflowClient()
+    client: MlflowClient = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
     return exp.experiment_id if exp is not None else client.create_experiment(name)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
@@ -70,6 +70,21 @@ class PrivacyEngineLike(Protocol):
         self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Any]
     ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[Any]]:
         """Return DP versions of model, optimizer and loader."""
+        ...
+
+
+class DPOptimizerLike(Protocol):
+    """The part of Opacus' ``DPOptimizer`` UAAP calls (Opacus ships no type hints)."""
+
+    original_optimizer: torch.optim.Optimizer
+    step_hook: Callable[[Any], None]  # the accountant's hook, attached by ``PrivacyEngine.make_private``
+
+    def pre_step(self) -> bool | None:
+        """Clip and noise the per-sample gradients; falsy when the step is skipped."""
+        ...
+
+    def attach_step_hook(self, fn: Callable[[Any], None]) -> None:
+        """Run ``fn(optimizer)`` after clipping and noising, before the update (replaces the hook)."""
         ...
 
 
@@ -177,7 +192,7 @@ def _step(
         return
     # Opacus DPOptimizer: clip per-sample grads and add noise first, then add the proximal
     # gradient to the privatised grad, then update with the wrapped optimizer.
-    if optimizer.pre_step():  # type: ignore[attr-defined]
+    if cast(DPOptimizerLike, optimizer).pre_step():
         if global_params is not None:
             add_proximal_gradient(model, global_params, mu)
         original.step()

@@ -17,10 +17,10 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def new_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         write(fh)
@@ -129,7 +129,8 @@ class RunDir:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"round-{ckpt.round:04d}.npz"
         state = json.dumps({"round": ckpt.round, **ckpt.state}, default=_json_default)
-        payload = {**ckpt.arrays, _STATE_KEY: np.frombuffer(state.encode(), dtype=np.uint8)}
+        # Any: numpy's stub would match **payload against savez's `allow_pickle: bool` as well
+        payload: dict[str, Any] = {**ckpt.arrays, _STATE_KEY: np.frombuffer(state.encode(), dtype=np.uint8)}
         _atomic_write(path, lambda fh: np.savez(fh, **payload))
         return path
 
@@ -209,7 +210,8 @@ def save_model(
         "image_shape": list(image_shape) if image_shape else None,
         **(extra or {}),
     }
-    payload = {f"w{i:04d}": w for i, w in enumerate(weights)}
+    # Any: numpy's stub would match **payload against savez's `allow_pickle: bool` as well
+    payload: dict[str, Any] = {f"w{i:04d}": w for i, w in enumerate(weights)}
     payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda fh: np.savez(fh, **payload))
@@ -228,7 +230,7 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         meta = json.loads(bytes(npz["__meta__"]).decode())
         weights = [npz[k] for k in sorted(k for k in npz.files if k.startswith("w"))]
     shape = tuple(meta["image_shape"]) if meta.get("image_shape") else None
-    model = build_model(meta["model"], meta["n_features"], meta["n_classes"], shape)  # type: ignore[arg-type]
+    model = build_model(meta["model"], meta["n_features"], meta["n_classes"], shape)
     set_weights(model, weights)
     model.eval()
     return model, meta

@@ -174,7 +174,9 @@ def train_xgboost_on_ray(
                 "seed": seed,
             },
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=False, resources_per_worker={"CPU": 1}),
-            run_config=TrainRunConfig(
+            # ray.train binds its v2 RunConfig at run time (RAY_TRAIN_V2_ENABLED, on by default), which
+            # takes worker_runtime_env; mypy resolves the name to the v1 class it replaces.
+            run_config=TrainRunConfig(  # type: ignore[call-arg]  # the v2 RunConfig, see above
                 name="xgboost",
                 storage_path=str(storage),
                 worker_runtime_env={"worker_process_setup_hook": SETUP_HOOK},

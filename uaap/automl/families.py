@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -349,7 +349,7 @@ class TorchMLPClassifier:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Most probable class."""
-        return self.predict_proba(X).argmax(axis=1)
+        return cast(np.ndarray, self.predict_proba(X).argmax(axis=1))  # numpy types argmax(axis=...) as Any
 
     def weights(self) -> list[np.ndarray]:
         """The fitted model's weights (``state_dict`` order), as :func:`uaap.workspace.save_model` stores them."""

@@ -14,6 +14,7 @@ run at once as the Ray cluster has CPUs, unless ``concurrency`` says otherwise.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -241,7 +242,9 @@ def _recorder(
                 tags={"uaap.family": rec.family, "uaap.trial_id": trial.trial_id},
             )
 
-        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
             rec = record(trial)
             fold = {k[len("fold_") :]: float(v) for k, v in result.items() if k.startswith("fold_")}
             rec.folds.append(fold)
@@ -407,7 +410,7 @@ def _baselines(train: Any, test: Any, folds: list[Fold], metric: str, seed: int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # default LogisticRegression may stop at max_iter=100: that is the default
         for name, est in baseline_estimators(seed).items():
-            scores = cross_validate(lambda e=est: clone(e), train.X, train.y, folds, train.n_classes, metric)
+            scores = cross_validate(functools.partial(clone, est), train.X, train.y, folds, train.n_classes, metric)
             fitted = clone(est).fit(train.X, train.y)
             test_metrics = score(metric, test.y, aligned_proba(fitted, test.X, train.n_classes))
             out[name] = {

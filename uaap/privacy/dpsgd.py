@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from uaap.config import RunConfig
 from uaap.errors import ConfigError
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from flwr.app import RecordDict
     from torch import nn
     from torch.utils.data import DataLoader
+
+    from uaap.training import DPOptimizerLike
 
 STATE_KEY = "uaap-dpsgd"
 
@@ -72,7 +74,7 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
 
     if ModuleValidator.is_valid(model):
         return model
-    return ModuleValidator.fix(model)
+    return cast("nn.Module", ModuleValidator.fix(model))  # Opacus is untyped
 
 
 def secret_generator() -> torch.Generator:
@@ -138,7 +140,8 @@ class DPSGD:
             noise_generator=generator,
         )
         self.sample_rate = 1.0 / len(loader)
-        opacus_hook = optimizer.step_hook  # type: ignore[attr-defined]
+        dp_optimizer = cast("DPOptimizerLike", optimizer)  # Opacus' DPOptimizer (untyped)
+        opacus_hook = dp_optimizer.step_hook
 
         def hook(opt: Any) -> None:
             opacus_hook(opt)
@@ -147,7 +150,7 @@ class DPSGD:
             if self.on_step is not None:
                 self.on_step(self)
 
-        optimizer.attach_step_hook(hook)  # type: ignore[attr-defined]
+        dp_optimizer.attach_step_hook(hook)
         return model, optimizer, loader
 
     def epsilon(self, delta: float) -> float:
@@ -179,11 +182,14 @@ def _state_file(cfg: RunConfig, client_key: str) -> Path | None:
 
 def load_state(cfg: RunConfig, store: RecordDict, client_key: str) -> dict[str, Any] | None:
     """The client's DP-SGD state: ``context.state`` first, else the client's file (after a server restart)."""
+    state: dict[str, Any]
     if STATE_KEY in store.config_records:
-        return json.loads(str(store.config_records[STATE_KEY]["json"]))
+        state = json.loads(str(store.config_records[STATE_KEY]["json"]))
+        return state
     path = _state_file(cfg, client_key)
     if path is not None and path.is_file():
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
+        return state
     return None
 
 
