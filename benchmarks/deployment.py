@@ -120,12 +120,13 @@ import time, statistics
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-from client.app import CONFIG_KEY, train
+from client.app import train
+from uaap.protocol import RUN_CONFIG
 from server.federation import initial_arrays
 from uaap.config import RunConfig
 cfg = RunConfig(dataset="breast_cancer", model="logreg", partition="iid", num_clients=3, local_epochs=1)
 content = RecordDict({"arrays": initial_arrays(cfg),
-                      "config": ConfigRecord({CONFIG_KEY: cfg.to_json(), "server-round": 1, "proximal-mu": 0.01})})
+                      "config": ConfigRecord({RUN_CONFIG: cfg.to_json(), "server-round": 1, "proximal-mu": 0.01})})
 times = []
 for i in range(4):
     msg = Message(content=content, dst_node_id=1, message_type=MessageType.TRAIN)

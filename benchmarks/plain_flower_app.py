@@ -19,16 +19,16 @@ from flwr.serverapp import Grid, ServerApp
 from uaap.config import RunConfig
 from uaap.data import client_data, federated
 from uaap.models import build_model, from_record, get_weights, set_weights, to_record
+from uaap.protocol import RUN_CONFIG
 from uaap.training import TrainConfig, evaluate, local_train
 
-CONFIG_KEY = "uaap-config"
 torch.set_num_threads(1)  # as client/app.py: one thread per simulated client
 
 client_app = ClientApp()
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, int, object]:
-    cfg = RunConfig.from_json(str(msg.content["config"][CONFIG_KEY]))
+    cfg = RunConfig.from_json(str(msg.content["config"][RUN_CONFIG]))
     pid = int(context.node_config["partition-id"])
     return cfg, pid, client_data(cfg, pid, int(context.node_config["num-partitions"]))
 
@@ -88,7 +88,7 @@ def make_server_app(cfg: RunConfig, marks: list[float] | None = None) -> ServerA
             min_evaluate_nodes=min(cfg.min_clients, 1 if cfg.fraction_evaluate == 0 else cfg.min_clients),
             min_available_nodes=min(cfg.min_clients, nodes),
         )
-        config = ConfigRecord({CONFIG_KEY: cfg.to_json()})
+        config = ConfigRecord({RUN_CONFIG: cfg.to_json()})
         strategy.start(
             grid,
             initial_arrays=initial,

@@ -20,7 +20,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from strategies.base import CLIENT_INFO_KEY, DENOMINATOR_KEY, PARTITION_KEY
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.data import Split, client_data, load_split
@@ -28,22 +27,45 @@ from uaap.errors import ConfigError
 from uaap.models import build_model, from_record, get_weights, set_weights, to_record
 from uaap.privacy import dpsgd
 from uaap.privacy.clip import clip_update
+from uaap.protocol import (
+    ARRAYS,
+    CLIENT_INFO,
+    CONFIG,
+    DP_DENOMINATOR,
+    HE_WEIGHT,
+    METRICS,
+    NODE_DATA_PATH,
+    NODE_NUM_PARTITIONS,
+    NODE_PARTITION_ID,
+    NODE_TARGET,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    PROXIMAL_MU,
+    RUN_CONFIG,
+    SERVER_ROUND,
+    STEPS,
+    STRAGGLER,
+    TRAIN_LOSS,
+    as_float,
+    as_int,
+)
 from uaap.training import PrivacyEngineLike, TrainConfig, evaluate, local_train
 
-CONFIG_KEY = "uaap-config"
 torch.set_num_threads(1)  # one thread per simulated client: actors share the machine's cores
 
 app = ClientApp()
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, Split, int]:
-    cfg = RunConfig.from_json(str(msg.content["config"][CONFIG_KEY]))
-    pid = int(context.node_config.get(PARTITION_KEY, 0))
-    if context.node_config.get("data-path"):  # a deployed client's own table (flower-client --data/--target)
+    cfg = RunConfig.from_json(str(msg.content[CONFIG][RUN_CONFIG]))
+    pid = int(context.node_config.get(NODE_PARTITION_ID, 0))
+    if context.node_config.get(NODE_DATA_PATH):  # a deployed client's own table (flower-client --data/--target)
         node = context.node_config
-        own = cfg.replace(dataset="csv", data_path=str(node["data-path"]), target=str(node.get("target", cfg.target)))
+        own = cfg.replace(
+            dataset="csv", data_path=str(node[NODE_DATA_PATH]), target=str(node.get(NODE_TARGET, cfg.target))
+        )
         return own, load_split(own), pid  # split locally into train/validation, scaled with local statistics
-    num = int(context.node_config.get("num-partitions", cfg.num_clients))
+    num = int(context.node_config.get(NODE_NUM_PARTITIONS, cfg.num_clients))
     return cfg, client_data(cfg, pid, num), pid
 
 
@@ -59,9 +81,9 @@ def straggler_steps(cfg: RunConfig, server_round: int, pid: int, full_steps: int
 
 def receive_global(cfg: RunConfig, content: RecordDict, context: Context) -> list[np.ndarray]:
     """The global model's weights from a server message (decrypting them under HE)."""
-    if cfg.secure and crypto.is_encrypted(content["arrays"]):  # round 1's initial model is plaintext
-        return crypto.decrypt_global(content["arrays"], crypto.client_context(cfg, context.node_config))
-    return from_record(content["arrays"])
+    if cfg.secure and crypto.is_encrypted(content.array_records[ARRAYS]):  # round 1's initial model is plaintext
+        return crypto.decrypt_global(content.array_records[ARRAYS], crypto.client_context(cfg, context.node_config))
+    return from_record(content.array_records[ARRAYS])
 
 
 def local_privacy(cfg: RunConfig, data: Split, context: Context) -> PrivacyEngineLike | None:
@@ -72,7 +94,7 @@ def local_privacy(cfg: RunConfig, data: Split, context: Context) -> PrivacyEngin
 
 
 def _dp_key(context: Context) -> str:
-    return f"partition-{int(context.node_config.get(PARTITION_KEY, 0))}"  # the server's ledger name for us
+    return f"partition-{int(context.node_config.get(NODE_PARTITION_ID, 0))}"  # the server's ledger name for us
 
 
 def prepare_update(
@@ -96,25 +118,25 @@ def prepare_update(
     if not cfg.secure:
         return to_record(new), extra
     hctx = crypto.client_context(cfg, context.node_config)
-    if cfg.dp_central:  # Enc(clip(w_k - w) / (q N)), weight 1: see strategies.privacy
+    if cfg.dp_central:  # Enc(clip(w_k - w) / (q N)), weight 1: see strategies.dp_noise
         if denominator is None or not denominator > 0:
             raise ConfigError(
-                f"central DP under HE needs the server's {DENOMINATOR_KEY} (q * N) > 0, got {denominator!r}: "
+                f"central DP under HE needs the server's {DP_DENOMINATOR} (q * N) > 0, got {denominator!r}: "
                 "client and server run different UAAP versions or settings"
             )
         update = [((n - s) / denominator).astype(s.dtype) for n, s in zip(new, start, strict=True)]
         record = crypto.encrypt_weights(update, 1.0, hctx, max_summands=cfg.num_clients)
-        return record, {crypto.METRIC_WEIGHT: 1.0, **extra}
+        return record, {HE_WEIGHT: 1.0, **extra}
     weight = float(num_examples)  # pre-weighted: the server's sum over the total weight is FedAvg
     record = crypto.encrypt_weights(new, weight, hctx, max_summands=cfg.num_clients)
-    return record, {crypto.METRIC_WEIGHT: weight, **extra}
+    return record, {HE_WEIGHT: weight, **extra}
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on local data; reply with the update and metrics."""
     cfg, data, pid = _setup(msg, context)
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = as_int(msg.content.config_records[CONFIG].get(SERVER_ROUND), SERVER_ROUND)
     start = receive_global(cfg, msg.content, context)
     model = build_model(cfg.model, data.train.n_features, data.train.n_classes, data.train.image_shape)
     set_weights(model, start)
@@ -123,33 +145,33 @@ def train(msg: Message, context: Context) -> Message:
     max_steps = straggler_steps(cfg, server_round, pid, full_steps)
     tcfg = TrainConfig.from_run(
         cfg,
-        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+        proximal_mu=as_float(msg.content.config_records[CONFIG].get(PROXIMAL_MU, 0.0), PROXIMAL_MU),
         max_steps=max_steps,
         seed=cfg.seed + 1000 * server_round + pid,
     )
     result = local_train(
         model, data.train, tcfg, global_params=global_params, privacy=local_privacy(cfg, data, context)
     )
-    denominator = msg.content["config"].get(DENOMINATOR_KEY)
+    denominator = msg.content.config_records[CONFIG].get(DP_DENOMINATOR)
     arrays, extra = prepare_update(
         cfg,
         get_weights(model),
         start,
         result.num_examples,
         context,
-        None if denominator is None else float(denominator),
+        None if denominator is None else as_float(denominator, DP_DENOMINATOR),
     )
     metrics = MetricRecord(
         {
-            "num-examples": result.num_examples,
-            "train-loss": result.loss,
-            "steps": result.steps,
-            "straggler": int(max_steps is not None),
+            NUM_EXAMPLES: result.num_examples,
+            TRAIN_LOSS: result.loss,
+            STEPS: result.steps,
+            STRAGGLER: int(max_steps is not None),
             **extra,
         }
     )
-    info = ConfigRecord({PARTITION_KEY: pid})
-    content = RecordDict({"arrays": arrays, "metrics": metrics, CLIENT_INFO_KEY: info})
+    info = ConfigRecord({PARTITION_ID: pid})
+    content = RecordDict({ARRAYS: arrays, METRICS: metrics, CLIENT_INFO: info})
     return Message(content=content, reply_to=msg)
 
 
@@ -159,6 +181,6 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     cfg, data, pid = _setup(msg, context)
     model = build_model(cfg.model, data.test.n_features, data.test.n_classes, data.test.image_shape)
     set_weights(model, receive_global(cfg, msg.content, context))
-    metrics = MetricRecord({**evaluate(model, data.test), "num-examples": len(data.test.y)})
-    content = RecordDict({"metrics": metrics, CLIENT_INFO_KEY: ConfigRecord({PARTITION_KEY: pid})})
+    metrics = MetricRecord({**evaluate(model, data.test), NUM_EXAMPLES: len(data.test.y)})
+    content = RecordDict({METRICS: metrics, CLIENT_INFO: ConfigRecord({PARTITION_ID: pid})})
     return Message(content=content, reply_to=msg)

@@ -28,11 +28,19 @@ from pathlib import Path
 
 from uaap.errors import ConfigError, DataError, KeyMaterialError, UaapError
 from uaap.processes import (
+    FLOWER_ENV,
     console_script,
     descendants,
     die_with_parent,
     free_port,
     stop_tree,
+)
+from uaap.protocol import (
+    NODE_DATA_PATH,
+    NODE_HE_SECRET_CONTEXT,
+    NODE_NUM_PARTITIONS,
+    NODE_PARTITION_ID,
+    NODE_TARGET,
 )
 
 EXIT_UNREACHABLE = 3
@@ -40,12 +48,6 @@ EXIT_TLS = 4
 EXIT_AUTH = 5
 EXIT_SUPERNODE = 1
 
-QUIET_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "PYTHONUNBUFFERED": "1",
-}
 _AUTH_PATTERNS = ("[code: 2004]", "failed to activate supernode", "unauthenticated", "permission denied")
 _RETRY_PATTERN = "Connection attempt failed"
 _STILL_FAILING = ("ERROR", "Errno", "Starting Flower SuperExec", "WARNING")  # lines that do not prove a connection
@@ -95,14 +97,14 @@ class ClientOptions:
         """The ``--node-config`` string the ClientApp reads (``client.app._setup``)."""
         items: dict[str, str] = {}
         if self.data is not None:
-            items["data-path"] = str(self.data)
-            items["target"] = self.target
+            items[NODE_DATA_PATH] = str(self.data)
+            items[NODE_TARGET] = self.target
         if self.partition_id is not None:
-            items["partition-id"] = str(self.partition_id)
+            items[NODE_PARTITION_ID] = str(self.partition_id)
         if self.num_partitions is not None:
-            items["num-partitions"] = str(self.num_partitions)
+            items[NODE_NUM_PARTITIONS] = str(self.num_partitions)
         if self.he_secret_context is not None:
-            items["he-secret-context"] = str(self.he_secret_context)
+            items[NODE_HE_SECRET_CONTEXT] = str(self.he_secret_context)
         items.update(self.extra_node_config)
         return " ".join(f"{k}={_toml_value(v)}" for k, v in items.items())
 
@@ -221,7 +223,7 @@ class FlowerClient:
         self.lines: list[str] = []
         self.failing_since: float | None = None  # first of an unbroken series of failed connection attempts
         self.gave_up = False  # Flower's own --max-wait-time fired (its process does not exit by itself)
-        self.env = {**os.environ, **QUIET_ENV}
+        self.env = {**os.environ, **FLOWER_ENV}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
 
     def command(self) -> list[str]:

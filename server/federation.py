@@ -3,14 +3,9 @@
 Flower's ``Strategy.start`` always begins at round 1 and keeps nothing on disk, so the loop is
 ours; it drives the strategy through Flower's public surface (``configure_train``,
 ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) and therefore works with any
-strategy or wrapper.
-
-Wrappers may offer optional hooks, looked up by name:
-
-* ``state_dict() -> dict`` / ``load_state_dict(dict)``: state to checkpoint (e.g. an accountant);
-* ``before_round(server_round) -> str | None``: a reason to stop before that round (budget);
-* ``round_report(server_round) -> dict[str, float]``: extra metrics for the round (epsilon);
-* ``encrypted``: true when the global arrays are ciphertext (no central evaluation then).
+strategy or wrapper. Wrappers offer optional hooks through the protocols of :mod:`strategies.wrapper`
+(``Stateful``, ``BudgetGate``, ``RoundReporter``, ``CiphertextModel``); the loop calls them on every layer
+of the stack that implements them.
 """
 
 from __future__ import annotations
@@ -24,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strategies import build_strategy, sort_replies
+from strategies.wrapper import BudgetGate, RoundReporter, Stateful, is_encrypted, layers
 from uaap import workspace
 from uaap.config import RunConfig
 from uaap.data import Dataset, describe, federated
 from uaap.models import build_model, from_record, get_weights, to_record
+from uaap.protocol import NUM_EXAMPLES, RUN_CONFIG
 from uaap.training import evaluate
 
 if TYPE_CHECKING:
@@ -36,7 +33,6 @@ if TYPE_CHECKING:
     from flwr.serverapp.strategy import Strategy
 
 log = logging.getLogger("uaap.server")
-CONFIG_KEY = "uaap-config"
 
 
 @dataclass
@@ -61,10 +57,6 @@ def _metrics(record: MetricRecord | None) -> dict[str, float]:
     return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
 
 
-def _hook(obj: Any, name: str) -> Any:
-    return getattr(obj, name, None)
-
-
 def initial_arrays(cfg: RunConfig, meta: Dataset | None = None) -> ArrayRecord:
     """The seeded initial global model, as Flower arrays (``meta``: any split carrying the data's shape)."""
     meta = meta if meta is not None else describe(cfg)
@@ -83,7 +75,7 @@ def central_evaluator(cfg: RunConfig, num_partitions: int) -> Any:
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         set_weights(model, from_record(arrays))
-        return MetricRecord({**evaluate(model, test), "num-examples": len(test.y)})
+        return MetricRecord({**evaluate(model, test), NUM_EXAMPLES: len(test.y)})
 
     return evaluate_fn
 
@@ -108,14 +100,13 @@ def run_federation(
 
         arrays = ArrayRecord({k: Array(v) for k, v in ckpt.arrays.items()})
         start = ckpt.round + 1
-        if (load := _hook(strategy, "load_state_dict")) is not None and "strategy" in ckpt.state:
-            load(ckpt.state["strategy"])
+        _load_state(strategy, ckpt.state)
         log.info("resuming run %s from the checkpoint of round %d", rd.run_id, ckpt.round)
     else:
         arrays = initial_arrays(cfg, meta)
         start = 1
 
-    encrypted = bool(_hook(strategy, "encrypted"))
+    encrypted = is_encrypted(strategy)
     evaluate_fn = central_evaluator(cfg, num_partitions) if cfg.central_eval and not encrypted else None
     tracker = _tracker(cfg)
     rd.log_event("start", round=start, num_rounds=cfg.num_rounds, nodes=nodes, resumed=ckpt is not None)
@@ -128,12 +119,12 @@ def run_federation(
     status, reason = "completed", ""
     try:
         for server_round in range(start, cfg.num_rounds + 1):
-            if (before := _hook(strategy, "before_round")) is not None and (stop := before(server_round)):
-                status, reason = "stopped", str(stop)
+            if stop := _stop_reason(strategy, server_round):
+                status, reason = "stopped", stop
                 log.warning("stopping before round %d: %s", server_round, stop)
                 break
             arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn)
-            state = {"strategy": save()} if (save := _hook(strategy, "state_dict")) is not None else {}
+            state = {x.state_key: x.state_dict() for x in layers(strategy) if isinstance(x, Stateful)}
             rd.save_checkpoint(workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state))
             rd.log_event("round", **entry.__dict__)
             if tracker:
@@ -166,6 +157,26 @@ def run_federation(
             tracker.log_artifact(str(rd.model_file))
         tracker.finish()
     return rd
+
+
+def _stop_reason(strategy: Strategy, server_round: int) -> str | None:
+    """The first reason any layer gives not to run ``server_round`` (a privacy budget), or None."""
+    for layer in layers(strategy):
+        if isinstance(layer, BudgetGate) and (reason := layer.before_round(server_round)):
+            return reason
+    return None
+
+
+def _load_state(strategy: Strategy, state: dict[str, Any]) -> None:
+    """Give each stateful layer its part of a checkpoint's state.
+
+    Checkpoints written before the DP wrappers were split keep the accountants under ``"strategy"``.
+    """
+    for layer in layers(strategy):
+        if isinstance(layer, Stateful):
+            part = state.get(layer.state_key, state.get("strategy") if layer.state_key == "privacy" else None)
+            if part is not None:
+                layer.load_state_dict(part)
 
 
 def _wait_for_nodes(grid: Grid, cfg: RunConfig, poll: float = 1.0) -> int:
@@ -203,7 +214,7 @@ def _one_round(
     t0 = time.perf_counter()
     from flwr.app import ConfigRecord
 
-    train_cfg = ConfigRecord({CONFIG_KEY: cfg.to_json()})
+    train_cfg = ConfigRecord({RUN_CONFIG: cfg.to_json()})
     messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
     replies = sort_replies(exchange(grid, messages, cfg.round_timeout))
     ok = [m for m in replies if not m.has_error()]
@@ -223,15 +234,16 @@ def _one_round(
         participants=sorted(int(m.metadata.src_node_id) for m in ok),  # replied; wrappers log rejections
     )
 
-    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord({CONFIG_KEY: cfg.to_json()}), grid))
+    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord({RUN_CONFIG: cfg.to_json()}), grid))
     if eval_msgs:
         eval_replies = sort_replies(exchange(grid, eval_msgs, cfg.round_timeout))
         _warn_missing("evaluate", server_round, eval_msgs, eval_replies)
         entry.evaluate = _metrics(strategy.aggregate_evaluate(server_round, eval_replies))
     if evaluate_fn is not None:
         entry.central = _metrics(evaluate_fn(server_round, arrays))
-    if (report := _hook(strategy, "round_report")) is not None:
-        entry.privacy = dict(report(server_round))
+    for layer in layers(strategy):
+        if isinstance(layer, RoundReporter):
+            entry.privacy |= layer.round_report(server_round)
     entry.seconds = time.perf_counter() - t0
     return arrays, entry
 
@@ -269,5 +281,5 @@ def _warn_missing(phase: str, server_round: int, sent: list[Message], got: list[
             phase,
             missing + len(failed),
             len(sent),
-            "" if not failed else " (" + "; ".join(m.error.reason[:120] for m in failed[:3]) + ")",
+            "" if not failed else " (" + "; ".join((m.error.reason or "")[:120] for m in failed[:3]) + ")",
         )

@@ -41,6 +41,7 @@ from uaap import workspace
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, KeyMaterialError, UaapError
 from uaap.processes import (
+    FLOWER_ENV,
     alive,
     cmdline,
     console_script,
@@ -50,12 +51,6 @@ from uaap.processes import (
 )
 
 CONNECTION = "uaap"
-QUIET_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "PYTHONUNBUFFERED": "1",
-}
 
 
 class DeploymentError(UaapError):
@@ -158,7 +153,7 @@ class FlowerServer:
         self.log_file = self.home / "superlink.log"
         self.pid_file = self.home / "superlink.pid"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.env = {**os.environ, **QUIET_ENV, **options.extra_env}
+        self.env = {**os.environ, **FLOWER_ENV, **options.extra_env}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
         self.env["FLWR_HOME"] = str(self.flwr_home)
         self.env["UAAP_HOME"] = str(workspace.home())

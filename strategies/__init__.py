@@ -1,9 +1,12 @@
-"""Flower strategies and wrappers: plain FedAvg/FedProx, HE aggregation, central DP.
+"""Flower strategies and wrappers: plain FedAvg/FedProx, reply validation, HE aggregation, central DP.
 
 Wrappers compose with any ``flwr.serverapp.strategy.Strategy`` (wrap, don't fork), the same shape
-as Flower's own ``DifferentialPrivacyServerSideFixedClipping(strategy, ...)``.
+as Flower's own ``DifferentialPrivacyServerSideFixedClipping(strategy, ...)``. ``build_strategy`` stacks,
+from the inside out: ``ValidateReplies`` (validation), ``SecureAggregation`` (secure), ``CentralDPNoise``
+(dp_noise) and ``PrivacyAccounting`` (dp_accounting). The round loop's optional hooks are the protocols
+in :mod:`strategies.wrapper`.
 """
 
-from strategies.base import build_strategy, sort_replies
+from strategies.base import build_strategy, sort_replies, wrap_privacy
 
-__all__ = ["build_strategy", "sort_replies"]
+__all__ = ["build_strategy", "sort_replies", "wrap_privacy"]

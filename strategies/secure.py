@@ -3,8 +3,19 @@
 Shaped like Flower's DP wrappers: ``SecureAggregation(FedAvg(...), public_context)`` delegates sampling,
 configuration and evaluation to the inner strategy and replaces only ``aggregate_train``. The result is the
 ciphertext SUM of ``he-weight * w_k`` plus the plaintext total weight; clients decrypt and divide (see
-``uaap.crypto`` for the wire format and the security notes). Central DP wraps outside this one and adds its
-noise to the encrypted sum with ``uaap.crypto.add_plain``.
+``uaap.crypto`` for the wire format and the security notes).
+
+A ciphertext sum computes a weighted mean and nothing else, so the inner strategy must be one whose
+aggregation *is* a weighted mean: Flower's FedAvg or a subclass that keeps FedAvg's ``aggregate_train``
+(FedProx). Robust aggregators (FedMedian, Krum, trimmed mean...) need the plaintext values, and server
+optimisers (FedAdam, FedYogi, FedAdagrad, FedAvgM) need element-wise products, squares and square roots
+of the aggregate: the add-only modulus chain allows no multiplication, and the server holds no secret key
+to do them in the clear. Running the server step on the clients' (decrypting) side would need the
+optimiser's state to be kept identical on every client across rounds, including clients that join late,
+which this protocol does not provide. They are refused at start-up instead of silently becoming FedAvg.
+
+Central DP's noise wrapper (:mod:`strategies.dp_noise`) takes the running encrypted sum from
+:meth:`SecureAggregation.sum_replies` and adds the global model and its noise to it.
 """
 
 from __future__ import annotations
@@ -13,25 +24,28 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from strategies.wrapper import StrategyWrapper
+from strategies.wrapper import StrategyWrapper, innermost, layers, weighted_by_key
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, UaapError
+from uaap.protocol import HE_CLIENTS, HE_REJECTED, HE_TOTAL_WEIGHT, HE_WEIGHT
 
 if TYPE_CHECKING:
-    from flwr.app import ArrayRecord, Message, MetricRecord
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 log = logging.getLogger("uaap.secure")
 
 
 class SecureAggregation(StrategyWrapper):
-    """Wrap any message-based Flower strategy so that training replies are summed as CKKS ciphertexts."""
+    """Wrap a weighted-mean Flower strategy so that training replies are summed as CKKS ciphertexts."""
 
     encrypted = True  # server loop: the global arrays are ciphertext (no central evaluation, no plaintext model)
 
     def __init__(self, strategy: Strategy, public_context: crypto.HEContext | str) -> None:
+        check_linear(strategy)
         ctx = crypto.server_context(public_context) if isinstance(public_context, str) else public_context
         if ctx.has_secret_key:
             raise crypto.KeyMaterialError(
@@ -51,37 +65,45 @@ class SecureAggregation(StrategyWrapper):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Sum the valid replies' ciphertexts; skip (and log) errors, bad bytes and foreign keys."""
+        """The encrypted weighted sum of the valid replies and their aggregated metrics."""
+        acc, metrics = self.sum_replies(server_round, replies)
+        return acc.result(), metrics
+
+    def sum_replies(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[crypto.EncryptedSum, MetricRecord | None]:
+        """The running encrypted sum of the valid replies; errors, bad bytes and foreign keys are skipped and logged.
+
+        Central DP adds to the returned sum before it becomes a record (:mod:`strategies.dp_noise`).
+        """
         acc = crypto.EncryptedSum(self.context)
-        summed: list[Any] = []
+        summed: list[RecordDict] = []
         self.last_rejected = []
         for msg in replies:
             node = int(msg.metadata.src_node_id)
             if msg.has_error():
-                self._reject(server_round, node, f"client error: {msg.error.reason[:200]}")
+                self._reject(server_round, node, f"client error: {(msg.error.reason or '')[:200]}")
                 continue
             content = msg.content
             try:
                 record = _single(content.array_records, "ArrayRecord")
                 metrics = _single(content.metric_records, "MetricRecord")
-                weight = metrics.get(crypto.METRIC_WEIGHT)
+                weight = metrics.get(HE_WEIGHT)
                 acc.add(record, None if weight is None else float(weight))  # all checks before the sum changes
             except (UaapError, KeyError, ValueError, TypeError) as exc:
                 self._reject(server_round, node, str(exc))
                 continue
             summed.append(content)
         if not summed:
-            return None, None
-        weighted_by = getattr(self.strategy, "weighted_by_key", "num-examples")
-        aggr = getattr(self.strategy, "train_metrics_aggr_fn", None)
-        if aggr is None:
-            from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords as aggr
-        metrics_out = aggr(summed, weighted_by)
-        if crypto.METRIC_WEIGHT in metrics_out:  # an average of pre-weights means nothing; report the total
-            del metrics_out[crypto.METRIC_WEIGHT]
-        metrics_out["he-clients"] = acc.count
-        metrics_out["he-rejected"] = len(self.last_rejected)
-        metrics_out["he-total-weight"] = acc.total
+            return acc, None
+        base = innermost(self.strategy)
+        aggr = getattr(base, "train_metrics_aggr_fn", None) or aggregate_metricrecords
+        metrics_out: MetricRecord = aggr(summed, weighted_by_key(base))
+        if HE_WEIGHT in metrics_out:  # an average of pre-weights means nothing; report the total
+            del metrics_out[HE_WEIGHT]
+        metrics_out[HE_CLIENTS] = acc.count
+        metrics_out[HE_REJECTED] = len(self.last_rejected)
+        metrics_out[HE_TOTAL_WEIGHT] = acc.total
         log.info(
             "round %d: summed %d encrypted updates (total weight %g), rejected %d",
             server_round,
@@ -89,11 +111,35 @@ class SecureAggregation(StrategyWrapper):
             acc.total,
             len(self.last_rejected),
         )
-        return acc.result(), metrics_out
+        return acc, metrics_out
 
     def _reject(self, server_round: int, node: int, reason: str) -> None:
         self.last_rejected.append((node, reason))
         log.error("round %d: left client node %d out of the encrypted sum: %s", server_round, node, reason)
+
+
+def check_linear(strategy: Strategy) -> None:
+    """Refuse a strategy whose aggregation is not FedAvg's weighted mean (a ciphertext sum cannot do it)."""
+    base = innermost(strategy)
+    if isinstance(base, FedAvg) and type(base).aggregate_train is FedAvg.aggregate_train:
+        between = [type(x).__name__ for x in layers(strategy) if x is not base and not _passes_sum(x)]
+        if not between:
+            return
+        raise ConfigError(
+            f"secure aggregation sums ciphertexts directly, so the wrapper(s) {', '.join(between)} under it would "
+            "be bypassed; wrap them outside SecureAggregation instead"
+        )
+    raise ConfigError(
+        f"secure aggregation cannot run {type(base).__name__}: a ciphertext sum computes FedAvg's weighted mean "
+        "and nothing else (robust aggregators need plaintext values; server optimisers such as FedAdam need "
+        "products and square roots the add-only CKKS chain cannot do, and the server holds no key). Use "
+        "strategy 'fedavg' or 'fedprox', or turn secure aggregation off"
+    )
+
+
+def _passes_sum(layer: Strategy) -> bool:
+    """Wrappers that may sit under SecureAggregation: they only check or route replies, never aggregate."""
+    return bool(getattr(type(layer), "linear_passthrough", False))
 
 
 def _single(records: Any, kind: str) -> Any:

@@ -20,13 +20,14 @@ import numpy as np
 from flwr.serverapp.strategy import Strategy
 
 from strategies.wrapper import StrategyWrapper
+from uaap.protocol import NUM_EXAMPLES, REJECTED_REPLIES
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
     from flwr.serverapp import Grid
 
 log = logging.getLogger("uaap.validation")
-WEIGHT_KEY = "num-examples"
+WEIGHT_KEY = NUM_EXAMPLES
 
 
 class InvalidReply(ValueError):
@@ -35,6 +36,8 @@ class InvalidReply(ValueError):
 
 class ValidateReplies(StrategyWrapper):
     """Drop replies with wrong shapes, NaN/Inf or bad weights; delegate everything else to ``strategy``."""
+
+    linear_passthrough = True  # only filters replies: secure aggregation may sit on top of it
 
     def __init__(self, strategy: Strategy, run_id: str = "") -> None:
         super().__init__(strategy)
@@ -63,7 +66,7 @@ class ValidateReplies(StrategyWrapper):
             log.warning("round %d: no valid training replies", server_round)
         arrays, metrics = self.strategy.aggregate_train(server_round, good + [m for m in bad if m.has_error()])
         if metrics is not None:
-            metrics["rejected-replies"] = sum(1 for m in bad if not m.has_error())
+            metrics[REJECTED_REPLIES] = sum(1 for m in bad if not m.has_error())
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

@@ -13,6 +13,7 @@ from uaap.cli import main
 from uaap.config import RunConfig
 from uaap.crypto.wire import _u8_view
 from uaap.errors import ConfigError, KeyMaterialError
+from uaap.protocol import HE_CHUNK_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +106,10 @@ def test_repeated_decryption_is_cached_but_never_stale(keys: crypto.KeyFiles) ->
     first = crypto.decrypt_sum(record, secret)
     assert crypto.decrypt_sum(record, secret) is first and not first.flags.writeable
     # one NTT coefficient of the first ciphertext moved by +1: a different ciphertext must decrypt afresh
-    coeffs = _u8_view(record[f"{crypto.CHUNK_PREFIX}0000"], "x").copy()
+    coeffs = _u8_view(record[f"{HE_CHUNK_PREFIX}0000"], "x").copy()
     coeffs.view("<u8")[0] += np.uint64(1)
     changed = ArrayRecord({k: record[k] for k in record})
-    changed[f"{crypto.CHUNK_PREFIX}0000"] = Array(coeffs)
+    changed[f"{HE_CHUNK_PREFIX}0000"] = Array(coeffs)
     second = crypto.decrypt_sum(changed, secret)
     assert second is not first and not np.array_equal(second[: crypto.VALUES_PER_CT], first[: crypto.VALUES_PER_CT])
     assert np.array_equal(second[crypto.VALUES_PER_CT :], first[crypto.VALUES_PER_CT :])  # the untouched ciphertext
@@ -164,13 +165,13 @@ def test_foreign_and_broken_ciphertexts_leave_the_sum_untouched(
         acc.add(crypto.encrypt_weights(_model(rng), 5.0, foreign))
     assert public.short in str(err.value) and foreign.short in str(err.value)
     broken = ArrayRecord({k: good[k] for k in good})
-    broken[f"{crypto.CHUNK_PREFIX}0000"] = Array(np.frombuffer(b"not a ciphertext", dtype=np.uint8).copy())
+    broken[f"{HE_CHUNK_PREFIX}0000"] = Array(np.frombuffer(b"not a ciphertext", dtype=np.uint8).copy())
     with pytest.raises(crypto.CiphertextError):
         acc.add(broken)
     out_of_range = ArrayRecord({k: good[k] for k in good})
-    coeffs = _u8_view(good[f"{crypto.CHUNK_PREFIX}0000"], "x").copy()
+    coeffs = _u8_view(good[f"{HE_CHUNK_PREFIX}0000"], "x").copy()
     coeffs.view("<u8")[5] = np.uint64(2**64 - 1)
-    out_of_range[f"{crypto.CHUNK_PREFIX}0000"] = Array(coeffs)
+    out_of_range[f"{HE_CHUNK_PREFIX}0000"] = Array(coeffs)
     with pytest.raises(crypto.CiphertextError, match=">= q"):
         acc.add(out_of_range)
     with pytest.raises(crypto.CiphertextError, match="disagrees"):
@@ -199,7 +200,7 @@ def test_ciphertext_chunks_survive_a_checkpoint(keys: crypto.KeyFiles, uaap_home
     secret = crypto.load_context(keys.secret)
     weights = [np.random.default_rng(4).normal(size=600_000).astype(np.float32)]  # > one 64-ciphertext chunk
     record = crypto.encrypt_weights(weights, 2.0, secret)
-    assert len([k for k in record if k.startswith(crypto.CHUNK_PREFIX)]) == 2
+    assert len([k for k in record if k.startswith(HE_CHUNK_PREFIX)]) == 2
     rd = workspace.run_dir("run-he")
     rd.save_checkpoint(workspace.Checkpoint(3, {k: v.numpy() for k, v in record.items()}, {}))  # as the loop does
     ckpt = rd.latest_checkpoint()

@@ -1,6 +1,6 @@
 """The privacy-budget dashboard over a real ledger: Streamlit's AppTest, then a real headless Chromium.
 
-The ledger is written by the production path (``strategies.privacy.CentralDP`` aggregating real Flower
+The ledger is written by the production path (``strategies.dp_accounting.PrivacyAccounting`` aggregating real Flower
 replies into a sqlite ledger); accuracy comes from the runs' ``metrics.jsonl``.
 """
 
@@ -19,14 +19,15 @@ import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
-from strategies.privacy import CentralDP
+from strategies import wrap_privacy
+from strategies.dp_accounting import PrivacyAccounting
 from tests.flower_helpers import reply_from
 from uaap import workspace
 from uaap.config import RunConfig
 from uaap.models import to_record
 from uaap.privacy.accountant import epsilon_of
 from uaap.privacy.ledger import Budget, Ledger, Release
+from uaap.protocol import CLIENT_INFO, PARTITION_ID
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "uaap" / "dashboard" / "app.py"
@@ -39,7 +40,7 @@ def _reply(node: int, weights: list[np.ndarray]):
         {
             "arrays": to_record(weights),
             "metrics": MetricRecord({"num-examples": 10, "dp-sigma": 1.1, "dp-q": 0.1, "dp-steps": 8 + node}),
-            CLIENT_INFO_KEY: ConfigRecord({PARTITION_KEY: node}),
+            CLIENT_INFO: ConfigRecord({PARTITION_ID: node}),
         }
     )
     return reply_from(node, content)
@@ -49,10 +50,12 @@ def _simulate_rounds(cfg: RunConfig, rounds: int, accuracy: list[float]) -> None
     rd = workspace.run_dir(cfg.run_id)
     rd.write_config(cfg)
     start = [np.zeros((4, 3), dtype=np.float32)]
-    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(0))
+    dp = wrap_privacy(cfg, FedAvg(), rng=np.random.default_rng(0))
+    assert isinstance(dp, PrivacyAccounting)
     for r in range(1, rounds + 1):
         assert dp.before_round(r) is None
-        dp.start_round(to_record(start), [1, 2, 3])
+        if dp.noise is not None:
+            dp.noise.start_round(to_record(start), [1, 2, 3])
         dp.aggregate_train(r, [_reply(1, start), _reply(2, start)])
         rd.log_event("round", round=r, central={"accuracy": accuracy[r - 1]}, privacy=dp.round_report(r))
 

@@ -271,8 +271,9 @@ def test_client_node_config_and_diagnosis(certs):
 
 # ---- the ClientApp reads a deployed client's own table --------------------------------------------
 def test_setup_uses_node_data_path(tmp_path):
-    from client.app import CONFIG_KEY, _setup
+    from client.app import _setup
     from uaap.config import RunConfig
+    from uaap.protocol import RUN_CONFIG
 
     rng = np.random.default_rng(0)
     rows = ["f1,f2,f3,kind"] + [
@@ -282,7 +283,7 @@ def test_setup_uses_node_data_path(tmp_path):
     csv.write_text("\n".join(rows) + "\n")
     cfg = RunConfig(dataset="breast_cancer", num_clients=3, test_fraction=0.2)
     msg = Message(
-        content=RecordDict({"config": ConfigRecord({CONFIG_KEY: cfg.to_json()})}),
+        content=RecordDict({"config": ConfigRecord({RUN_CONFIG: cfg.to_json()})}),
         dst_node_id=1,
         message_type=MessageType.TRAIN,
     )

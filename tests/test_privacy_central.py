@@ -1,4 +1,4 @@
-"""Client-level central DP (strategies.privacy.CentralDP) with real Flower messages, FedAvg and TenSEAL."""
+"""Client-level central DP (strategies.dp_noise and .dp_accounting) with real Flower messages, FedAvg, TenSEAL."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from scipy import stats
 
-from strategies.base import CLIENT_INFO_KEY, PARTITION_KEY
-from strategies.privacy import CentralDP, poisson_sample
+from strategies import wrap_privacy
+from strategies.dp_accounting import PrivacyAccounting
+from strategies.dp_noise import CentralDPNoise, poisson_sample
 from strategies.secure import SecureAggregation
+from strategies.wrapper import is_encrypted
 from tests.flower_helpers import reply_from
 from uaap import crypto
 from uaap.config import RunConfig
@@ -19,6 +21,7 @@ from uaap.models import flatten, from_record, to_record
 from uaap.privacy.accountant import epsilon_of
 from uaap.privacy.clip import clip_update, update_norm
 from uaap.privacy.ledger import Ledger
+from uaap.protocol import CLIENT_INFO, PARTITION_ID
 
 
 def _start(n: int = 2000, seed: int = 0) -> list[np.ndarray]:
@@ -31,7 +34,7 @@ def _reply(node: int, weights: list[np.ndarray], n: int, **metrics: float):
         {
             "arrays": to_record(weights),
             "metrics": MetricRecord({"num-examples": n, **metrics}),
-            CLIENT_INFO_KEY: ConfigRecord({PARTITION_KEY: node}),
+            CLIENT_INFO: ConfigRecord({PARTITION_ID: node}),
         }
     )
     return reply_from(node, content)
@@ -40,6 +43,19 @@ def _reply(node: int, weights: list[np.ndarray], n: int, **metrics: float):
 def _cfg(**kw) -> RunConfig:
     base = {"dp_central": True, "dp_noise_multiplier": 1.0, "dp_central_clip_norm": 1.0, "fraction_train": 1.0}
     return RunConfig(**(base | kw))
+
+
+def _dp(cfg: RunConfig, rng: np.random.Generator | None = None, inner=None) -> PrivacyAccounting:
+    """The production stack for ``cfg`` (noise when dp-central, accounting) around ``inner`` (FedAvg)."""
+    dp = wrap_privacy(cfg, inner if inner is not None else FedAvg(), rng=rng)
+    assert isinstance(dp, PrivacyAccounting)
+    return dp
+
+
+def _start_round(dp: PrivacyAccounting, arrays, nodes: list[int]) -> None:
+    """What configure_train does before sampling (only the noise layer needs the round's model)."""
+    if dp.noise is not None:
+        dp.noise.start_round(arrays, nodes)
 
 
 def test_clip_update_bounds_the_flattened_delta():
@@ -64,8 +80,8 @@ def test_central_noise_has_the_calibrated_standard_deviation(uaap_home):
     sigma, clip, q, population = 1.3, 0.8, 0.5, 8
     cfg = _cfg(dp_noise_multiplier=sigma, dp_central_clip_norm=clip, fraction_train=q, run_id="noise")
     start = _start(20_000)
-    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(123))
-    dp.start_round(to_record(start), list(range(1, population + 1)))
+    dp = _dp(cfg, np.random.default_rng(123))
+    _start_round(dp, to_record(start), list(range(1, population + 1)))
     replies = [_reply(i, start, 10) for i in (1, 2, 3)]
     arrays, metrics = dp.aggregate_train(1, replies)
     noise = flatten(from_record(arrays)) - flatten(start)
@@ -88,8 +104,8 @@ def test_uniform_weights_and_fixed_denominator_under_central_dp(uaap_home):
     one = [s + d for s, d in zip(start, d1, strict=True)]
     two = [s + d for s, d in zip(start, d2, strict=True)]
     replies = [_reply(1, one, 1), _reply(2, two, 1000)]
-    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(0))
-    dp.start_round(to_record(start), [1, 2])
+    dp = _dp(cfg, np.random.default_rng(0))
+    _start_round(dp, to_record(start), [1, 2])
     arrays, _ = dp.aggregate_train(1, replies)
     got = from_record(arrays)
     for s, g in zip(start, got, strict=True):
@@ -103,8 +119,8 @@ def test_server_reclips_an_oversized_update(uaap_home):
     cfg = _cfg(dp_noise_multiplier=1e-9, dp_central_clip_norm=0.5, run_id="reclip")
     start = _start()
     cheat = [w + 1.0 for w in start]  # norm sqrt(2000) >> 0.5: a client that did not clip
-    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(0))
-    dp.start_round(to_record(start), [1])
+    dp = _dp(cfg, np.random.default_rng(0))
+    _start_round(dp, to_record(start), [1])
     arrays, _ = dp.aggregate_train(1, [_reply(1, cheat, 5)])
     assert update_norm(from_record(arrays), start) == pytest.approx(0.5, rel=1e-4)
 
@@ -122,8 +138,8 @@ def test_poisson_sampling_is_independent_per_client():
 def test_empty_sample_releases_only_noise_and_is_accounted(uaap_home):
     cfg = _cfg(fraction_train=0.5, run_id="empty")
     start = _start()
-    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(2))
-    dp.start_round(to_record(start), [1, 2, 3, 4])
+    dp = _dp(cfg, np.random.default_rng(2))
+    _start_round(dp, to_record(start), [1, 2, 3, 4])
     arrays, metrics = dp.aggregate_train(1, [])
     assert metrics["dp-sampled"] == 0
     moved = flatten(from_record(arrays)) - flatten(start)
@@ -135,13 +151,13 @@ def test_empty_sample_releases_only_noise_and_is_accounted(uaap_home):
 LOCAL = (2.0, 0.05, 10)  # one DP-SGD client's (sigma, q, steps) per round
 
 
-def _run_rounds(dp: CentralDP, start: list[np.ndarray], rounds: range) -> list[str | None]:
+def _run_rounds(dp: PrivacyAccounting, start: list[np.ndarray], rounds: range) -> list[str | None]:
     stops = []
     for r in rounds:
         stops.append(dp.before_round(r))
         if stops[-1]:
             break
-        dp.start_round(to_record(start), [1, 2, 3, 4])
+        _start_round(dp, to_record(start), [1, 2, 3, 4])
         dp.aggregate_train(r, [_reply(1, start, 3, **{"dp-sigma": LOCAL[0], "dp-q": LOCAL[1], "dp-steps": LOCAL[2]})])
     return stops
 
@@ -150,7 +166,7 @@ def test_budget_stop_fires_exactly_before_the_exceeding_round_and_resume_continu
     eps = [epsilon_of([(1.0, 0.5, k)], 1e-5) for k in range(1, 8)]
     cfg = _cfg(fraction_train=0.5, max_epsilon=(eps[3] + eps[4]) / 2, run_id="budget", dp_local=True)
     start = _start()
-    dp = CentralDP(FedAvg(), cfg, rng=np.random.default_rng(3))
+    dp = _dp(cfg, np.random.default_rng(3))
     # the example-level budget of the one DP-SGD client is far from binding at these rounds
     stops = _run_rounds(dp, start, range(1, 8))
     assert stops[:4] == [None] * 4 and stops[4] is not None  # rounds 1-4 ran, round 5 would exceed
@@ -170,7 +186,7 @@ def test_budget_stop_fires_exactly_before_the_exceeding_round_and_resume_continu
     state = dp.state_dict()
     state["user"]["history"] = [[1.0, 0.5, 3]]
     state["clients"]["partition-1"]["history"] = [[2.0, 0.05, 30]]
-    resumed = CentralDP(FedAvg(), cfg.replace(max_epsilon=eps[5] + 1e-9), rng=np.random.default_rng(4))
+    resumed = _dp(cfg.replace(max_epsilon=eps[5] + 1e-9), np.random.default_rng(4))
     resumed.load_state_dict(state)
     assert [r.round for r in ledger.releases("budget", level="user")] == [1, 2, 3]
     stops = _run_rounds(resumed, start, range(4, 10))
@@ -182,7 +198,7 @@ def test_local_only_accounting_stops_on_example_level_budget(uaap_home):
     one = epsilon_of([(2.0, 0.05, 10)], 1e-5)
     two = epsilon_of([(2.0, 0.05, 20)], 1e-5)
     cfg = RunConfig(dp_local=True, max_epsilon=(one + two) / 2, run_id="local")
-    dp = CentralDP(FedAvg(), cfg)
+    dp = _dp(cfg)
     assert not dp.central
     stops = _run_rounds(dp, _start(), range(1, 4))
     assert stops[0] is None and "partition-1's example-level epsilon" in stops[1]
@@ -191,7 +207,9 @@ def test_local_only_accounting_stops_on_example_level_budget(uaap_home):
 
 def test_central_dp_refuses_zero_noise():
     with pytest.raises(ConfigError, match="dp-noise-multiplier=0"):
-        CentralDP(FedAvg(), _cfg(dp_noise_multiplier=0.0))
+        _dp(_cfg(dp_noise_multiplier=0.0))
+    with pytest.raises(ConfigError, match="fraction-train=0"):
+        CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=0.0)
 
 
 def test_he_central_dp_releases_the_plaintext_fixed_denominator_estimator(uaap_home, tmp_path):
@@ -210,22 +228,22 @@ def test_he_central_dp_releases_the_plaintext_fixed_denominator_estimator(uaap_h
     he_cfg = cfg.replace(
         secure_aggregation="ckks", he_public_context=str(keys.public), he_secret_context=str(keys.secret)
     )
-    he = CentralDP(SecureAggregation(FedAvg(), str(keys.public)), he_cfg, rng=np.random.default_rng(77))
-    plain = CentralDP(FedAvg(), cfg.replace(run_id="plain"), rng=np.random.default_rng(77))
-    assert he.encrypted  # the server loop sees ciphertext through the wrapper
+    he = _dp(he_cfg, np.random.default_rng(77), inner=SecureAggregation(FedAvg(), str(keys.public)))
+    plain = _dp(cfg.replace(run_id="plain"), np.random.default_rng(77))
+    assert is_encrypted(he) and he.noise is not None and plain.noise is not None  # the loop sees ciphertext
     node = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     rng = np.random.default_rng(5)
     he_global, plain_global = to_record(_start(3000)), to_record(_start(3000))
     for server_round, replying in ((1, 3), (2, 3), (3, 0)):
-        he.start_round(he_global, [1, 2, 3, 4])
-        plain.start_round(plain_global, [1, 2, 3, 4])
-        assert he.denominator == plain.denominator == 4.0
+        _start_round(he, he_global, [1, 2, 3, 4])
+        _start_round(plain, plain_global, [1, 2, 3, 4])
+        assert he.noise.denominator == plain.noise.denominator == 4.0
         start = crypto.decrypt_global(he_global, secret) if crypto.is_encrypted(he_global) else from_record(he_global)
         np.testing.assert_allclose(flatten(start), flatten(from_record(plain_global)), atol=1e-5)
         he_replies, plain_replies = [], []
         for i in range(1, replying + 1):
             new = [w + rng.normal(0, 0.05, w.shape).astype(np.float32) for w in start]
-            record, metrics = prepare_update(he_cfg, new, start, 50 * i, node, he.denominator)
+            record, metrics = prepare_update(he_cfg, new, start, 50 * i, node, he.noise.denominator)
             metrics["num-examples"] = 50 * i  # client.app's train() adds it beside prepare_update's metrics
             he_replies.append(reply_from(i, RecordDict({"arrays": record, "metrics": MetricRecord(metrics)})))
             plain_replies.append(_reply(i, clip_update(new, start, clip), 50 * i))
@@ -255,8 +273,8 @@ def test_he_central_dp_client_refuses_a_missing_denominator(tmp_path):
 def test_aggregated_metrics_report_the_largest_client_epsilon_not_averages(uaap_home):
     cfg = _cfg(dp_central=False, dp_local=True, run_id="local-metrics")
     start = _start()
-    dp = CentralDP(FedAvg(), cfg)
-    dp.start_round(to_record(start), [1, 2])
+    dp = _dp(cfg)
+    _start_round(dp, to_record(start), [1, 2])
     small, large = {"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 10}, {"dp-sigma": 1.0, "dp-q": 0.1, "dp-steps": 40}
     _, metrics = dp.aggregate_train(1, [_reply(1, start, 30, **small), _reply(2, start, 10, **large)])
     assert not {"dp-sigma", "dp-q", "dp-steps", "dp-epsilon"} & set(metrics.keys())

@@ -21,6 +21,7 @@ from uaap import crypto
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, KeyMaterialError
 from uaap.models import build_model, from_record, get_weights
+from uaap.protocol import HE_CHUNK_PREFIX, HE_FINGERPRINT, HE_WEIGHT
 
 
 def _request(node_id: int) -> Message:
@@ -68,7 +69,7 @@ def test_he_aggregate_equals_flower_plaintext_aggregate_with_a_dropped_client(
     for node, (weights, n) in enumerate(updates, start=1):
         metrics = {"num-examples": n, "train-loss": 0.1 * node}
         arrays, extra = prepare_update(cfg, weights, weights, n, ctx)  # the real client hook
-        assert crypto.is_encrypted(arrays) and extra == {crypto.METRIC_WEIGHT: float(n)}
+        assert crypto.is_encrypted(arrays) and extra == {HE_WEIGHT: float(n)}
         he_replies.append(_reply(node, arrays, {**metrics, **extra}))
         plain, _ = prepare_update(plain_cfg, weights, weights, n, ctx)
         plain_replies.append(_reply(node, plain, metrics))
@@ -112,8 +113,8 @@ def test_mismatched_key_and_garbage_clients_are_left_out(
     foreign, extra = prepare_update(cfg, weights, weights, n, _context(other))  # another federation's key
     he_replies.insert(1, _reply(7, foreign, {"num-examples": n, **extra}))
     garbage = ArrayRecord({k: v for k, v in foreign.items()})
-    garbage[f"{crypto.CHUNK_PREFIX}0000"] = Array(np.arange(1000, dtype=np.uint8))
-    garbage[crypto.KEY_FINGERPRINT] = he_replies[0].content["arrays"][crypto.KEY_FINGERPRINT]
+    garbage[f"{HE_CHUNK_PREFIX}0000"] = Array(np.arange(1000, dtype=np.uint8))
+    garbage[HE_FINGERPRINT] = he_replies[0].content["arrays"][HE_FINGERPRINT]
     he_replies.append(_reply(8, garbage, {"num-examples": n, **extra}))
     he_replies.append(_reply(9, build_strategy(plain_cfg).aggregate_train(1, plain_replies)[0], {"num-examples": 5}))
 
@@ -143,6 +144,25 @@ def test_server_refuses_secret_context_and_missing_keys(keys: crypto.KeyFiles, t
         build_strategy(RunConfig(secure_aggregation="ckks"))
     with pytest.raises(ConfigError, match="does not exist"):
         build_strategy(RunConfig(secure_aggregation="ckks", he_public_context=str(tmp_path / "nope.ckks")))
+
+
+def test_server_refuses_aggregators_a_ciphertext_sum_cannot_compute(keys: crypto.KeyFiles) -> None:
+    # A ciphertext sum is FedAvg's weighted mean: wrapping FedMedian, Krum or a server optimiser would
+    # silently turn it into FedAvg. Each is refused at start-up, naming the strategy and the way out.
+    from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedYogi, Krum
+
+    from strategies.dp_noise import CentralDPNoise
+    from strategies.validation import ValidateReplies
+
+    public = crypto.load_context(keys.public)
+    for inner in (FedMedian(), Krum(), FedAdam(), FedYogi(), FedAvgM()):
+        with pytest.raises(ConfigError, match=f"cannot run {type(inner).__name__}.*'fedavg' or 'fedprox'"):
+            SecureAggregation(ValidateReplies(inner), public)
+    noise = CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0)
+    with pytest.raises(ConfigError, match="CentralDPNoise under it would be bypassed"):
+        SecureAggregation(noise, public)
+    for ok in (FedAvg(), FedProx(proximal_mu=0.1), ValidateReplies(FedProx())):
+        assert SecureAggregation(ok, public).encrypted
 
 
 # ---- real simulations -------------------------------------------------------------------------------------
@@ -191,7 +211,7 @@ def test_resumed_he_simulation_matches_plaintext_accuracy_and_model(runs: dict[s
     ckpt = he.latest_checkpoint()  # type: ignore[attr-defined]
     keydir = sim_home.resolve() / "keys" / he.run_id  # type: ignore[attr-defined]
     assert ckpt is not None and ckpt.round == 2
-    assert bytes(ckpt.arrays[crypto.KEY_FINGERPRINT]).decode() == (keydir / crypto.FINGERPRINT_FILE).read_text().strip()
+    assert bytes(ckpt.arrays[HE_FINGERPRINT]).decode() == (keydir / crypto.FINGERPRINT_FILE).read_text().strip()
     assert os.stat(keydir / crypto.SECRET_FILE).st_mode & 0o777 == 0o600
 
     run_id = str(he.run_id)  # type: ignore[attr-defined]

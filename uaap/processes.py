@@ -15,6 +15,15 @@ import sys
 import time
 from pathlib import Path
 
+# Environment of every Flower process the launchers start: no telemetry (no internet here), no runtime
+# `uv sync` of the app's dependencies (the launcher's environment is the app's), unbuffered logs.
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
 
 def console_script(name: str) -> str | None:
     """A console script of this interpreter's environment (flower-superlink, flwr, ...), or None."""

@@ -17,6 +17,7 @@ packages for the literals so a second definition cannot creep back in.
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 # ---- records of a message -------------------------------------------------------------------------
@@ -71,3 +72,19 @@ NODE_NUM_PARTITIONS: Final = "num-partitions"
 NODE_DATA_PATH: Final = "data-path"
 NODE_TARGET: Final = "target"
 NODE_HE_SECRET_CONTEXT: Final = "he-secret-context"
+
+
+# ---- reading values off the wire ------------------------------------------------------------------
+def as_float(value: object, key: str) -> float:
+    """``value`` (a record entry) as a finite float, or a ValueError naming ``key`` and what came."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{key}={value!r:.80}: expected a finite number")
+    return float(value)
+
+
+def as_int(value: object, key: str) -> int:
+    """``value`` (a record entry) as an int (integral floats allowed), or a ValueError naming ``key``."""
+    number = as_float(value, key)
+    if not number.is_integer():
+        raise ValueError(f"{key}={value!r:.80}: expected a whole number")
+    return int(number)

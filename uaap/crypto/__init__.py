@@ -41,7 +41,6 @@ Security notes
 
 from __future__ import annotations
 
-from uaap import protocol
 from uaap.crypto.aggregate import EncryptedSum, add_plain
 from uaap.crypto.keys import (
     HEContext,
@@ -83,25 +82,13 @@ from uaap.crypto.wire import (
 )
 from uaap.errors import KeyMaterialError
 
-# The wire keys under their former names, for callers outside the package (uaap.protocol defines them).
-KEY_FINGERPRINT = protocol.HE_FINGERPRINT
-KEY_HEADER = protocol.HE_HEADER
-KEY_WEIGHT = protocol.HE_TOTAL_WEIGHT
-CHUNK_PREFIX = protocol.HE_CHUNK_PREFIX
-METRIC_WEIGHT = protocol.HE_WEIGHT
-
 __all__ = [
-    "CHUNK_PREFIX",
     "COEFF_MOD_BIT_SIZES",
     "CT_PER_CHUNK",
     "FILE_MAGIC",
     "FINGERPRINT_FILE",
     "FORMAT",
-    "KEY_FINGERPRINT",
-    "KEY_HEADER",
-    "KEY_WEIGHT",
     "MAX_ABS_SUM",
-    "METRIC_WEIGHT",
     "POLY_MODULUS_DEGREE",
     "PUBLIC_FILE",
     "SCALE_BITS",

@@ -23,32 +23,16 @@ if TYPE_CHECKING:
 
 
 def add_plain(record: ArrayRecord, vector: np.ndarray, context: HEContext | str | Path) -> ArrayRecord:
-    """Add a plaintext float64 vector (e.g. central-DP noise, in units of the weighted SUM) to an encrypted sum.
+    """``record`` with a plaintext float64 vector added to what it encrypts (see :meth:`EncryptedSum.add_plain`).
 
-    The vector is CKKS-encoded (no key needed) and added to each ciphertext's first polynomial, as SEAL's
-    add_plain does, so a public context (or its path) suffices. The total weight, header and fingerprint
-    are kept.
+    The total weight, header and fingerprint are kept; a public context (or its path) suffices.
     """
-    if not isinstance(context, HEContext):
-        context = load_context(context)
-    enc = parse_record(record, context)
-    vec = np.asarray(vector, dtype=np.float64).ravel()
-    if vec.size != int(enc.header["n_values"]):
-        raise ConfigError(f"plaintext vector has {vec.size} values; the encrypted sum has {enc.header['n_values']}")
-    if vec.size and float(np.abs(vec).max()) >= MAX_ABS_SUM:
-        raise ConfigError(f"plaintext vector peaks at {np.abs(vec).max():.4g}, beyond the CKKS range {MAX_ABS_SUM:g}")
-    plain = encode_vector(vec, context)
-    q = np.uint64(context.modulus)
-    chunks, pos = [], 0
-    for chunk in enc.chunks:
-        k = chunk.shape[0]
-        total = np.array(chunk, dtype=np.uint64)
-        c0 = total[:, 0, :]
-        np.add(c0, plain[pos : pos + k], out=c0)  # both < q < 2**60: no uint64 overflow
-        np.subtract(c0, q, out=c0, where=c0 >= q)
-        chunks.append(total)
-        pos += k
-    return build_record(enc.header, chunks, enc.weight, enc.fingerprint)
+    acc = EncryptedSum(context if isinstance(context, HEContext) else load_context(context))
+    enc = acc.add(record)
+    acc.add_plain(vector)
+    out = acc.result(weight=enc.weight)
+    assert out is not None  # the sum holds ``record``
+    return out
 
 
 class EncryptedSum:
@@ -87,6 +71,34 @@ class EncryptedSum:
         self.count += 1
         self.total += enc.weight
         return enc
+
+    def add_plain(self, vector: np.ndarray) -> None:
+        """Add a plaintext float64 vector (e.g. central-DP noise, in units of the weighted SUM) to the sum.
+
+        The vector is CKKS-encoded (no key needed) and added to each ciphertext's first polynomial, as SEAL's
+        add_plain does. Count and total weight do not change.
+        """
+        if self.header is None:
+            raise CiphertextError("the encrypted sum is empty: add a ciphertext before a plaintext")
+        vec = np.asarray(vector, dtype=np.float64).ravel()
+        if vec.size != int(self.header["n_values"]):
+            raise ConfigError(
+                f"plaintext vector has {vec.size} values; the encrypted sum has {self.header['n_values']}"
+            )
+        if vec.size and not float(np.abs(vec).max()) < MAX_ABS_SUM:
+            raise ConfigError(
+                f"plaintext vector peaks at {np.abs(vec).max():.4g}, beyond the CKKS range {MAX_ABS_SUM:g}"
+            )
+        plain = encode_vector(vec, self.hctx)
+        self._reduce()
+        q = np.uint64(self.hctx.modulus)
+        pos = 0
+        for acc in self.acc:
+            k = acc.shape[0]
+            c0 = acc[:, 0, :]
+            np.add(c0, plain[pos : pos + k], out=c0)  # both < q < 2**60: no uint64 overflow
+            np.subtract(c0, q, out=c0, where=c0 >= q)
+            pos += k
 
     def _reduce(self) -> None:
         q = np.uint64(self.hctx.modulus)
