@@ -146,3 +146,12 @@ def test_wire_keys_are_defined_only_in_the_protocol_module():
             if isinstance(node, ast.Constant) and node.value in WIRE_VALUES and id(node) not in docstrings:
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
     assert not found, "use the uaap.protocol name instead of the literal:\n" + "\n".join(found)
+
+
+def test_long_modules_say_why():
+    long = []
+    for path in sorted({*MODULES.values(), *(REPO / "benchmarks").glob("*.py")}):
+        text = path.read_text()
+        if text.count("\n") > 500 and "Length:" not in (ast.get_docstring(ast.parse(text)) or ""):
+            long.append(f"{path.relative_to(REPO)} ({text.count(chr(10))} lines)")
+    assert not long, "split these or add a 'Length:' sentence to their docstring saying why:\n" + "\n".join(long)

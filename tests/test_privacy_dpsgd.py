@@ -72,7 +72,7 @@ def test_empty_poisson_batches_are_noise_only_steps():
 
         return model, optimizer, Counting()
 
-    engine.make_private = counting  # type: ignore[method-assign]
+    engine.make_private = counting  # type: ignore[method-assign]  # a spy on the real method
     model = build_model("logreg", 6, 3, seed=1)
     before = get_weights(model)
     result = local_train(model, data, TrainConfig(epochs=5, batch_size=1, lr=0.1, momentum=0.0), privacy=engine)

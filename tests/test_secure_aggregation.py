@@ -22,6 +22,7 @@ from uaap.config import RunConfig
 from uaap.errors import ConfigError, KeyMaterialError
 from uaap.models import build_model, from_record, get_weights
 from uaap.protocol import HE_CHUNK_PREFIX, HE_FINGERPRINT, HE_WEIGHT
+from uaap.workspace import RunDir
 
 
 def _request(node_id: int) -> Message:
@@ -180,7 +181,7 @@ def sim_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def runs(sim_home: Path) -> dict[str, object]:
+def runs(sim_home: Path) -> dict[str, RunDir]:
     """An HE run stopped after round 1 and resumed to round 2, and the same federation in plaintext."""
     from simulations.runner import simulate
 
@@ -190,35 +191,35 @@ def runs(sim_home: Path) -> dict[str, object]:
     return {"he": he, "plain": plain}
 
 
-def _last_round(rd: object) -> dict:
-    return [e for e in rd.events("round") if e["round"] > 0][-1]  # type: ignore[attr-defined]
+def _last_round(rd: RunDir) -> dict:
+    return [e for e in rd.events("round") if e["round"] > 0][-1]
 
 
 @pytest.mark.slow
-def test_resumed_he_simulation_matches_plaintext_accuracy_and_model(runs: dict[str, object], sim_home: Path) -> None:
+def test_resumed_he_simulation_matches_plaintext_accuracy_and_model(runs: dict[str, RunDir], sim_home: Path) -> None:
     from uaap import workspace
     from uaap.cli import main
 
     he, plain = runs["he"], runs["plain"]
-    starts = he.events("start")  # type: ignore[attr-defined]
+    starts = he.events("start")
     assert [s["resumed"] for s in starts] == [False, True] and starts[-1]["round"] == 2
     he_last, plain_last = _last_round(he), _last_round(plain)
     assert he_last["round"] == plain_last["round"] == 2
     assert he_last["train"]["he-clients"] == 4 and he_last["replies"] == 4 and he_last["failures"] == 0
     assert he_last["central"] == {}, "no central evaluation on ciphertext"
     assert abs(he_last["evaluate"]["accuracy"] - plain_last["evaluate"]["accuracy"]) <= 0.01
-    assert not he.model_file.exists(), "the server saves no plaintext model under HE"  # type: ignore[attr-defined]
-    ckpt = he.latest_checkpoint()  # type: ignore[attr-defined]
-    keydir = sim_home.resolve() / "keys" / he.run_id  # type: ignore[attr-defined]
+    assert not he.model_file.exists(), "the server saves no plaintext model under HE"
+    ckpt = he.latest_checkpoint()
+    keydir = sim_home.resolve() / "keys" / he.run_id
     assert ckpt is not None and ckpt.round == 2
     assert bytes(ckpt.arrays[HE_FINGERPRINT]).decode() == (keydir / crypto.FINGERPRINT_FILE).read_text().strip()
     assert os.stat(keydir / crypto.SECRET_FILE).st_mode & 0o777 == 0o600
 
-    run_id = str(he.run_id)  # type: ignore[attr-defined]
+    run_id = str(he.run_id)
     assert main(["keys", "decrypt-model", run_id, "--secret-context", str(keydir / crypto.SECRET_FILE)]) == 0
-    model, meta = workspace.load_model(he.model_file)  # type: ignore[attr-defined]
+    model, meta = workspace.load_model(he.model_file)
     assert meta["decrypted_from_round"] == 2 and meta["he_fingerprint"]
-    with np.load(plain.model_file) as npz:  # type: ignore[attr-defined]
+    with np.load(plain.model_file) as npz:
         ref = [npz[k] for k in sorted(npz.files) if k.startswith("w")]
     drift = max(float(np.abs(g - r).max()) for g, r in zip(get_weights(model), ref, strict=True))
     assert drift <= 1e-5, f"the resumed HE run and the plaintext run drifted apart by {drift:.3g}"

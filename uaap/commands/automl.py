@@ -14,7 +14,7 @@ from typing import Any
 from uaap.errors import ConfigError
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``automl`` and ``compare`` commands."""
     _register_automl(sub)
     _register_compare(sub)
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 # ---- automl ------------------------------------------------------------------------------------
 
 
-def _register_automl(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from uaap.automl.cv import CV_METHODS, METRICS
     from uaap.automl.families import FAMILIES
     from uaap.automl.search import SCHEDULERS, SEARCHES
@@ -156,7 +156,7 @@ def _console() -> Any:
 # ---- compare ------------------------------------------------------------------------------------
 
 
-def _register_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _register_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("compare", help="compare runs side by side from MLflow: table and plot")
     p.add_argument("runs", nargs="*", help="UAAP run ids to compare (default: every top-level run)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: all experiments)")

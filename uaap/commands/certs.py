@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``certs`` command group."""
     p = sub.add_parser("certs", help="TLS certificates and SuperNode authentication keys")
     csub = p.add_subparsers(dest="certs_command", required=True, metavar="SUBCOMMAND")

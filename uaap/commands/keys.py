@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``keys`` command group."""
     p = sub.add_parser("keys", help="CKKS keys for secure aggregation (init, inspect, decrypt-model)")
     keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``privacy`` and ``dashboard`` commands."""
     p = sub.add_parser("privacy", help="privacy ledger: budget spent per run")
     psub = p.add_subparsers(dest="privacy_command", required=True, metavar="SUBCOMMAND")

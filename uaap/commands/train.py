@@ -7,7 +7,7 @@ import argparse
 from uaap.commands.common import add_config_flags, config_from_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``train`` command."""
     p = sub.add_parser("train", help="train the same model centrally (baseline for federated runs)")
     add_config_flags(p, skip=("run_id",))
