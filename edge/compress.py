@@ -26,9 +26,8 @@ TORCH_ONLY = "pruning and distillation apply to torch registry models (logreg, m
 
 
 def _accuracy(source: Source, model: Any) -> float:
-    from uaap.training import predict_proba
-
-    return float(np.mean(predict_proba(model, source.heldout.X).argmax(axis=1) == source.heldout.y))
+    """Accuracy of ``model`` on the whole held-out split (not only the parity sample)."""
+    return source.accuracy(source.full_heldout, model)
 
 
 def _train_config(epochs: int, seed: int) -> Any:

@@ -124,8 +124,10 @@ def export_one(
         ok, bar = verify.passes(result, quantized=quantize is not None)
         result["criterion"] = bar
         result["passed"] = ok
+        result |= _what_was_verified(source)
         if original is not None and original is not source:
-            result["accuracy_original_model"] = float((original.predict_proba(X).argmax(axis=1) == y).mean())
+            result["accuracy_original_model"] = original.accuracy(source.heldout)
+            result["accuracy_original_model_full_heldout"] = original.accuracy(original.full_heldout)
         if not ok:
             raise ExportError(
                 f"{fmt} export failed verification on {result['rows']} held-out rows: max abs diff "
@@ -142,6 +144,30 @@ def export_one(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _what_was_verified(source: Source) -> dict[str, Any]:
+    """The parity sample (rows, class counts, seed) beside the whole held-out split and the model's accuracy on it.
+
+    A reader compares ``accuracy_source`` (sample) with ``accuracy_source_full_heldout`` and the class counts
+    to see that the sample stands for the split.
+    """
+    full = source.full_heldout
+    sample = source.sample
+    out: dict[str, Any] = {
+        "parity_rows": int(len(source.heldout.y)),
+        "parity_seed": sample.get("seed"),
+        "parity_sampling": sample.get("method", "unknown"),
+        "heldout_rows": int(len(full.y)),
+    }
+    if "class_counts" in sample:
+        out["parity_class_counts"] = sample["class_counts"]
+        out["heldout_class_counts"] = sample["class_counts_all"]
+    if "target_quantiles" in sample:
+        out["parity_target_quantiles"] = sample["target_quantiles"]
+        out["heldout_target_quantiles"] = sample["target_quantiles_all"]
+    out["accuracy_source_full_heldout"] = source.accuracy(full)
+    return out
 
 
 def _size(folder: Path) -> int:

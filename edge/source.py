@@ -3,7 +3,8 @@
 ``MODEL`` is a run id (``runs/<id>/model.npz`` or ``model.joblib`` in the workspace) or a file path.
 Held-out rows come from the model's own dataset test split (its run config when there is one, else
 ``RunConfig(dataset=meta['dataset'])``) or from ``--data FILE --target COL`` (rows taken as the model's
-input, unscaled).
+input, unscaled). Verification runs on a seeded sample of them stratified by class
+(:func:`uaap.sampling.representative_rows`), never on the first rows: tables are often sorted by label.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from edge.errors import ExportError
 from uaap.config import RunConfig
 from uaap.data import Dataset
 from uaap.errors import WorkspaceError
+from uaap.sampling import describe, representative_rows
 
 HELDOUT_ROWS = 200
+PARITY_SEED = 0
 TORCH_FILE = "model.npz"
 ESTIMATOR_FILE = "model.joblib"
 
@@ -34,12 +37,24 @@ class Source:
     meta: dict[str, Any]
     n_features: int
     n_classes: int
-    heldout: Dataset
+    heldout: Dataset  # the parity sample: what every export is run on
     train: Dataset | None = None
     path: Path | None = None
     out_dir: Path | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     compression: dict[str, Any] = field(default_factory=dict)
+    heldout_all: Dataset | None = None  # the whole held-out split (or --data file) the sample was drawn from
+    sample: dict[str, Any] = field(default_factory=dict)  # how the sample was drawn and what it holds
+
+    @property
+    def full_heldout(self) -> Dataset:
+        """The whole held-out split (the parity sample when the source was built without it)."""
+        return self.heldout_all if self.heldout_all is not None else self.heldout
+
+    def accuracy(self, data: Dataset, model: Any = None) -> float:
+        """Accuracy of the source model (or ``model``, same kind) on ``data``."""
+        source = self if model is None else replace(self, model=model)
+        return float(np.mean(source.predict_proba(data.X).argmax(axis=1) == data.y)) if len(data.y) else 0.0
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -106,9 +121,17 @@ def resolve(spec: str | Path) -> Path:
 
 
 def load_source(
-    spec: str | Path, *, data: str | Path | None = None, target: str | None = None, rows: int = HELDOUT_ROWS
+    spec: str | Path,
+    *,
+    data: str | Path | None = None,
+    target: str | None = None,
+    rows: int = HELDOUT_ROWS,
+    seed: int = PARITY_SEED,
 ) -> Source:
-    """Load the model behind ``spec`` with up to ``rows`` held-out rows (and the train split when known)."""
+    """Load the model behind ``spec`` with a ``rows``-row parity sample of its held-out split (and the train split).
+
+    The sample is drawn with ``seed``, stratified by class, and is the whole split when that is smaller.
+    """
     from uaap import workspace
 
     path = resolve(spec)
@@ -128,30 +151,49 @@ def load_source(
     else:
         raise WorkspaceError(f"{path.name!r} is neither a UAAP model (.npz) nor an estimator (.joblib)")
 
-    heldout, train, preprocessing = _heldout(meta, run_folder, data, target, rows)
-    if heldout.n_features != n_features:
+    full, train, preprocessing = _heldout(meta, run_folder, data, target)
+    if full.n_features != n_features:
         raise ExportError(
-            f"held-out rows have {heldout.n_features} features but the model takes {n_features}; "
+            f"held-out rows have {full.n_features} features but the model takes {n_features}; "
             "pass --data/--target with the columns the model was trained on"
         )
+    idx = representative_rows(full.y, rows, seed)
+    sample = {
+        "seed": seed,
+        "method": "all held-out rows" if len(idx) == len(full.y) else "seeded random sample, stratified by class",
+        **describe(full.y, idx, n_classes=n_classes),
+    }
     out_dir = (run_folder / "exports") if run_folder is not None else path.parent / f"{path.stem}-exports"
-    return Source(kind, family, model, meta, n_features, n_classes, heldout, train, path, out_dir, preprocessing)
+    return Source(
+        kind,
+        family,
+        model,
+        meta,
+        n_features,
+        n_classes,
+        full.subset(idx),
+        train,
+        path,
+        out_dir,
+        preprocessing,
+        heldout_all=full,
+        sample=sample,
+    )
 
 
 def _heldout(
-    meta: dict[str, Any], run_folder: Path | None, data: str | Path | None, target: str | None, rows: int
+    meta: dict[str, Any], run_folder: Path | None, data: str | Path | None, target: str | None
 ) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
+    """The whole held-out table (the --data file or the run's test split), the train split and the scaling."""
     from uaap.data import load_split, load_table
 
     if data is not None:
         if not target:
             raise ExportError("--data needs --target COLUMN (the label column of the held-out file)")
-        table = load_table(data, target)
-        return table.subset(np.arange(min(rows, len(table.y)))), None, {"kind": "none"}
+        return load_table(data, target), None, {"kind": "none"}
     cfg = _run_config(meta, run_folder)
     split = load_split(cfg)
-    test = split.test
-    return test.subset(np.arange(min(rows, len(test.y)))), split.train, _scaling(cfg)
+    return split.test, split.train, _scaling(cfg)
 
 
 def _run_config(meta: dict[str, Any], run_folder: Path | None) -> RunConfig:

@@ -20,9 +20,11 @@ import numpy as np
 
 from edge.errors import ExportError, NotApplicable
 from edge.layers import NEURAL_FAMILIES, network
-from edge.source import Source
+from edge.source import PARITY_SEED, Source
+from uaap.sampling import representative_rows
 
 FILE = "model.tflite"
+CALIBRATION_ROWS = 200  # int8 calibration rows, drawn from the train split stratified by class
 
 
 def _tf() -> Any:
@@ -89,7 +91,10 @@ def export(source: Source, folder: Path, quantize: str | None = None) -> list[Pa
     elif quantize == "int8":
         if source.train is None:
             raise ExportError("int8 TFLite needs representative rows (the train split); export from a run or dataset")
-        rows = source.train.X[:200]
+        # calibrate on rows of every class, not the split's first rows (tables are often sorted by label)
+        rows = source.train.X[
+            representative_rows(source.train.y, CALIBRATION_ROWS, source.sample.get("seed", PARITY_SEED))
+        ]
 
         def representative() -> Any:
             for row in rows:

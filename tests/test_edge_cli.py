@@ -115,7 +115,9 @@ def test_prune_with_finetuning_and_distillation(runs):
     info = result.manifest["compression"]["distill"]
     assert info["teacher"] == "cnn" and info["student"] == "logreg"
     assert result.manifest["model"]["family"] == "logreg"
-    assert result.manifest["parity"]["accuracy_original_model"] == pytest.approx(info["accuracy_teacher"])
+    # compression accuracies are measured on the whole held-out split, like accuracy_source_full_heldout
+    assert result.manifest["parity"]["accuracy_original_model_full_heldout"] == pytest.approx(info["accuracy_teacher"])
+    assert result.manifest["parity"]["accuracy_source_full_heldout"] == pytest.approx(info["accuracy_student"])
     assert info["accuracy_student"] > 0.5
     teacher = json.loads((rd.exports_dir / "onnx-pruned50" / "manifest.json").read_text())
     assert result.manifest["size_bytes"] * 10 < teacher["size_bytes"]
@@ -134,3 +136,94 @@ def test_importing_the_exporter_stays_light():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ---- issue 24: verification rows stand for the whole held-out split, even when the table is sorted -----------
+
+
+def _label_sorted_csv(path, X, y, target):
+    """Write rows sorted by label, the way many real tables come."""
+    import pandas as pd
+
+    order = np.argsort(y, kind="stable")
+    frame = pd.DataFrame(X[order], columns=[f"x{i}" for i in range(X.shape[1])])
+    frame[target] = y[order]
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _train_and_export(csv, target, capsys, epochs):
+    """``uaap train --data CSV --target COL --model logreg`` then ``uaap export RUN --to onnx,c``."""
+    from uaap import workspace
+
+    rc = main(["train", "--data", str(csv), "--target", target, "--model", "logreg", "--epochs", str(epochs)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    (run_id,) = workspace.list_runs()
+    rd = workspace.existing_run(run_id)
+    test_accuracy = rd.events("end")[-1]["central"]["accuracy"]
+    assert f"accuracy {test_accuracy:.4f}" in out
+    assert main(["export", run_id, "--to", "onnx,c"]) == 0, capsys.readouterr().out
+    manifests = {fmt: json.loads((rd.exports_dir / fmt / "manifest.json").read_text()) for fmt in ("onnx", "c")}
+    return rd, test_accuracy, manifests
+
+
+def _assert_representative(par, budget=200):
+    """Every class present, each within one row of its share of the held-out split."""
+    counts, whole = np.asarray(par["parity_class_counts"]), np.asarray(par["heldout_class_counts"])
+    assert par["rows"] == par["parity_rows"] == counts.sum() == min(budget, whole.sum())
+    assert par["heldout_rows"] == whole.sum()
+    assert np.all(counts[whole > 0] >= 1), f"a class of the held-out split is missing: {counts} of {whole}"
+    assert np.all(np.abs(counts - par["rows"] * whole / whole.sum()) < 1), f"{counts} is not in proportion to {whole}"
+    assert par["parity_seed"] == 0 and par["passed"]
+
+
+@pytest.mark.slow
+def test_export_of_a_label_sorted_table_verifies_every_class(uaap_home, tmp_path, capsys):
+    rng = np.random.default_rng(24)
+    y = np.repeat(np.array(["a", "b", "c"]), [600, 400, 200])  # 1,200 rows: 240 held out, over the 200 budget
+    centers = rng.normal(0.0, 1.0, (3, 5))
+    X = centers[np.searchsorted(["a", "b", "c"], y)] + rng.normal(0.0, 1.3, (len(y), 5))
+    csv = _label_sorted_csv(tmp_path / "sorted.csv", X, y, "label")
+
+    rd, test_accuracy, manifests = _train_and_export(csv, "label", capsys, epochs=5)
+    assert 0.5 < test_accuracy < 0.95, "a model that errs, so the sample's accuracy can differ from the split's"
+    for manifest in manifests.values():
+        par = manifest["parity"]
+        _assert_representative(par)
+        assert par["heldout_class_counts"] == [120, 80, 40]
+        assert par["parity_sampling"] == "seeded random sample, stratified by class"
+        assert par["accuracy_source_full_heldout"] == pytest.approx(test_accuracy, abs=1e-12)
+    assert manifests["onnx"]["parity"]["parity_class_counts"] == manifests["c"]["parity"]["parity_class_counts"]
+
+    # --data/--target: a label-sorted verification file is sampled the same way
+    from uaap.data import load_split
+
+    test = load_split(rd.read_config()).test
+    rows = _label_sorted_csv(tmp_path / "heldout.csv", test.X, test.y, "label")
+    out = tmp_path / "bundles"
+    assert (
+        main(
+            ["export", str(rd.model_file), "--to", "onnx", "--data", str(rows), "--target", "label", "--out", str(out)]
+        )
+        == 0
+    )
+    par = json.loads((out / "onnx" / "manifest.json").read_text())["parity"]
+    _assert_representative(par)
+    assert par["accuracy_source_full_heldout"] == pytest.approx(test_accuracy, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_export_of_label_sorted_digits_samples_all_ten_classes(uaap_home, tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    csv = _label_sorted_csv(tmp_path / "digits_sorted.csv", digits.data, digits.target, "digit")
+
+    _, test_accuracy, manifests = _train_and_export(csv, "digit", capsys, epochs=10)
+    for manifest in manifests.values():
+        par = manifest["parity"]
+        _assert_representative(par)
+        assert par["heldout_rows"] == 360 and par["rows"] == 200 and len(par["parity_class_counts"]) == 10
+        assert par["accuracy_source_full_heldout"] == pytest.approx(test_accuracy, abs=1e-12)
+        assert abs(par["accuracy_source"] - par["accuracy_source_full_heldout"]) < 0.05
