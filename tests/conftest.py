@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+# TenSEAL must load before TensorFlow or coremltools in one process: loaded after their protobuf runtime, its
+# context serialisation segfaults (measured: `import tensorflow, tenseal` then `context.serialize()`). No
+# production process loads both (simulation workers block TensorFlow, export never touches keys); this test
+# process does, in an order the folder layout decides, so TenSEAL comes first here.
+import tenseal  # noqa: F401, I001
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -20,3 +27,11 @@ def uaap_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("UAAP_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A CA, a server certificate for ``server.example`` and two client keys (uaap certs init)."""
+    from uaap.certs import init_certs
+
+    return init_certs(tmp_path_factory.mktemp("certs") / "fed", hosts=["server.example"], clients=2)

@@ -16,7 +16,7 @@ One parser, two sources of commands:
 Commands are listed in :data:`ORDER`; names not listed there follow alphabetically. A command whose module
 fails to import or register is reported on stderr in one line and skipped; the others still work. ``register``
 functions only add flags: heavy imports (Ray, Flower, torch, TensorFlow, MLflow) stay inside the command
-functions, so ``uaap --help`` starts in well under a second (``tests/test_cli.py`` checks that none loads).
+functions, so ``uaap --help`` starts in well under a second (``tests/uaap/test_cli.py`` checks that none loads).
 """
 
 from __future__ import annotations

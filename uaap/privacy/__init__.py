@@ -6,5 +6,6 @@
 * :mod:`uaap.privacy.ledger` - one SQL row per release (``ledger.db`` in the workspace, or a SQLAlchemy URL);
 * :mod:`uaap.privacy.report` - budget tables (``uaap privacy report RUN``).
 
-The server side (Poisson client sampling, noise, budget stop) is ``strategies.privacy.CentralDP``.
+The server side is ``strategies.dp_noise.CentralDPNoise`` (Poisson client sampling, noise) and
+``strategies.dp_accounting.PrivacyAccounting`` (accountants, ledger, budget stop).
 """

@@ -14,7 +14,7 @@ import pytest
 
 from uaap.cli import GROUP, build_parser
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # What `uaap --help` lists today, in this order: library commands and the floors' entry points together.
 COMMANDS = [
     "simulate",  # simulations/commands.py

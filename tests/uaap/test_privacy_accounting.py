@@ -16,7 +16,7 @@ import pytest
 from uaap.errors import ConfigError
 from uaap.privacy.accountant import Accountant, epsilon_of, noise_multiplier
 
-REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "dp_accounting_reference.json").read_text())
+REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "dp_accounting_reference.json").read_text())
 SETTINGS = REFERENCE["settings"]
 
 

@@ -29,7 +29,7 @@ from uaap.privacy.accountant import epsilon_of
 from uaap.privacy.ledger import Budget, Ledger, Release
 from uaap.protocol import CLIENT_INFO, PARTITION_ID
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "uaap" / "dashboard" / "app.py"
 EPS = [epsilon_of([(1.0, 0.5, k)], 1e-5) for k in range(1, 6)]  # 3.894 5.377 6.482 7.410 8.230
 MAX_EPS = 6.9  # run A: 6.482 spent after 3 rounds = 94% (warning); a 4th release would exhaust it

@@ -1,0 +1,92 @@
+"""The flower-client launcher's checks before a SuperNode starts: reachability, TLS, exit codes, node config.
+
+Real components: a real TLS socket server and the cryptography library.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+
+def _tls_server(cert: Path, key: Path) -> tuple[int, threading.Event]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    sock.settimeout(0.5)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            try:
+                with ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+        sock.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock.getsockname()[1], stop
+
+
+def test_probe_server_tells_unreachable_from_wrong_certificate(certs, tmp_path):
+    from client.launcher import EXIT_TLS, EXIT_UNREACHABLE, ClientError, ClientOptions, probe_server
+    from uaap.certs import init_certs
+    from uaap.processes import free_port
+
+    port, stop = _tls_server(certs.server_cert, certs.server_key)
+    try:
+        probe_server(ClientOptions(server=f"127.0.0.1:{port}", root_certificates=certs.ca_cert, max_wait_time=5))
+        wrong = init_certs(tmp_path / "wrong", clients=0)
+        with pytest.raises(ClientError, match="does not verify") as err:
+            probe_server(ClientOptions(server=f"127.0.0.1:{port}", root_certificates=wrong.ca_cert, max_wait_time=5))
+        assert err.value.code == EXIT_TLS
+    finally:
+        stop.set()
+    with pytest.raises(ClientError, match="unreachable") as err:
+        probe_server(ClientOptions(server=f"127.0.0.1:{free_port()}", root_certificates=certs.ca_cert, max_wait_time=1))
+    assert err.value.code == EXIT_UNREACHABLE
+
+
+def test_client_main_exit_codes(certs, tmp_path, capsys):
+    from client.launcher import EXIT_UNREACHABLE, main
+    from uaap.processes import free_port
+
+    port = free_port()
+    assert main(["--server", f"127.0.0.1:{port}", "--partition-id", "0"]) == 2  # neither TLS nor --insecure
+    assert "--root-certificates" in capsys.readouterr().err
+    csv = tmp_path / "mine.csv"
+    csv.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    args = ["--server", f"127.0.0.1:{port}", "--insecure", "--data", str(csv)]
+    assert main([*args, "--target", "nope"]) == 2
+    assert "target column 'nope' is not in mine.csv" in capsys.readouterr().err
+    assert main([*args, "--target", "label", "--max-wait-time", "1"]) == EXIT_UNREACHABLE
+    assert "unreachable" in capsys.readouterr().err
+    key = tmp_path / "not-a-key.key"
+    key.write_text("hello")
+    bad_key = ["--root-certificates", str(certs.ca_cert), "--auth-key", str(key), "--partition-id", "0"]
+    assert main(["--server", f"127.0.0.1:{port}", *bad_key]) == 2
+    assert "not an OpenSSH private key" in capsys.readouterr().err
+
+
+def test_client_node_config_and_diagnosis(certs):
+    from client.launcher import EXIT_AUTH, EXIT_TLS, ClientOptions, FlowerClient
+
+    opt = ClientOptions(server="h:1", data=Path("/d/my data.csv"), target="y", partition_id=2, num_partitions=3)
+    assert opt.node_config() == 'data-path="/d/my data.csv" target="y" partition-id=2 num-partitions=3'
+    flwr_out = "ERROR: Exit Code: 305\nFailed to initialize the connection\n[code: 2004] Failed to activate SuperNode."
+    client = FlowerClient(ClientOptions(server="h:1", root_certificates=certs.ca_cert, auth_key=certs.client_keys[0]))
+    client.lines = flwr_out.splitlines()
+    assert client.diagnose(1).code == EXIT_AUTH
+    client.lines = ["ssl.SSLCertVerificationError: certificate verify failed: unable to get local issuer"]
+    assert client.diagnose(1).code == EXIT_TLS
