@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides; default: a staged app whose config table is the run config (works from an installed package)",
     )
     d.add_argument("--quiet", action="store_true", help="no progress lines")
-    add_config_flags(p)
+    add_config_flags(p, command="flower-server")
     return p
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def register_simulate(sub: argparse._SubParsersAction[Any]) -> None:
     """Add the ``simulate`` command."""
     p = sub.add_parser("simulate", help="run a federated simulation of N clients on Ray")
-    add_config_flags(p)
+    add_config_flags(p, command="simulate")
     p.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs reserved per simulated client (default 1)")
@@ -131,10 +131,15 @@ def register_tune_federated(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
         "tune-federated", help="search federated hyperparameters; each trial is a Flower simulation on Ray"
     )
-    add_config_flags(p, skip=("run_id",))
+    add_config_flags(p, command="tune-federated")
     p.add_argument("--trials", type=int, default=8, help="number of simulations (default 8)")
     p.add_argument("--time-budget", type=float, default=1800.0, help="seconds for the whole search (default 1800)")
-    p.add_argument("--search", choices=("tpe", "random", "grid"), default="tpe")
+    p.add_argument(
+        "--search",
+        choices=("tpe", "random", "grid"),
+        default="tpe",
+        help="tpe (Optuna, Bayesian), random or grid (default tpe)",
+    )
     p.add_argument(
         "--tune",
         default="",

@@ -37,9 +37,21 @@ if TYPE_CHECKING:
 
 GROUP = "uaap.commands"
 # The library's command modules (uaap.commands.<module>), by the name that places them in ORDER.
-LIBRARY = ("train", "runs", "privacy", "keys", "certs", "automl")
+LIBRARY = ("train", "runs", "privacy", "keys", "certs", "automl", "config")
 # Order of `uaap --help`: the main job first, then training, bookkeeping, keys, demos, search.
-ORDER = ("simulate", "train", "runs", "privacy", "keys", "certs", "demo", "export", "automl", "tune-federated")
+ORDER = (
+    "simulate",
+    "train",
+    "config",
+    "runs",
+    "privacy",
+    "keys",
+    "certs",
+    "demo",
+    "export",
+    "automl",
+    "tune-federated",
+)
 
 
 def _library_loader(module: str) -> Callable[[], Register]:
@@ -76,12 +88,25 @@ def build_parser(entry_points: Iterable[metadata.EntryPoint] | None = None) -> a
         except Exception as exc:  # one broken floor must not take the whole CLI down
             reason = (str(exc).strip().splitlines() or [""])[0]
             print(f"uaap: command {name!r} unavailable ({origin}): {type(exc).__name__}: {reason}", file=sys.stderr)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Flags are taken only as written (``--he`` must not mean ``--help``; a typo gets the close match)."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                _no_abbreviations(child)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one clear line and exit 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _refuse(parser, str(args.command), extras)
     try:
         return int(args.func(args) or 0)
     except UaapError as exc:
@@ -90,6 +115,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("uaap: interrupted", file=sys.stderr)
         return 130
+
+
+def _refuse(parser: argparse.ArgumentParser, command: str, extras: list[str]) -> None:
+    """Exit 2 on arguments the command does not take: a run setting it cannot honour says why, a typo gets
+    the close match."""
+    import difflib
+
+    from uaap.commands.common import explain_unknown_flags
+
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    target: argparse.ArgumentParser = subparsers.choices.get(command, parser)
+    reason = explain_unknown_flags(command, extras)
+    if reason is None:
+        flags = [e.split("=", 1)[0] for e in extras if e.startswith("--")]
+        close = [m for f in flags for m in difflib.get_close_matches(f, list(target._option_string_actions), n=1)]
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        reason = f"unrecognized arguments: {' '.join(extras)}{hint}"
+    target.error(reason)
 
 
 if __name__ == "__main__":

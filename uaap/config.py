@@ -1,17 +1,26 @@
-"""One validated run configuration for every entry point.
+"""One validated run configuration for every entry point, as a pydantic schema that documents itself.
 
-Flower run config keys (``[tool.flwr.app.config]``, ``flwr run -c key=value``) are kebab-case;
-CLI flags and Python use the snake_case field names. Both map onto :class:`RunConfig`, which
-checks every value before Ray or Flower start and names the allowed values when one is wrong.
+Every field carries its type, default, constraints, a one-line description, its group (data, model,
+training, federation, secure aggregation, privacy, tracking) and where it applies (central training or only
+a federation). CLI flags, ``[tool.flwr.app.config]``, ``docs/configuration.md`` and the error messages are all
+generated from it (:func:`settings`). Flower run config keys and flags are kebab-case (``num-rounds``); Python
+and the JSON in checkpoints and messages use the snake_case field names (``num_rounds``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextvars
+import difflib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, Final
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from uaap.errors import ConfigError
 
@@ -23,111 +32,250 @@ OPTIMIZERS = ("sgd", "adam")
 SECURE_AGGREGATION = ("none", "ckks")
 ACCOUNTANTS = ("rdp", "prv")
 
-
-def _choice(*allowed: str) -> dict[str, Any]:
-    return {"choices": allowed}
-
-
-def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict[str, Any]:
-    return {"range": (low, high, low_open)}
+# The groups, in the order help, files and docs show them.
+GROUPS: Final = ("data", "model", "training", "federation", "secure aggregation", "privacy", "tracking")
+# Where a field applies: everywhere (central training included) or only where clients federate.
+ANY: Final = "any"
+FEDERATED: Final = "federated"
 
 
-@dataclass(frozen=True)
-class RunConfig:
+def _setting(
+    default: Any,
+    description: str,
+    *,
+    group: str,
+    scope: str = FEDERATED,
+    choices: tuple[str, ...] = (),
+    aliases: tuple[str, ...] = (),
+    metavar: str = "",
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """A schema field: pydantic's ``Field`` plus the group, scope, choices and flag aliases the surfaces use."""
+    extra: dict[str, Any] = {"group": group, "scope": scope}
+    if choices:
+        extra["choices"] = list(choices)
+    if aliases:
+        extra["aliases"] = list(aliases)
+    if metavar:
+        extra["metavar"] = metavar
+    return Field(default, description=description, ge=ge, gt=gt, le=le, json_schema_extra=extra)
+
+
+class RunConfig(BaseModel):
     """Everything one federated (or central) run needs; immutable once validated."""
 
-    # data
-    dataset: str = field(default="digits", metadata=_choice(*DATASETS))
-    data_path: str = ""
-    target: str = ""
-    partition: str = field(default="dirichlet", metadata=_choice(*PARTITIONS))
-    dirichlet_alpha: float = field(default=0.5, metadata=_range(0.0, None, low_open=True))
-    classes_per_client: int = field(default=2, metadata=_range(1))
-    synthetic_alpha: float = field(default=1.0, metadata=_range(0.0))
-    synthetic_beta: float = field(default=1.0, metadata=_range(0.0))
-    test_fraction: float = field(default=0.2, metadata=_range(0.0, 1.0, low_open=True))
-    # model and local training
-    model: str = field(default="mlp", metadata=_choice(*MODELS))
-    local_epochs: int = field(default=5, metadata=_range(1))
-    batch_size: int = field(default=16, metadata=_range(1))
-    learning_rate: float = field(default=0.05, metadata=_range(0.0, None, low_open=True))
-    optimizer: str = field(default="sgd", metadata=_choice(*OPTIMIZERS))
-    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
-    # federation
-    strategy: str = field(default="fedprox", metadata=_choice(*STRATEGIES))
-    proximal_mu: float = field(default=0.01, metadata=_range(0.0))
-    num_rounds: int = field(default=10, metadata=_range(1))
-    num_clients: int = field(default=10, metadata=_range(2))
-    fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
-    fraction_evaluate: float = field(default=1.0, metadata=_range(0.0, 1.0))
-    min_clients: int = field(default=2, metadata=_range(1))
-    straggler_fraction: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    round_timeout: float = field(default=3600.0, metadata=_range(0.0, None, low_open=True))
-    central_eval: bool = True
-    seed: int = 42
-    # secure aggregation
-    secure_aggregation: str = field(default="none", metadata=_choice(*SECURE_AGGREGATION))
-    he_public_context: str = ""
-    he_secret_context: str = ""
-    # differential privacy
-    dp_local: bool = False
-    dp_target_epsilon: float = field(default=8.0, metadata=_range(0.0, None, low_open=True))
-    dp_delta: float = field(default=1e-5, metadata=_range(0.0, 1.0, low_open=True))
-    dp_clip_norm: float = field(default=1.0, metadata=_range(0.0, None, low_open=True))
-    dp_central: bool = False
-    dp_noise_multiplier: float = field(default=1.0, metadata=_range(0.0))
-    dp_central_clip_norm: float = field(default=1.0, metadata=_range(0.0, None, low_open=True))
-    dp_accountant: str = field(default="rdp", metadata=_choice(*ACCOUNTANTS))
-    max_epsilon: float = field(default=0.0, metadata=_range(0.0))
-    # bookkeeping
-    run_id: str = ""
-    experiment: str = "uaap"
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True)
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_field(f, getattr(self, f.name))
-        if self.dataset == "csv" and not (self.data_path and self.target):
-            raise ConfigError("dataset='csv' needs data-path and target: pass --data FILE.csv --target COLUMN")
-        if self.min_clients > self.num_clients:
-            raise ConfigError(
-                f"min-clients={self.min_clients} exceeds num-clients={self.num_clients}: "
-                "lower min-clients or add clients"
-            )
+    # ---- data -----------------------------------------------------------------------------------
+    dataset: str = _setting(
+        "digits",
+        "bundled dataset, or csv for your own table (--data FILE --target COLUMN)",
+        group="data",
+        scope=ANY,
+        choices=DATASETS,
+    )
+    data_path: str = _setting(
+        "", "CSV or Parquet file read when dataset=csv", group="data", scope=ANY, aliases=("--data",), metavar="FILE"
+    )
+    target: str = _setting("", "label column of data-path", group="data", scope=ANY, metavar="COLUMN")
+    partition: str = _setting("dirichlet", "how the rows are split across clients", group="data", choices=PARTITIONS)
+    dirichlet_alpha: float = _setting(
+        0.5, "label skew of the Dirichlet split: smaller is more non-IID", group="data", gt=0.0
+    )
+    classes_per_client: int = _setting(2, "labels each client holds under the pathological split", group="data", ge=1)
+    synthetic_alpha: float = _setting(
+        1.0, "model heterogeneity of the synthetic dataset (FedProx's alpha)", group="data", ge=0.0
+    )
+    synthetic_beta: float = _setting(
+        1.0, "feature heterogeneity of the synthetic dataset (FedProx's beta)", group="data", ge=0.0
+    )
+    test_fraction: float = _setting(
+        0.2, "share of the rows held out for testing", group="data", scope=ANY, gt=0.0, le=1.0
+    )
+    # ---- model ----------------------------------------------------------------------------------
+    model: str = _setting(
+        "mlp", "model family (cnn needs 8x8 images such as digits)", group="model", scope=ANY, choices=MODELS
+    )
+    # ---- training -------------------------------------------------------------------------------
+    local_epochs: int = _setting(5, "epochs each client trains per round", group="training", ge=1)
+    batch_size: int = _setting(16, "examples per gradient step", group="training", scope=ANY, ge=1)
+    learning_rate: float = _setting(0.05, "optimizer step size", group="training", scope=ANY, gt=0.0)
+    optimizer: str = _setting("sgd", "local optimizer", group="training", scope=ANY, choices=OPTIMIZERS)
+    momentum: float = _setting(0.9, "SGD momentum (ignored by adam)", group="training", scope=ANY, ge=0.0, le=1.0)
+    seed: int = _setting(42, "seed of data splits, model initialisation and sampling", group="training", scope=ANY)
+    # ---- federation -----------------------------------------------------------------------------
+    strategy: str = _setting(
+        "fedprox", "aggregation algorithm (fedprox adds a proximal term)", group="federation", choices=STRATEGIES
+    )
+    proximal_mu: float = _setting(
+        0.01, "weight of FedProx's proximal term (0 behaves like fedavg)", group="federation", ge=0.0
+    )
+    num_rounds: int = _setting(10, "federated rounds", group="federation", ge=1, aliases=("--rounds",))
+    num_clients: int = _setting(
+        10, "clients (simulated, or partitions of the data)", group="federation", ge=2, aliases=("--clients",)
+    )
+    fraction_train: float = _setting(
+        1.0, "share of the clients sampled to train each round", group="federation", gt=0.0, le=1.0
+    )
+    fraction_evaluate: float = _setting(
+        1.0, "share of the clients sampled to evaluate each round (0: none)", group="federation", ge=0.0, le=1.0
+    )
+    min_clients: int = _setting(
+        2, "clients that must be connected (and sampled) before a round starts", group="federation", ge=1
+    )
+    straggler_fraction: float = _setting(
+        0.0,
+        "share of clients that stop early each round (partial work, as in FedProx)",
+        group="federation",
+        ge=0.0,
+        le=1.0,
+    )
+    round_timeout: float = _setting(
+        3600.0, "seconds the server waits for a round's replies (and for min-clients)", group="federation", gt=0.0
+    )
+    central_eval: bool = _setting(
+        True, "the server also tests the global model on the held-out split (plaintext runs)", group="federation"
+    )
+    max_num_examples: int = _setting(
+        100_000,
+        "largest num-examples (and he-weight) a reply may claim; a reply claiming more is rejected, "
+        "so one client cannot outweigh the rest by its claim",
+        group="federation",
+        ge=1,
+    )
+    min_contributors: int = _setting(
+        2,
+        "an aggregate of fewer accepted replies is not released; the global model stays as it was "
+        "(a lone client's model would be readable by every key holder)",
+        group="federation",
+        ge=1,
+    )
+    # ---- secure aggregation ---------------------------------------------------------------------
+    secure_aggregation: str = _setting(
+        "none",
+        "ckks: clients send CKKS ciphertexts, the server only adds them",
+        group="secure aggregation",
+        choices=SECURE_AGGREGATION,
+        aliases=("--he",),
+    )
+    he_public_context: str = _setting(
+        "",
+        "public CKKS context (server side; simulate makes per-run keys when empty)",
+        group="secure aggregation",
+        metavar="FILE",
+    )
+    he_secret_context: str = _setting(
+        "", "secret CKKS context (clients only; file mode 0600)", group="secure aggregation", metavar="FILE"
+    )
+    # ---- privacy --------------------------------------------------------------------------------
+    dp_local: bool = _setting(False, "example-level DP: Opacus DP-SGD on every client", group="privacy")
+    dp_target_epsilon: float = _setting(
+        8.0, "example-level epsilon DP-SGD spends over the whole run", group="privacy", gt=0.0
+    )
+    dp_delta: float = _setting(1e-5, "delta of both DP levels", group="privacy", gt=0.0, le=1.0)
+    dp_clip_norm: float = _setting(1.0, "DP-SGD per-example gradient clip norm", group="privacy", gt=0.0)
+    dp_central: bool = _setting(
+        False, "client-level DP: clients clip updates, the server adds Gaussian noise", group="privacy"
+    )
+    dp_noise_multiplier: float = _setting(
+        1.0, "central DP noise: standard deviation over the clip norm", group="privacy", ge=0.0
+    )
+    dp_central_clip_norm: float = _setting(1.0, "central DP clip norm of each client's update", group="privacy", gt=0.0)
+    dp_accountant: str = _setting("rdp", "privacy accountant (Opacus)", group="privacy", choices=ACCOUNTANTS)
+    max_epsilon: float = _setting(
+        0.0, "stop before a round that would spend more epsilon than this (0: no limit)", group="privacy", ge=0.0
+    )
+    # ---- tracking -------------------------------------------------------------------------------
+    run_id: str = _setting("", "run folder and MLflow run name (empty: a new id)", group="tracking", metavar="ID")
+    experiment: str = _setting("uaap", "MLflow experiment", group="tracking", scope=ANY, metavar="NAME")
 
-    # ---- conversions -------------------------------------------------------------------
+    # ---- validation ---------------------------------------------------------------------------------
+    if not TYPE_CHECKING:  # keep the typed keyword signature pydantic gives type checkers
+
+        def __init__(self, **values: Any) -> None:
+            """Validate ``values``; a bad one raises :class:`ConfigError` (one line per bad field)."""
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise ConfigError(explain(exc, values, _ORIGIN.get())) from None
+
+    @field_validator("*", mode="after")
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
-        """Build from Flower run config (kebab-case) or keyword (snake_case) values."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
+    def _one_of(cls, value: Any, info: ValidationInfo) -> Any:
+        choices = setting(str(info.field_name)).choices
+        if choices and value not in choices:
+            raise PydanticCustomError("choice", "not one of the choices", {"choices": choices})
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.dataset == "csv" and not (self.data_path and self.target):
+            raise ValueError("dataset='csv' needs data-path and target: pass --data FILE.csv --target COLUMN")
+        for name in ("min_clients", "min_contributors"):
+            if getattr(self, name) > self.num_clients:
+                key = name.replace("_", "-")
+                raise ValueError(
+                    f"{key}={getattr(self, name)} exceeds num-clients={self.num_clients}: lower {key} or add clients"
+                )
+        return self
+
+    # ---- construction and conversions ---------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], origin: Callable[[str], str] | None = None) -> RunConfig:
+        """Build from Flower run config (kebab-case) or keyword (snake_case) values.
+
+        ``origin(key)`` names where a value came from (``--num-rounds``, ``run.toml``...) in error messages.
+        """
+        known = field_names()
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
-                close = [k.replace("_", "-") for k in known if name[:4] in k]
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ConfigError(
-                    f"unknown config key '{key}'{hint}; allowed keys: "
-                    + ", ".join(sorted(k.replace("_", "-") for k in known))
-                )
-            kwargs[name] = _coerce(known[name], value)
-        return cls(**kwargs)
+                raise ConfigError(unknown_key_message(key, origin(key) if origin else ""))
+            kwargs[name] = value
+        return cls.validated(kwargs, origin)
+
+    @classmethod
+    def validated(cls, values: Mapping[str, Any], origin: Callable[[str], str] | None = None) -> RunConfig:
+        """Validate snake_case ``values``; a bad one raises :class:`ConfigError`, one line per bad field."""
+        token = _ORIGIN.set(origin)
+        try:
+            return cls(**values)
+        finally:
+            _ORIGIN.reset(token)
 
     def to_flower(self) -> dict[str, Any]:
         """The kebab-case mapping Flower's run config uses."""
-        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+        return {k.replace("_", "-"): v for k, v in self.model_dump().items()}
 
     def to_json(self) -> str:
-        """Serialise for checkpoints and messages."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Serialise for checkpoints and messages (snake_case keys, as since the first release)."""
+        return json.dumps(self.model_dump(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json` (older run folders, which lack newer fields, get their defaults)."""
         return cls.from_mapping(json.loads(text))
 
     def replace(self, **changes: Any) -> RunConfig:
         """A validated copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
+        return type(self).from_mapping({**self.model_dump(), **changes})
+
+    def to_toml(self, names: tuple[str, ...] | None = None, note: Callable[[str], str] | None = None) -> str:
+        """A config file (``--config``) holding ``names`` (default: all), by group; ``note(name)`` adds a comment."""
+        lines: list[str] = []
+        for group in GROUPS:
+            rows = [s for s in settings() if s.group == group and (names is None or s.name in names)]
+            if not rows:
+                continue
+            lines.append(f"{'' if not lines else chr(10)}# ---- {group}")
+            for s in rows:
+                line = f"{s.key} = {toml_value(getattr(self, s.name))}"
+                comment = note(s.name) if note else ""
+                lines.append(f"{line:<40} # {comment}" if comment else line)
+        return "\n".join(lines) + "\n"
 
     @property
     def secure(self) -> bool:
@@ -135,40 +283,191 @@ class RunConfig:
         return self.secure_aggregation == "ckks"
 
 
-def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    flag = "--" + f.name.replace("_", "-")
-    try:
-        if kind == "bool":
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return lowered in ("true", "1", "yes")
-            return bool(value)
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if kind == "float":
-            return float(value)
+# Where the values being validated came from, for the messages (set by RunConfig.validated).
+_ORIGIN: contextvars.ContextVar[Callable[[str], str] | None] = contextvars.ContextVar(
+    "uaap_config_origin", default=None
+)
+
+
+# ---- the schema as data, for the CLI, the docs and the messages ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One field of :class:`RunConfig` as every surface shows it."""
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    group: str
+    scope: str
+    choices: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    metavar: str = ""
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+
+    @property
+    def key(self) -> str:
+        """Kebab-case: Flower run config key, config-file key, and the flag without its dashes."""
+        return self.name.replace("_", "-")
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag."""
+        return "--" + self.key
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets it."""
+        return "UAAP_" + self.name.upper()
+
+    @property
+    def kind(self) -> str:
+        """What a value must be, in words."""
+        return {bool: "true or false", int: "a whole number", float: "a number"}.get(self.type, "text")
+
+    def range_text(self) -> str:
+        """``[0, 1]``-style interval, or empty when unbounded."""
+        if self.low is None and self.high is None:
+            return ""
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open else '['}{lo}, {hi}]"
+
+    def bounds(self) -> str:
+        """The range, short: ``>= 1``, ``> 0`` or ``(0, 1]``; empty when unbounded."""
+        if self.low is not None and self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return self.range_text()
+
+    def default_text(self) -> str:
+        """The default as a user writes it (``true``, ``0.05``, ``unset`` for empty text)."""
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        return "unset" if self.default == "" else str(self.default)
+
+    def allowed(self) -> str:
+        """What is allowed, for help texts and docs."""
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
+        if self.range_text():
+            return f"{self.kind} in {self.range_text()}"
+        return self.kind
+
+
+@cache
+def settings() -> tuple[Setting, ...]:
+    """Every field of :class:`RunConfig`, in schema order."""
+    out = []
+    for name, info in RunConfig.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        low: float | None = None
+        high: float | None = None
+        low_open = False
+        for m in info.metadata:
+            if isinstance(m, annotated_types.Ge):
+                low = float(m.ge)  # type: ignore[arg-type]  # SupportsGe: ours are numbers
+            elif isinstance(m, annotated_types.Gt):
+                low, low_open = float(m.gt), True  # type: ignore[arg-type]  # SupportsGt: ours are numbers
+            elif isinstance(m, annotated_types.Le):
+                high = float(m.le)  # type: ignore[arg-type]  # SupportsLe: ours are numbers
+        annotation = info.annotation if isinstance(info.annotation, type) else str
+        out.append(
+            Setting(
+                name=name,
+                type=annotation,
+                default=info.default,
+                description=str(info.description),
+                group=str(extra["group"]),
+                scope=str(extra["scope"]),
+                choices=tuple(extra.get("choices", ())),  # type: ignore[arg-type]  # list[str], see _setting
+                aliases=tuple(extra.get("aliases", ())),  # type: ignore[arg-type]  # list[str], see _setting
+                metavar=str(extra.get("metavar", "")),
+                low=low,
+                low_open=low_open,
+                high=high,
+            )
+        )
+    return tuple(out)
+
+
+@cache
+def _by_name() -> dict[str, Setting]:
+    return {s.name: s for s in settings()}
+
+
+def setting(name: str) -> Setting:
+    """The :class:`Setting` of one field (snake_case or kebab-case name)."""
+    return _by_name()[name.replace("-", "_")]
+
+
+def field_names() -> frozenset[str]:
+    """The snake_case field names."""
+    return frozenset(_by_name())
+
+
+def close_keys(key: str) -> list[str]:
+    """Known kebab-case keys close to ``key`` (for 'did you mean')."""
+    keys = [s.key for s in settings()]
+    return difflib.get_close_matches(key.replace("_", "-").lower(), keys, n=3, cutoff=0.6)
+
+
+def unknown_key_message(key: str, origin: str = "") -> str:
+    """One line for a key the schema does not have, with the close matches."""
+    close = close_keys(key)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    where = f" in {origin}" if origin else ""
+    return (
+        f"unknown config key '{key}'{where}{hint}; every key is listed in docs/configuration.md and `uaap config show`"
+    )
+
+
+def toml_value(value: Any) -> str:
+    """A scalar as TOML writes it (JSON string escapes are valid TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, int):
         return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{flag}={value!r} is not a valid {kind}; give a {kind} value") from exc
+    return json.dumps(str(value), ensure_ascii=False)
 
 
-def _check_field(f: dataclasses.Field[Any], value: Any) -> None:
-    flag = f.name.replace("_", "-")
-    choices = f.metadata.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{flag}={value!r} is not supported; choose one of: {', '.join(choices)}")
-    bounds = f.metadata.get("range")
-    if bounds is not None:
-        low, high, low_open = bounds
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and value > high
-        if too_low or too_high:
-            left = "(" if low_open else "["
-            lo = "-inf" if low is None else f"{low:g}"
-            hi = "inf" if high is None else f"{high:g}"
-            raise ConfigError(f"{flag}={value!r} is outside {left}{lo}, {hi}]; pick a value in that range")
+# ---- pydantic's errors, told the way every UAAP error is ------------------------------------------------
+
+_TYPE_ERRORS = ("parsing", "_type", "from_float", "int_from", "bool_", "string_", "float_")
+
+
+def explain(exc: ValidationError, values: Mapping[str, Any], origin: Callable[[str], str] | None = None) -> str:
+    """One line per bad field: the value, where it came from, what is allowed and what to do."""
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        if not loc:  # a cross-field rule: its message already says all
+            lines.append(str(err.get("ctx", {}).get("error", err["msg"])))
+            continue
+        name = loc[0]
+        if name not in field_names():
+            lines.append(unknown_key_message(name, origin(name) if origin else ""))
+            continue
+        s = setting(name)
+        value = values.get(name, err.get("input"))
+        where = origin(s.key) if origin else ""
+        head = f"{s.key}={value!r}" + (f" (from {where})" if where else "")
+        kind = err["type"]
+        if kind == "choice":
+            close = difflib.get_close_matches(str(value), s.choices, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"{head} is not supported{hint}; choose one of: {', '.join(s.choices)}")
+        elif kind in ("finite_number",):
+            lines.append(f"{head} is not a finite number; give {s.allowed()}")
+        elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            lines.append(f"{head} is outside {s.range_text()}; pick a value in that range")
+        elif any(t in kind for t in _TYPE_ERRORS):
+            lines.append(f"{head} is not {s.kind}; give {s.allowed()}")
+        else:
+            lines.append(f"{head}: {err['msg']}; give {s.allowed()}")
+    return "\n".join(dict.fromkeys(lines))

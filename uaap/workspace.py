@@ -5,6 +5,7 @@ Layout (default ``./.uaap``, or ``$UAAP_HOME``)::
     mlflow.db                 MLflow tracking store (sqlite; MLFLOW_TRACKING_URI overrides)
     ledger.db                 privacy ledger
     runs/<run-id>/config.json resolved run configuration
+                  config.toml   the same as a config file (`uaap simulate --config` it to repeat the run)
                   metrics.jsonl one JSON event per line (rounds, evaluations, summaries)
                   checkpoints/round-NNNN.npz global model (ciphertext under HE) + loop state
                   model.npz     the final plaintext model
@@ -101,9 +102,15 @@ class RunDir:
 
     # ---- config ------------------------------------------------------------------------
     def write_config(self, cfg: RunConfig) -> None:
-        """Store the resolved configuration."""
+        """Store the resolved configuration (JSON, read on resume) and a config file that repeats the run."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(json.dumps(json.loads(cfg.to_json()), indent=2, sort_keys=True) + "\n")
+        header = (
+            f"# Settings of run {self.run_id} as resolved, run-id left out. Repeat the run under a new id with\n"
+            f"# the command that started it, e.g.  uaap simulate --config {self.path / 'config.toml'}\n\n"
+        )
+        names = tuple(n for n in type(cfg).model_fields if n != "run_id")
+        (self.path / "config.toml").write_text(header + cfg.to_toml(names))
 
     def read_config(self) -> RunConfig:
         """The configuration the run was started with."""

@@ -61,7 +61,7 @@ def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     search.add_argument("--concurrency", type=int, default=0, help="trials at once (default: the cluster's CPUs)")
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers for a winning XGBoost model (0 = local)")
     p.add_argument("--report-every", type=int, default=10, help="XGBoost rounds between Ray Train reports")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of the split, the folds and the search (default 42)")
     p.add_argument("--experiment", default="uaap", help="MLflow experiment (default uaap)")
     p.add_argument("--run-id", default="", help="run id (default: automl-<time>)")
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print (default 10)")

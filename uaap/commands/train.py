@@ -10,7 +10,7 @@ from uaap.commands.common import add_config_flags, config_from_args
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``train`` command."""
     p = sub.add_parser("train", help="train the same model centrally (baseline for federated runs)")
-    add_config_flags(p, skip=("run_id",))
+    add_config_flags(p, command="train")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     p.add_argument("--workers", type=int, default=0, help="data-parallel Ray Train workers (0 = in-process)")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
