@@ -1,19 +1,20 @@
 """Process plumbing for the launchers: find Flower's executables, stop whole process trees.
 
 Flower's SuperLink starts its executor in a session of its own (``flower-superexec --parent-pid P``),
-so stopping a SuperLink's process group is not enough; these helpers find such orphans too.
+so stopping a SuperLink's process group is not enough; these helpers find such orphans too (psutil walks the
+process table).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Environment of every Flower process the launchers start: no telemetry (no internet here), no runtime
 # `uv sync` of the app's dependencies (the launcher's environment is the app's), unbuffered logs.
@@ -42,73 +43,78 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child before ex
 
 
 def descendants(pid: int) -> list[int]:
-    """Every descendant of ``pid`` (from /proc), deepest last."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    """Every descendant of ``pid``, deepest last (empty when it is gone)."""
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def cmdline(pid: int) -> list[str]:
-    """The command line of ``pid`` (empty when it is gone)."""
+    """The command line of ``pid`` (empty when it is gone or not ours to read)."""
+    import psutil
+
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
+        return list(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return []
 
 
 def orphans_of(pid: int) -> list[int]:
-    """Processes started with ``--parent-pid <pid>`` (Flower's detached SuperExec) and their children."""
+    """Processes started with ``--parent-pid <pid>`` (Flower's detached SuperExec)."""
+    import psutil
+
     found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            cmd = cmdline(int(entry.name))
-            if "--parent-pid" in cmd and cmd[cmd.index("--parent-pid") + 1 : cmd.index("--parent-pid") + 2] == [
-                str(pid)
-            ]:
-                found.append(int(entry.name))
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "--parent-pid" in cmd and cmd[cmd.index("--parent-pid") + 1 : cmd.index("--parent-pid") + 2] == [str(pid)]:
+            found.append(proc.pid)
     return found
 
 
 def stop_tree(pid: int, grace: float = 10.0) -> None:
     """Stop ``pid``, its descendants and any ``--parent-pid pid`` process: SIGTERM, then SIGKILL."""
+    import psutil
+
     victims = [pid, *descendants(pid)]
     for orphan in orphans_of(pid):
         victims += [orphan, *descendants(orphan)]
-    victims = list(dict.fromkeys(victims))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for v in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(v, sig)
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
-        while time.monotonic() < deadline:
-            for v in victims:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(v, os.WNOHANG)  # reap our own children
-            if not any(alive(v) for v in victims):
-                return
-            time.sleep(0.2)
+    procs = []
+    for v in dict.fromkeys(victims):
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(v))
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+        deadline = time.monotonic() + wait
+        while procs and time.monotonic() < deadline:
+            # wait_procs reaps our own children; a zombie that is not ours counts as gone
+            _, procs = psutil.wait_procs(procs, timeout=0.05)
+            procs = [p for p in procs if _running(p)]
+        if not procs:
+            return
+
+
+def _running(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not)."""
+    import psutil
+
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return _running(psutil.Process(pid))
+    except psutil.Error:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
