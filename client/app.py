@@ -20,6 +20,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.policy import ClientPolicy, check_spent, enforce
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.data import Split, client_data, load_split
@@ -32,6 +33,7 @@ from uaap.protocol import (
     CLIENT_INFO,
     CONFIG,
     DP_DENOMINATOR,
+    DP_EPSILON,
     HE_WEIGHT,
     METRICS,
     NODE_DATA_PATH,
@@ -57,7 +59,9 @@ app = ClientApp()
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, Split, int]:
-    cfg = RunConfig.from_json(str(msg.content[CONFIG][RUN_CONFIG]))
+    """The run config as this client runs it (its policy applied) and its data."""
+    cfg = RunConfig.from_json(str(msg.content.config_records[CONFIG][RUN_CONFIG]))
+    cfg = enforce(cfg, ClientPolicy.from_node_config(context.node_config))
     pid = int(context.node_config.get(NODE_PARTITION_ID, 0))
     if context.node_config.get(NODE_DATA_PATH):  # a deployed client's own table (flower-client --data/--target)
         node = context.node_config
@@ -79,11 +83,23 @@ def straggler_steps(cfg: RunConfig, server_round: int, pid: int, full_steps: int
     return int(rng.integers(1, full_steps))
 
 
-def receive_global(cfg: RunConfig, content: RecordDict, context: Context) -> list[np.ndarray]:
-    """The global model's weights from a server message (decrypting them under HE)."""
-    if cfg.secure and crypto.is_encrypted(content.array_records[ARRAYS]):  # round 1's initial model is plaintext
-        return crypto.decrypt_global(content.array_records[ARRAYS], crypto.client_context(cfg, context.node_config))
-    return from_record(content.array_records[ARRAYS])
+def receive_global(cfg: RunConfig, content: RecordDict, context: Context, like: list[np.ndarray]) -> list[np.ndarray]:
+    """The global model's weights from a server message (decrypting them under HE), shaped as ``like``.
+
+    The layout comes from the local model, never from the message: a ciphertext header or an array that
+    declares other shapes or sizes is refused before anything is allocated for it.
+    """
+    record = content.array_records[ARRAYS]
+    if cfg.secure and crypto.is_encrypted(record):  # round 1's initial model is plaintext
+        return crypto.decrypt_global(record, crypto.client_context(cfg, context.node_config), like=like)
+    if crypto.is_encrypted(record):
+        raise crypto.CiphertextError("the server sent ciphertext but this run has secure aggregation off")
+    shapes = [tuple(int(d) for d in a.shape) for a in record.values()]
+    if shapes != [w.shape for w in like] or any(
+        a.dtype not in ("float16", "float32", "float64") for a in record.values()
+    ):
+        raise ValueError(f"the server's model has arrays {shapes}; this client's model has {[w.shape for w in like]}")
+    return from_record(record)
 
 
 def local_privacy(cfg: RunConfig, data: Split, context: Context) -> PrivacyEngineLike | None:
@@ -113,6 +129,7 @@ def prepare_update(
     extra: dict[str, float] = {}
     if cfg.dp_local:  # this round's DP-SGD release (sigma, q, steps) and the example-level epsilon so far
         extra = dpsgd.client_report(cfg, context.state, _dp_key(context))
+        check_spent(float(extra.get(DP_EPSILON, 0.0)), ClientPolicy.from_node_config(context.node_config))
     if cfg.dp_central:  # client-level DP: bound this client's contribution before it leaves (and before HE)
         new = clip_update(new, start, cfg.dp_central_clip_norm)
     if not cfg.secure:
@@ -137,8 +154,8 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received global model on local data; reply with the update and metrics."""
     cfg, data, pid = _setup(msg, context)
     server_round = as_int(msg.content.config_records[CONFIG].get(SERVER_ROUND), SERVER_ROUND)
-    start = receive_global(cfg, msg.content, context)
     model = build_model(cfg.model, data.train.n_features, data.train.n_classes, data.train.image_shape)
+    start = receive_global(cfg, msg.content, context, like=get_weights(model))
     set_weights(model, start)
     global_params = [p.detach().clone() for p in model.parameters()]
     full_steps = cfg.local_epochs * math.ceil(len(data.train.y) / cfg.batch_size)
@@ -180,7 +197,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local validation split."""
     cfg, data, pid = _setup(msg, context)
     model = build_model(cfg.model, data.test.n_features, data.test.n_classes, data.test.image_shape)
-    set_weights(model, receive_global(cfg, msg.content, context))
+    set_weights(model, receive_global(cfg, msg.content, context, like=get_weights(model)))
     metrics = MetricRecord({**evaluate(model, data.test), NUM_EXAMPLES: len(data.test.y)})
     content = RecordDict({METRICS: metrics, CLIENT_INFO: ConfigRecord({PARTITION_ID: pid})})
     return Message(content=content, reply_to=msg)

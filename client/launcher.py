@@ -14,6 +14,7 @@ ClientApp), so every message re-imports torch; ``benchmarks/deployment.py`` meas
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.policy import DEPLOYED
 from uaap.errors import ConfigError, DataError, KeyMaterialError, UaapError
 from uaap.processes import (
     FLOWER_ENV,
@@ -38,8 +40,12 @@ from uaap.processes import (
 from uaap.protocol import (
     NODE_DATA_PATH,
     NODE_HE_SECRET_CONTEXT,
+    NODE_MAX_EPSILON,
     NODE_NUM_PARTITIONS,
     NODE_PARTITION_ID,
+    NODE_POLICY,
+    NODE_REQUIRE_DP,
+    NODE_REQUIRE_SECURE,
     NODE_TARGET,
 )
 
@@ -87,6 +93,9 @@ class ClientOptions:
     partition_id: int | None = None
     num_partitions: int | None = None
     he_secret_context: Path | None = None
+    require_secure_aggregation: bool | None = None  # None: required exactly when a secret context is given
+    require_dp: bool = False
+    max_epsilon: float = 0.0
     max_wait_time: float = 60.0
     port: int = 0
     extra_node_config: dict[str, str] = field(default_factory=dict)
@@ -106,6 +115,14 @@ class ClientOptions:
         if self.he_secret_context is not None:
             items[NODE_HE_SECRET_CONTEXT] = str(self.he_secret_context)
         items.update(self.extra_node_config)
+        # this client's own requirements, last so that no --node-config entry can override them (client.policy)
+        secure = self.require_secure_aggregation
+        if secure is None:
+            secure = self.he_secret_context is not None
+        items[NODE_POLICY] = DEPLOYED
+        items[NODE_REQUIRE_SECURE] = str(secure).lower()
+        items[NODE_REQUIRE_DP] = str(self.require_dp).lower()
+        items[NODE_MAX_EPSILON] = repr(float(self.max_epsilon))
         return " ".join(f"{k}={_toml_value(v)}" for k, v in items.items())
 
 
@@ -367,6 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-partitions", type=int, help="demo: number of partitions (the number of clients)")
     p.add_argument("--he-secret-context", help="the CKKS secret context (secure aggregation; mode 0600)")
     p.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="with --he-secret-context, still answer a server that asks for plaintext updates (default: refuse)",
+    )
+    p.add_argument(
+        "--require-dp", action="store_true", help="refuse any round without example-level DP (dp-local) on this client"
+    )
+    p.add_argument(
+        "--max-epsilon",
+        type=float,
+        default=0.0,
+        help="with --require-dp: refuse a target epsilon above E, and any update that takes this client past E",
+    )
+    p.add_argument(
         "--max-wait-time", type=float, default=60.0, help="seconds to keep trying to reach the server (default 60)"
     )
     p.add_argument("--port", type=int, default=0, help="the SuperNode's own local port (default: a free one)")
@@ -386,6 +417,8 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
     def path(value: str | None) -> Path | None:
         return Path(value).expanduser().resolve() if value else None
 
+    if args.max_epsilon and not (math.isfinite(args.max_epsilon) and args.max_epsilon > 0 and args.require_dp):
+        raise ConfigError(f"--max-epsilon {args.max_epsilon} needs --require-dp and a positive finite value (e.g. 8)")
     extra = {}
     for item in args.node_config:
         key, sep, value = item.partition("=")
@@ -401,6 +434,9 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         partition_id=args.partition_id,
         num_partitions=args.num_partitions,
         he_secret_context=path(args.he_secret_context),
+        require_secure_aggregation=False if args.allow_plaintext else None,
+        require_dp=args.require_dp,
+        max_epsilon=args.max_epsilon,
         max_wait_time=args.max_wait_time,
         port=args.port,
         extra_node_config=extra,

@@ -13,11 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uaap import workspace
 from uaap.cluster import block_tensorflow, connect
 from uaap.config import RunConfig
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
 
 log = logging.getLogger("uaap.simulate")
 
@@ -42,17 +45,19 @@ def simulate(
     resources: ClientResources | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     verbose: bool = False,
+    client_app: ClientApp | None = None,
 ) -> workspace.RunDir:
     """Run the federation of ``cfg.num_clients`` simulated clients; returns the run folder.
 
     ``on_event`` receives each ``metrics.jsonl`` event as the server writes it (progress display).
-    Ray is shut down on return (an attached cluster is only disconnected, never stopped).
+    Ray is shut down on return (an attached cluster is only disconnected, never stopped). ``client_app``
+    replaces UAAP's ClientApp (a test federation with misbehaving participants runs this way).
     """
     block_tensorflow()
     import ray
     from flwr.simulation import run_simulation
 
-    from client.app import app as client_app
+    from client.app import app as uaap_client_app
     from server.app import make_app
     from uaap.crypto import ensure_simulation_keys
     from uaap.data import federated
@@ -77,7 +82,7 @@ def simulate(
             tail.start()
         run_simulation(
             server_app=make_app(cfg.to_flower()),
-            client_app=client_app,
+            client_app=client_app or uaap_client_app,
             num_supernodes=cfg.num_clients,
             backend_config={"client_resources": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}},
             verbose_logging=verbose,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from uaap.config import RunConfig
-from uaap.protocol import CLIENT_INFO, PARTITION_ID, as_int
 
 if TYPE_CHECKING:
     from flwr.app import Message
@@ -19,14 +18,15 @@ if TYPE_CHECKING:
 def build_strategy(cfg: RunConfig, num_nodes: int | None = None) -> Strategy:
     """Flower's FedAvg or FedProx, wrapped as the run asks.
 
-    From the inside out: reply validation (malformed plaintext never reaches FedAvg), secure
-    aggregation when ``secure-aggregation = "ckks"``, central DP noise when ``dp-central`` is on, and
-    privacy accounting (ledger, budget stop) when any DP is on.
+    From the inside out: secure aggregation when ``secure-aggregation = "ckks"``, central DP noise when
+    ``dp-central`` is on, privacy accounting (ledger, budget stop) when any DP is on, and reply validation
+    outermost, so that no layer parses, accounts or sums a reply it has not accepted.
     """
     from flwr.serverapp.strategy import FedAvg, FedProx
 
-    from strategies.secure import wrap_secure
+    from strategies.secure import SecureAggregation, wrap_secure
     from strategies.validation import ValidateReplies
+    from strategies.wrapper import find_layer
 
     common: dict[str, Any] = {
         "fraction_train": cfg.fraction_train,
@@ -36,7 +36,17 @@ def build_strategy(cfg: RunConfig, num_nodes: int | None = None) -> Strategy:
         "min_available_nodes": cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
     }
     inner = FedProx(proximal_mu=cfg.proximal_mu, **common) if cfg.strategy == "fedprox" else FedAvg(**common)
-    return wrap_privacy(cfg, wrap_secure(cfg, ValidateReplies(inner, cfg.run_id)))
+    stack = wrap_privacy(cfg, wrap_secure(cfg, inner))
+    secure = find_layer(stack, SecureAggregation)
+    return ValidateReplies(
+        stack,
+        cfg.run_id,
+        dp_local=cfg.dp_local,
+        central=cfg.dp_central,
+        he_context=None if secure is None else secure.context,
+        max_num_examples=cfg.max_num_examples,
+        min_contributors=cfg.min_contributors,
+    )
 
 
 def wrap_privacy(cfg: RunConfig, strategy: Strategy, *, rng: np.random.Generator | None = None) -> Strategy:
@@ -65,17 +75,26 @@ def wrap_privacy(cfg: RunConfig, strategy: Strategy, *, rng: np.random.Generator
 
 
 def sort_replies(replies: Iterable[Message]) -> list[Message]:
-    """Order replies by the client's partition id (then node id) so sums are reproducible.
+    """Order replies by a digest of what they carry (then node id) so sums are reproducible.
 
-    Replies arrive in completion order; floating-point sums depend on order, so a fixed order
-    makes aggregation bit-reproducible across runs with the same seeds.
+    Replies arrive in completion order, and floating-point sums depend on order. The digest is a function of
+    the replies' contents only: the same updates are summed in the same order in every run (node ids are
+    random per simulation), and no field a client fills in decides where its reply goes.
     """
+    return sorted(replies, key=lambda msg: (content_digest(msg), int(msg.metadata.src_node_id)))
 
-    def key(msg: Message) -> tuple[int, int]:
-        pid = -1
-        if not msg.has_error() and CLIENT_INFO in msg.content.config_records:
-            with contextlib.suppress(ValueError):
-                pid = as_int(msg.content.config_records[CLIENT_INFO].get(PARTITION_ID, -1), PARTITION_ID)
-        return (pid, msg.metadata.src_node_id)
 
-    return sorted(replies, key=key)
+def content_digest(msg: Message) -> bytes:
+    """BLAKE2b of a reply's arrays and metrics (empty for a lost client's error reply)."""
+    if msg.has_error():
+        return b""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, record in sorted(msg.content.array_records.items()):
+        digest.update(name.encode())
+        for key, array in record.items():
+            digest.update(key.encode())
+            digest.update(array.data)
+    for name, metrics in sorted(msg.content.metric_records.items()):
+        digest.update(name.encode())
+        digest.update(repr(sorted(metrics.items())).encode())
+    return digest.digest()

@@ -3,7 +3,9 @@
 :class:`PrivacyAccounting` sits outermost. Each round it accounts
 
 * the clients' example-level DP-SGD releases, as they report them (``dp-sigma``, ``dp-q``, ``dp-steps``),
-  one accountant per client, recomputed on the server (a client's own ``dp-epsilon`` is not trusted);
+  one accountant per client keyed by its authenticated node id, recomputed on the server (a client's own
+  ``dp-epsilon`` is not trusted). Only replies that reply validation accepted reach this layer, so a
+  rejected reply leaves the ledger unchanged;
 * the server's client-level release, when a :class:`strategies.dp_noise.CentralDPNoise` layer is in the
   stack: one Poisson-subsampled Gaussian step with its ``noise_multiplier`` and ``sample_rate``.
 
@@ -14,7 +16,6 @@ before a round that would take any epsilon above ``max_epsilon``; the accountant
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -25,17 +26,7 @@ from strategies.dp_noise import CentralDPNoise
 from strategies.wrapper import StrategyWrapper, find_layer
 from uaap.privacy.accountant import Accountant
 from uaap.privacy.ledger import EXAMPLE, SERVER_CLIENT, USER, Budget, Ledger, Release
-from uaap.protocol import (
-    CLIENT_INFO,
-    DP_EXAMPLE_EPSILON_MAX,
-    DP_Q,
-    DP_RELEASE,
-    DP_SIGMA,
-    DP_STEPS,
-    PARTITION_ID,
-    as_float,
-    as_int,
-)
+from uaap.protocol import DP_EXAMPLE_EPSILON_MAX, DP_Q, DP_RELEASE, DP_SIGMA, DP_STEPS, as_float, as_int
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Message, MetricRecord
@@ -47,11 +38,13 @@ LOCAL_MECHANISM = "dp-sgd"
 
 
 def client_key(msg: Message) -> str:
-    """A stable name for the client that sent ``msg`` (partition id when known, else node id)."""
-    info = msg.content.config_records.get(CLIENT_INFO) if not msg.has_error() else None
-    if info is not None and PARTITION_ID in info:
-        with contextlib.suppress(ValueError):
-            return f"partition-{as_int(info[PARTITION_ID], PARTITION_ID)}"
+    """The ledger's name for the client that sent ``msg``: the node id Flower authenticated, never a claim.
+
+    In a simulation node ids are drawn afresh when the run starts, so a resumed simulation accounts its
+    clients under new names from zero; the accountants of the old names stay in the state and in
+    ``before_round``, so the budget stop fires no later than without the restart. A deployment keeps its
+    node ids across server restarts (they live in the SuperLink's state database).
+    """
     return f"node-{int(msg.metadata.src_node_id)}"
 
 

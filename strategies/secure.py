@@ -34,7 +34,8 @@ from uaap.errors import ConfigError, UaapError
 from uaap.protocol import HE_CLIENTS, HE_REJECTED, HE_TOTAL_WEIGHT, HE_WEIGHT
 
 if TYPE_CHECKING:
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp import Grid
 
 log = logging.getLogger("uaap.secure")
 
@@ -54,12 +55,23 @@ class SecureAggregation(StrategyWrapper):
             )
         super().__init__(strategy)
         self.context = ctx
+        self.shapes: list[tuple[int, ...]] | None = None  # the global model's tensors, from the server's own model
         self.last_rejected: list[tuple[int, str]] = []  # (node id, reason) of the last aggregate_train
 
     def summary(self) -> None:
         """Log the inner strategy's summary and the HE settings."""
         log.info("secure aggregation: CKKS, public context %s", self.context.short)
         self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the global model's shapes (from the server's own arrays), then let the inner strategy sample."""
+        if crypto.is_encrypted(arrays):
+            self.shapes = crypto.record_shapes(arrays)
+        else:
+            self.shapes = [tuple(int(d) for d in a.shape) for a in arrays.values()]
+        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     # ---- the encrypted sum ----------------------------------------------------------------------------
     def aggregate_train(
@@ -76,7 +88,7 @@ class SecureAggregation(StrategyWrapper):
 
         Central DP adds to the returned sum before it becomes a record (:mod:`strategies.dp_noise`).
         """
-        acc = crypto.EncryptedSum(self.context)
+        acc = crypto.EncryptedSum(self.context, self.shapes)
         summed: list[RecordDict] = []
         self.last_rejected = []
         for msg in replies:

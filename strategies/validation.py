@@ -1,96 +1,253 @@
-"""Reject malformed client replies before aggregation: a wrapper any strategy can sit on.
+"""Reply validation as one schema, checked first: a bad reply is rejected, never fatal to the run.
 
-``ValidateReplies(FedAvg(...))`` checks every training reply against the global model it was sent
-(same array names, shapes, float dtype, all values finite) and its metrics (``num-examples`` present,
-finite and positive; every metric value finite). A bad reply is left out and logged (server
-log and an ``rejected`` event in ``runs/<run-id>/metrics.jsonl``); the round goes on with the rest.
-Evaluation replies get the metric checks. ``build_strategy`` applies it innermost, so the plaintext
-path is covered whatever wraps it; ciphertext replies are validated by ``strategies.secure`` (bytes
-that do not deserialise, foreign fingerprints), which never hands them to the inner strategy.
+:class:`ValidateReplies` is the outermost layer of every strategy stack (``build_strategy``), so no other
+layer parses, accounts or aggregates a reply it has not accepted. Each reply is checked against what this
+round expects, from the server's own model and configuration, never from another reply:
+
+* records: exactly ``arrays`` (training only), ``metrics`` and optionally ``client-info``;
+* metrics: exactly the keys this run's clients send (:func:`train_rules`, :func:`evaluate_rules`), each of
+  its type and in its range; ``num-examples`` and ``he-weight`` at most ``max_num_examples`` (a client cannot
+  outweigh the federation by its claim), ``he-weight`` equal to the record's own total weight, and 1 under
+  central DP;
+* plaintext arrays: the global model's names, shapes and a float dtype, all values finite;
+* ciphertext: the full :func:`uaap.crypto.parse_record` check against the server's context and the global
+  model's shapes (header size, nesting and declared sizes bounded before anything is allocated).
+
+Any exception while checking one reply rejects that reply only: it is logged with the node id Flower
+authenticated and the reason, written as a ``rejected`` event in ``runs/<run-id>/metrics.jsonl``, and
+counted in the round's ``rejected-replies``. Replies a client lost (Flower errors) pass through so the inner
+strategy counts them as failures. An aggregate of fewer than ``min_contributors`` accepted replies is not
+released (the global model stays), except under central DP, where the noise protects a lone contributor
+and withholding a release because few clients took part would itself depend on who took part.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.serverapp.strategy import Strategy
 
 from strategies.wrapper import StrategyWrapper
-from uaap.protocol import NUM_EXAMPLES, REJECTED_REPLIES
+from uaap import crypto
+from uaap.protocol import (
+    ACCURACY,
+    ARRAYS,
+    AUC,
+    CLIENT_INFO,
+    DP_EPSILON,
+    DP_Q,
+    DP_SIGMA,
+    DP_STEPS,
+    DP_TOTAL_STEPS,
+    F1_MACRO,
+    HE_WEIGHT,
+    LOSS,
+    METRICS,
+    NUM_EXAMPLES,
+    PARTITION_ID,
+    REJECTED_REPLIES,
+    STEPS,
+    STRAGGLER,
+    TRAIN_LOSS,
+    as_float,
+)
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
     from flwr.serverapp import Grid
 
 log = logging.getLogger("uaap.validation")
-WEIGHT_KEY = NUM_EXAMPLES
+MAX_STEPS = 10**9
 
 
 class InvalidReply(ValueError):
     """Why one reply cannot be aggregated."""
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One metric's type and closed/open range."""
+
+    whole: bool = False
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+
+    def check(self, key: str, value: object) -> None:
+        """Raise :class:`InvalidReply` unless ``value`` is a number of this rule's kind and range."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InvalidReply(f"metric {key}={value!r:.60}: expected a finite number")
+        if self.whole and not float(value).is_integer():
+            raise InvalidReply(f"metric {key}={value!r}: expected a whole number")
+        if value < self.low or value > self.high or (self.low_open and value == self.low):
+            bracket = "(" if self.low_open else "["
+            raise InvalidReply(f"metric {key}={value!r}: expected a value in {bracket}{self.low:g}, {self.high:g}]")
+
+
+def train_rules(*, dp_local: bool, secure: bool, central: bool, max_num_examples: int) -> dict[str, Rule]:
+    """The metrics a training reply must carry, exactly, for this run's settings (see ``client.app.train``)."""
+    rules = {
+        NUM_EXAMPLES: Rule(whole=True, low=1, high=max_num_examples),
+        TRAIN_LOSS: Rule(low=0.0),
+        STEPS: Rule(whole=True, low=0, high=MAX_STEPS),
+        STRAGGLER: Rule(whole=True, low=0, high=1),
+    }
+    if dp_local:  # this round's DP-SGD release, accounted by the server (uaap.privacy.dpsgd.client_report)
+        rules |= {
+            DP_SIGMA: Rule(low=0.0, high=1e6, low_open=True),
+            DP_Q: Rule(low=0.0, high=1.0, low_open=True),
+            DP_STEPS: Rule(whole=True, low=1, high=MAX_STEPS),
+            DP_TOTAL_STEPS: Rule(whole=True, low=1, high=MAX_STEPS),
+            DP_EPSILON: Rule(low=0.0),
+        }
+    if secure:  # central DP pre-divides by q N and sends weight 1 (strategies.dp_noise)
+        rules[HE_WEIGHT] = Rule(low=1.0, high=1.0) if central else Rule(low=0.0, high=max_num_examples, low_open=True)
+    return rules
+
+
+def evaluate_rules(max_num_examples: int) -> tuple[dict[str, Rule], dict[str, Rule]]:
+    """Required and optional metrics of an evaluation reply (``auc`` only when a split holds both classes)."""
+    required = {
+        NUM_EXAMPLES: Rule(whole=True, low=1, high=max_num_examples),
+        LOSS: Rule(low=0.0),
+        ACCURACY: Rule(low=0.0, high=1.0),
+        F1_MACRO: Rule(low=0.0, high=1.0),
+    }
+    return required, {AUC: Rule(low=0.0, high=1.0)}
+
+
+Layout = dict[str, tuple[tuple[int, ...], str]]
+
+
+def expected_layout(arrays: ArrayRecord) -> Layout | None:
+    """Name -> (shape, dtype) of a plaintext global model; None when the arrays are ciphertext."""
+    if crypto.is_encrypted(arrays):
+        return None
+    return {name: (tuple(int(d) for d in arr.shape), str(arr.dtype)) for name, arr in arrays.items()}
+
+
 class ValidateReplies(StrategyWrapper):
-    """Drop replies with wrong shapes, NaN/Inf or bad weights; delegate everything else to ``strategy``."""
+    """Reject replies that do not match this round's schema; delegate everything else to ``strategy``."""
 
     linear_passthrough = True  # only filters replies: secure aggregation may sit on top of it
 
-    def __init__(self, strategy: Strategy, run_id: str = "") -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        run_id: str = "",
+        *,
+        dp_local: bool = False,
+        central: bool = False,
+        he_context: crypto.HEContext | None = None,
+        max_num_examples: int = 100_000,
+        min_contributors: int = 1,
+    ) -> None:
         super().__init__(strategy)
         self.run_id = run_id
-        self.expected: dict[str, tuple[tuple[int, ...], str]] | None = None
+        self.he_context = he_context
+        self.central = central
+        self.min_contributors = min_contributors
+        self.train_rules = train_rules(
+            dp_local=dp_local, secure=he_context is not None, central=central, max_num_examples=max_num_examples
+        )
+        self.eval_required, self.eval_optional = evaluate_rules(max_num_examples)
+        self.layout: Layout | None = None  # plaintext global model
+        self.he_shapes: list[tuple[int, ...]] | None = None  # ciphertext global model
         self.rejected: list[dict[str, Any]] = []  # every rejection of this run: round, phase, node, reason
 
     def summary(self) -> None:
-        """The inner strategy's summary."""
-        log.info("reply validation: shapes, dtype, finite values, num-examples")
+        """Log what is checked, then the inner strategy's summary."""
+        log.info(
+            "reply validation: records, metrics %s, %s, min-contributors %d",
+            sorted(self.train_rules),
+            "ciphertext layout" if self.he_context else "array names/shapes/finite values",
+            self.min_contributors,
+        )
         self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Remember the global model's layout (when it is plaintext), then let the inner strategy sample."""
-        self.expected = expected_layout(arrays)
+        """Remember the global model's layout (the server's own arrays), then let the inner strategy sample."""
+        self.layout = expected_layout(arrays)
+        self.he_shapes = crypto.record_shapes(arrays) if self.layout is None else [s for s, _ in self.layout.values()]
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate only the replies that pass :func:`check_train_reply`."""
-        good, bad = self._split(server_round, "train", replies, lambda m: check_train_reply(m, self.expected))
-        if not good and not [m for m in bad if m.has_error()]:
-            log.warning("round %d: no valid training replies", server_round)
-        arrays, metrics = self.strategy.aggregate_train(server_round, good + [m for m in bad if m.has_error()])
+        """Aggregate only the replies that pass :meth:`check_train`; withhold an aggregate of too few."""
+        good, lost, bad = self._split(server_round, "train", replies, self.check_train)
+        if not good:
+            log.warning("round %d: no valid training replies (%d rejected, %d lost)", server_round, bad, len(lost))
+        arrays, metrics = self.strategy.aggregate_train(server_round, good + lost)
+        if arrays is not None and len(good) < self.min_contributors and not self.central:
+            log.warning(
+                "round %d: %d accepted replies, fewer than min-contributors=%d; the aggregate is not released",
+                server_round,
+                len(good),
+                self.min_contributors,
+            )
+            arrays = None
         if metrics is not None:
-            metrics[REJECTED_REPLIES] = sum(1 for m in bad if not m.has_error())
+            metrics[REJECTED_REPLIES] = bad
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Aggregate only evaluation replies with sound metrics."""
-        good, bad = self._split(server_round, "evaluate", replies, check_metrics)
-        return self.strategy.aggregate_evaluate(server_round, good + [m for m in bad if m.has_error()])
+        """Aggregate only evaluation replies with sound metrics (optional metrics kept when all carry them)."""
+        good, lost, _ = self._split(server_round, "evaluate", replies, self.check_evaluate)
+        common = set.intersection(*(set(m.content.metric_records[METRICS].keys()) for m in good)) if good else set()
+        for msg in good:
+            record = msg.content.metric_records[METRICS]
+            for key in set(record.keys()) - common:
+                del record[key]
+        return self.strategy.aggregate_evaluate(server_round, good + lost)
+
+    # ---- the schema --------------------------------------------------------------------------------------
+    def check_train(self, msg: Message) -> None:
+        """Records, metrics and arrays of one training reply against this round's expectations."""
+        _check_records(msg, arrays=True)
+        metrics = msg.content.metric_records[METRICS]
+        _check_metrics(metrics, self.train_rules, {})
+        record = msg.content.array_records[ARRAYS]
+        if self.he_context is not None:
+            enc = crypto.parse_record(record, self.he_context, shapes=self.he_shapes)
+            if not math.isclose(enc.weight, as_float(metrics[HE_WEIGHT], HE_WEIGHT), rel_tol=1e-12):
+                raise InvalidReply(f"metric {HE_WEIGHT}={metrics[HE_WEIGHT]} differs from its record's {enc.weight}")
+        elif self.layout is None:
+            raise InvalidReply("the global model is ciphertext but this server runs without secure aggregation")
+        else:
+            _check_plaintext(record, self.layout)
+
+    def check_evaluate(self, msg: Message) -> None:
+        """Records and metrics of one evaluation reply."""
+        _check_records(msg, arrays=False)
+        _check_metrics(msg.content.metric_records[METRICS], self.eval_required, self.eval_optional)
 
     def _split(
-        self, server_round: int, phase: str, replies: Iterable[Message], check: Any
-    ) -> tuple[list[Message], list[Message]]:
+        self, server_round: int, phase: str, replies: Iterable[Message], check: Callable[[Message], None]
+    ) -> tuple[list[Message], list[Message], int]:
         good: list[Message] = []
-        bad: list[Message] = []
+        lost: list[Message] = []
+        bad = 0
         for msg in replies:
             if msg.has_error():  # lost clients: the inner strategy counts and logs them as failures
-                bad.append(msg)
+                lost.append(msg)
                 continue
             try:
                 check(msg)
-            except InvalidReply as exc:
-                bad.append(msg)
-                self._record(server_round, phase, int(msg.metadata.src_node_id), str(exc))
+            except Exception as exc:  # noqa: BLE001 - any failure while checking one reply rejects that reply only
+                bad += 1
+                reason = str(exc) if isinstance(exc, InvalidReply | crypto.CiphertextError) else repr(exc)
+                self._record(server_round, phase, int(msg.metadata.src_node_id), reason[:500])
                 continue
             good.append(msg)
-        return good, bad
+        return good, lost, bad
 
     def _record(self, server_round: int, phase: str, node: int, reason: str) -> None:
         entry = {"round": server_round, "phase": phase, "node": node, "reason": reason}
@@ -105,57 +262,56 @@ class ValidateReplies(StrategyWrapper):
                 log.warning("could not log the rejection: %s", exc)
 
 
-def expected_layout(arrays: ArrayRecord) -> dict[str, tuple[tuple[int, ...], str]] | None:
-    """Name -> (shape, dtype) of a plaintext global model; None when the arrays are not plain floats (HE)."""
-    layout = {}
-    for name, arr in arrays.items():
-        if not np.issubdtype(np.dtype(arr.dtype), np.floating):
-            return None
-        layout[name] = (tuple(arr.shape), str(arr.dtype))
-    return layout
+def _check_records(msg: Message, *, arrays: bool) -> None:
+    content = msg.content
+    if set(content.array_records.keys()) != ({ARRAYS} if arrays else set()):
+        raise InvalidReply(
+            f"array records {sorted(content.array_records.keys())}; expected {[ARRAYS] if arrays else []}"
+        )
+    if set(content.metric_records.keys()) != {METRICS}:
+        raise InvalidReply(f"metric records {sorted(content.metric_records.keys())}; expected ['{METRICS}']")
+    if not set(content.config_records.keys()) <= {CLIENT_INFO}:
+        raise InvalidReply(
+            f"config records {sorted(content.config_records.keys())}; expected at most ['{CLIENT_INFO}']"
+        )
+    if CLIENT_INFO in content.config_records:  # a label for logs only: identity is the node id Flower authenticated
+        info = content.config_records[CLIENT_INFO]
+        if not set(info.keys()) <= {PARTITION_ID}:
+            raise InvalidReply(f"{CLIENT_INFO} carries {sorted(info.keys())}; expected at most ['{PARTITION_ID}']")
+        label = info.get(PARTITION_ID, 0)
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise InvalidReply(f"{CLIENT_INFO} {PARTITION_ID}={label!r:.40}: expected a whole number")
 
 
-def check_metrics(msg: Message) -> None:
-    """``num-examples`` finite and positive, and every metric value finite."""
-    records = msg.content.metric_records
-    if len(records) != 1:
-        raise InvalidReply(f"reply carries {len(records)} MetricRecords; expected exactly one")
-    metrics = next(iter(records.values()))
-    n = metrics.get(WEIGHT_KEY)
-    if not isinstance(n, int | float) or not math.isfinite(n) or n <= 0:
-        raise InvalidReply(f"{WEIGHT_KEY}={n!r}; expected a positive finite number")
-    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-    if bad:  # dropping the key instead would make the replies' metric keys differ, which FedAvg refuses
-        raise InvalidReply(f"non-finite metric values: {', '.join(f'{k}={metrics[k]!r}' for k in bad)}")
+def _check_metrics(metrics: Mapping[str, Any], required: dict[str, Rule], optional: dict[str, Rule]) -> None:
+    keys = set(metrics.keys())
+    missing, unexpected = sorted(set(required) - keys), sorted(keys - set(required) - set(optional))
+    if missing or unexpected:
+        raise InvalidReply(f"metrics missing {missing[:10]}, unexpected {[k[:40] for k in unexpected[:10]]}")
+    for key in sorted(keys):
+        (required.get(key) or optional[key]).check(key, metrics[key])
 
 
-def check_train_reply(msg: Message, expected: dict[str, tuple[tuple[int, ...], str]] | None) -> None:
-    """A plaintext training reply must match the global model's layout and hold finite values."""
-    check_metrics(msg)
-    records = msg.content.array_records
-    if len(records) != 1:
-        raise InvalidReply(f"reply carries {len(records)} ArrayRecords; expected exactly one")
-    record = next(iter(records.values()))
-    if expected is None:  # ciphertext round: strategies.secure checks the bytes
-        return
+def _check_plaintext(record: ArrayRecord, layout: Layout) -> None:
     names = list(record.keys())
-    if names != list(expected):
-        missing = sorted(set(expected) - set(names))
-        extra = sorted(set(names) - set(expected))
+    if names != list(layout):
+        missing = sorted(set(layout) - set(names))
+        extra = sorted(n[:40] for n in set(names) - set(layout))[:10]
         raise InvalidReply(f"array names differ from the global model (missing {missing}, unexpected {extra})")
     for name in names:
         arr = record[name]
-        shape, _ = expected[name]
+        shape, _ = layout[name]
         if tuple(arr.shape) != shape:
-            raise InvalidReply(f"array {name!r} has shape {tuple(arr.shape)}; the global model's is {shape}")
-        if not np.issubdtype(np.dtype(arr.dtype), np.floating):
-            raise InvalidReply(f"array {name!r} has dtype {arr.dtype}; expected floating point")
+            raise InvalidReply(f"array {name!r} has shape {tuple(arr.shape)!r:.80}; the global model's is {shape}")
+        if arr.dtype not in ("float16", "float32", "float64"):
+            raise InvalidReply(f"array {name!r} has dtype {arr.dtype!r:.40}; expected floating point")
+        if len(arr.data) > 128 + 8 * max(1, int(np.prod(shape))):
+            raise InvalidReply(f"array {name!r} carries {len(arr.data)} bytes, more than its shape {shape} needs")
         try:
             values = arr.numpy()
         except Exception as exc:  # bytes that do not decode as the declared array
             raise InvalidReply(f"array {name!r} does not decode ({exc.__class__.__name__}: {exc})") from exc
-        if values.shape != shape:
-            raise InvalidReply(f"array {name!r} decodes to shape {values.shape}; expected {shape}")
+        if values.shape != shape or values.dtype.kind != "f":
+            raise InvalidReply(f"array {name!r} decodes to {values.dtype} {values.shape}; expected float {shape}")
         if not np.isfinite(values).all():
-            bad = int((~np.isfinite(values)).sum())
-            raise InvalidReply(f"array {name!r} has {bad} non-finite values (NaN/Inf)")
+            raise InvalidReply(f"array {name!r} has {int((~np.isfinite(values)).sum())} non-finite values (NaN/Inf)")

@@ -17,3 +17,40 @@ def reply_from(node_id: int, content: RecordDict, message_type: str = MessageTyp
     set_task_identity()
     request = Message(content=RecordDict(), dst_node_id=node_id, message_type=message_type)
     return Message(content=content, reply_to=request)
+
+
+def train_metrics(n: float, loss: float = 0.5, **extra: float) -> dict[str, float]:
+    """The metrics a real training reply carries (client.app.train), with ``extra`` on top."""
+    from uaap.protocol import NUM_EXAMPLES, STEPS, STRAGGLER, TRAIN_LOSS
+
+    return {NUM_EXAMPLES: n, TRAIN_LOSS: loss, STEPS: 10, STRAGGLER: 0, **extra}
+
+
+def eval_metrics(n: float, accuracy: float, loss: float = 0.5, **extra: float) -> dict[str, float]:
+    """The metrics a real evaluation reply carries (client.app.evaluate_global)."""
+    from uaap.protocol import ACCURACY, F1_MACRO, LOSS, NUM_EXAMPLES
+
+    return {NUM_EXAMPLES: n, LOSS: loss, ACCURACY: accuracy, F1_MACRO: accuracy, **extra}
+
+
+class FakeGrid:
+    """The two Grid calls a strategy's configure_* make (no SuperLink needed to build messages)."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        set_task_identity()
+        return self.nodes
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
+
+
+def configure(strategy: object, server_round: int, arrays: object, nodes: list[int]) -> list[Message]:
+    """Run ``strategy.configure_train`` as the server loop does (it learns the round's model there)."""
+    from flwr.app import ConfigRecord
+
+    return list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))  # type: ignore[attr-defined]  # any Strategy

@@ -42,6 +42,8 @@ STEPS: Final = "steps"
 STRAGGLER: Final = "straggler"
 LOSS: Final = "loss"
 ACCURACY: Final = "accuracy"
+F1_MACRO: Final = "f1_macro"
+AUC: Final = "auc"  # only when a split holds both classes of a binary task
 # example-level DP-SGD: this round's release, as the client reports it (uaap.privacy.dpsgd.client_report)
 DP_SIGMA: Final = "dp-sigma"
 DP_Q: Final = "dp-q"
@@ -72,6 +74,11 @@ NODE_NUM_PARTITIONS: Final = "num-partitions"
 NODE_DATA_PATH: Final = "data-path"
 NODE_TARGET: Final = "target"
 NODE_HE_SECRET_CONTEXT: Final = "he-secret-context"
+# a deployed client's own requirements (client.policy): the server cannot lower them
+NODE_POLICY: Final = "policy"
+NODE_REQUIRE_SECURE: Final = "require-secure-aggregation"
+NODE_REQUIRE_DP: Final = "require-dp"
+NODE_MAX_EPSILON: Final = "max-epsilon"
 
 
 # ---- reading values off the wire ------------------------------------------------------------------

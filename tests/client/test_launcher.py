@@ -83,7 +83,16 @@ def test_client_node_config_and_diagnosis(certs):
     from client.launcher import EXIT_AUTH, EXIT_TLS, ClientOptions, FlowerClient
 
     opt = ClientOptions(server="h:1", data=Path("/d/my data.csv"), target="y", partition_id=2, num_partitions=3)
-    assert opt.node_config() == 'data-path="/d/my data.csv" target="y" partition-id=2 num-partitions=3'
+    policy = 'policy="deployed" require-secure-aggregation=false require-dp=false max-epsilon=0.0'
+    assert opt.node_config() == f'data-path="/d/my data.csv" target="y" partition-id=2 num-partitions=3 {policy}'
+    # a client holding the secret context requires secure aggregation unless it says otherwise, and no extra
+    # --node-config entry can override its policy (the policy keys are written last)
+    keyed = ClientOptions(
+        server="h:1", he_secret_context=Path("/k/secret.ckks"), extra_node_config={"require-secure-aggregation": "0"}
+    )
+    assert "require-secure-aggregation=true" in keyed.node_config() and "=0 " not in keyed.node_config()
+    plain = ClientOptions(server="h:1", he_secret_context=Path("/k/secret.ckks"), require_secure_aggregation=False)
+    assert "require-secure-aggregation=false" in plain.node_config()
     flwr_out = "ERROR: Exit Code: 305\nFailed to initialize the connection\n[code: 2004] Failed to activate SuperNode."
     client = FlowerClient(ClientOptions(server="h:1", root_certificates=certs.ca_cert, auth_key=certs.client_keys[0]))
     client.lines = flwr_out.splitlines()

@@ -185,7 +185,7 @@ def test_budget_stop_fires_exactly_before_the_exceeding_round_and_resume_continu
     dp.ledger_round = 3
     state = dp.state_dict()
     state["user"]["history"] = [[1.0, 0.5, 3]]
-    state["clients"]["partition-1"]["history"] = [[2.0, 0.05, 30]]
+    state["clients"]["node-1"]["history"] = [[2.0, 0.05, 30]]
     resumed = _dp(cfg.replace(max_epsilon=eps[5] + 1e-9), np.random.default_rng(4))
     resumed.load_state_dict(state)
     assert [r.round for r in ledger.releases("budget", level="user")] == [1, 2, 3]
@@ -201,7 +201,7 @@ def test_local_only_accounting_stops_on_example_level_budget(uaap_home):
     dp = _dp(cfg)
     assert not dp.central
     stops = _run_rounds(dp, _start(), range(1, 4))
-    assert stops[0] is None and "partition-1's example-level epsilon" in stops[1]
+    assert stops[0] is None and "node-1's example-level epsilon" in stops[1]
     assert "epsilon" in dp.round_report(1) and "user_epsilon" not in dp.round_report(1)
 
 

@@ -17,10 +17,13 @@ from flwr.app import ArrayRecord, Context, Error, Message, MessageType, MetricRe
 from client.app import prepare_update
 from strategies.base import build_strategy
 from strategies.secure import SecureAggregation
+from strategies.validation import ValidateReplies
+from strategies.wrapper import find_layer, innermost, is_encrypted
+from tests.flower_helpers import configure, train_metrics
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, KeyMaterialError
-from uaap.models import build_model, from_record, get_weights
+from uaap.models import build_model, from_record, get_weights, to_record
 from uaap.protocol import HE_CHUNK_PREFIX, HE_FINGERPRINT, HE_WEIGHT
 from uaap.workspace import RunDir
 
@@ -68,7 +71,7 @@ def test_he_aggregate_equals_flower_plaintext_aggregate_with_a_dropped_client(
     ctx = _context(keys)
     he_replies, plain_replies = [], []
     for node, (weights, n) in enumerate(updates, start=1):
-        metrics = {"num-examples": n, "train-loss": 0.1 * node}
+        metrics = train_metrics(n, 0.1 * node)
         arrays, extra = prepare_update(cfg, weights, weights, n, ctx)  # the real client hook
         assert crypto.is_encrypted(arrays) and extra == {HE_WEIGHT: float(n)}
         he_replies.append(_reply(node, arrays, {**metrics, **extra}))
@@ -77,12 +80,16 @@ def test_he_aggregate_equals_flower_plaintext_aggregate_with_a_dropped_client(
     he_replies.append(_dropped(99))
     plain_replies.append(_dropped(99))
 
-    reference = build_strategy(plain_cfg)  # Flower's FedAvg / FedProx
+    start = to_record(updates[0][0])
+    reference = build_strategy(plain_cfg)  # reply validation around Flower's FedAvg / FedProx
+    configure(reference, 1, start, [1, 2, 3, 4, 5, 99])
     ref_arrays, ref_metrics = reference.aggregate_train(1, plain_replies)
-    secure = build_strategy(cfg)
-    assert isinstance(secure, SecureAggregation) and secure.encrypted
-    assert type(secure.strategy) is type(reference)
-    enc_arrays, enc_metrics = secure.aggregate_train(1, he_replies)
+    stack = build_strategy(cfg)
+    configure(stack, 1, start, [1, 2, 3, 4, 5, 99])
+    secure = find_layer(stack, SecureAggregation)
+    assert secure is not None and is_encrypted(stack)
+    assert type(secure.strategy) is type(innermost(reference))
+    enc_arrays, enc_metrics = stack.aggregate_train(1, he_replies)
     assert enc_arrays is not None and ref_arrays is not None and enc_metrics is not None and ref_metrics is not None
     assert crypto.is_encrypted(enc_arrays)
     assert crypto.total_weight(enc_arrays) == sum(n for _, n in updates)
@@ -104,34 +111,41 @@ def test_mismatched_key_and_garbage_clients_are_left_out(
     other = crypto.generate_keys(tmp_path / "other")
     good = updates[:3]
     he_replies, plain_replies = [], []
+    start = to_record(updates[0][0])
     for node, (weights, n) in enumerate(good, start=1):
         arrays, extra = prepare_update(cfg, weights, weights, n, _context(keys))
-        he_replies.append(_reply(node, arrays, {"num-examples": n, **extra}))
+        he_replies.append(_reply(node, arrays, train_metrics(n, **extra)))
         plain_replies.append(
-            _reply(node, prepare_update(plain_cfg, weights, weights, n, _context(keys))[0], {"num-examples": n})
+            _reply(node, prepare_update(plain_cfg, weights, weights, n, _context(keys))[0], train_metrics(n))
         )
     weights, n = updates[3]
     foreign, extra = prepare_update(cfg, weights, weights, n, _context(other))  # another federation's key
-    he_replies.insert(1, _reply(7, foreign, {"num-examples": n, **extra}))
+    he_replies.insert(1, _reply(7, foreign, train_metrics(n, **extra)))
     garbage = ArrayRecord({k: v for k, v in foreign.items()})
     garbage[f"{HE_CHUNK_PREFIX}0000"] = Array(np.arange(1000, dtype=np.uint8))
     garbage[HE_FINGERPRINT] = he_replies[0].content["arrays"][HE_FINGERPRINT]
-    he_replies.append(_reply(8, garbage, {"num-examples": n, **extra}))
-    he_replies.append(_reply(9, build_strategy(plain_cfg).aggregate_train(1, plain_replies)[0], {"num-examples": 5}))
+    he_replies.append(_reply(8, garbage, train_metrics(n, **extra)))
+    plain_stack = build_strategy(plain_cfg)
+    configure(plain_stack, 1, start, [1, 2, 3])
+    he_replies.append(_reply(9, plain_stack.aggregate_train(1, plain_replies)[0], train_metrics(5, **{HE_WEIGHT: 5.0})))
 
-    secure = build_strategy(cfg)
-    with caplog.at_level("ERROR", logger="uaap.secure"):
-        enc, _ = secure.aggregate_train(2, he_replies)
-    reasons = dict(secure.last_rejected)
+    stack = build_strategy(cfg)
+    assert isinstance(stack, ValidateReplies)
+    configure(stack, 2, start, [1, 2, 3, 7, 8, 9])
+    with caplog.at_level("ERROR", logger="uaap.validation"):
+        enc, _ = stack.aggregate_train(2, he_replies)
+    reasons = {r["node"]: r["reason"] for r in stack.rejected}
     assert sorted(reasons) == [7, 8, 9]
     fed = crypto.load_context(keys.public).short
     assert fed in reasons[7] and other.fingerprint[:16] in reasons[7], "the error names both fingerprints"
     assert other.fingerprint[:16] in caplog.text
     assert enc is not None and crypto.total_weight(enc) == sum(n for _, n in good)
-    ref, _ = build_strategy(plain_cfg).aggregate_train(2, plain_replies)
+    reference = build_strategy(plain_cfg)
+    configure(reference, 2, start, [1, 2, 3])
+    ref, _ = reference.aggregate_train(2, plain_replies)
     got = crypto.decrypt_global(enc, crypto.load_context(keys.secret))
     assert max(float(np.abs(g - r).max()) for g, r in zip(got, from_record(ref), strict=True)) <= 1e-6
-    assert secure.aggregate_train(3, he_replies[1:2]) == (None, None), "only bad replies: model unchanged"
+    assert stack.aggregate_train(3, he_replies[1:2]) == (None, None), "only bad replies: model unchanged"
 
 
 def test_server_refuses_secret_context_and_missing_keys(keys: crypto.KeyFiles, tmp_path: Path) -> None:

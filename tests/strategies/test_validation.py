@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from tests.flower_helpers import reply_from
+from tests.flower_helpers import FakeGrid as _Grid
+from tests.flower_helpers import eval_metrics, reply_from, train_metrics
 
 SHAPES = {"w": (3, 2), "b": (2,)}
 
@@ -20,27 +21,7 @@ def _arrays(seed: int, shapes: dict[str, tuple[int, ...]] = SHAPES) -> dict[str,
 
 def _train_reply(node: int, arrays: dict[str, np.ndarray], n: float) -> Message:
     record = ArrayRecord({k: Array(v) for k, v in arrays.items()})
-    return reply_from(node, RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": n, "loss": 0.5})}))
-
-
-def _task_identity() -> None:
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0  # as tests.flower_helpers does
-
-
-class _Grid:
-    """The two Grid calls a strategy's configure_* make (no SuperLink needed to build messages)."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        _task_identity()
-        return self.nodes
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
+    return reply_from(node, RecordDict({"arrays": record, "metrics": MetricRecord(train_metrics(n))}))
 
 
 def test_validation_rejects_malformed_and_matches_fedavg_of_the_rest(uaap_home):
@@ -95,25 +76,27 @@ def test_validation_all_bad_gives_no_model_and_evaluate_drops_nan_metrics(uaap_h
     assert arrays is None  # the server loop keeps the old model and warns
 
     def eval_reply(node: int, acc: float, n: float) -> Message:
-        content = RecordDict({"metrics": MetricRecord({"num-examples": n, "accuracy": acc})})
+        content = RecordDict({"metrics": MetricRecord(eval_metrics(n, acc))})
         return reply_from(node, content, MessageType.EVALUATE)
 
     out = strategy.aggregate_evaluate(1, [eval_reply(1, 0.8, 10), eval_reply(2, math.nan, 10), eval_reply(3, 0.5, 0)])
     # node 2 (NaN accuracy) and node 3 (0 examples) are rejected: the mean is node 1's alone
     assert out is not None and out["accuracy"] == pytest.approx(0.8)
     assert [r["node"] for r in strategy.rejected] == [1, 2, 3]  # node 1's train reply, then the two evaluations
-    assert "non-finite metric" in strategy.rejected[1]["reason"]
+    assert "expected a finite number" in strategy.rejected[1]["reason"]
 
 
-def test_build_strategy_puts_validation_innermost():
+def test_build_strategy_puts_validation_outermost_so_nothing_sees_a_rejected_reply():
     from flwr.serverapp.strategy import FedAvg, FedProx
 
     from strategies import build_strategy
+    from strategies.dp_accounting import PrivacyAccounting
+    from strategies.dp_noise import CentralDPNoise
     from strategies.validation import ValidateReplies
+    from strategies.wrapper import layers
     from uaap.config import RunConfig
 
-    s = build_strategy(RunConfig(num_clients=3, min_clients=2))
-    inner = s
-    while not isinstance(inner, ValidateReplies):
-        inner = inner.strategy  # wrappers expose the strategy they wrap
-    assert isinstance(inner.strategy, FedAvg | FedProx) and not isinstance(inner.strategy, ValidateReplies)
+    plain = [type(x) for x in layers(build_strategy(RunConfig(num_clients=3, min_clients=2)))]
+    assert plain == [ValidateReplies, FedProx]
+    private = build_strategy(RunConfig(strategy="fedavg", dp_central=True, dp_local=True, run_id=""))
+    assert [type(x) for x in layers(private)] == [ValidateReplies, PrivacyAccounting, CentralDPNoise, FedAvg]

@@ -13,7 +13,7 @@ from uaap.cli import main
 from uaap.config import RunConfig
 from uaap.crypto.wire import _u8_view
 from uaap.errors import ConfigError, KeyMaterialError
-from uaap.protocol import HE_CHUNK_PREFIX
+from uaap.protocol import HE_CHUNK_PREFIX, HE_HEADER
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +245,42 @@ def test_many_summands_cross_the_lazy_reduction(keys: crypto.KeyFiles) -> None:
     result = acc.result()
     assert result is not None and acc.count == 33
     assert np.abs(crypto.decrypt_sum(result, secret) - np.sum(updates, axis=0, dtype=np.float64)).max() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b'{"format": "uaap-ckks/2", "n_values": 2000000000000, "n_ciphertexts": 244140625, "shapes": '
+         b'[[2000000000000]], "dtypes": ["float32"], "modulus": "1"}', "whole numbers in"),
+        (b"[" * 5_000 + b"]" * 5_000, "nests deeper"),
+        (b" " * 70_000, "at most 65536"),
+        (b'{"format": "uaap-ckks/2", "n_values": 5, "n_ciphertexts": 1, "shapes": [[5]], "dtypes": ["float32"], '
+         b'"modulus": "1", "extra": 1}', "exactly the keys"),
+    ],
+)  # fmt: skip
+def test_hostile_headers_are_refused_before_anything_is_allocated(
+    keys: crypto.KeyFiles, header: bytes, reason: str
+) -> None:
+    # Once, a 270-byte header declaring 2e12 values cost the server +219 MiB and 0.9 s, and a deeply nested one
+    # raised RecursionError out of the round. Now each is refused by the same checks the clients use, with
+    # a bounded allocation (measured with tracemalloc) and in milliseconds.
+    import time
+    import tracemalloc
+
+    from uaap.crypto.wire import _u8_array
+
+    public = crypto.load_context(keys.public)
+    record = crypto.encrypt_weights([np.ones(5, dtype=np.float32)], 1.0, crypto.load_context(keys.secret))
+    record[HE_HEADER] = _u8_array(header)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(crypto.CiphertextError, match=reason):
+        crypto.parse_record(record, public, shapes=[(5,)])
+    seconds = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1 << 20, f"peak {peak / 2**20:.2f} MiB"
+    assert seconds < 0.5
+    with pytest.raises(crypto.CiphertextError, match="shapes"):  # a well-formed record of another model
+        crypto.parse_record(crypto.encrypt_weights([np.ones(7, np.float32)], 1.0, crypto.load_context(keys.secret)),
+                            public, shapes=[(5,)])  # fmt: skip

@@ -106,8 +106,8 @@ def test_apptest_shows_budget_curves_and_warnings(home, monkeypatch):
     user = curve[curve["subject"] == "user level"].sort_values("round")
     assert user["epsilon"].tolist() == pytest.approx(EPS[:3])
     clients = set(curve["subject"]) - {"user level"}
-    assert clients == {"partition-1", "partition-2"}
-    p1 = curve[curve["subject"] == "partition-1"].sort_values("round")["epsilon"].tolist()
+    assert clients == {"node-1", "node-2"}
+    p1 = curve[curve["subject"] == "node-1"].sort_values("round")["epsilon"].tolist()
     assert p1 == pytest.approx([epsilon_of([(1.1, 0.1, 9 * k)], 1e-5) for k in (1, 2, 3)])
     scatter = _chart_frame(at.get("vega_lite_chart")[-1]).to_pandas()
     assert set(scatter["run_id"]) == {"run-a-both", "run-b-local"}

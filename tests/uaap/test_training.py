@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 
 from client.app import straggler_steps
-from tests.flower_helpers import reply_from
+from tests.flower_helpers import configure, reply_from, train_metrics
 from uaap.config import RunConfig
 from uaap.data import client_data
 from uaap.models import MODELS, build_model, from_record, get_weights, set_weights, to_record
@@ -90,12 +90,14 @@ def test_fedavg_aggregate_matches_numpy_weighted_mean() -> None:
     updates = [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(3)]
     counts = [10, 30, 60]
     replies = [
-        reply_from(i + 1, RecordDict({"arrays": to_record(w), "metrics": MetricRecord({"num-examples": n})}))
+        reply_from(i + 1, RecordDict({"arrays": to_record(w), "metrics": MetricRecord(train_metrics(n))}))
         for i, (w, n) in enumerate(zip(updates, counts, strict=True))
     ]
     from strategies import build_strategy
 
-    arrays, _ = build_strategy(RunConfig(strategy="fedavg")).aggregate_train(1, replies)
+    strategy = build_strategy(RunConfig(strategy="fedavg"))
+    configure(strategy, 1, to_record(updates[0]), [1, 2, 3])
+    arrays, _ = strategy.aggregate_train(1, replies)
     assert isinstance(arrays, ArrayRecord)
     expected = [sum(w[i] * n for w, n in zip(updates, counts, strict=True)) / sum(counts) for i in range(2)]
     for got, ref in zip(from_record(arrays), expected, strict=True):

@@ -77,7 +77,9 @@ from uaap.crypto.wire import (
     encrypt_weights,
     is_encrypted,
     parse_record,
+    read_header,
     record_fingerprint,
+    record_shapes,
     total_weight,
 )
 from uaap.errors import KeyMaterialError
@@ -118,7 +120,9 @@ __all__ = [
     "load_context",
     "parse_record",
     "read_key_file",
+    "read_header",
     "record_fingerprint",
+    "record_shapes",
     "server_context",
     "total_weight",
 ]

@@ -40,8 +40,9 @@ class EncryptedSum:
 
     _LAZY = 15  # 15 * q < 2**64 for a 60-bit q
 
-    def __init__(self, hctx: HEContext) -> None:
+    def __init__(self, hctx: HEContext, shapes: list[tuple[int, ...]] | None = None) -> None:
         self.hctx = hctx
+        self.shapes = shapes  # the model every record must encrypt (the server's own), when known
         self.header: dict[str, Any] | None = None
         self.acc: list[np.ndarray] = []
         self.count = 0
@@ -50,7 +51,7 @@ class EncryptedSum:
 
     def add(self, record: ArrayRecord, weight: float | None = None) -> Encrypted:
         """Validate ``record`` completely, then add it; on any error the sum is untouched (raises)."""
-        enc = parse_record(record, self.hctx)
+        enc = parse_record(record, self.hctx, shapes=self.shapes)
         if weight is not None and not np.isclose(weight, enc.weight, rtol=1e-12, atol=0.0):
             raise CiphertextError(f"reply metric {HE_WEIGHT}={weight} disagrees with its record's {enc.weight}")
         if self.header is None:

@@ -137,30 +137,113 @@ def build_record(header: dict[str, Any], chunks: list[np.ndarray], weight: float
     return ArrayRecord(items)
 
 
-def parse_record(record: ArrayRecord, hctx: HEContext, *, check_range: bool = True) -> Encrypted:
-    """Validate an encrypted record against ``hctx`` (fingerprint, layout, coefficient range) and view it."""
+MAX_HEADER_BYTES = 1 << 16  # a header lists one shape per tensor: 64 KiB holds thousands of them
+MAX_HEADER_DEPTH = 3  # {"shapes": [[d, ...], ...]}: object -> list -> list
+MAX_VALUES = 1 << 27  # 134M parameters (2 GiB of ciphertext): the hard cap when the model's size is unknown
+DTYPES = frozenset({"float16", "float32", "float64"})
+HEADER_KEYS = frozenset({"format", "n_values", "n_ciphertexts", "shapes", "dtypes", "modulus"})
+
+
+def _nesting(raw: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, counted without parsing it (strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _dims(value: object) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > 8:
+        raise CiphertextError(f"a shape must be a list of at most 8 dimensions, got {value!r:.60}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_VALUES for d in value):
+        raise CiphertextError(f"a shape's dimensions must be whole numbers in [0, {MAX_VALUES}], got {value!r:.60}")
+    return tuple(value)
+
+
+def read_header(record: ArrayRecord) -> dict[str, Any]:
+    """The record's header, checked for size, nesting and types before and after parsing (no context needed)."""
+    raw = bytes(_u8_view(record[HE_HEADER], HE_HEADER))
+    if len(raw) > MAX_HEADER_BYTES:
+        raise CiphertextError(f"{HE_HEADER} has {len(raw)} bytes; at most {MAX_HEADER_BYTES} are accepted")
+    if _nesting(raw) > MAX_HEADER_DEPTH:
+        raise CiphertextError(f"{HE_HEADER} nests deeper than {MAX_HEADER_DEPTH} levels")
+    try:
+        header = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CiphertextError(f"unreadable {HE_HEADER} ({exc})") from exc
+    if not isinstance(header, dict) or set(header) != HEADER_KEYS:
+        raise CiphertextError(f"{HE_HEADER} must be an object with exactly the keys {sorted(HEADER_KEYS)}")
+    if header["format"] != FORMAT:
+        raise CiphertextError(f"ciphertext format {header['format']!r:.40} is not {FORMAT}")
+    shapes, dtypes = header["shapes"], header["dtypes"]
+    if not isinstance(shapes, list) or not isinstance(dtypes, list) or len(shapes) != len(dtypes) or len(shapes) > 4096:
+        raise CiphertextError(f"{HE_HEADER}: shapes and dtypes must be lists of the same length (at most 4096)")
+    header["shapes"] = [_dims(s) for s in shapes]
+    if not all(isinstance(d, str) and d in DTYPES for d in dtypes):
+        raise CiphertextError(f"{HE_HEADER}: dtypes must be among {sorted(DTYPES)}")
+    n_values, n_ct = header["n_values"], header["n_ciphertexts"]
+    whole = all(isinstance(n, int) and not isinstance(n, bool) for n in (n_values, n_ct))
+    if not whole or not 0 < n_values <= MAX_VALUES:
+        raise CiphertextError(f"{HE_HEADER}: n_values={n_values!r:.30} must be a whole number in [1, {MAX_VALUES}]")
+    if sum(int(np.prod(s)) for s in header["shapes"]) != n_values or n_ct != -(-n_values // VALUES_PER_CT):
+        raise CiphertextError(f"header says {n_values} values in {n_ct} ciphertexts for shapes {header['shapes']}")
+    return header
+
+
+def record_shapes(record: ArrayRecord) -> list[tuple[int, ...]]:
+    """The tensor shapes an encrypted record declares (the server reads its own global model's this way)."""
+    return list(read_header(record)["shapes"])
+
+
+def parse_record(
+    record: ArrayRecord,
+    hctx: HEContext,
+    *,
+    check_range: bool = True,
+    shapes: list[tuple[int, ...]] | None = None,
+) -> Encrypted:
+    """Validate an encrypted record against ``hctx`` (fingerprint, layout, coefficient range) and view it.
+
+    ``shapes`` is the model this side expects (its own model's tensors): the header must declare exactly
+    those, so a sender cannot choose the size of what is read. Every check runs before anything is
+    allocated in proportion to what the sender declares; a record with keys beyond the format is refused.
+    """
     if not is_encrypted(record):
         raise CiphertextError("the record holds plaintext arrays, not UAAP ciphertext (is secure-aggregation on?)")
     theirs = record_fingerprint(record)
     if theirs != hctx.fingerprint:
         raise KeyMaterialError(
-            f"ciphertext fingerprint {theirs[:16]} differs from this side's context fingerprint {hctx.short}: "
+            f"ciphertext fingerprint {theirs[:16]!r} differs from this side's context fingerprint {hctx.short}: "
             "the sender uses another federation's keys; give it the key files from the same `uaap keys init`"
         )
-    try:
-        header = json.loads(bytes(_u8_view(record[HE_HEADER], HE_HEADER)).decode())
-        n_values, n_ct = int(header["n_values"]), int(header["n_ciphertexts"])
-        shapes = [tuple(int(d) for d in s) for s in header["shapes"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CiphertextError(f"unreadable {HE_HEADER} ({exc})") from exc
-    if header.get("format") != FORMAT or int(header.get("modulus", 0)) != hctx.modulus:
-        raise CiphertextError(f"ciphertext format {header.get('format')!r} / modulus do not match {FORMAT}")
-    if sum(int(np.prod(s)) for s in shapes) != n_values or n_ct != max(1, -(-n_values // VALUES_PER_CT)):
-        raise CiphertextError(f"header says {n_values} values in {n_ct} ciphertexts for shapes {shapes}")
+    header = read_header(record)
+    modulus = header["modulus"]
+    if not isinstance(modulus, str) or not modulus.isdigit() or int(modulus) != hctx.modulus:
+        raise CiphertextError(f"ciphertext modulus does not match this context's ({FORMAT})")
+    if shapes is not None and header["shapes"] != [tuple(s) for s in shapes]:
+        raise CiphertextError(f"record encrypts tensors of shapes {header['shapes']}; this model's are {list(shapes)}")
+    n_ct = int(header["n_ciphertexts"])
+    n_chunks = -(-n_ct // CT_PER_CHUNK)
     names = sorted(k for k in record if k.startswith(HE_CHUNK_PREFIX))
-    expected = [f"{HE_CHUNK_PREFIX}{i:04d}" for i in range(-(-n_ct // CT_PER_CHUNK))]
-    if names != expected:
-        raise CiphertextError(f"expected chunks {expected[0]}..{expected[-1]} ({len(expected)}), got {len(names)}")
+    extra = sorted(set(record) - {HE_FINGERPRINT, HE_HEADER, HE_TOTAL_WEIGHT, *names})
+    if extra:
+        raise CiphertextError(f"record carries entries beyond the {FORMAT} format: {extra[:5]}")
+    if len(names) != n_chunks or names != [f"{HE_CHUNK_PREFIX}{i:04d}" for i in range(n_chunks)]:
+        raise CiphertextError(f"expected {n_chunks} chunks {HE_CHUNK_PREFIX}0000.., got {len(names)}")
     chunks = []
     for i, name in enumerate(names):
         raw = _u8_view(record[name], name)
@@ -241,12 +324,10 @@ def _decrypted(enc: Encrypted, hctx: HEContext) -> np.ndarray:
 
 def decrypt_global(record: ArrayRecord, hctx: HEContext, like: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Decrypt an encrypted global model and divide by its total weight: the averaged weights."""
-    enc = parse_record(record, hctx)
+    enc = parse_record(record, hctx, shapes=None if like is None else [tuple(np.shape(w)) for w in like])
     flat = _decrypted(enc, hctx) / enc.weight
     shapes = [tuple(s) for s in enc.header["shapes"]]
-    dtypes = enc.header.get("dtypes") or ["float32"] * len(shapes)
-    if like is not None and [tuple(np.shape(w)) for w in like] != shapes:
-        raise CiphertextError(f"encrypted model has shapes {shapes}; the local model has {[np.shape(w) for w in like]}")
+    dtypes = enc.header["dtypes"]
     out, pos = [], 0
     for shape, dtype in zip(shapes, dtypes, strict=True):
         size = int(np.prod(shape))
