@@ -11,9 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     UAAP_HOME=/workspace
 
 WORKDIR /app
-# CPU wheels of torch first (the default index ships multi-GB CUDA wheels).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.6,<2.15"
-COPY pyproject.toml README.md ./
+# CPU wheels of torch first (the default index ships multi-GB CUDA wheels), at the Makefile's pin.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+# Every other dependency at the version the tests passed with (requirements.lock, `make lock`).
+COPY pyproject.toml README.md requirements.lock ./
 COPY uaap ./uaap
 COPY server ./server
 COPY client ./client
@@ -21,7 +22,7 @@ COPY strategies ./strategies
 COPY simulations ./simulations
 COPY edge ./edge
 # psycopg2-binary: MLflow's PostgreSQL backend store (postgresql+psycopg2://).
-RUN pip install ".[server,dashboard]" "psycopg2-binary>=2.9,<3" \
+RUN pip install --constraint requirements.lock ".[server,dashboard]" "psycopg2-binary>=2.9,<3" \
     && useradd --create-home --uid 1000 uaap \
     && mkdir -p /workspace /certs /keys \
     && chown uaap:uaap /workspace /certs /keys

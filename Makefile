@@ -1,24 +1,32 @@
 # Two commands for a newcomer on a fresh Linux machine with Python 3.11:
 #   make demo   create .venv, install, run a federated simulation on Ray (tracked in MLflow)
 #   make test   create .venv, install, run the whole test suite
+# and one for whoever upgrades dependencies:
+#   make lock [UPGRADE="mlflow ray"]   re-resolve requirements.lock (only UPGRADE's packages move)
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+# Every package of '.[all,dev]' at the version the tests passed with (Python 3.11, Linux x86_64).
+LOCK   := requirements.lock
+# torch first and pinned: a plain 'torch' requirement would pull a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+# Where the CPU build of torch comes from when the lock is made (the lock names no CUDA package).
+TORCH_WHEELS ?= $(if $(wildcard /opt/wheels),/opt/wheels,https://download.pytorch.org/whl/cpu/torch/)
 export UAAP_HOME ?= $(CURDIR)/.uaap
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install lint lock clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=/path/to/python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# torch first and pinned: a plain 'torch' requirement would pull a multi-GB CUDA build.
-$(STAMP): $(PY) pyproject.toml
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[all,dev]'
+# torch first (see TORCH), then the project with every dependency held at the lock's version.
+$(STAMP): $(PY) pyproject.toml $(LOCK)
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet --constraint $(LOCK) -e '.[all,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -41,6 +49,17 @@ test: $(STAMP) $(BROWSER)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+# Resolve '.[all,dev]' for Python 3.11 on Linux x86_64 with uv (Flower's own dependency). Versions already in
+# the lock are kept unless UPGRADE names them; torch is the CPU build, written without its +cpu label so that
+# the same line holds on any index.
+lock: $(PY)
+	@test -x $(VENV)/bin/uv || $(PIP) install --quiet uv
+	echo "$(TORCH)" | $(VENV)/bin/uv pip compile pyproject.toml - --extra all --extra dev \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
+		--custom-compile-command 'make lock' $(foreach p,$(UPGRADE),--upgrade-package $(p)) --quiet -o $(LOCK)
+	sed -i 's/^torch==\([^+]*\)+cpu$$/torch==\1/' $(LOCK)
+	@! grep -n '^nvidia-cu\|^triton==\|^torch==.*+' $(LOCK) || { echo "$(LOCK) pulls a CUDA torch"; exit 1; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache
