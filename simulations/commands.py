@@ -235,9 +235,9 @@ def register_demo(sub: argparse._SubParsersAction[Any]) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     """Secure federation, private federation, central baseline; tables, plots and the privacy budget."""
     from rich.console import Console
-    from rich.table import Table
 
     from uaap.centralized import train_central
+    from uaap.report import comparison_table
     from uaap.tracking import tracking_uri
 
     console = Console()
@@ -262,23 +262,28 @@ def run_demo(args: argparse.Namespace) -> int:
     central = train_central(secure.replace(secure_aggregation="none", run_id=""), epochs=args.central_epochs)
     central_acc = central.metrics["accuracy"]
 
-    summary = Table(title="UAAP demo: the same held-out test set for every model")
-    for col in ("run", "run id", "test accuracy", "clients' validation", "privacy"):
-        summary.add_column(col)
+    rows: list[tuple[str, str, float, float | None, float | None, float | None]] = []
     for label, rd in runs:
         console.print(f"\n[bold]{label}")
         print_results(rd, console, central_accuracy=central_acc)
         final = rd.events("round")[-1]
-        fed_acc = final.get("evaluate", {}).get("accuracy", float("nan"))
         privacy = final.get("privacy", {})
-        eps = ", ".join(f"{k} {v:.2f}" for k, v in privacy.items() if "epsilon" in k) or "-"
-        summary.add_row(label, rd.run_id, f"{_key_holder_accuracy(rd):.4f}", f"{fed_acc:.4f}", eps)
+        rows.append(
+            (
+                label,
+                rd.run_id,
+                _key_holder_accuracy(rd),
+                final.get("evaluate", {}).get("accuracy"),
+                privacy.get("user_epsilon"),
+                privacy.get("example_epsilon_max"),
+            )
+        )
         if privacy:
             from uaap.privacy.report import budget_table
 
             console.print(budget_table(rd.run_id))
-    summary.add_row("central training (no federation)", central.run_dir.run_id, f"{central_acc:.4f}", "-", "-")
-    console.print(summary)
+    rows.append(("central training (no federation)", central.run_dir.run_id, central_acc, None, None, None))
+    console.print(comparison_table(rows))
     console.print(f"MLflow: {tracking_uri()} (experiment {secure.experiment}); privacy dashboard: `uaap dashboard`")
     return 0
 

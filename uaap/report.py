@@ -16,27 +16,54 @@ def round_rows(rd: RunDir) -> list[dict[str, Any]]:
     return [rows[r] for r in sorted(rows)]
 
 
-def summary_table(rd: RunDir, central_accuracy: float | None = None) -> Any:
-    """A rich table: per-round train loss, federated and central accuracy."""
+def narrow_table(title: str, columns: list[str], caption: str = "", first: str = "right") -> Any:
+    """A rich Table that fits an 80-column terminal without cutting a header or a number.
+
+    Headers are short and may span two lines (``"test\\nacc."``); cells never wrap, so a number is shown
+    whole or (below 80 columns) visibly cut; the light box and collapsed padding leave the room to numbers.
+    """
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"run {rd.run_id}")
-    for col in (
-        "round",
-        "clients",
-        "train loss",
-        "fed. loss",
-        "fed. accuracy",
-        "central loss",
-        "central accuracy",
-        "epsilon",
-        "seconds",
-    ):
-        table.add_column(col, justify="right")
+    table = Table(
+        title=title,
+        caption=caption or None,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        collapse_padding=True,
+        pad_edge=False,
+    )
+    for i, header in enumerate(columns):
+        widest = max(len(line) for line in header.splitlines())
+        table.add_column(
+            header, justify="left" if i == 0 and first == "left" else "right", min_width=widest, no_wrap=True
+        )
+    return table
 
-    def fmt(value: Any, digits: int = 4) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
 
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number with ``digits`` decimals, ``-`` when missing."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def fmt_epsilon(value: float | None) -> str:
+    """An epsilon: 3 decimals below 100, fewer above (1486.2, 12345), ``-`` when missing."""
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 100 else f"{value:.1f}" if value < 10_000 else f"{value:.0f}"
+
+
+def summary_table(rd: RunDir, central_accuracy: float | None = None) -> Any:
+    """A rich table: per round, clients, train loss, federated validation and server test metrics, epsilon."""
+    caption = "val.: the clients' validation splits (federated); test: the server's held-out test set"
+    if central_accuracy is not None:
+        caption += f"; a centrally trained model reaches test accuracy {central_accuracy:.4f}"
+    table = narrow_table(
+        f"run {rd.run_id}",
+        ["round", "clients", "train\nloss", "val.\nloss", "val.\nacc.", "test\nloss", "test\nacc.", "epsilon", "secs"],
+        caption,
+    )
     for row in round_rows(rd):
         table.add_row(
             str(row["round"]),
@@ -46,11 +73,32 @@ def summary_table(rd: RunDir, central_accuracy: float | None = None) -> Any:
             fmt(row.get("evaluate", {}).get("accuracy")),
             fmt(row.get("central", {}).get("loss")),
             fmt(row.get("central", {}).get("accuracy")),
-            fmt(row.get("privacy", {}).get("epsilon"), 3),
-            fmt(row.get("seconds"), 2),
+            fmt_epsilon(row.get("privacy", {}).get("epsilon")),
+            fmt(row.get("seconds"), 1),
         )
-    if central_accuracy is not None:
-        table.caption = f"centrally trained model, same test set: accuracy {central_accuracy:.4f}"
+    return table
+
+
+def comparison_table(rows: list[tuple[str, str, float, float | None, float | None, float | None]]) -> Any:
+    """The demo's final table: per run (label, run id), test and validation accuracy, user and example epsilon."""
+    table = narrow_table(
+        "the same held-out test set for every model",
+        ["run", "test\nacc.", "val.\nacc.", "user\nepsilon", "example\nepsilon"],
+        "test: the final model on the held-out test set (federated models decrypted by a key holder); "
+        "val.: the clients' own validation (federated); epsilon: the privacy spent (- when the run has no DP)",
+        first="left",
+    )
+    table.columns[0].no_wrap = False
+    table.columns[0].ratio = 1
+    for label, run_id, test_acc, val_acc, user_eps, example_eps in rows:
+        table.add_row(
+            f"{label}\n[dim]{run_id}[/]",
+            fmt(test_acc),
+            fmt(val_acc),
+            fmt_epsilon(user_eps),
+            fmt_epsilon(example_eps),
+            end_section=True,
+        )
     return table
 
 

@@ -32,18 +32,16 @@ def budget_rows(run_id: str, ledger: Ledger | None = None) -> list[dict[str, Any
 
 def budget_table(run_id: str, ledger: Ledger | None = None) -> Any:
     """A rich Table: per round, the client-level release and epsilon, the DP-SGD clients and their max epsilon."""
-    from rich.table import Table
+    from uaap.report import fmt, fmt_epsilon, narrow_table
 
     ledger = ledger or Ledger()
     budget = ledger.budget(run_id)
     rows = budget_rows(run_id, ledger)
     max_eps = budget.max_epsilon if budget else 0.0
-    table = Table(title=f"privacy budget of {run_id}")
-    for col in ("round", "central sigma", "q", "user-level eps", "DP-SGD clients", "max example-level eps", "budget"):
-        table.add_column(col, justify="right")
-
-    def fmt(value: float | None, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
+    table = narrow_table(
+        f"privacy budget of {run_id}",
+        ["round", "central\nsigma", "q", "user\nepsilon", "DP-SGD\nclients", "max example\nepsilon", "budget\nused"],
+    )
 
     for row in rows:
         headline = row["user_epsilon"] if row["user_epsilon"] is not None else row["example_epsilon_max"]
@@ -52,9 +50,9 @@ def budget_table(run_id: str, ledger: Ledger | None = None) -> Any:
             str(row["round"]),
             fmt(row["sigma"], 2),
             fmt(row["q"], 3),
-            fmt(row["user_epsilon"]),
+            fmt_epsilon(row["user_epsilon"]),
             str(row["clients"] or "-"),
-            fmt(row["example_epsilon_max"]),
+            fmt_epsilon(row["example_epsilon_max"]),
             used,
         )
     if budget is None:
@@ -67,13 +65,15 @@ def budget_table(run_id: str, ledger: Ledger | None = None) -> Any:
         if final.get("example_epsilon_max") is not None:
             parts.insert(1, f"max example-level epsilon {final['example_epsilon_max']:.3f}")
         parts.append(f"max-epsilon={max_eps:g}" if max_eps > 0 else "no budget limit")
-        table.caption = ", ".join(parts)
+        table.caption = (
+            ", ".join(parts) + ". user: client-level (central DP); example: DP-SGD, the largest client's so far"
+        )
     return table
 
 
 def client_table(run_id: str, ledger: Ledger | None = None) -> Any:
     """A rich Table: each client's DP-SGD noise, rounds, steps and final example-level epsilon."""
-    from rich.table import Table
+    from uaap.report import narrow_table
 
     ledger = ledger or Ledger()
     stats: dict[str, dict[str, Any]] = {}
@@ -82,9 +82,9 @@ def client_table(run_id: str, ledger: Ledger | None = None) -> Any:
         s.update(sigma=r.sigma, q=r.q, epsilon=r.epsilon)
         s["rounds"] += 1
         s["steps"] += r.steps
-    table = Table(title=f"example-level DP-SGD per client ({run_id})")
-    for col in ("client", "sigma", "q", "rounds", "steps", "epsilon"):
-        table.add_column(col, justify="right")
+    table = narrow_table(
+        f"example-level DP-SGD per client ({run_id})", ["client", "sigma", "q", "rounds", "steps", "epsilon"]
+    )
     for client, s in sorted(stats.items()):
         table.add_row(
             client, f"{s['sigma']:.3f}", f"{s['q']:.4f}", str(s["rounds"]), str(s["steps"]), f"{s['epsilon']:.3f}"
