@@ -188,7 +188,9 @@ class RunConfig(BaseModel):
         0.0, "stop before a round that would spend more epsilon than this (0: no limit)", group="privacy", ge=0.0
     )
     # ---- tracking -------------------------------------------------------------------------------
-    run_id: str = _setting("", "run folder and MLflow run name (empty: a new id)", group="tracking", metavar="ID")
+    run_id: str = _setting(
+        "", "run folder and MLflow run name (empty: a new id)", group="tracking", scope=ANY, metavar="ID"
+    )
     experiment: str = _setting("uaap", "MLflow experiment", group="tracking", scope=ANY, metavar="NAME")
 
     # ---- validation ---------------------------------------------------------------------------------
@@ -213,6 +215,11 @@ class RunConfig(BaseModel):
     def _consistent(self) -> RunConfig:
         if self.dataset == "csv" and not (self.data_path and self.target):
             raise ValueError("dataset='csv' needs data-path and target: pass --data FILE.csv --target COLUMN")
+        if self.data_path and self.dataset != "csv":
+            raise ValueError(
+                f"data-path={self.data_path!r} is read only with dataset=csv, not dataset={self.dataset!r}: "
+                "drop one of them (a data file alone implies dataset=csv)"
+            )
         for name in ("min_clients", "min_contributors"):
             if getattr(self, name) > self.num_clients:
                 key = name.replace("_", "-")

@@ -29,20 +29,26 @@ OTHER_ENV: Final = frozenset(
 
 @dataclass(frozen=True)
 class Profile:
-    """What a command honours: every setting of its scope except those it sets itself."""
+    """What a command honours: every setting of its scope (or only those listed) except those it sets itself."""
 
     command: str
     scope: str
     sets_itself: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
 
     def applies(self, s: Setting) -> bool:
         """Whether the command honours ``s``."""
+        if self.only and s.name not in self.only:
+            return False
         return s.name not in self.sets_itself and (self.scope == FEDERATED or s.scope == ANY)
 
     def reason(self, s: Setting) -> str:
         """Why the command does not honour ``s``."""
         if s.name in self.sets_itself:
             return f"{self.command} sets {s.key} itself"
+        if self.only:
+            keys = ", ".join(setting(n).key for n in self.only)
+            return f"{self.command} searches model families and their training settings itself; it takes only {keys}"
         return (
             f"{self.command} trains one model on the pooled data (no clients, no secure aggregation, no DP); "
             "run `uaap simulate` for a federation"
@@ -55,6 +61,9 @@ PROFILES: Final = {
     "train": Profile("uaap train", ANY, ("run_id",)),
     "tune-federated": Profile("uaap tune-federated", FEDERATED, ("run_id",)),
     "flower-server": Profile("flower-server", FEDERATED),
+    "automl": Profile(
+        "uaap automl", ANY, only=("dataset", "data_path", "target", "test_fraction", "seed", "experiment", "run_id")
+    ),
 }
 
 

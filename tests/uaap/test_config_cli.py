@@ -91,7 +91,7 @@ def test_train_offers_no_federation_secure_aggregation_or_privacy_option() -> No
     assert {"--dataset", "--model", "--learning-rate", "--seed", "--config"} <= flags
 
 
-@pytest.mark.parametrize("command", ["simulate", "train", "tune-federated", "flower-server"])
+@pytest.mark.parametrize("command", ["simulate", "train", "tune-federated", "automl", "flower-server"])
 def test_help_shows_the_groups_a_command_uses_in_order(command: str) -> None:
     if command == "flower-server":
         from server.launcher import build_parser as server_parser
@@ -107,12 +107,12 @@ def test_help_shows_the_groups_a_command_uses_in_order(command: str) -> None:
     positions = [text.index(f"\n{g}:\n") for g in titles]
     assert positions == sorted(positions)
     assert "flags > UAAP_* environment > --config file > defaults" in " ".join(text.split())
-    assert "(default: 10; >= 1)" in text if command != "train" else "(default: 16; >= 1)" in text
+    assert "(default: 0.2; (0, 1])" in " ".join(text.split())
 
 
 def test_every_setting_has_its_flag_where_it_applies() -> None:
     parsers = _every_parser()
-    for command in ("simulate", "train", "tune-federated"):
+    for command in ("simulate", "train", "tune-federated", "automl"):
         flags = {f for a in _options(parsers[f"uaap {command}"]) for f in a.option_strings}
         for s in settings():
             assert (s.flag in flags) == PROFILES[command].applies(s), (command, s.flag)
@@ -244,6 +244,11 @@ def test_the_run_folder_keeps_a_config_file_that_repeats_the_run(uaap_home: Path
         ("", ["--min-clients", "11"], "min-clients=11 exceeds num-clients=10"),
         ("", ["--max-epsilon", "inf"], "max-epsilon='inf' (from --max-epsilon) is not a finite number"),
         ("", ["--dataset", "csv"], "dataset='csv' needs data-path and target"),
+        (
+            "",
+            ["--dataset", "wine", "--data", "x.csv", "--target", "y"],
+            "data-path='x.csv' is read only with dataset=csv",
+        ),
     ],
 )
 def test_bad_input_fails_in_one_line_before_anything_runs(
@@ -270,6 +275,7 @@ def test_bad_input_fails_in_one_line_before_anything_runs(
         (["train", "--run-id", "x"], "--run-id does not apply: uaap train sets run-id itself"),
         (["simulate", "--num-runds", "3"], "unrecognized arguments: --num-runds 3 (did you mean --num-rounds?)"),
         (["runs", "--num-rounds", "3"], "--num-rounds: `uaap runs` takes no run settings"),
+        (["automl", "--model", "cnn"], "--model does not apply: uaap automl searches model families"),
     ],
 )
 def test_a_flag_the_command_does_not_take_is_refused_with_the_reason(

@@ -27,13 +27,10 @@ def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     from uaap.automl.cv import CV_METHODS, METRICS
     from uaap.automl.families import FAMILIES
     from uaap.automl.search import SCHEDULERS, SEARCHES
+    from uaap.commands.common import add_config_flags
 
     p = sub.add_parser("automl", help="search model families and hyperparameters on Ray Tune")
-    data = p.add_argument_group("data")
-    data.add_argument("--dataset", default=None, help="bundled dataset: digits, breast_cancer or wine")
-    data.add_argument("--data", "--data-path", dest="data_path", default=None, help="CSV or Parquet file")
-    data.add_argument("--target", default=None, help="label column of --data")
-    data.add_argument("--test-fraction", type=float, default=0.2, help="held-out test share (default 0.2)")
+    add_config_flags(p, command="automl")  # data, seed and tracking settings from the run schema
     search = p.add_argument_group("search")
     search.add_argument("--search", choices=SEARCHES, default="tpe", help="tpe (Optuna, Bayesian), random or grid")
     search.add_argument("--scheduler", choices=SCHEDULERS, default="asha", help="early stopping (default asha)")
@@ -61,9 +58,6 @@ def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     search.add_argument("--concurrency", type=int, default=0, help="trials at once (default: the cluster's CPUs)")
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers for a winning XGBoost model (0 = local)")
     p.add_argument("--report-every", type=int, default=10, help="XGBoost rounds between Ray Train reports")
-    p.add_argument("--seed", type=int, default=42, help="seed of the split, the folds and the search (default 42)")
-    p.add_argument("--experiment", default="uaap", help="MLflow experiment (default uaap)")
-    p.add_argument("--run-id", default="", help="run id (default: automl-<time>)")
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print (default 10)")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
     p.set_defaults(func=run_automl_command)
@@ -72,22 +66,10 @@ def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def run_automl_command(args: argparse.Namespace) -> int:
     """Search, print the leaderboard beside the default baselines, save the best model."""
     from uaap.automl.search import AutoMLSettings, leaderboard_table, run_automl
-    from uaap.config import RunConfig
+    from uaap.commands.common import config_from_args
 
     console = _console()
-    if args.data_path and not args.target:
-        raise ConfigError("--data needs --target COLUMN (the label column)")
-    if args.data_path and args.dataset:
-        raise ConfigError("give either --dataset NAME or --data FILE --target COLUMN, not both")
-    cfg = RunConfig(
-        dataset="csv" if args.data_path else (args.dataset or "digits"),
-        data_path=args.data_path or "",
-        target=args.target or "",
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        experiment=args.experiment,
-        run_id=args.run_id,
-    )
+    cfg = config_from_args(args)
     time_budget = args.time_budget if args.time_budget is not None else (None if args.trials else 120.0)
     settings = AutoMLSettings(
         search=args.search,

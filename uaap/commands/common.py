@@ -25,11 +25,15 @@ def precedence_note(command: str, width: int = 78) -> str:
     prof = profile(command)
     paragraphs = [
         f"Run settings, highest precedence first: {PRECEDENCE}. "
-        "`--num-rounds 3` on the command line is `num-rounds = 3` in a --config file and UAAP_NUM_ROUNDS=3 "
-        "in the environment. `uaap config show` prints the resolved settings and where each came from; "
+        "`--seed 7` on the command line is `seed = 7` in a --config file and UAAP_SEED=7 in the environment. "
+        "`uaap config show` prints the resolved settings and where each came from; "
         "docs/configuration.md lists every key.",
     ]
-    if prof.scope == ANY:
+    if prof.only:
+        paragraphs.append(
+            f"{prof.command} takes only these run settings; it searches models and their training itself."
+        )
+    elif prof.scope == ANY:
         paragraphs.append(
             f"{prof.command} trains one model on the pooled data: federation, secure aggregation and privacy "
             "settings are not taken here (run `uaap simulate` for a federation)."

@@ -99,15 +99,16 @@ def reference() -> str:
     from uaap.config import ANY, GROUPS, settings
 
     central = [s.key for s in settings() if PROFILES["train"].applies(s)]
+    automl = [s.key for s in settings() if PROFILES["automl"].applies(s)]
     out = [
         "# Configuration reference",
         "",
         "<!-- Generated from uaap/config.py by `uaap config docs --out docs/configuration.md`; "
         "tests/uaap/test_config_cli.py fails when it is stale. -->",
         "",
-        "Every run of `uaap simulate`, `uaap tune-federated`, `uaap train` and `flower-server` is described by one",
-        "validated schema, `uaap.config.RunConfig`. Each setting below has a key (Flower run config, config files),",
-        "a flag and an environment variable:",
+        "Every run of `uaap simulate`, `uaap tune-federated`, `uaap train`, `uaap automl` and `flower-server` is",
+        "described by one validated schema, `uaap.config.RunConfig`. Each setting below has a key (Flower run",
+        "config, config files), a flag and an environment variable:",
         "",
         "| where | how | example |",
         "| --- | --- | --- |",
@@ -132,9 +133,10 @@ def reference() -> str:
         "fails in one line per problem before Ray or Flower start.",
         "",
         "**Where each applies.** `uaap train` trains one model on the pooled data and takes only the settings",
-        f"marked *all* ({', '.join(f'`{k}`' for k in central)}, minus `run-id`, which it sets itself);",
-        "federated commands take every setting. A value a command cannot honour is refused unless it is the",
-        "default, so a file written for `uaap simulate` also loads in `uaap train`.",
+        f"marked *all* ({', '.join(f'`{k}`' for k in central)}; it sets `run-id` itself), `uaap automl` only the",
+        f"data, seed and tracking ones ({', '.join(f'`{k}`' for k in automl)}); federated commands take every",
+        "setting. A value a command cannot honour is refused unless it is the default, so a file written for",
+        "`uaap simulate` also loads in `uaap train`.",
         "",
     ]
     for group in GROUPS:
