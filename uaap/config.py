@@ -66,7 +66,9 @@ def _setting(
 class RunConfig(BaseModel):
     """Everything one federated (or central) run needs; immutable once validated."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True, defer_build=True
+    )
 
     # ---- data -----------------------------------------------------------------------------------
     dataset: str = _setting(

@@ -318,3 +318,16 @@ def test_validate_checks_a_file_alone(tmp_path: Path, capsys: pytest.CaptureFixt
     assert re.search(r"bad\.yaml:2:1: not valid YAML", capsys.readouterr().err)
     assert main(["config", "validate", str(tmp_path / "none.toml")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_uaap_help_starts_in_under_a_second() -> None:
+    """pydantic and the schema cost ~60 ms of it (the schema's validator is built on first use)."""
+    import time
+
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        proc = subprocess.run([str(Path(sys.executable).parent / "uaap"), "--help"], capture_output=True, timeout=60)
+        best = min(best, time.perf_counter() - t0)
+        assert proc.returncode == 0
+    assert best < 1.0, f"uaap --help took {best:.2f} s"
