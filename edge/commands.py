@@ -20,7 +20,7 @@ def register_export(sub: argparse._SubParsersAction[Any]) -> None:
         "runtime before it is written, on a seeded sample of held-out rows stratified by class (up to 200), with a "
         "manifest (size, input schema, parity with the rows and class counts verified, sha256).",
     )
-    p.add_argument("model", metavar="MODEL", help="run id (runs/<id>/model.npz or model.joblib) or a model file")
+    p.add_argument("model", metavar="MODEL", help="run id (runs/<id>/model.npz or model.skops) or a model file")
     p.add_argument("--to", default="onnx", help="comma-separated formats: onnx,tflite,coreml,c or all (default onnx)")
     p.add_argument("--quantize", choices=("fp16", "int8"), default=None, help="weight precision (onnx/tflite/coreml)")
     p.add_argument(
@@ -42,6 +42,11 @@ def register_export(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--data", default=None, metavar="FILE", help="held-out rows (CSV/Parquet, model's input space)")
     p.add_argument("--target", default=None, metavar="COL", help="label column of --data")
     p.add_argument("--zip", action="store_true", help="also write one .zip per bundle")
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load a pickled model.joblib (from UAAP before 0.2): it can run code, so only for a file you wrote",
+    )
     p.set_defaults(func=run_export)
 
 
@@ -66,6 +71,7 @@ def run_export(args: argparse.Namespace) -> int:
             make_zip=args.zip,
             finetune_epochs=args.finetune_epochs,
             distill_epochs=args.distill_epochs,
+            trust_pickle=args.trust_pickle,
         )
     table = Table(title="edge export")
     columns = (

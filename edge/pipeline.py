@@ -57,12 +57,13 @@ def export_model(
     finetune_epochs: int = 5,
     distill_epochs: int = 30,
     on_result: Any = None,
+    trust_pickle: bool = False,
 ) -> list[Result]:
     """Export ``model`` (run id or file) to each format; returns one :class:`Result` per format."""
     fmts = parse_formats(formats)
     if quantize is not None and quantize not in QUANTIZE:
         raise ExportError(f"--quantize {quantize!r} is not supported; choose one of: {', '.join(QUANTIZE)}")
-    source = load_source(model, data=data, target=target)
+    source = load_source(model, data=data, target=target, trust_pickle=trust_pickle)
     original = source
     if distill:
         from edge.compress import distill as run_distill

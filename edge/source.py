@@ -1,6 +1,6 @@
 """What gets exported: a registry torch model or a fitted estimator, with held-out rows to verify on.
 
-``MODEL`` is a run id (``runs/<id>/model.npz`` or ``model.joblib`` in the workspace) or a file path.
+``MODEL`` is a run id (``runs/<id>/model.npz`` or ``model.skops`` in the workspace) or a file path.
 Held-out rows come from the model's own dataset test split (its run config when there is one, else
 ``RunConfig(dataset=meta['dataset'])``) or from ``--data FILE --target COL`` (rows taken as the model's
 input, unscaled). Verification runs on a seeded sample of them stratified by class
@@ -24,7 +24,8 @@ from uaap.sampling import describe, representative_rows
 HELDOUT_ROWS = 200
 PARITY_SEED = 0
 TORCH_FILE = "model.npz"
-ESTIMATOR_FILE = "model.joblib"
+ESTIMATOR_FILE = "model.skops"
+LEGACY_ESTIMATOR_FILE = "model.joblib"  # pickle: only with --trust-pickle
 
 
 @dataclass
@@ -98,7 +99,7 @@ def resolve(spec: str | Path) -> Path:
     """The model file behind a run id or a path (a run folder is looked into)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        for name in (TORCH_FILE, ESTIMATOR_FILE):
+        for name in (TORCH_FILE, ESTIMATOR_FILE, LEGACY_ESTIMATOR_FILE):
             if (path / name).is_file():
                 return path
         raise WorkspaceError(f"folder {str(path)!r} holds neither {TORCH_FILE} nor {ESTIMATOR_FILE}")
@@ -106,10 +107,10 @@ def resolve(spec: str | Path) -> Path:
         return path
     from uaap import workspace
 
-    if "/" in str(spec) or str(spec).endswith((".npz", ".joblib")):
+    if "/" in str(spec) or str(spec).endswith((".npz", ".skops", ".joblib")):
         raise WorkspaceError(f"model file {str(spec)!r} does not exist; pass a run id or an existing model file")
     rd = workspace.run_dir(str(spec))
-    for name in (TORCH_FILE, ESTIMATOR_FILE):
+    for name in (TORCH_FILE, ESTIMATOR_FILE, LEGACY_ESTIMATOR_FILE):
         if (rd.path / name).is_file():
             return rd.path / name
     runs = workspace.list_runs()
@@ -127,29 +128,31 @@ def load_source(
     target: str | None = None,
     rows: int = HELDOUT_ROWS,
     seed: int = PARITY_SEED,
+    trust_pickle: bool = False,
 ) -> Source:
     """Load the model behind ``spec`` with a ``rows``-row parity sample of its held-out split (and the train split).
 
-    The sample is drawn with ``seed``, stratified by class, and is the whole split when that is smaller.
+    The sample is drawn with ``seed``, stratified by class, and is the whole split when that is smaller. A
+    pickled estimator (``.joblib``) is loaded only with ``trust_pickle`` (:func:`uaap.workspace.load_estimator`).
     """
     from uaap import workspace
 
     path = resolve(spec)
     if path.is_dir():
-        path = path / (TORCH_FILE if (path / TORCH_FILE).is_file() else ESTIMATOR_FILE)
+        path = path / next(n for n in (TORCH_FILE, ESTIMATOR_FILE, LEGACY_ESTIMATOR_FILE) if (path / n).is_file())
     run_folder = path.parent if (path.parent / "config.json").is_file() else None
     if path.suffix == ".npz":
         model, meta = workspace.load_model(path)
         kind, family = "torch", str(meta["model"])
         n_features, n_classes = int(meta["n_features"]), int(meta["n_classes"])
-    elif path.suffix == ".joblib":
-        model, meta = workspace.load_estimator(path)
+    elif path.suffix in (".skops", ".joblib"):
+        model, meta = workspace.load_estimator(path, trust_pickle=trust_pickle)
         kind, family = "estimator", estimator_family(model)
         n_features = int(meta.get("n_features") or getattr(model, "n_features_in_", 0))
         classes = getattr(model, "classes_", None)
         n_classes = int(meta.get("n_classes") or (len(classes) if classes is not None else 0))
     else:
-        raise WorkspaceError(f"{path.name!r} is neither a UAAP model (.npz) nor an estimator (.joblib)")
+        raise WorkspaceError(f"{path.name!r} is neither a UAAP model (.npz) nor an estimator (.skops)")
 
     full, train, preprocessing = _heldout(meta, run_folder, data, target)
     if full.n_features != n_features:

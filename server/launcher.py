@@ -556,6 +556,15 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, ServerOptions]:
     else:
         cfg = config_from_args(args)
         cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id())
+    tls_flags = {
+        "--certs": args.certs,
+        "--ssl-ca-certfile": args.ssl_ca_certfile,
+        "--ssl-certfile": args.ssl_certfile,
+        "--ssl-keyfile": args.ssl_keyfile,
+    }
+    given = [flag for flag, value in tls_flags.items() if value]
+    if args.insecure and given:
+        raise ConfigError(f"--insecure and {', '.join(given)} exclude each other: drop --insecure to run with TLS")
     tls = (
         None
         if args.insecure

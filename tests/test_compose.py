@@ -50,8 +50,8 @@ def test_compose_validates_and_fails_on_a_broken_copy(tmp_path):
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
     broken = tmp_path / "docker-compose.yml"
     text = COMPOSE_FILE.read_text()
-    assert "      - certs:/certs:ro\n" in text
-    broken.write_text(text.replace("      - certs:/certs:ro\n", "      - undeclared:/certs:ro\n", 1))
+    assert "      - he-secret:/keys:ro\n" in text
+    broken.write_text(text.replace("      - he-secret:/keys:ro\n", "      - undeclared:/keys:ro\n", 1))
     bad = _config(broken, "-q")
     assert bad.returncode != 0 and "undeclared" in bad.stderr
 
@@ -90,12 +90,21 @@ def test_compose_topology(resolved):
         assert opts["--root-certificates"] == "/certs/ca.pem" and opts["--auth-key"] == f"/certs/client-{i}.key"
         assert opts["--partition-id"] == str(i) and opts["--he-secret-context"] == "/keys/secret.ckks"
         assert all(v.get("read_only") for v in svc["volumes"]), svc["volumes"]
+        assert {v["source"] for v in svc["volumes"]} == {f"client-{i}-tls", "he-secret"}
         assert svc["depends_on"]["setup"]["condition"] == "service_completed_successfully"
     assert services["dashboard"]["command"][:2] == ["uaap", "dashboard"]
     # only the SuperLink listens beyond localhost; MLflow and the dashboard bind to 127.0.0.1
     for name in ("mlflow", "dashboard"):
         assert all(p.get("host_ip") == "127.0.0.1" for p in services[name]["ports"])
-    assert {"certs", "keys", "workspace", "pgdata"} <= set(resolved["volumes"])
+    assert {"pki", "server-tls", "he-public", "he-secret", "workspace", "pgdata"} <= set(resolved["volumes"])
+    # each service mounts only its role's secrets: the server no client key, no CA key, no secret context
+    assert {v["source"] for v in services["server"]["volumes"]} == {"workspace", "server-tls", "he-public"}
+    setup = " ".join(services["setup"]["command"])
+    to_server = [c for c in setup.split(";") if c.strip().endswith(("/server-tls/", "/he-public/"))]
+    assert to_server and not any(x in c for c in to_server for x in ("ca.key", "client-*.key", "secret.ckks"))
+    assert all(
+        v["source"] != "pki" for name, svc in services.items() if name != "setup" for v in svc.get("volumes", [])
+    )
 
 
 def test_dockerfile_builds_every_role():

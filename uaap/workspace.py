@@ -15,6 +15,7 @@ Layout (default ``./.uaap``, or ``$UAAP_HOME``)::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import time
@@ -31,6 +32,7 @@ from uaap.errors import WorkspaceError
 if TYPE_CHECKING:
     from torch import nn
 
+log = logging.getLogger("uaap.workspace")
 _STATE_KEY = "__state__"
 
 
@@ -246,27 +248,61 @@ def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 # ---- scikit-learn / XGBoost estimators -------------------------------------------------------
 
 
-def save_estimator(path: Path, estimator: Any, meta: dict[str, Any]) -> Path:
-    """Save a fitted scikit-learn-compatible estimator (incl. XGBoost) with its metadata (joblib).
+ESTIMATOR_FILE = "model.skops"
+LEGACY_ESTIMATOR_FILE = "model.joblib"  # pickle: loaded only with trust_pickle
+# What an estimator file may instantiate: skops rebuilds only these types, never an arbitrary callable.
+TRUSTED_MODULES = ("sklearn.", "xgboost.", "numpy.", "scipy.", "uaap.")
 
-    ``meta`` should carry at least ``family``, ``n_features``, ``n_classes`` and ``feature_names``.
-    Loading a joblib file executes code from it: only load files your own runs wrote.
+
+def save_estimator(path: Path, estimator: Any, meta: dict[str, Any]) -> Path:
+    """Save a fitted scikit-learn-compatible estimator (incl. XGBoost) with its metadata, in skops' format.
+
+    ``meta`` should carry at least ``family``, ``n_features``, ``n_classes`` and ``feature_names``. skops
+    stores the estimator as data (no pickle), so loading it cannot run code (:func:`load_estimator`).
     """
-    import joblib
+    import skops.io as sio
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": "uaap-estimator/1", "estimator": estimator, "meta": meta}
-    _atomic_write(path, lambda fh: joblib.dump(payload, fh))
+    payload = {"format": "uaap-estimator/2", "estimator": estimator, "meta": meta}
+    _atomic_write(path, lambda fh: fh.write(sio.dumps(payload)))
     return path
 
 
-def load_estimator(path: Path) -> tuple[Any, dict[str, Any]]:
-    """Inverse of :func:`save_estimator`: the estimator and its metadata."""
-    import joblib
+def load_estimator(path: Path, *, trust_pickle: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Inverse of :func:`save_estimator`: the estimator and its metadata.
 
-    if not Path(path).is_file():
+    A ``.skops`` file may hold only types from scikit-learn, XGBoost, NumPy, SciPy and UAAP; anything else is
+    refused before it is built. A ``.joblib`` file (written by UAAP before 0.2) is a pickle, which runs
+    whatever code it holds when loaded: it is refused unless ``trust_pickle`` says the file is your own.
+    """
+    path = Path(path)
+    if not path.is_file():
         raise WorkspaceError(f"estimator file {str(path)!r} does not exist")
-    payload = joblib.load(path)
-    if not isinstance(payload, dict) or payload.get("format") != "uaap-estimator/1":
+    if path.suffix == ".joblib":
+        if not trust_pickle:
+            raise WorkspaceError(
+                f"{path} is a pickle (joblib) file: loading it runs any code it holds, so a file from a shared "
+                "folder could take over this account. Pass --trust-pickle only for a file your own run wrote; "
+                "new runs save model.skops, which needs no trust"
+            )
+        import joblib
+
+        log.warning("loading the pickle %s because --trust-pickle was given: it can run code", path)
+        payload = joblib.load(path)
+    else:
+        import skops.io as sio
+
+        try:
+            types = sio.get_untrusted_types(file=path)
+        except Exception as exc:  # not a skops archive (zip) or a damaged one
+            raise WorkspaceError(f"{path} is not a readable skops estimator file ({exc})") from exc
+        foreign = [t for t in types if not t.startswith(TRUSTED_MODULES)]
+        if foreign:
+            raise WorkspaceError(
+                f"{path} would build types outside scikit-learn, XGBoost, NumPy, SciPy and UAAP: {foreign[:5]}; "
+                "refusing to load it (a crafted file can name any callable)"
+            )
+        payload = sio.load(path, trusted=types)
+    if not isinstance(payload, dict) or payload.get("format") not in ("uaap-estimator/1", "uaap-estimator/2"):
         raise WorkspaceError(f"{path} is not a UAAP estimator file; was it written by `uaap automl`?")
     return payload["estimator"], payload["meta"]

@@ -33,7 +33,7 @@ def runs(trained, uaap_home):
     demo.save_torch(rd.model_file, "cnn", cnn, split, "digits")
     rt = workspace.run_dir("run-tree")
     rt.write_config(RunConfig(dataset="breast_cancer"))
-    demo.save_est(rt.path / "model.joblib", "decision_tree", tree, tsplit, "breast_cancer")
+    demo.save_est(rt.path / "model.skops", "decision_tree", tree, tsplit, "breast_cancer")
     return rd, rt
 
 

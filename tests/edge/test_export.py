@@ -29,10 +29,10 @@ def sources(tmp_path_factory):
         out[name] = load_source(demo.save_torch(folder / f"{name}.npz", name, model, split, "digits"))
     for family in ESTIMATORS:
         est, split = demo.fit_estimator(family, "digits")
-        out[family] = load_source(demo.save_est(folder / f"{family}.joblib", family, est, split, "digits"))
+        out[family] = load_source(demo.save_est(folder / f"{family}.skops", family, est, split, "digits"))
     for family in ("logistic_regression", "xgboost"):
         est, split = demo.fit_estimator(family, "breast_cancer")
-        path = demo.save_est(folder / f"{family}_bc.joblib", family, est, split, "breast_cancer")
+        path = demo.save_est(folder / f"{family}_bc.skops", family, est, split, "breast_cancer")
         out[f"{family}_bc"] = load_source(path)
     return out
 

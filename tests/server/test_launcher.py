@@ -39,6 +39,11 @@ def test_server_rejects_bad_tls_input_before_starting(certs, tmp_path, uaap_home
     assert "needs TLS" in capsys.readouterr().err
     assert main([*base, "--certs", str(certs.out), "--secure-aggregation", "ckks"]) == 2
     assert "--he-public-context" in capsys.readouterr().err
+    assert main([*base, "--certs", str(certs.out), "--insecure"]) == 2  # once this ran without TLS, silently
+    assert "--insecure and --certs exclude each other" in capsys.readouterr().err
+    assert main([*base, "--insecure", "--run-id", "../outside"]) == 2
+    assert "not a valid run id" in capsys.readouterr().err
+    assert not (uaap_home.parent / "outside").exists()
 
 
 def test_app_folder_gets_the_run_config_as_overrides(uaap_home, tmp_path):

@@ -284,3 +284,11 @@ def test_hostile_headers_are_refused_before_anything_is_allocated(
     with pytest.raises(crypto.CiphertextError, match="shapes"):  # a well-formed record of another model
         crypto.parse_record(crypto.encrypt_weights([np.ones(7, np.float32)], 1.0, crypto.load_context(keys.secret)),
                             public, shapes=[(5,)])  # fmt: skip
+
+
+def test_simulation_keys_refuse_a_run_id_that_escapes_the_workspace(uaap_home: Path) -> None:
+    from uaap.errors import WorkspaceError
+
+    with pytest.raises(WorkspaceError, match="not a valid run id"):
+        crypto.ensure_simulation_keys(RunConfig(secure_aggregation="ckks", run_id="../escaped"))
+    assert not (uaap_home / "escaped").exists() and not (uaap_home / "keys").exists()

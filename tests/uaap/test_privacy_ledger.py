@@ -52,3 +52,13 @@ def test_record_read_truncate_and_tables(uaap_home):
     assert ledger.truncate("r", after_round=1) == 2
     assert [r.round for r in ledger.releases("r")] == [1, 1]
     assert len(ledger.releases("other")) == 4
+
+
+def test_ledger_urls_are_printed_without_their_password():
+    from uaap.privacy.ledger import redact
+
+    secret = "s3cr3t-Pa55"
+    shown = redact(f"postgresql+psycopg2://ledger:{secret}@db.example:5432/privacy")
+    assert secret not in shown and shown == "postgresql+psycopg2://ledger:***@db.example:5432/privacy"
+    assert redact("sqlite:////tmp/ledger.db") == "sqlite:////tmp/ledger.db"
+    assert secret not in redact(f"not a url {secret}")

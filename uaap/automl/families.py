@@ -351,6 +351,24 @@ class TorchMLPClassifier:
         """Most probable class."""
         return cast(np.ndarray, self.predict_proba(X).argmax(axis=1))  # numpy types argmax(axis=...) as Any
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Parameters and, once fitted, the weights as arrays: an estimator file stores data, never a torch object."""
+        state = self.get_params()
+        if hasattr(self, "model_"):
+            state |= {"weights_": self.weights(), "n_classes_": self.n_classes_, "n_features_in_": self.n_features_in_}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Rebuild the fitted torch model from its weights (see :meth:`__getstate__`)."""
+        weights = state.pop("weights_", None)
+        self.__dict__.update(state)
+        if weights is not None:
+            from uaap.models import build_model, set_weights
+
+            self.model_ = build_model(self.model, int(self.n_features_in_), int(self.n_classes_), seed=self.seed)
+            set_weights(self.model_, [np.asarray(w) for w in weights])
+            self.classes_ = np.arange(int(self.n_classes_))
+
     def weights(self) -> list[np.ndarray]:
         """The fitted model's weights (``state_dict`` order), as :func:`uaap.workspace.save_model` stores them."""
         from uaap.models import get_weights

@@ -52,7 +52,7 @@ log = logging.getLogger("uaap.automl")
 
 SEARCHES = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "hyperband", "none")
-ESTIMATOR_FILE = "model.joblib"
+ESTIMATOR_FILE = workspace.ESTIMATOR_FILE
 
 
 @dataclass(frozen=True)

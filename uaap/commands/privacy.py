@@ -31,7 +31,7 @@ def report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from uaap.errors import WorkspaceError
-    from uaap.privacy.ledger import Ledger
+    from uaap.privacy.ledger import Ledger, redact
     from uaap.privacy.report import budget_table, client_table
 
     ledger = Ledger(args.ledger)
@@ -39,7 +39,7 @@ def report(args: argparse.Namespace) -> int:
         known = [b.run_id for b in ledger.runs()]
         listing = ", ".join(known[-5:]) if known else "none yet"
         raise WorkspaceError(
-            f"run {args.run_id!r} has no privacy ledger entries in {ledger.url}; runs with DP: {listing}"
+            f"run {args.run_id!r} has no privacy ledger entries in {redact(ledger.url)}; runs with DP: {listing}"
         )
     console = Console()
     console.print(budget_table(args.run_id, ledger))

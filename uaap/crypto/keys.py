@@ -289,6 +289,7 @@ def ensure_simulation_keys(cfg: RunConfig) -> RunConfig:
         raise ConfigError("simulation keys are stored per run: set run-id before calling ensure_simulation_keys")
     from uaap import workspace  # lazily: the workspace is no dependency of the crypto package
 
+    workspace.run_dir(cfg.run_id)  # refuses '../x' and the like before anything is written
     folder = workspace.home() / "keys" / cfg.run_id
     if not (folder / SECRET_FILE).is_file():
         generate_keys(folder)

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from uaap.dashboard import WARN_AT, accuracy_vs_epsilon, budget_status, epsilon_series
-from uaap.privacy.ledger import Ledger
+from uaap.privacy.ledger import Ledger, redact
 
 st.set_page_config(page_title="UAAP privacy budget", layout="wide")
 st.title("Privacy budget")
@@ -22,7 +22,8 @@ ledger = Ledger()
 runs = ledger.runs()
 if not runs:
     st.info(
-        f"No differentially private runs in the ledger yet ({ledger.url}). Start one with --dp-central or --dp-local."
+        f"No differentially private runs in the ledger yet ({redact(ledger.url)}). "
+        "Start one with --dp-central or --dp-local."
     )
     st.stop()
 
@@ -30,7 +31,7 @@ run_ids = [b.run_id for b in reversed(runs)]  # newest first
 wanted = st.query_params.get("run")  # ?run=<id> preselects a run (shareable link)
 run_id = st.sidebar.selectbox("run", run_ids, index=run_ids.index(wanted) if wanted in run_ids else 0)
 refresh = float(os.environ.get("UAAP_DASHBOARD_REFRESH", "5"))
-st.sidebar.caption(f"ledger: {ledger.url}" + (f" (refresh every {refresh:g} s)" if refresh > 0 else ""))
+st.sidebar.caption(f"ledger: {redact(ledger.url)}" + (f" (refresh every {refresh:g} s)" if refresh > 0 else ""))
 
 
 def run_panel() -> None:

@@ -57,6 +57,16 @@ class Budget:
     created: float = 0.0
 
 
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for anything printed or logged)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing of it
+        return "<unparsable ledger URL>"
+
+
 def ledger_url() -> str:
     """``UAAP_LEDGER_URL`` or the workspace's ``ledger.db``."""
     from uaap import workspace
@@ -111,7 +121,9 @@ class Ledger:
         try:
             self.engine = create_engine(self.url, **kwargs)
         except Exception as exc:  # bad URL or missing driver
-            raise WorkspaceError(f"cannot open the privacy ledger at {self.url!r}: {exc}; check {LEDGER_ENV}") from exc
+            raise WorkspaceError(
+                f"cannot open the privacy ledger at {redact(self.url)!r}: {exc}; check {LEDGER_ENV}"
+            ) from exc
         if sqlite:
 
             @event.listens_for(self.engine, "connect")
