@@ -26,7 +26,16 @@ from strategies.dp_noise import CentralDPNoise
 from strategies.wrapper import StrategyWrapper, find_layer
 from uaap.privacy.accountant import Accountant
 from uaap.privacy.ledger import EXAMPLE, SERVER_CLIENT, USER, Budget, Ledger, Release
-from uaap.protocol import DP_EXAMPLE_EPSILON_MAX, DP_Q, DP_RELEASE, DP_SIGMA, DP_STEPS, as_float, as_int
+from uaap.protocol import (
+    DP_EXAMPLE_EPSILON_MAX,
+    DP_Q,
+    DP_RELEASE,
+    DP_SIGMA,
+    DP_STEPS,
+    DP_TOTAL_STEPS,
+    as_float,
+    as_int,
+)
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Message, MetricRecord
@@ -41,9 +50,10 @@ def client_key(msg: Message) -> str:
     """The ledger's name for the client that sent ``msg``: the node id Flower authenticated, never a claim.
 
     In a simulation node ids are drawn afresh when the run starts, so a resumed simulation accounts its
-    clients under new names from zero; the accountants of the old names stay in the state and in
-    ``before_round``, so the budget stop fires no later than without the restart. A deployment keeps its
-    node ids across server restarts (they live in the SuperLink's state database).
+    clients under new names. Their epsilon does not restart from zero: each release is accounted with at
+    least the steps the client's own (persisted) accountant reports (``dp-total-steps``), so a client can
+    make its recorded epsilon larger, never smaller. A deployment keeps its node ids across server restarts
+    (they live in the SuperLink's state database).
     """
     return f"node-{int(msg.metadata.src_node_id)}"
 
@@ -148,6 +158,9 @@ class PrivacyAccounting(StrategyWrapper):
                 key = client_key(msg)
                 acc = self.clients.setdefault(key, Accountant(self.mechanism))
                 acc.step(sigma, q, steps)
+                total = as_int(rec[DP_TOTAL_STEPS], DP_TOTAL_STEPS) if DP_TOTAL_STEPS in rec else 0
+                if total > acc.steps:  # the client's own accountant has seen more (it joined under a new node id)
+                    acc.step(sigma, q, total - acc.steps)
                 prev = self.client_round.get(key)
                 self.client_round[key] = (sigma, q, max(steps, prev[2] if prev else 0))
                 out.append(

@@ -280,3 +280,21 @@ def test_aggregated_metrics_report_the_largest_client_epsilon_not_averages(uaap_
     assert not {"dp-sigma", "dp-q", "dp-steps", "dp-epsilon"} & set(metrics.keys())
     assert metrics["dp-example-epsilon-max"] == pytest.approx(epsilon_of([(1.0, 0.1, 40)], 1e-5))
     assert metrics["dp-example-epsilon-max"] == max(r.epsilon for r in Ledger().releases("local-metrics"))
+
+
+def test_a_client_under_a_new_node_id_keeps_its_epsilon_and_cannot_lower_it(uaap_home):
+    # A resumed simulation draws new node ids; the client's own accountant (persisted on its side) reports
+    # its total steps, so the first release under the new name is accounted with all of them. A client that
+    # reports fewer total steps than the server saw cannot lower what the server recorded.
+    cfg = RunConfig(dp_local=True, run_id="renamed")
+    dp = _dp(cfg)
+    start = _start()
+    dp.aggregate_train(
+        1, [_reply(5, start, 3, **{"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 10, "dp-total-steps": 30})]
+    )
+    assert dp.example_epsilons()["node-5"] == pytest.approx(epsilon_of([(2.0, 0.05, 30)], 1e-5))
+    dp.aggregate_train(2, [_reply(5, start, 3, **{"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 10, "dp-total-steps": 1})])
+    assert dp.example_epsilons()["node-5"] == pytest.approx(epsilon_of([(2.0, 0.05, 40)], 1e-5))
+    assert [r.epsilon for r in Ledger().releases("renamed")] == pytest.approx(
+        [epsilon_of([(2.0, 0.05, 30)], 1e-5), epsilon_of([(2.0, 0.05, 40)], 1e-5)]
+    )
