@@ -6,6 +6,11 @@ ours; it drives the strategy through Flower's public surface (``configure_train`
 strategy or wrapper. Wrappers offer optional hooks through the protocols of :mod:`strategies.wrapper`
 (``Stateful``, ``BudgetGate``, ``RoundReporter``, ``CiphertextModel``); the loop calls them on every layer
 of the stack that implements them.
+
+The checkpoint is each round's commit point: it carries the round's metrics (``round_log``) beside the model
+and the layers' state, and is written before anything else records the round. A server that dies after it
+resumes at the next round and first writes whatever of that round's metrics line and MLflow row is missing,
+so a crash loses no round and records none twice.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
     from flwr.serverapp.strategy import Strategy
 
 log = logging.getLogger("uaap.server")
+ROUND_LOG = "round_log"  # checkpoint state key of the round's metrics (what metrics.jsonl and MLflow record)
 
 
 @dataclass
@@ -95,11 +101,13 @@ def run_federation(
     strategy = strategy or build_strategy(cfg, num_nodes=nodes)
 
     ckpt = rd.latest_checkpoint()
+    committed: dict[str, Any] | None = None
     if ckpt is not None:
         from flwr.app import Array, ArrayRecord
 
         arrays = ArrayRecord({k: Array(v) for k, v in ckpt.arrays.items()})
         start = ckpt.round + 1
+        committed = ckpt.state.get(ROUND_LOG)
         _load_state(strategy, ckpt.state)
         log.info("resuming run %s from the checkpoint of round %d", rd.run_id, ckpt.round)
     else:
@@ -109,12 +117,14 @@ def run_federation(
     encrypted = is_encrypted(strategy)
     evaluate_fn = central_evaluator(cfg, num_partitions) if cfg.central_eval and not encrypted else None
     tracker = _tracker(cfg)
+    if ckpt is not None:
+        _recover(rd, tracker, committed)
     rd.log_event("start", round=start, num_rounds=cfg.num_rounds, nodes=nodes, resumed=ckpt is not None)
     if evaluate_fn is not None and start == 1:
         central0 = _metrics(evaluate_fn(0, arrays))
         rd.log_event("round", round=0, central=central0)
         if tracker:
-            tracker.log_metrics({f"central_{k}": v for k, v in central0.items()}, step=0)
+            tracker.log_metrics(tracked_metrics({"central": central0}), step=0)
 
     status, reason = "completed", ""
     try:
@@ -125,15 +135,11 @@ def run_federation(
                 break
             arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn)
             state = {x.state_key: x.state_dict() for x in layers(strategy) if isinstance(x, Stateful)}
+            state[ROUND_LOG] = dict(entry.__dict__)  # the commit point holds what the lines below record
             rd.save_checkpoint(workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state))
             rd.log_event("round", **entry.__dict__)
             if tracker:
-                flat = {f"train_{k}": v for k, v in entry.train.items()}
-                flat |= {f"fed_{k}": v for k, v in entry.evaluate.items()}
-                flat |= {f"central_{k}": v for k, v in entry.central.items()}
-                flat |= {f"privacy_{k}": v for k, v in entry.privacy.items()}
-                flat |= {"round_seconds": entry.seconds, "clients": entry.replies}
-                tracker.log_metrics(flat, step=server_round)
+                tracker.log_metrics(tracked_metrics(entry.__dict__), step=server_round)
     except BaseException:
         rd.log_event("end", status="failed", reason="exception in the server loop")
         if tracker:
@@ -157,6 +163,38 @@ def run_federation(
             tracker.log_artifact(str(rd.model_file))
         tracker.finish()
     return rd
+
+
+def tracked_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of one ``round`` event of metrics.jsonl (round 0 carries only central metrics)."""
+    flat = {f"train_{k}": v for k, v in entry.get("train", {}).items()}
+    flat |= {f"fed_{k}": v for k, v in entry.get("evaluate", {}).items()}
+    flat |= {f"central_{k}": v for k, v in entry.get("central", {}).items()}
+    flat |= {f"privacy_{k}": v for k, v in entry.get("privacy", {}).items()}
+    if "seconds" in entry:
+        flat |= {"round_seconds": entry["seconds"], "clients": entry["replies"]}
+    return flat
+
+
+def _recover(rd: workspace.RunDir, tracker: Any, committed: dict[str, Any] | None) -> None:
+    """On resume, write what a crash lost: the checkpointed round's metrics line, and MLflow rows of logged rounds.
+
+    MLflow rows are queued (:meth:`uaap.tracking.Tracker.log_metrics`), so a killed server can lose the rows of
+    rounds whose lines metrics.jsonl holds; each is written again unless MLflow has its step.
+    """
+    rounds = rd.events("round")
+    if committed is not None and not any(e.get("round") == committed["round"] for e in rounds):
+        log.warning(
+            "resume: round %d was checkpointed but its metrics were not written; writing them now", committed["round"]
+        )
+        rd.log_event("round", **committed)
+        rounds.append(committed)
+    if not tracker:
+        return
+    for entry in rounds:
+        flat = tracked_metrics(entry)
+        if flat and not tracker.has_step(next(iter(flat)), int(entry["round"])):
+            tracker.log_metrics(flat, step=int(entry["round"]))
 
 
 def _stop_reason(strategy: Strategy, server_round: int) -> str | None:

@@ -49,6 +49,7 @@ from uaap.processes import (
     cmdline,
     console_script,
     die_with_parent,
+    free_port,
     orphans_of,
     stop_tree,
 )
@@ -115,7 +116,8 @@ class ServerOptions:
     """Everything the launcher needs besides the run configuration."""
 
     host: str = "127.0.0.1"
-    port: int = 9093
+    port: int = 9093  # the public Fleet API (server.fleet_proxy)
+    control_port: int = 0  # the SuperLink itself, on 127.0.0.1 only (0: a free port)
     tls: TLSFiles | None = None
     auth_keys: tuple[Path, ...] = ()
     wait_timeout: float = 600.0
@@ -155,7 +157,10 @@ class FlowerServer:
         self.flwr_home = self.home / "flwr"
         self.log_file = self.home / "superlink.log"
         self.pid_file = self.home / "superlink.pid"
+        self.proxy_log = self.home / "fleet-proxy.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.proxy: subprocess.Popen[bytes] | None = None
+        self.control_port = options.control_port
         self.env = {**os.environ, **FLOWER_ENV, **options.extra_env}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
         self.env["FLWR_HOME"] = str(self.flwr_home)
@@ -171,15 +176,19 @@ class FlowerServer:
 
     @property
     def address(self) -> str:
-        """``host:port`` of the SuperLink (Fleet, Control and runtime APIs share it)."""
+        """``host:port`` where SuperNodes connect: the Fleet API and nothing else (``server.fleet_proxy``)."""
         return f"{self.opt.host}:{self.opt.port}"
+
+    @property
+    def control_address(self) -> str:
+        """``127.0.0.1:port`` of the SuperLink itself (Control API: registrations, runs), never public."""
+        return f"127.0.0.1:{self.control_port}"
 
     def write_connection(self) -> Path:
         """The private FLWR_HOME/config.toml with the ``uaap`` connection."""
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]"]
-        host = "127.0.0.1" if self.opt.host in ("0.0.0.0", "") else self.opt.host
-        lines.append(f'address = "{host}:{self.opt.port}"')
+        lines.append(f'address = "{self.control_address}"')
         if self.opt.tls:
             lines.append(f'root-certificates = "{self.opt.tls.ca}"')
         else:
@@ -204,15 +213,16 @@ class FlowerServer:
             stop_tree(orphan)
 
     def start(self) -> None:
-        """Start the SuperLink and wait until its API answers."""
+        """Start the SuperLink on loopback, wait until it answers, then open the public Fleet proxy."""
         self._stop_stale()
+        self.control_port = self.control_port or free_port()
         self.write_connection()
         cmd = [
             _bin("flower-superlink"),
             "--host",
-            self.opt.host,
+            "127.0.0.1",
             "--port",
-            str(self.opt.port),
+            str(self.control_port),
             "--database",
             str(self.home / "state.db"),
             "--disable-runtime-dependency-installation",
@@ -238,13 +248,53 @@ class FlowerServer:
         )
         log.close()
         self.pid_file.write_text(str(self.proc.pid))
-        self._say(f"SuperLink pid {self.proc.pid} on {self.address} ({'TLS' if self.opt.tls else 'insecure'})")
+        self._say(f"SuperLink pid {self.proc.pid} on {self.control_address} (loopback only)")
         self._wait_ready(timeout=max(60.0, self.opt.wait_timeout / 4))
         for key in self.opt.auth_keys:
             self.register(key)
+        self.start_proxy()
+
+    def start_proxy(self) -> None:
+        """The public endpoint: Fleet API calls go through to the SuperLink, everything else is refused."""
+        cmd = [sys.executable, "-m", "server.fleet_proxy", "--host", self.opt.host, "--port", str(self.opt.port)]
+        cmd += ["--upstream-port", str(self.control_port)]
+        if self.opt.tls:
+            t = self.opt.tls
+            cmd += ["--ssl-certfile", str(t.cert), "--ssl-keyfile", str(t.key), "--ssl-ca-certfile", str(t.ca)]
+        log = open(self.proxy_log, "ab")  # noqa: SIM115 - handed to the child, closed on stop
+        self.proxy = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.home,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
+        )
+        log.close()
+        deadline = time.monotonic() + 30.0
+        host = "127.0.0.1" if self.opt.host in ("0.0.0.0", "") else self.opt.host
+        while True:
+            if self.proxy.poll() is not None:
+                tail = self.proxy_log.read_text(errors="replace")[-1000:]
+                raise DeploymentError(f"the Fleet proxy on {self.address} exited ({self.proxy.returncode}):\n{tail}")
+            with contextlib.suppress(OSError), socket.create_connection((host, self.opt.port), timeout=1):
+                break
+            if time.monotonic() > deadline:
+                raise DeploymentError(
+                    f"the Fleet proxy did not listen on {self.address} within 30s; see {self.proxy_log}"
+                )
+            time.sleep(0.2)
+        scheme = "TLS" if self.opt.tls else "insecure"
+        self._say(f"Fleet API on {self.address} ({scheme}); the Control API stays on {self.control_address}")
 
     def stop(self) -> None:
-        """Stop the SuperLink, its detached SuperExec and the ServerApp processes."""
+        """Stop the Fleet proxy, the SuperLink, its detached SuperExec and the ServerApp processes."""
+        if self.proxy is not None:
+            stop_tree(self.proxy.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proxy.wait(timeout=5)
+            self.proxy = None
         if self.proc is None:
             return
         stop_tree(self.proc.pid)
@@ -276,9 +326,7 @@ class FlowerServer:
         while True:
             self._checkalive()
             try:
-                with socket.create_connection(
-                    ("127.0.0.1" if self.opt.host == "0.0.0.0" else self.opt.host, self.opt.port), timeout=2
-                ):
+                with socket.create_connection(("127.0.0.1", self.control_port), timeout=2):
                     pass
                 answer = self.flwr("supernode", "ls", CONNECTION)
                 if answer.get("success"):
@@ -287,7 +335,7 @@ class FlowerServer:
                 pass
             if time.monotonic() > deadline:
                 raise DeploymentError(
-                    f"the SuperLink did not answer on {self.address} within {timeout:g}s; see {self.log_file}"
+                    f"the SuperLink did not answer on {self.control_address} within {timeout:g}s; see {self.log_file}"
                 )
             time.sleep(1.0)
 
@@ -520,7 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d = p.add_argument_group("deployment")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for other machines)")
-    d.add_argument("--port", type=int, default=9093, help="SuperLink port (Fleet, Control, runtime; default 9093)")
+    d.add_argument("--port", type=int, default=9093, help="public port: the Fleet API only (default 9093)")
+    d.add_argument(
+        "--control-port",
+        type=int,
+        default=0,
+        help="the SuperLink's own port on 127.0.0.1 (Control API for `flwr`; default: a free port)",
+    )
     d.add_argument("--certs", help="folder from `uaap certs init` (ca.pem, server.pem, server.key)")
     d.add_argument("--ssl-ca-certfile", help="CA certificate (PEM)")
     d.add_argument("--ssl-certfile", help="server certificate (PEM)")
@@ -582,6 +636,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, ServerOptions]:
     opts = ServerOptions(
         host=args.host,
         port=args.port,
+        control_port=args.control_port,
         tls=tls,
         auth_keys=public_keys(args.auth_keys),
         wait_timeout=args.wait_timeout,

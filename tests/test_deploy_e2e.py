@@ -66,7 +66,7 @@ def _ours(marker: str) -> list[int]:
     return [
         pid
         for pid, (_, cmd) in _proc_table().items()
-        if marker in cmd and ("flwr" in cmd or "flower" in cmd) and pid != os.getpid()
+        if marker in cmd and ("flwr" in cmd or "flower" in cmd or "fleet_proxy" in cmd) and pid != os.getpid()
     ]
 
 
@@ -74,7 +74,7 @@ def _server_side(port: int, home: Path) -> list[int]:
     """SuperLink-side processes of this federation (SuperLink, SuperExec, ServerApp, flwr CLI calls)."""
     table = _proc_table()
     client_side = ("flower-supernode", "flower-client")
-    mine = set(_ours(f":{port}") + _ours(str(home)))
+    mine = set(_ours(f":{port}") + _ours(f"--port {port}") + _ours(str(home)))
     return [p for p in mine if p in table and not any(c in table[p][1] for c in client_side)]
 
 
@@ -182,6 +182,44 @@ def _client_argv(fed: Federation, ca: Path, key: Path, pid: int, secret: Path, w
     ]
 
 
+def _outsider(fed: Federation, root: Path) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Someone holding only the CA certificate tries the public address: register a key, then run an app."""
+    app = root / "app"
+    app.mkdir(parents=True)
+    marker = root / "owned"
+    (app / "evil.py").write_text(
+        "from pathlib import Path\nfrom flwr.serverapp import ServerApp\napp = ServerApp()\n\n"
+        f"@app.main()\ndef main(grid, context):\n    Path({str(marker)!r}).write_text('ran')\n"
+    )
+    (app / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+        '[project]\nname = "evil"\nversion = "1.0.0"\ndependencies = []\n\n'
+        '[tool.hatch.build.targets.wheel]\npackages = ["."]\n\n'
+        '[tool.flwr.app]\npublisher = "outsider"\n\n[tool.flwr.app.components]\n'
+        'serverapp = "evil:app"\nclientapp = "evil:app"\n\n[tool.flwr.app.config]\n'
+    )
+    home = root / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "target"\n\n[superlink.target]\n'
+        f'address = "{fed.addr}"\nroot-certificates = "{fed.certs.ca_cert}"\n'
+    )
+    env = {**fed.env, "FLWR_HOME": str(home)}
+    flwr = str(BIN / "flwr")
+    out = {
+        "register": subprocess.run(
+            [flwr, "supernode", "register", str(fed.certs.client_pubs[3]), "target", "--format", "json"],
+            capture_output=True, text=True, env=env, timeout=120, cwd=root,
+        ),
+        "run": subprocess.run(
+            [flwr, "run", str(app), "target", "--format", "json"],
+            capture_output=True, text=True, env=env, timeout=120, cwd=root,
+        ),
+    }  # fmt: skip
+    out["marker"] = marker.exists()  # type: ignore[assignment]
+    return out
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory: pytest.TempPathFactory):
     from uaap import crypto
@@ -248,6 +286,14 @@ def federation(tmp_path_factory: pytest.TempPathFactory):
         fed.round2_left_server = _server_side(fed.port, fed.home)
         resume_cfg = ["--resume", RUN_ID, "--min-clients", "2", "--quiet"]
         fed.start("server-resumed", _server_argv(fed, certs, keys, *resume_cfg))
+        proxy_log = fed.home / "server" / "fleet-proxy.log"
+        fed.wait_for(
+            "the resumed server's Fleet proxy",
+            lambda: proxy_log.is_file() and proxy_log.read_text().count("serving the Fleet API") == 2,
+            timeout=300,
+            poll=0.5,
+        )
+        fed.outsider = _outsider(fed, root / "outsider")
         fed.procs["server-resumed"].wait(timeout=900)
         for name in ("wrong-ca", "unregistered"):
             fed.procs[name].wait(timeout=120)
@@ -343,6 +389,18 @@ def test_late_joiners_refused_with_clear_messages(federation):
     assert "does not verify against" in fed.log("wrong-ca")
     assert fed.procs["unregistered"].returncode == EXIT_AUTH
     assert "refused this client's authentication key" in fed.log("unregistered")
+
+
+def test_an_outsider_with_the_ca_certificate_can_neither_register_nor_run(federation):
+    # Flower 1.42 serves its unauthenticated Control API on the SuperLink's one port; flower-server keeps the
+    # SuperLink on loopback and publishes only the Fleet API (server.fleet_proxy), so both calls are refused
+    outsider = federation.outsider
+    for step in ("register", "run"):
+        done = outsider[step]
+        assert '"success": false' in done.stdout.lower() or done.returncode != 0, done
+        assert "only Flower's Fleet API is served" in done.stdout + done.stderr, done  # the proxy's refusal
+    assert outsider["marker"] is False, "the outsider's ServerApp ran"
+    assert "refused POST /v1/control/" in (federation.home / "server" / "fleet-proxy.log").read_text()
 
 
 def test_no_process_left_behind(federation):
