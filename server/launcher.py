@@ -236,23 +236,29 @@ class FlowerServer:
             if not self.opt.tls:
                 raise ConfigError("SuperNode authentication needs TLS: pass --certs DIR (or the --ssl-* files)")
             cmd.append("--enable-supernode-auth")
-        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child, closed on stop
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.home,
-            start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
-        )
-        log.close()
+        self.proc = self._spawn(cmd, self.log_file)
         self.pid_file.write_text(str(self.proc.pid))
         self._say(f"SuperLink pid {self.proc.pid} on {self.control_address} (loopback only)")
         self._wait_ready(timeout=max(60.0, self.opt.wait_timeout / 4))
         for key in self.opt.auth_keys:
             self.register(key)
         self.start_proxy()
+
+    def _spawn(self, cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+        """A child in its own session, output to ``log_path``, that gets SIGTERM if this launcher dies."""
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed right after
+        try:
+            return subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.home,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
+            )
+        finally:
+            log.close()
 
     def start_proxy(self) -> None:
         """The public endpoint: Fleet API calls go through to the SuperLink, everything else is refused."""
@@ -261,17 +267,7 @@ class FlowerServer:
         if self.opt.tls:
             t = self.opt.tls
             cmd += ["--ssl-certfile", str(t.cert), "--ssl-keyfile", str(t.key), "--ssl-ca-certfile", str(t.ca)]
-        log = open(self.proxy_log, "ab")  # noqa: SIM115 - handed to the child, closed on stop
-        self.proxy = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            cwd=self.home,
-            start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
-        )
-        log.close()
+        self.proxy = self._spawn(cmd, self.proxy_log)
         deadline = time.monotonic() + 30.0
         host = "127.0.0.1" if self.opt.host in ("0.0.0.0", "") else self.opt.host
         while True:
