@@ -54,3 +54,52 @@ def configure(strategy: object, server_round: int, arrays: object, nodes: list[i
     from flwr.app import ConfigRecord
 
     return list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))  # type: ignore[attr-defined]  # any Strategy
+
+
+class LocalGrid:
+    """A Grid that runs the real ClientApp functions (client.app) in this process: a federation without Ray.
+
+    Node ``i`` (1-based) holds partition ``i - 1`` of ``num_nodes``; nodes in ``silent`` never reply (a lost
+    client, for the round timeout). Each node keeps its ``Context`` across rounds, as a SuperNode does.
+    """
+
+    def __init__(self, num_nodes: int, *, silent: frozenset[int] = frozenset()) -> None:
+        from flwr.app import Context
+
+        self.nodes = list(range(1, num_nodes + 1))
+        self.silent = silent
+        self.contexts = {
+            n: Context(1, n, {"partition-id": n - 1, "num-partitions": num_nodes}, RecordDict(), {}) for n in self.nodes
+        }
+        self._replies: dict[str, Message] = {}
+        self.pushed: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        set_task_identity()
+        return self.nodes
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        from uuid import uuid4
+
+        from client.app import evaluate_global, train
+
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())  # what Flower's grids do on push
+            self.pushed.append(msg)
+            ids.append(msg.metadata.message_id)
+            node = int(msg.metadata.dst_node_id)
+            if node in self.silent:
+                continue
+            handler = train if msg.metadata.message_type == MessageType.TRAIN else evaluate_global
+            set_task_identity()
+            self._replies[msg.metadata.message_id] = handler(msg, self.contexts[node])
+        return ids
+
+    def pull_messages(self, message_ids: set[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]

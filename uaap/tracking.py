@@ -81,6 +81,10 @@ class Tracker:
         if batch:
             self._client.log_batch(self.mlflow_run_id, metrics=batch, synchronous=False)
 
+    def has_step(self, key: str, step: int) -> bool:
+        """Whether metric ``key`` was recorded at ``step`` (a resumed run checks before writing a round again)."""
+        return any(m.step == step for m in self._client.get_metric_history(self.mlflow_run_id, key))
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Attach tags to the run."""
         for key, value in tags.items():
