@@ -10,8 +10,8 @@ writes the client's own requirements into its node config (``policy=deployed`` p
 * ``require-dp=true`` with ``max-epsilon=E``: a message without example-level DP, or with a target epsilon
   above E, is refused; and the client refuses to send an update whose release would take its own
   accountant past E (:func:`check_spent`);
-* the data source and the secret context come from the node config only: the server's ``data-path`` and
-  ``he-secret-context`` are never used on a deployed client.
+* the data source and the secret context come from the node config only: the server's ``data-path``,
+  ``data-table``/``data-query`` and ``he-secret-context`` are never used on a deployed client.
 
 A refusal raises :class:`PolicyError`; Flower logs it on the client and the error reply tells the server
 why. Simulated clients carry no policy: a simulation is one trust domain.
@@ -27,6 +27,7 @@ from uaap.config import RunConfig
 from uaap.errors import UaapError
 from uaap.protocol import (
     NODE_DATA_PATH,
+    NODE_DATA_TABLE,
     NODE_HE_SECRET_CONTEXT,
     NODE_MAX_EPSILON,
     NODE_POLICY,
@@ -56,6 +57,7 @@ class ClientPolicy:
     max_epsilon: float = 0.0
     data_path: str = ""
     target: str = ""
+    data_table: str = ""
     he_secret_context: str = ""
 
     @classmethod
@@ -70,6 +72,7 @@ class ClientPolicy:
             max_epsilon=float(node.get(NODE_MAX_EPSILON, 0.0) or 0.0),
             data_path=str(node.get(NODE_DATA_PATH, "")),
             target=str(node.get(NODE_TARGET, "")),
+            data_table=str(node.get(NODE_DATA_TABLE, "")),
             he_secret_context=str(node.get(NODE_HE_SECRET_CONTEXT, "")),
         )
 
@@ -90,8 +93,17 @@ def enforce(cfg: RunConfig, policy: ClientPolicy) -> RunConfig:
             f"the server asks for dp-target-epsilon={cfg.dp_target_epsilon:g}; this client allows at most "
             f"{policy.max_epsilon:g} (--max-epsilon)"
         )
-    if policy.data_path:
-        pinned = cfg.replace(dataset="csv", data_path=policy.data_path, target=policy.target or cfg.target)
+    if policy.data_path:  # how the table is read is the client's too: a server-chosen query could read anything
+        pinned = cfg.replace(
+            dataset="csv",
+            data_path=policy.data_path,
+            target=policy.target or cfg.target,
+            data_table=policy.data_table,
+            data_query="",
+            data_sep="",
+            data_encoding="utf-8",
+            data_decimal=".",
+        )
     elif cfg.dataset == "csv" or cfg.data_path:
         raise PolicyError(
             f"the server asks this client to read {cfg.data_path!r}; a deployed client reads only the table its "

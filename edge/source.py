@@ -217,11 +217,11 @@ def _run_config(meta: dict[str, Any], run_folder: Path | None) -> RunConfig:
 
 def _scaling(cfg: RunConfig) -> dict[str, Any]:
     """The feature scaling uaap.data applied before training, so a device can apply it too."""
-    from uaap.data import load_bundled, load_table, train_test
+    from uaap.data import load_bundled, load_config_table, train_test
 
     if cfg.dataset == "digits":
         return {"kind": "standardize", "mean": 0.0, "std": 16.0, "note": "x_model = (x_raw - mean) / std"}
-    raw = load_table(cfg.data_path, cfg.target) if cfg.dataset == "csv" else load_bundled(cfg.dataset)
+    raw = load_config_table(cfg) if cfg.dataset == "csv" else load_bundled(cfg.dataset)
     train = train_test(raw, cfg.test_fraction, cfg.seed).train.X
     std = train.std(axis=0)
     std = np.where(std < 1e-8, 1.0, std)

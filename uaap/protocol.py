@@ -73,6 +73,7 @@ NODE_PARTITION_ID: Final = PARTITION_ID
 NODE_NUM_PARTITIONS: Final = "num-partitions"
 NODE_DATA_PATH: Final = "data-path"
 NODE_TARGET: Final = "target"
+NODE_DATA_TABLE: Final = "data-table"  # when data-path is a database URL
 NODE_HE_SECRET_CONTEXT: Final = "he-secret-context"
 # a deployed client's own requirements (client.policy): the server cannot lower them
 NODE_POLICY: Final = "policy"

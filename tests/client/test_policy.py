@@ -63,11 +63,18 @@ def test_a_server_cannot_switch_secure_aggregation_or_dp_off(table: Path, keys: 
 
 def test_data_and_keys_come_from_the_node_not_the_server(table: Path, keys: crypto.KeyFiles, tmp_path: Path):
     policy = ClientPolicy.from_node_config(_node(table, keys).node_config)
-    asked = RunConfig(dataset="csv", data_path="/etc/passwd", target="x", he_secret_context=str(tmp_path / "theirs"))
+    asked = RunConfig(
+        dataset="csv",
+        data_path="sqlite:////srv/clinic.db",
+        data_query="SELECT * FROM billing",
+        target="x",
+        he_secret_context=str(tmp_path / "theirs"),
+    )
     ran = enforce(asked, policy)
     assert ran.data_path == str(table) and ran.target == "y" and ran.he_secret_context == str(keys.secret)
+    assert ran.data_query == "" and ran.data_table == ""
     bare = ClientPolicy.from_node_config({"policy": "deployed", "partition-id": 0})  # flower-client --partition-id
-    with pytest.raises(PolicyError, match="reads only the table its own --data names"):
+    with pytest.raises(PolicyError, match="asks this client to read 'sqlite:////srv/clinic.db'"):
         enforce(asked, bare)
     assert enforce(RunConfig(dataset="digits"), bare).dataset == "digits"
     # a simulated client (no policy) runs the run config as sent: a simulation is one trust domain

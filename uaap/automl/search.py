@@ -158,7 +158,7 @@ def load_data(cfg: RunConfig, cv: str) -> Split:
 
     Time-series CV keeps row order: the test part is the last ``test_fraction`` of the rows.
     """
-    from uaap.data import load_bundled, load_split, load_table, scale
+    from uaap.data import load_bundled, load_config_table, load_split, scale
 
     if cfg.dataset not in (*BUNDLED, "csv"):
         raise DataError(
@@ -166,7 +166,7 @@ def load_data(cfg: RunConfig, cv: str) -> Split:
         )
     if cv != "timeseries":
         return load_split(cfg)
-    data = load_table(cfg.data_path, cfg.target) if cfg.dataset == "csv" else load_bundled(cfg.dataset)
+    data = load_config_table(cfg) if cfg.dataset == "csv" else load_bundled(cfg.dataset)
     n_test = max(1, int(math.ceil(len(data.y) * cfg.test_fraction)))
     idx = np.arange(len(data.y))
     return scale(Split(data.subset(idx[:-n_test]), data.subset(idx[-n_test:])), cfg.dataset)

@@ -1,7 +1,8 @@
 """Datasets, tabular input and federated partitioners.
 
 Bundled data come from scikit-learn (``digits``, ``breast_cancer``, ``wine``) or are generated
-(the FedProx paper's Synthetic(alpha, beta)); user data come from CSV or Parquet with a target column.
+(the FedProx paper's Synthetic(alpha, beta)); user tables come from files, URLs or databases
+(:mod:`uaap.data.loaders`) with a target column.
 Nothing is downloaded at run time.
 
 Partitioners are plain numpy (iid, Dirichlet, pathological k-classes). flwr-datasets was measured
@@ -12,6 +13,7 @@ partitioner silently drops classes; these splitters take milliseconds and never 
 from __future__ import annotations
 
 import functools
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,8 @@ from uaap.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where used at run time: `import uaap.data` stays cheap
+
+    from uaap.data.loaders import ReadOptions
 
 BUNDLED = ("digits", "breast_cancer", "wine")
 MIN_PARTITION_SIZE = 4
@@ -79,27 +83,38 @@ def load_bundled(name: str) -> Dataset:
     return Dataset(name, X, y, int(y.max()) + 1, names, image_shape)
 
 
-def load_table(path: str | Path, target: str) -> Dataset:
-    """Load a CSV or Parquet file; ``target`` names the label column.
+def read_options(cfg: RunConfig) -> ReadOptions:
+    """How ``cfg`` says its table is read (delimiter, encoding, decimal mark, database table or query)."""
+    from uaap.data.loaders import ReadOptions
+
+    return ReadOptions(
+        table=cfg.data_table,
+        query=cfg.data_query,
+        sep=cfg.data_sep or None,
+        encoding=cfg.data_encoding,
+        decimal=cfg.data_decimal,
+    )
+
+
+def load_config_table(cfg: RunConfig) -> Dataset:
+    """The table of a ``dataset=csv`` run, read as its configuration says."""
+    return load_table(cfg.data_path, cfg.target, read_options(cfg))
+
+
+def load_table(source: str | Path, target: str, options: ReadOptions | None = None) -> Dataset:
+    """Load a table (file, URL or database: :func:`uaap.data.loaders.read_frame`); ``target`` names the label column.
 
     Numeric columns are used as they are; text columns with few distinct values are one-hot
     encoded; anything else is refused with the column named.
     """
-    import pandas as pd
+    from uaap.data.loaders import read_frame, shown
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {str(path)!r} does not exist; pass an existing .csv or .parquet file")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        frame = pd.read_csv(path)
-    elif suffix in (".parquet", ".pq"):
-        frame = pd.read_parquet(path)
-    else:
-        raise DataError(f"data file {path.name!r} has suffix {suffix!r}; expected .csv or .parquet")
+    frame = read_frame(source, options)
+    name = Path(urllib.parse.urlsplit(str(source)).path).stem or "table"
     if target not in frame.columns:
         raise DataError(
-            f"target column {target!r} is not in {path.name}; its columns are: {', '.join(map(str, frame.columns))}"
+            f"target column {target!r} is not in {shown(str(source))}; its columns are: "
+            f"{', '.join(map(str, frame.columns))}"
         )
     labels = frame.pop(target)
     if labels.isna().any():
@@ -112,7 +127,7 @@ def load_table(path: str | Path, target: str) -> Dataset:
         bad = [c for c in frame.columns if frame[c].isna().any()]
         raise DataError(f"columns {', '.join(bad)} have missing values; impute or drop them before training")
     X = frame.to_numpy(dtype=np.float32)
-    return Dataset(path.stem, X, y.astype(np.int64), len(classes), tuple(map(str, frame.columns)))
+    return Dataset(name, X, y.astype(np.int64), len(classes), tuple(map(str, frame.columns)))
 
 
 def _encode_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -269,7 +284,7 @@ def _pathological(labels: np.ndarray, n: int, k: int, rng: np.random.Generator) 
 def load_split(cfg: RunConfig) -> Split:
     """Train/test split of the configured (non-synthetic) dataset, scaled."""
     if cfg.dataset == "csv":
-        data = load_table(cfg.data_path, cfg.target)
+        data = load_config_table(cfg)
     elif cfg.dataset in BUNDLED:
         data = load_bundled(cfg.dataset)
     else:
