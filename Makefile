@@ -41,21 +41,23 @@ $(BROWSER):
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium chromium-driver >/dev/null
 
-# mypy takes its files and strictness from [tool.mypy] in pyproject.toml.
+# mypy takes its files and strictness from [tool.mypy] in pyproject.toml. PYTEST_ARGS narrows the pytest part,
+# e.g. PYTEST_ARGS="tests/uaap -m 'not slow'" (default: the whole suite).
 test: $(STAMP) $(BROWSER)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
 # Resolve '.[all,dev]' for Python 3.11 on Linux x86_64 with uv (Flower's own dependency). Versions already in
-# the lock are kept unless UPGRADE names them; torch is the CPU build, written without its +cpu label so that
+# the lock are kept unless UPGRADE names them; torch is asked for as the +cpu build (the lock's own torch==X pin
+# would otherwise let uv keep PyPI's CUDA build of the same version), written without its +cpu label so that
 # the same line holds on any index.
 lock: $(PY)
 	@test -x $(VENV)/bin/uv || $(PIP) install --quiet uv
-	echo "$(TORCH)" | $(VENV)/bin/uv pip compile pyproject.toml - --extra all --extra dev \
+	echo "$(TORCH)+cpu" | $(VENV)/bin/uv pip compile pyproject.toml - --extra all --extra dev \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
 		--custom-compile-command 'make lock' $(foreach p,$(UPGRADE),--upgrade-package $(p)) --quiet -o $(LOCK)
 	sed -i 's/^torch==\([^+]*\)+cpu$$/torch==\1/' $(LOCK)

@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMMANDS = [
     "simulate",  # simulations/commands.py
     "train",
+    "data",
     "config",
     "runs",
     "privacy",
