@@ -1,7 +1,9 @@
 """MLflow tracking, always from one process (the server or the central trainer).
 
-The store is sqlite in the workspace unless ``MLFLOW_TRACKING_URI`` says otherwise. Schema and
-experiment are created before any worker starts: concurrent first use of a fresh sqlite store was
+The store is sqlite in the workspace unless ``MLFLOW_TRACKING_URI`` says otherwise, and artifacts of the
+experiments UAAP creates go beside a sqlite store (``<workspace>/mlartifacts``): MLflow would otherwise put them
+in ``./mlruns`` of whatever directory the command ran in. Schema and experiment are created before any worker
+starts: concurrent first use of a fresh sqlite store was
 measured to crash writers, and concurrent ``set_experiment`` silently logs losers into "Default".
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uaap import workspace
@@ -34,12 +37,24 @@ def _mlflow() -> Any:
     return mlflow
 
 
+def artifact_root(uri: str | None = None) -> str | None:
+    """Where new experiments keep their artifacts: ``mlartifacts/`` beside a sqlite store (the workspace's by
+    default); None for a tracking server or another database, whose own default applies."""
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+    return (db.parent / "mlartifacts").as_uri()
+
+
 def ensure_experiment(name: str) -> str:
     """Create the store's schema and the experiment if needed; return the experiment id."""
     mlflow = _mlflow()
     client: MlflowClient = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else client.create_experiment(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_root()))
 
 
 class Tracker:

@@ -3,6 +3,7 @@
 Layout (default ``./.uaap``, or ``$UAAP_HOME``)::
 
     mlflow.db                 MLflow tracking store (sqlite; MLFLOW_TRACKING_URI overrides)
+    mlartifacts/              MLflow artifacts of the experiments UAAP creates in that store
     ledger.db                 privacy ledger
     runs/<run-id>/config.json resolved run configuration
                   config.toml   the same as a config file (`uaap simulate --config` it to repeat the run)
