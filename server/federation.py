@@ -7,6 +7,12 @@ strategy or wrapper. Wrappers offer optional hooks through the protocols of :mod
 (``Stateful``, ``BudgetGate``, ``RoundReporter``, ``CiphertextModel``); the loop calls them on every layer
 of the stack that implements them.
 
+A round in which no client result is accepted (no replies, or every reply failed or was rejected) is a failed
+round: the model stays as it was and the round's line says why. A run whose rounds all failed ends ``failed``
+and raises :class:`uaap.errors.RunFailedError`, so the launcher, ``uaap simulate`` and Flower (``flwr ls``) all
+report it as failed instead of completed. Any other exception also ends the run's events with its cause, so a
+launcher can show it.
+
 The checkpoint is each round's commit point: it carries the round's metrics (``round_log``) beside the model
 and the layers' state, and is written before anything else records the round. A server that dies after it
 resumes at the next round and first writes whatever of that round's metrics line and MLflow row is missing,
@@ -15,8 +21,10 @@ so a crash loses no round and records none twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +36,7 @@ from strategies.wrapper import BudgetGate, RoundReporter, Stateful, is_encrypted
 from uaap import workspace
 from uaap.config import RunConfig
 from uaap.data import Dataset, describe, federated
+from uaap.errors import RunFailedError, UaapError
 from uaap.models import build_model, from_record, get_weights, to_record
 from uaap.protocol import NUM_EXAMPLES, RUN_CONFIG
 from uaap.training import evaluate
@@ -55,6 +64,8 @@ class RoundLog:
     failures: int = 0
     sampled: int = 0
     participants: list[int] = field(default_factory=list)
+    failed: bool = False  # no client result was accepted: the global model did not move
+    errors: list[str] = field(default_factory=list)  # the first reasons clients gave for failing
 
 
 def _metrics(record: MetricRecord | None) -> dict[str, float]:
@@ -89,9 +100,44 @@ def central_evaluator(cfg: RunConfig, num_partitions: int) -> Any:
 def run_federation(
     grid: Grid, cfg: RunConfig, strategy: Strategy | None = None, *, num_partitions: int | None = None
 ) -> workspace.RunDir:
-    """Run (or resume) the federation described by ``cfg``; returns the run folder."""
+    """Run (or resume) the federation described by ``cfg``; returns the run folder.
+
+    Raises :class:`RunFailedError` when every round failed; any exception ends the run's events with its cause.
+    """
     rd = workspace.run_dir(cfg.run_id or workspace.new_run_id())
     cfg = cfg.replace(run_id=rd.run_id)
+    trackers: list[Any] = []  # the run's tracker once it exists, to close it on failure
+    try:
+        return _federate(grid, cfg, rd, strategy, num_partitions, trackers)
+    except RunFailedError:
+        raise  # recorded where it was decided
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+        reason = "interrupted" if interrupted else failure_reason(exc)
+        rd.log_event("end", status="interrupted" if interrupted else "failed", reason=reason)
+        if not interrupted:
+            log.error("run %s failed: %s", rd.run_id, reason)
+        for tracker in trackers:
+            with contextlib.suppress(Exception):  # tracking must never hide the cause
+                tracker.set_tags({"uaap.status": "failed", "uaap.stop_reason": reason})
+                tracker.finish("KILLED" if interrupted else "FAILED")
+        raise
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a person: a UaapError's own message, otherwise the exception type and its first line."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if isinstance(exc, UaapError) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _federate(
+    grid: Grid,
+    cfg: RunConfig,
+    rd: workspace.RunDir,
+    strategy: Strategy | None,
+    num_partitions: int | None,
+    trackers: list[Any],
+) -> workspace.RunDir:
     rd.write_config(cfg)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -117,6 +163,7 @@ def run_federation(
     encrypted = is_encrypted(strategy)
     evaluate_fn = central_evaluator(cfg, num_partitions) if cfg.central_eval and not encrypted else None
     tracker = _tracker(cfg)
+    trackers += [tracker] if tracker else []
     if ckpt is not None:
         _recover(rd, tracker, committed)
     rd.log_event("start", round=start, num_rounds=cfg.num_rounds, nodes=nodes, resumed=ckpt is not None)
@@ -127,25 +174,29 @@ def run_federation(
             tracker.log_metrics(tracked_metrics({"central": central0}), step=0)
 
     status, reason = "completed", ""
-    try:
-        for server_round in range(start, cfg.num_rounds + 1):
-            if stop := _stop_reason(strategy, server_round):
-                status, reason = "stopped", stop
-                log.warning("stopping before round %d: %s", server_round, stop)
-                break
-            arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn)
-            state = {x.state_key: x.state_dict() for x in layers(strategy) if isinstance(x, Stateful)}
-            state[ROUND_LOG] = dict(entry.__dict__)  # the commit point holds what the lines below record
-            rd.save_checkpoint(workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state))
-            rd.log_event("round", **entry.__dict__)
-            if tracker:
-                tracker.log_metrics(tracked_metrics(entry.__dict__), step=server_round)
-    except BaseException:
-        rd.log_event("end", status="failed", reason="exception in the server loop")
+    ran: list[RoundLog] = []
+    for server_round in range(start, cfg.num_rounds + 1):
+        if stop := _stop_reason(strategy, server_round):
+            status, reason = "stopped", stop
+            log.warning("stopping before round %d: %s", server_round, stop)
+            break
+        arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn)
+        state = {x.state_key: x.state_dict() for x in layers(strategy) if isinstance(x, Stateful)}
+        state[ROUND_LOG] = dict(entry.__dict__)  # the commit point holds what the lines below record
+        rd.save_checkpoint(workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state))
+        rd.log_event("round", **entry.__dict__)
         if tracker:
-            tracker.finish("FAILED")
-        raise
+            tracker.log_metrics(tracked_metrics(entry.__dict__), step=server_round)
+        ran.append(entry)
 
+    if ran and all(e.failed for e in ran):
+        reason = _nothing_accepted(ran)
+        rd.log_event("end", status="failed", reason=reason, encrypted=encrypted)
+        log.error("run %s failed: %s", rd.run_id, reason)
+        if tracker:
+            tracker.set_tags({"uaap.status": "failed", "uaap.stop_reason": reason})
+            tracker.finish("FAILED")
+        raise RunFailedError(f"run {rd.run_id} failed: {reason}")
     if not encrypted:
         workspace.save_model(
             rd.model_file,
@@ -163,6 +214,23 @@ def run_federation(
             tracker.log_artifact(str(rd.model_file))
         tracker.finish()
     return rd
+
+
+def client_error(reason: str) -> str:
+    """The cause a failed client reply carries, without the transport's wrapping (Ray reprs, colour codes)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    said = re.findall(r"Message: (.+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (said[-1].strip() if said else lines[-1] if lines else "")[:200]
+
+
+def _nothing_accepted(rounds: list[RoundLog]) -> str:
+    """Why a run whose rounds all failed has no model, with the clients' first reasons."""
+    errors = list(dict.fromkeys(e for r in rounds for e in r.errors))
+    replies = ", ".join(f"round {r.round}: {r.replies} of {r.sampled} replied" for r in rounds[:3])
+    text = f"no client result was accepted in any of its {len(rounds)} round(s) ({replies}"
+    text += "; " + ("clients reported: " + " | ".join(errors[:3]) if errors else "replies rejected or missing") + ")"
+    return text + "; see the clients' logs and metrics.jsonl"
 
 
 def tracked_metrics(entry: dict[str, Any]) -> dict[str, float]:
@@ -259,7 +327,7 @@ def _one_round(
     _warn_missing("train", server_round, messages, replies)
     new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
     if new_arrays is None:
-        log.warning("round %d: no usable training replies; the global model is unchanged", server_round)
+        log.warning("round %d failed: no client result was accepted; the global model is unchanged", server_round)
     else:
         arrays = new_arrays
     entry = RoundLog(
@@ -270,6 +338,8 @@ def _one_round(
         failures=len(replies) - len(ok),
         sampled=len(messages),
         participants=sorted(int(m.metadata.src_node_id) for m in ok),  # replied; wrappers log rejections
+        failed=new_arrays is None,
+        errors=list(dict.fromkeys(client_error(m.error.reason or "") for m in replies if m.has_error()))[:3],
     )
 
     eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord({RUN_CONFIG: cfg.to_json()}), grid))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from uaap import workspace
 from uaap.cluster import block_tensorflow, connect
 from uaap.config import RunConfig
+from uaap.errors import RunFailedError, UaapError
 
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
@@ -59,6 +60,7 @@ def simulate(
 
     from client.app import app as uaap_client_app
     from server.app import make_app
+    from server.federation import failure_reason
     from uaap.crypto import ensure_simulation_keys
     from uaap.data import federated
     from uaap.tracking import ensure_experiment
@@ -87,6 +89,14 @@ def simulate(
             backend_config={"client_resources": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}},
             verbose_logging=verbose,
         )
+    except UaapError:
+        raise  # the ServerApp's own error (bad data, keys, a run whose rounds all failed): its message says why
+    except Exception as exc:
+        ends = rd.events("end")
+        why = ends[-1].get("reason") if ends else ""
+        raise RunFailedError(
+            f"simulation {rd.run_id} failed: {why or failure_reason(exc)}; see {rd.metrics_file}"
+        ) from exc
     finally:
         stop.set()
         if tail:
@@ -94,8 +104,9 @@ def simulate(
         if ray.is_initialized():
             ray.shutdown()
     ends = rd.events("end")
-    if not ends or ends[-1]["status"] == "failed":
-        raise RuntimeError(f"simulation {rd.run_id} did not finish; see {rd.metrics_file} and the log above")
+    if not ends or ends[-1]["status"] not in ("completed", "stopped"):
+        why = ends[-1].get("reason", "") if ends else "the server wrote no end event"
+        raise RunFailedError(f"simulation {rd.run_id} did not complete: {why}; see {rd.metrics_file}")
     return rd
 
 

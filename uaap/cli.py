@@ -103,7 +103,7 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; user errors print one clear line and exit 2."""
+    """Run one command; errors print one clear line and exit with their code (2 bad input, 1 a failed run)."""
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UaapError as exc:
         print(f"uaap: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("uaap: interrupted", file=sys.stderr)
         return 130

@@ -7,6 +7,8 @@ Messages name the bad value, what was expected and what to do.
 class UaapError(Exception):
     """Base class of every error UAAP raises on purpose."""
 
+    exit_code = 2  # what the command line exits with: 2 is bad input
+
 
 class ConfigError(UaapError, ValueError):
     """A run configuration value is invalid."""
@@ -26,3 +28,9 @@ class KeyMaterialError(UaapError):
 
 class PrivacyBudgetExceeded(UaapError):
     """The next release would exceed the privacy budget."""
+
+
+class RunFailedError(UaapError):
+    """A run ended without a result (every round failed, or the server stopped on an error)."""
+
+    exit_code = 1
