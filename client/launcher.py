@@ -176,16 +176,17 @@ def check_secret_context(path: Path) -> None:
     """The HE context must exist, be private and hold a secret key (clients decrypt the global model)."""
     if not path.is_file():
         raise KeyMaterialError(f"HE secret context {str(path)!r} does not exist; get it from `uaap keys init`")
-    if path.stat().st_mode & 0o077:
-        raise KeyMaterialError(
-            f"HE secret context {path} is readable by others (mode {path.stat().st_mode & 0o777:o}); chmod 600 it"
-        )
     from uaap.crypto import load_context
 
     hctx = load_context(path)  # raises KeyMaterialError for files that are not UAAP CKKS contexts
-    if not hctx.has_secret_key:
+    if not hctx.has_secret_key:  # what the file is comes before how it is kept: a public.ckks is the wrong file
         raise KeyMaterialError(
-            f"{path} is a public context (no secret key); clients need the secret context from `uaap keys init`"
+            f"{path} is a public context (no secret key); clients need the secret context (secret.ckks from "
+            "`uaap keys init`)"
+        )
+    if path.stat().st_mode & 0o077:
+        raise KeyMaterialError(
+            f"HE secret context {path} is readable by others (mode {path.stat().st_mode & 0o777:o}); chmod 600 it"
         )
 
 

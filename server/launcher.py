@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -545,6 +546,9 @@ def _progress(event: dict[str, Any], num_rounds: int) -> str:
             text += f", {event.get('seconds', 0.0):.1f}s"
         text += f", accuracy {acc:.4f}" if acc is not None else ""
         text += f", epsilon {eps:.3f}" if eps is not None else ""
+        if event.get("failed"):
+            why = f" ({event['errors'][0]})" if event.get("errors") else ""
+            text += f"; FAILED: no client result was accepted{why}"
         return text
     if kind == "end":
         return f"run {event.get('status')}" + (f": {event['reason']}" if event.get("reason") else "")
@@ -606,6 +610,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, ServerOptions]:
     else:
         cfg = config_from_args(args)
         cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id())
+    cfg = cfg.with_absolute_paths()  # the ServerApp runs in the launcher's workspace, not here
     tls_flags = {
         "--certs": args.certs,
         "--ssl-ca-certfile": args.ssl_ca_certfile,
@@ -629,6 +634,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, ServerOptions]:
         )
     if args.auth_keys and tls is None:
         raise ConfigError("SuperNode authentication (--auth-keys) needs TLS: pass --certs DIR instead of --insecure")
+    check_run_inputs(cfg)
     opts = ServerOptions(
         host=args.host,
         port=args.port,
@@ -649,13 +655,24 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, ServerOptions]:
     return cfg, opts
 
 
+def check_run_inputs(cfg: RunConfig) -> None:
+    """Read every file, column and key the ServerApp will read, as it will read them, before anything starts.
+
+    Inside the ServerApp a bad path or key surfaces only after the clients joined, as a failed Flower run.
+    """
+    from uaap.data import federated
+
+    if cfg.secure:
+        from uaap.crypto import server_context
+
+        server_context(cfg.he_public_context)  # exists, is a CKKS context, holds no secret key
+    federated(cfg, max(cfg.num_clients, 2))  # the server's table: loads, has the target column and two classes
+
+
 def serve(cfg: RunConfig, opts: ServerOptions) -> dict[str, Any]:
     """Start the SuperLink, run ``cfg`` to the end and stop everything; returns the deployment record."""
-    from uaap.data import federated
     from uaap.tracking import ensure_experiment
 
-    if cfg.central_eval or not cfg.secure:
-        federated(cfg, max(cfg.num_clients, 2))  # bad data fails here, before anything starts
     ensure_experiment(cfg.experiment)  # schema + experiment before the ServerApp process exists
     rd = workspace.run_dir(cfg.run_id)
     rd.path.mkdir(parents=True, exist_ok=True)
@@ -705,13 +722,24 @@ def main(argv: list[str] | None = None) -> int:
     if ok:
         print(f"[flower-server] run {cfg.run_id} {end.get('status')}; results in {rd.path}")
         return 0
+    log_path = record.get("serverapp_log")
+    cause = end.get("reason") or (cause_line(Path(log_path).read_text(errors="replace")) if log_path else "")
     print(
-        f"flower-server: error: run {cfg.run_id} ended as {record.get('flower_status')!r} "
-        f"(ServerApp: {end.get('status', 'no end event')}); see {record.get('serverapp_log', rd.metrics_file)} "
-        f"and {workspace.home() / 'server' / 'superlink.log'}",
+        f"flower-server: error: run {cfg.run_id} {end.get('status', 'failed')}: "
+        f"{cause or 'the ServerApp stopped without saying why'} (Flower: {record.get('flower_status')})\n"
+        f"  full log: {log_path or rd.metrics_file}; SuperLink log: {workspace.home() / 'server' / 'superlink.log'}",
         file=sys.stderr,
     )
     return 1
+
+
+def cause_line(log_text: str) -> str:
+    """What a log says went wrong: the line a traceback ends with (``SomeError: message``), else its last ERROR."""
+    lines = [line.strip() for line in log_text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exceeded)(: .*)?$", line):
+            return line
+    return next((line for line in reversed(lines) if "ERROR" in line), "")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def simulate(
     from uaap.data import federated
     from uaap.tracking import ensure_experiment
 
-    cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id())
+    cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id()).with_absolute_paths()
     cfg = ensure_simulation_keys(cfg)  # CKKS keys under <UAAP_HOME>/keys/<run-id>/ when HE is on without key paths
     federated(cfg, cfg.num_clients)  # bad data fails here, before Ray starts
     ensure_experiment(cfg.experiment)  # schema + experiment before any worker exists

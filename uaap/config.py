@@ -318,6 +318,22 @@ class RunConfig(BaseModel):
         """Whether updates travel as CKKS ciphertexts."""
         return self.secure_aggregation == "ckks"
 
+    def with_absolute_paths(self) -> RunConfig:
+        """File settings (data table, CKKS contexts) made absolute against the current directory.
+
+        Launchers call it before anything starts: the ServerApp and ClientApps run in other directories (Flower
+        starts them from its own), and a run folder's config.toml must mean the same files from anywhere. URLs
+        and database addresses (``scheme://...``) are left as they are.
+        """
+        from pathlib import Path
+
+        changes = {
+            name: str(Path(value).expanduser().resolve())
+            for name in ("data_path", "he_public_context", "he_secret_context")
+            if (value := getattr(self, name)) and "://" not in value
+        }
+        return self.replace(**changes) if changes else self
+
 
 # Where the values being validated came from, for the messages (set by RunConfig.validated).
 _ORIGIN: contextvars.ContextVar[Callable[[str], str] | None] = contextvars.ContextVar(

@@ -5,6 +5,7 @@ Real components: a real TLS socket server and the cryptography library.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import threading
@@ -69,7 +70,7 @@ def test_client_main_exit_codes(certs, tmp_path, capsys):
     csv.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
     args = ["--server", f"127.0.0.1:{port}", "--insecure", "--data", str(csv)]
     assert main([*args, "--target", "nope"]) == 2
-    assert "target column 'nope' is not in mine.csv" in capsys.readouterr().err
+    assert re.search(r"target column 'nope' is not in \S*mine\.csv", capsys.readouterr().err)
     assert main([*args, "--target", "label", "--max-wait-time", "1"]) == EXIT_UNREACHABLE
     assert "unreachable" in capsys.readouterr().err
     key = tmp_path / "not-a-key.key"
@@ -77,6 +78,13 @@ def test_client_main_exit_codes(certs, tmp_path, capsys):
     bad_key = ["--root-certificates", str(certs.ca_cert), "--auth-key", str(key), "--partition-id", "0"]
     assert main(["--server", f"127.0.0.1:{port}", *bad_key]) == 2
     assert "not an OpenSSH private key" in capsys.readouterr().err
+    # the public context where the secret one belongs: the complaint is what the file is, not its mode (0644)
+    from uaap import crypto
+
+    keys = crypto.generate_keys(tmp_path / "fed-keys")
+    assert main([*args, "--target", "label", "--he-secret-context", str(keys.public)]) == 2
+    err = capsys.readouterr().err
+    assert "is a public context" in err and "mode" not in err
 
 
 def test_client_node_config_and_diagnosis(certs):

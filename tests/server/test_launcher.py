@@ -66,3 +66,41 @@ def test_app_folder_gets_the_run_config_as_overrides(uaap_home, tmp_path):
     (partial / "pyproject.toml").write_text("[tool.flwr.app.config]\nnum-rounds = 3\n")
     with pytest.raises(ConfigError, match="does not declare"):
         server.run_overrides(cfg, partial)
+
+
+def test_server_checks_every_file_the_serverapp_reads_before_starting(tmp_path, uaap_home, monkeypatch, capsys):
+    """Relative paths become absolute (the ServerApp runs elsewhere); a missing table, a wrong target column and a
+    secret context given as the public one fail here, before the SuperLink starts, naming the file."""
+    import pandas as pd
+
+    from server.launcher import build_parser, main, resolve
+    from uaap import crypto
+
+    monkeypatch.chdir(tmp_path)
+    keys = crypto.generate_keys(tmp_path / "fed-keys")
+    pd.DataFrame({"x": [float(i) for i in range(40)], "label": [i % 2 for i in range(40)]}).to_csv(
+        tmp_path / "sample.csv", index=False
+    )
+    base = ["--insecure", "--port", "1", "--num-clients", "2", "--dataset", "csv", "--target", "label"]
+    he = ["--secure-aggregation", "ckks", "--he-public-context", "fed-keys/public.ckks"]
+    cfg, _ = resolve(build_parser().parse_args([*base, "--data", "sample.csv", *he]))
+    assert cfg.data_path == str(tmp_path / "sample.csv") and cfg.he_public_context == str(keys.public)
+
+    assert main([*base, "--data", "missing.csv"]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    assert main([*base[:-1], "outcome", "--data", "sample.csv"]) == 2
+    assert "outcome" in capsys.readouterr().err
+    assert main([*base, "--data", "sample.csv", *he[:-1], "fed-keys/secret.ckks"]) == 2
+    assert "carries a secret key" in capsys.readouterr().err
+    assert not (uaap_home / "server" / "superlink.log").exists(), "nothing may start before the inputs are checked"
+
+
+def test_cause_line_is_what_the_traceback_ends_with():
+    from server.launcher import cause_line
+
+    log = (
+        'INFO : Starting\nTraceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "uaap.errors.DataError: data file '/srv/x.csv' does not exist\nINFO : bye\n"
+    )
+    assert cause_line(log) == "uaap.errors.DataError: data file '/srv/x.csv' does not exist"
+    assert cause_line("ERROR : ServerApp crashed\nINFO : done\n") == "ERROR : ServerApp crashed"
