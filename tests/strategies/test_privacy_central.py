@@ -298,3 +298,115 @@ def test_a_client_under_a_new_node_id_keeps_its_epsilon_and_cannot_lower_it(uaap
     assert [r.epsilon for r in Ledger().releases("renamed")] == pytest.approx(
         [epsilon_of([(2.0, 0.05, 30)], 1e-5), epsilon_of([(2.0, 0.05, 40)], 1e-5)]
     )
+
+
+def test_a_round_that_lands_exactly_on_max_epsilon_runs_and_the_next_does_not(uaap_home):
+    # The budget is "at most max-epsilon": a round whose epsilon equals it exactly still runs.
+    eps = [epsilon_of([(1.0, 0.5, k)], 1e-5) for k in range(1, 7)]
+    dp = _dp(_cfg(fraction_train=0.5, max_epsilon=eps[3], run_id="exact"), np.random.default_rng(3))
+    stops = _run_rounds(dp, _start(), range(1, 7))
+    assert stops[:4] == [None] * 4 and "round 5" in stops[4]
+    assert dp.user_epsilon() == eps[3]
+    assert dp.round_report(4)["budget_used"] == 1.0
+    # the same at the example level (one DP-SGD client, no central noise)
+    two = epsilon_of([LOCAL[:2] + (2 * LOCAL[2],)], 1e-5)
+    local = _dp(RunConfig(dp_local=True, max_epsilon=two, run_id="exact-local"))
+    stops = _run_rounds(local, _start(), range(1, 5))
+    assert stops[:2] == [None, None] and "round 3" in stops[2] and "node-1's example-level epsilon" in stops[2]
+    assert local.example_epsilons() == {"node-1": two}
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the smallest alpha")
+@pytest.mark.parametrize(("q", "online", "replying"), [(1.0, 5, 2), (0.5, 4, 1), (0.25, 8, 3)])
+def test_the_denominator_is_q_times_the_clients_online_not_the_replies(uaap_home, q, online, replying):
+    # Fixed-denominator estimator: w + sum(updates) / (q N), N counted when sampling, whoever replies.
+    cfg = _cfg(dp_noise_multiplier=1e-9, dp_central_clip_norm=10.0, fraction_train=q, run_id=f"denominator-{q}")
+    start = _start()
+    deltas = [0.01 * (i + 1) for i in range(replying)]
+    dp = _dp(cfg, np.random.default_rng(0))
+    _start_round(dp, to_record(start), list(range(1, online + 1)))
+    replies = [_reply(i + 1, [w + d for w in start], 10 * (i + 1)) for i, d in enumerate(deltas)]
+    arrays, metrics = dp.aggregate_train(1, replies)
+    expected = sum(deltas) / (q * online)
+    for s, g in zip(start, from_record(arrays), strict=True):
+        np.testing.assert_allclose(g - s, expected, atol=1e-6)
+    assert metrics["dp-sampled"] == replying
+    assert metrics["dp-noise-std"] == pytest.approx(1e-9 * 10.0 / (q * online))
+
+
+def test_configure_train_poisson_samples_the_online_clients_and_sends_the_denominator():
+    from flwr.app import MessageType
+
+    from tests.flower_helpers import configure
+
+    q, nodes = 0.3, [17, 3, 9, 42, 5, 11, 23, 8, 30, 14]
+    noise = CentralDPNoise(
+        FedAvg(min_available_nodes=2), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=q,
+        rng=np.random.default_rng(11),
+    )  # fmt: skip
+    start = to_record(_start(100))
+    msgs = configure(noise, 1, start, nodes)
+    expected = poisson_sample(sorted(nodes), q, np.random.default_rng(11))  # the same draws, independently
+    assert 0 < len(expected) < len(nodes)
+    assert [int(m.metadata.dst_node_id) for m in msgs] == expected
+    assert noise.last_population == len(nodes) and noise.last_sampled == len(expected)
+    for msg in msgs:
+        assert msg.metadata.message_type == MessageType.TRAIN
+        assert msg.content.config_records["config"]["dp-denominator"] == pytest.approx(q * len(nodes))
+        got = from_record(msg.content.array_records["arrays"])
+        assert all(np.array_equal(a, b) for a, b in zip(got, from_record(start), strict=True))
+    nobody = CentralDPNoise(
+        FedAvg(min_available_nodes=2), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1e-9,
+        rng=np.random.default_rng(0),
+    )  # fmt: skip
+    assert configure(nobody, 1, start, nodes) == [] and nobody.last_population == len(nodes)
+
+
+def test_central_dp_refuses_what_it_cannot_release(tmp_path):
+    keys = crypto.generate_keys(tmp_path / "fed")
+    secret = crypto.load_context(keys.secret)
+    noise = CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0)
+    with pytest.raises(ConfigError, match="before configure_train"):
+        noise.aggregate_train(1, [])
+    he = CentralDPNoise(
+        SecureAggregation(FedAvg(), str(keys.public)), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0
+    )
+    # resuming a run whose encrypted global model was not made by this protocol (FedAvg's sum of weights 3)
+    foreign = crypto.encrypt_weights(_start(100), 3.0, secret)
+    he.start_round(foreign, [1, 2])
+    with pytest.raises(ConfigError, match="total weight 3; central DP under HE keeps it at 1.*start a new run"):
+        he.aggregate_train(2, [])
+    with pytest.raises(ConfigError, match="must wrap SecureAggregation directly"):
+        CentralDPNoise(_wrapped_secure(keys), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ConfigError, match="dp-noise-multiplier"):
+            CentralDPNoise(FedAvg(), noise_multiplier=bad, clipping_norm=1.0, sample_rate=1.0)
+        with pytest.raises(ConfigError, match="dp-central-clip-norm"):
+            CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=bad, sample_rate=1.0)
+    with pytest.raises(
+        ConfigError, match=r"fraction-train=1.5 is central DP's sampling rate q; it must be in \(0, 1\]"
+    ):
+        CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.5)
+    assert CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0).sample_rate == 1.0
+
+
+def _wrapped_secure(keys):
+    from strategies.validation import ValidateReplies
+
+    return ValidateReplies(SecureAggregation(FedAvg(), str(keys.public)))
+
+
+def test_the_server_accounts_with_the_prv_accountant_when_asked(uaap_home):
+    sigma, q = 1.1, 0.5
+    dp = _dp(_cfg(dp_noise_multiplier=sigma, fraction_train=q, dp_accountant="prv", dp_local=True, run_id="prv"),
+             np.random.default_rng(1))  # fmt: skip
+    _run_rounds(dp, _start(), range(1, 4))
+    prv, rdp = epsilon_of([(sigma, q, 3)], 1e-5, "prv"), epsilon_of([(sigma, q, 3)], 1e-5, "rdp")
+    assert dp.user_epsilon() == pytest.approx(prv, rel=1e-9) and prv < rdp  # the tight accountant, not RDP's bound
+    local = epsilon_of([(LOCAL[0], LOCAL[1], 3 * LOCAL[2])], 1e-5, "prv")
+    assert dp.example_epsilons() == {"node-1": pytest.approx(local, rel=1e-9)}
+    rows = Ledger().releases("prv")
+    assert {r.accountant for r in rows} == {"prv"} and len(rows) == 6
+    assert Ledger().budget("prv").accountant == "prv"
+    with pytest.raises(ConfigError, match="dp-accountant='rdp'"):
+        _dp(_cfg(run_id="prv")).load_state_dict(dp.state_dict())

@@ -237,3 +237,103 @@ def test_resumed_he_simulation_matches_plaintext_accuracy_and_model(runs: dict[s
         ref = [npz[k] for k in sorted(npz.files) if k.startswith("w")]
     drift = max(float(np.abs(g - r).max()) for g, r in zip(get_weights(model), ref, strict=True))
     assert drift <= 1e-5, f"the resumed HE run and the plaintext run drifted apart by {drift:.3g}"
+
+
+# ---- checks on each reply, with and without reply validation around the sum ------------------------------
+
+
+def _encrypted_replies(keys: crypto.KeyFiles, updates, cfg: RunConfig) -> list[tuple[ArrayRecord, dict[str, float]]]:
+    out = []
+    for weights, n in updates:
+        arrays, extra = prepare_update(cfg, weights, weights, n, _context(keys))
+        out.append((arrays, {**train_metrics(n), **extra}))
+    return out
+
+
+def test_secure_aggregation_alone_leaves_out_a_reply_whose_he_weight_metric_lies(
+    keys: crypto.KeyFiles, updates: list[tuple[list[np.ndarray], int]]
+) -> None:
+    # Without reply validation around it, SecureAggregation itself refuses a reply whose he-weight metric
+    # differs from the weight its ciphertext carries (a client claiming more weight than it encrypted).
+    from flwr.serverapp.strategy import FedAvg
+
+    cfg = RunConfig(secure_aggregation="ckks", he_public_context=str(keys.public))
+    (a, ma), (b, mb), (c, mc) = _encrypted_replies(keys, updates[:3], cfg)
+    secure = SecureAggregation(FedAvg(), crypto.server_context(keys.public))
+    configure(secure, 1, to_record(updates[0][0]), [1, 2, 3, 4])
+    two_records = RecordDict({"arrays": c, "more": c, "metrics": MetricRecord(mc)})
+    replies = [
+        _reply(1, a, ma),
+        _reply(2, b, {**mb, HE_WEIGHT: mb[HE_WEIGHT] * 10}),
+        Message(content=two_records, reply_to=_request(3)),
+        _reply(4, c, mc),
+    ]
+    total, metrics = secure.aggregate_train(1, replies)
+    assert total is not None and metrics is not None
+    assert [node for node, _ in secure.last_rejected] == [2, 3]
+    assert "disagrees with its record's" in secure.last_rejected[0][1]
+    assert secure.last_rejected[1][1] == "reply carries 2 ArrayRecords; expected exactly one"
+    assert crypto.total_weight(total) == updates[0][1] + updates[2][1]
+    assert metrics["he-clients"] == 2 and metrics["he-rejected"] == 2
+    assert metrics["he-total-weight"] == updates[0][1] + updates[2][1] and HE_WEIGHT not in metrics
+    got = crypto.decrypt_global(total, crypto.load_context(keys.secret))
+    ref = [(wa * updates[0][1] + wc * updates[2][1]) / (updates[0][1] + updates[2][1]) for wa, wc in
+           zip(updates[0][0], updates[2][0], strict=True)]  # fmt: skip
+    assert max(float(np.abs(g - r).max()) for g, r in zip(got, ref, strict=True)) <= 1e-6
+
+
+def test_reply_validation_checks_ciphertext_replies_before_the_sum_sees_them(
+    keys: crypto.KeyFiles, updates: list[tuple[list[np.ndarray], int]], uaap_home: Path
+) -> None:
+    cfg = RunConfig(secure_aggregation="ckks", he_public_context=str(keys.public), run_id="he-val", min_contributors=1)
+    (a, ma), (b, mb) = _encrypted_replies(keys, updates[:2], cfg)
+    plain = to_record(updates[2][0])
+    stack = build_strategy(cfg)
+    assert isinstance(stack, ValidateReplies) and stack.he_context is not None
+    secure = find_layer(stack, SecureAggregation)
+    assert secure is not None
+    configure(stack, 1, to_record(updates[0][0]), [1, 2, 3, 4, 5, 6])
+    no_weight = {k: v for k, v in mb.items() if k != HE_WEIGHT}
+    replies = [
+        _reply(1, a, ma),
+        _reply(2, b, {**mb, HE_WEIGHT: mb[HE_WEIGHT] + 1}),
+        _reply(3, b, no_weight),
+        _reply(4, plain, {**train_metrics(5), HE_WEIGHT: 5.0}),
+        _reply(5, b, {**mb, HE_WEIGHT: 0.0}),
+        _reply(6, b, {**mb, "num-examples": 10**9}),
+    ]
+    total, metrics = stack.aggregate_train(1, replies)
+    reasons = {r["node"]: r["reason"] for r in stack.rejected}
+    assert reasons == {
+        2: f"metric he-weight={mb[HE_WEIGHT] + 1} differs from its record's {mb[HE_WEIGHT]}",
+        3: "metrics missing ['he-weight'], unexpected []",
+        4: "the record holds plaintext arrays, not UAAP ciphertext (is secure-aggregation on?)",
+        5: "metric he-weight=0.0: expected a value in (0, 100000]",
+        6: "metric num-examples=1000000000: expected a value in [1, 100000]",
+    }
+    assert secure.last_rejected == [], "the sum never saw a rejected reply"
+    assert total is not None and metrics is not None and metrics["rejected-replies"] == 5
+    assert crypto.total_weight(total) == updates[0][1] and metrics["he-clients"] == 1
+
+    central = ValidateReplies(
+        SecureAggregation(innermost(stack), secure.context), central=True, he_context=secure.context
+    )
+    configure(central, 1, to_record(updates[0][0]), [1, 2])
+    central.aggregate_train(1, [_reply(1, a, ma)])
+    assert central.rejected[-1]["reason"] == f"metric he-weight={ma[HE_WEIGHT]}: expected a value in [1, 1]"
+
+
+def test_a_plaintext_server_rejects_ciphertext_replies_and_a_ciphertext_model(
+    keys: crypto.KeyFiles, updates: list[tuple[list[np.ndarray], int]]
+) -> None:
+    cfg = RunConfig(secure_aggregation="ckks", he_public_context=str(keys.public))
+    (a, ma), (b, mb) = _encrypted_replies(keys, updates[:2], cfg)
+    plain_stack = build_strategy(RunConfig())
+    configure(plain_stack, 1, to_record(updates[0][0]), [1, 2])
+    assert plain_stack.aggregate_train(1, [_reply(1, a, train_metrics(updates[0][1]))]) == (None, None)
+    assert plain_stack.rejected[-1]["reason"].startswith("array names differ from the global model")
+    configure(plain_stack, 2, a, [1, 2])  # a ciphertext global model on a server without HE
+    plain_stack.aggregate_train(2, [_reply(1, to_record(updates[1][0]), train_metrics(updates[1][1]))])
+    assert plain_stack.rejected[-1]["reason"] == (
+        "the global model is ciphertext but this server runs without secure aggregation"
+    )

@@ -100,3 +100,189 @@ def test_build_strategy_puts_validation_outermost_so_nothing_sees_a_rejected_rep
     assert plain == [ValidateReplies, FedProx]
     private = build_strategy(RunConfig(strategy="fedavg", dp_central=True, dp_local=True, run_id=""))
     assert [type(x) for x in layers(private)] == [ValidateReplies, PrivacyAccounting, CentralDPNoise, FedAvg]
+
+
+# ---- each path of the schema, one reply at a time --------------------------------------------------------
+
+
+def _validator(**kw):
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.validation import ValidateReplies
+
+    strategy = ValidateReplies(FedAvg(min_available_nodes=1, min_train_nodes=1), **kw)
+    glob = ArrayRecord({k: Array(v) for k, v in _arrays(0).items()})
+    list(strategy.configure_train(1, glob, ConfigRecord({}), _Grid([1, 2])))
+    return strategy
+
+
+def _reason(strategy, reply: Message) -> str | None:
+    """Why ``strategy`` rejects ``reply`` on its own (None when accepted)."""
+    before = len(strategy.rejected)
+    strategy.aggregate_train(1, [reply])
+    return strategy.rejected[-1]["reason"] if len(strategy.rejected) > before else None
+
+
+def _array_as(declared: str, values: np.ndarray) -> Array:
+    """An Array that declares ``declared`` but carries ``values``' own np.save bytes (a lying header)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, values, allow_pickle=False)
+    return Array(dtype=declared, shape=tuple(values.shape), stype="numpy.ndarray", data=buf.getvalue())
+
+
+def _content(arrays: dict[str, Array], metrics: dict | None = None, **records) -> RecordDict:
+    return RecordDict(
+        {"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics or train_metrics(10.0)), **records}
+    )
+
+
+def test_arrays_of_the_wrong_dtype_are_rejected_whatever_their_header_says():
+    strategy = _validator()
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    as_int = {**good, "w": Array(np.ones((3, 2), dtype=np.int32))}
+    reason = _reason(strategy, reply_from(1, _content(as_int)))
+    assert reason == "array 'w' has dtype 'int32'; expected floating point"
+    lying = {**good, "w": _array_as("float32", np.ones((3, 2), dtype=np.int32))}  # says float32, decodes to int32
+    assert _reason(strategy, reply_from(1, _content(lying))) == (
+        "array 'w' decodes to int32 (3, 2); expected float (3, 2)"
+    )
+    assert _reason(strategy, reply_from(1, _content({**good, "b": Array(np.ones(2, dtype=np.float16))}))) is None
+
+
+def test_undecodable_oversized_and_extra_arrays_are_rejected():
+    strategy = _validator()
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    garbage = {**good, "b": Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=b"\x93NUMPY garbage")}
+    assert _reason(strategy, reply_from(1, _content(garbage))).startswith("array 'b' does not decode (")
+    big = np.zeros(200, dtype=np.float64)
+    padded = {**good, "b": Array(dtype="float32", shape=(2,), stype="numpy.ndarray", data=big.tobytes())}
+    assert _reason(strategy, reply_from(1, _content(padded))) == (
+        "array 'b' carries 1600 bytes, more than its shape (2,) needs"
+    )
+    extra = {**good, "extra": Array(np.ones(2, dtype=np.float32))}
+    assert _reason(strategy, reply_from(1, _content(extra))) == (
+        "array names differ from the global model (missing [], unexpected ['extra'])"
+    )
+    reordered = {"b": good["b"], "w": good["w"]}
+    assert "array names differ" in _reason(strategy, reply_from(1, _content(reordered)))
+    assert strategy.rejected and all(r["node"] == 1 and r["phase"] == "train" for r in strategy.rejected)
+
+
+def test_replies_with_other_records_are_rejected():
+    from uaap.protocol import CLIENT_INFO, PARTITION_ID
+
+    strategy = _validator()
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    two = _content(good)
+    two["more"] = ArrayRecord(good)
+    assert _reason(strategy, reply_from(1, two)) == "array records ['arrays', 'more']; expected ['arrays']"
+    metrics = _content(good)
+    metrics["other"] = MetricRecord({"x": 1.0})
+    assert _reason(strategy, reply_from(1, metrics)) == "metric records ['metrics', 'other']; expected ['metrics']"
+    config = _content(good, cfg=ConfigRecord({"x": 1}))
+    assert _reason(strategy, reply_from(1, config)) == "config records ['cfg']; expected at most ['client-info']"
+    label = {CLIENT_INFO: ConfigRecord({PARTITION_ID: 3, "claim": "admin"})}
+    assert _reason(strategy, reply_from(1, _content(good, **label))) == (
+        "client-info carries ['claim', 'partition-id']; expected at most ['partition-id']"
+    )
+    for bad in (True, "3", 2.5):
+        reply = reply_from(1, _content(good, **{CLIENT_INFO: ConfigRecord({PARTITION_ID: bad})}))
+        assert _reason(strategy, reply) == f"client-info partition-id={bad!r}: expected a whole number"
+    fine = reply_from(1, _content(good, **{CLIENT_INFO: ConfigRecord({PARTITION_ID: 3})}))
+    assert _reason(strategy, fine) is None
+    no_arrays = RecordDict({"metrics": MetricRecord(train_metrics(10.0))})
+    assert _reason(strategy, reply_from(1, no_arrays)) == "array records []; expected ['arrays']"
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"num-examples": 2.5}, "metric num-examples=2.5: expected a whole number"),
+        ({"num-examples": 0}, "metric num-examples=0: expected a value in [1, 50]"),
+        ({"num-examples": 51}, "metric num-examples=51: expected a value in [1, 50]"),
+        ({"num-examples": 50}, None),
+        ({"num-examples": 1}, None),
+        ({"train-loss": -0.1}, "metric train-loss=-0.1: expected a value in [0, inf]"),
+        ({"train-loss": 0.0}, None),
+        ({"steps": 10**9 + 1}, "metric steps=1000000001: expected a value in [0, 1e+09]"),
+        ({"straggler": 2}, "metric straggler=2: expected a value in [0, 1]"),
+        ({"straggler": 1}, None),
+        ({"train-loss": float("inf")}, "metric train-loss=inf: expected a finite number"),
+        ({"he-weight": 1.0}, "metrics missing [], unexpected ['he-weight']"),
+    ],
+)
+def test_each_training_metric_has_its_type_and_range(metrics, reason):
+    strategy = _validator(max_num_examples=50)
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    reply = reply_from(1, _content(good, {**train_metrics(10.0), **metrics}))
+    assert _reason(strategy, reply) == reason
+
+
+def test_a_rule_refuses_bools_and_non_numbers_flower_would_not_even_carry():
+    from strategies.validation import InvalidReply, Rule
+
+    rule = Rule(whole=True, low=1, high=50)
+    for value in (True, "3", None, [3]):
+        with pytest.raises(InvalidReply, match=r"expected a finite number$"):
+            rule.check("num-examples", value)
+    rule.check("num-examples", 3)
+    rule.check("num-examples", 3.0)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({}, "metrics missing ['dp-epsilon', 'dp-q', 'dp-sigma', 'dp-steps', 'dp-total-steps'], unexpected []"),
+        ({"dp-sigma": 0.0}, "metric dp-sigma=0.0: expected a value in (0, 1e+06]"),
+        ({"dp-sigma": 1e-9}, None),
+        ({"dp-q": 0.0}, "metric dp-q=0.0: expected a value in (0, 1]"),
+        ({"dp-q": 1.0}, None),
+        ({"dp-q": 1.5}, "metric dp-q=1.5: expected a value in (0, 1]"),
+        ({"dp-steps": 0}, "metric dp-steps=0: expected a value in [1, 1e+09]"),
+        ({"dp-total-steps": 0}, "metric dp-total-steps=0: expected a value in [1, 1e+09]"),
+        ({"dp-epsilon": -1.0}, "metric dp-epsilon=-1.0: expected a value in [0, inf]"),
+    ],
+)
+def test_dp_sgd_release_metrics_are_required_and_ranged_under_local_dp(metrics, reason):
+    strategy = _validator(dp_local=True)
+    release = {"dp-sigma": 1.0, "dp-q": 0.1, "dp-steps": 5, "dp-total-steps": 5, "dp-epsilon": 0.5}
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    sent = {**train_metrics(10.0), **(release if metrics else {}), **metrics}
+    assert _reason(strategy, reply_from(1, _content(good, sent))) == reason
+
+
+def test_too_few_contributors_withhold_the_aggregate_except_under_central_dp(uaap_home):
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    for central, released in ((False, False), (True, True)):
+        strategy = _validator(min_contributors=2, central=central)
+        arrays, metrics = strategy.aggregate_train(1, [reply_from(1, _content(good))])
+        assert (arrays is not None) is released
+        assert metrics is not None and metrics["rejected-replies"] == 0
+    strategy = _validator(min_contributors=2)
+    arrays, _ = strategy.aggregate_train(1, [reply_from(1, _content(good)), reply_from(2, _content(good))])
+    assert arrays is not None and np.allclose(arrays["w"].numpy(), _arrays(1)["w"])
+
+
+def test_evaluation_keeps_optional_metrics_only_when_every_reply_carries_them():
+    strategy = _validator()
+
+    def reply(node: int, acc: float, **extra: float) -> Message:
+        return reply_from(node, RecordDict({"metrics": MetricRecord(eval_metrics(10, acc, **extra))}), "evaluate")
+
+    both = strategy.aggregate_evaluate(1, [reply(1, 0.8, auc=0.9), reply(2, 0.6, auc=0.7)])
+    assert both["auc"] == pytest.approx(0.8) and both["accuracy"] == pytest.approx(0.7)
+    one = strategy.aggregate_evaluate(1, [reply(1, 0.8, auc=0.9), reply(2, 0.6)])
+    assert "auc" not in one and one["accuracy"] == pytest.approx(0.7)
+    bad = strategy.aggregate_evaluate(1, [reply(1, 0.8, auc=1.5), reply(2, 0.6)])
+    assert bad["accuracy"] == pytest.approx(0.6)
+    assert strategy.rejected[-1]["reason"] == "metric auc=1.5: expected a value in [0, 1]"
+    with_arrays = RecordDict({"metrics": MetricRecord(eval_metrics(10, 0.5)), "arrays": ArrayRecord()})
+    assert strategy.aggregate_evaluate(1, [reply_from(3, with_arrays, "evaluate")]) is None
+    assert strategy.rejected[-1] == {
+        "round": 1,
+        "phase": "evaluate",
+        "node": 3,
+        "reason": "array records ['arrays']; expected []",
+    }
