@@ -51,7 +51,7 @@ from uaap.protocol import (
     as_float,
     as_int,
 )
-from uaap.training import PrivacyEngineLike, TrainConfig, evaluate, local_train
+from uaap.training import PrivacyEngineLike, TrainConfig, evaluate_counts, local_train
 
 torch.set_num_threads(1)  # one thread per simulated client: actors share the machine's cores
 
@@ -198,6 +198,6 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     cfg, data, pid = _setup(msg, context)
     model = build_model(cfg.model, data.test.n_features, data.test.n_classes, data.test.image_shape)
     set_weights(model, receive_global(cfg, msg.content, context, like=get_weights(model)))
-    metrics = MetricRecord({**evaluate(model, data.test), NUM_EXAMPLES: len(data.test.y)})
+    metrics = MetricRecord(evaluate_counts(model, data.test))  # sums: the server computes the metrics of the total
     content = RecordDict({METRICS: metrics, CLIENT_INFO: ConfigRecord({PARTITION_ID: pid})})
     return Message(content=content, reply_to=msg)

@@ -144,7 +144,7 @@ def _federate(
     nodes = _wait_for_nodes(grid, cfg)
     num_partitions = num_partitions or cfg.num_clients
     meta = federated(cfg, num_partitions)[1]  # the server's test set (cached): shapes for model and export
-    strategy = strategy or build_strategy(cfg, num_nodes=nodes)
+    strategy = strategy or build_strategy(cfg, num_nodes=nodes, n_classes=meta.n_classes)
 
     ckpt = rd.latest_checkpoint()
     committed: dict[str, Any] | None = None

@@ -11,16 +11,18 @@ import numpy as np
 from uaap.config import RunConfig
 
 if TYPE_CHECKING:
-    from flwr.app import Message
+    from flwr.app import Message, MetricRecord, RecordDict
     from flwr.serverapp.strategy import Strategy
 
 
-def build_strategy(cfg: RunConfig, num_nodes: int | None = None) -> Strategy:
+def build_strategy(cfg: RunConfig, num_nodes: int | None = None, n_classes: int | None = None) -> Strategy:
     """Flower's FedAvg or FedProx, wrapped as the run asks.
 
     From the inside out: secure aggregation when ``secure-aggregation = "ckks"``, central DP noise when
     ``dp-central`` is on, privacy accounting (ledger, budget stop) when any DP is on, and reply validation
-    outermost, so that no layer parses, accounts or sums a reply it has not accepted.
+    outermost, so that no layer parses, accounts or sums a reply it has not accepted. Evaluation metrics are
+    computed from the clients' summed counts (:func:`summed_metrics`), never averaged; ``n_classes`` (the
+    server's model) fixes the size of the confusion matrices replies may carry.
     """
     from flwr.serverapp.strategy import FedAvg, FedProx
 
@@ -34,6 +36,7 @@ def build_strategy(cfg: RunConfig, num_nodes: int | None = None) -> Strategy:
         "min_train_nodes": cfg.min_clients,
         "min_evaluate_nodes": min(cfg.min_clients, 1 if cfg.fraction_evaluate == 0 else cfg.min_clients),
         "min_available_nodes": cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
+        "evaluate_metrics_aggr_fn": summed_metrics,
     }
     inner = FedProx(proximal_mu=cfg.proximal_mu, **common) if cfg.strategy == "fedprox" else FedAvg(**common)
     stack = wrap_privacy(cfg, wrap_secure(cfg, inner))
@@ -46,7 +49,19 @@ def build_strategy(cfg: RunConfig, num_nodes: int | None = None) -> Strategy:
         he_context=None if secure is None else secure.context,
         max_num_examples=cfg.max_num_examples,
         min_contributors=cfg.min_contributors,
+        n_classes=n_classes,
     )
+
+
+def summed_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Flower's ``evaluate_metrics_aggr_fn``: sum the replies' counts, then compute the metrics once."""
+    from flwr.app import MetricRecord
+
+    from uaap.metrics import metrics_from_counts, sum_counts
+    from uaap.protocol import NUM_EXAMPLES
+
+    total = sum_counts(dict(next(iter(c.metric_records.values()))) for c in contents)
+    return MetricRecord({**metrics_from_counts(total), NUM_EXAMPLES: int(total[NUM_EXAMPLES])})
 
 
 def wrap_privacy(cfg: RunConfig, strategy: Strategy, *, rng: np.random.Generator | None = None) -> Strategy:

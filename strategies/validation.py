@@ -34,23 +34,24 @@ from flwr.serverapp.strategy import Strategy
 
 from strategies.wrapper import StrategyWrapper
 from uaap import crypto
+from uaap.metrics import AUC_BINS
 from uaap.protocol import (
-    ACCURACY,
     ARRAYS,
-    AUC,
     CLIENT_INFO,
+    CONFUSION,
     DP_EPSILON,
     DP_Q,
     DP_SIGMA,
     DP_STEPS,
     DP_TOTAL_STEPS,
-    F1_MACRO,
     HE_WEIGHT,
-    LOSS,
+    LOSS_SUM,
     METRICS,
     NUM_EXAMPLES,
     PARTITION_ID,
     REJECTED_REPLIES,
+    SCORE_HIST_NEG,
+    SCORE_HIST_POS,
     STEPS,
     STRAGGLER,
     TRAIN_LOSS,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from flwr.serverapp import Grid
 
 log = logging.getLogger("uaap.validation")
+COUNT_KEYS = frozenset({CONFUSION, SCORE_HIST_POS, SCORE_HIST_NEG})
 MAX_STEPS = 10**9
 
 
@@ -110,15 +112,40 @@ def train_rules(*, dp_local: bool, secure: bool, central: bool, max_num_examples
     return rules
 
 
-def evaluate_rules(max_num_examples: int) -> tuple[dict[str, Rule], dict[str, Rule]]:
-    """Required and optional metrics of an evaluation reply (``auc`` only when a split holds both classes)."""
-    required = {
-        NUM_EXAMPLES: Rule(whole=True, low=1, high=max_num_examples),
-        LOSS: Rule(low=0.0),
-        ACCURACY: Rule(low=0.0, high=1.0),
-        F1_MACRO: Rule(low=0.0, high=1.0),
-    }
-    return required, {AUC: Rule(low=0.0, high=1.0)}
+def evaluate_rules(max_num_examples: int) -> dict[str, Rule]:
+    """The scalar metrics of an evaluation reply; the counts beside them are checked by :func:`check_counts`."""
+    return {NUM_EXAMPLES: Rule(whole=True, low=1, high=max_num_examples), LOSS_SUM: Rule(low=0.0)}
+
+
+def check_counts(metrics: Mapping[str, Any], n_classes: int | None) -> None:
+    """An evaluation reply's confusion matrix (and, for two classes, score histograms) are consistent counts."""
+    n = int(metrics[NUM_EXAMPLES])
+    confusion = _counts(metrics[CONFUSION], CONFUSION)
+    k = math.isqrt(len(confusion))
+    if k * k != len(confusion) or k < 2 or (n_classes is not None and k != n_classes):
+        expected = f"{n_classes} x {n_classes}" if n_classes else "a square of at least 2 x 2"
+        raise InvalidReply(f"{CONFUSION} has {len(confusion)} entries; expected {expected}")
+    if sum(confusion) != n:
+        raise InvalidReply(f"{CONFUSION} counts {sum(confusion)} rows; {NUM_EXAMPLES} says {n}")
+    hists = {SCORE_HIST_POS, SCORE_HIST_NEG} & set(metrics.keys())
+    if k == 2 and len(hists) != 2:
+        raise InvalidReply(f"two classes need {SCORE_HIST_POS} and {SCORE_HIST_NEG} (the AUC's sums)")
+    if k != 2 and hists:
+        raise InvalidReply(f"{sorted(hists)} belong to two-class tasks; this one has {k} classes")
+    if k == 2:
+        pos, neg = _counts(metrics[SCORE_HIST_POS], SCORE_HIST_POS), _counts(metrics[SCORE_HIST_NEG], SCORE_HIST_NEG)
+        if len(pos) != AUC_BINS or len(neg) != AUC_BINS:
+            raise InvalidReply(f"score histograms have {len(pos)}/{len(neg)} bins; expected {AUC_BINS}")
+        if sum(pos) != confusion[2] + confusion[3] or sum(neg) != confusion[0] + confusion[1]:
+            raise InvalidReply("score histograms do not count the rows the confusion matrix counts per class")
+
+
+def _counts(value: object, key: str) -> list[int]:
+    if not isinstance(value, list) or len(value) > 1 << 20:
+        raise InvalidReply(f"metric {key}: expected a list of counts")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise InvalidReply(f"metric {key}: every entry must be a whole number >= 0")
+    return value
 
 
 Layout = dict[str, tuple[tuple[int, ...], str]]
@@ -146,6 +173,7 @@ class ValidateReplies(StrategyWrapper):
         he_context: crypto.HEContext | None = None,
         max_num_examples: int = 100_000,
         min_contributors: int = 1,
+        n_classes: int | None = None,
     ) -> None:
         super().__init__(strategy)
         self.run_id = run_id
@@ -155,7 +183,8 @@ class ValidateReplies(StrategyWrapper):
         self.train_rules = train_rules(
             dp_local=dp_local, secure=he_context is not None, central=central, max_num_examples=max_num_examples
         )
-        self.eval_required, self.eval_optional = evaluate_rules(max_num_examples)
+        self.eval_rules = evaluate_rules(max_num_examples)
+        self.n_classes = n_classes
         self.layout: Layout | None = None  # plaintext global model
         self.he_shapes: list[tuple[int, ...]] | None = None  # ciphertext global model
         self.rejected: list[dict[str, Any]] = []  # every rejection of this run: round, phase, node, reason
@@ -199,13 +228,8 @@ class ValidateReplies(StrategyWrapper):
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Aggregate only evaluation replies with sound metrics (optional metrics kept when all carry them)."""
+        """Aggregate only evaluation replies with sound counts (the inner strategy sums them: ``summed_metrics``)."""
         good, lost, _ = self._split(server_round, "evaluate", replies, self.check_evaluate)
-        common = set.intersection(*(set(m.content.metric_records[METRICS].keys()) for m in good)) if good else set()
-        for msg in good:
-            record = msg.content.metric_records[METRICS]
-            for key in set(record.keys()) - common:
-                del record[key]
         return self.strategy.aggregate_evaluate(server_round, good + lost)
 
     # ---- the schema --------------------------------------------------------------------------------------
@@ -225,9 +249,17 @@ class ValidateReplies(StrategyWrapper):
             _check_plaintext(record, self.layout)
 
     def check_evaluate(self, msg: Message) -> None:
-        """Records and metrics of one evaluation reply."""
+        """Records, scalar metrics and counts of one evaluation reply."""
         _check_records(msg, arrays=False)
-        _check_metrics(msg.content.metric_records[METRICS], self.eval_required, self.eval_optional)
+        metrics = msg.content.metric_records[METRICS]
+        scalars = {k: v for k, v in metrics.items() if k not in COUNT_KEYS}
+        unexpected = sorted(k[:40] for k in set(metrics.keys()) - set(self.eval_rules) - COUNT_KEYS)[:10]
+        if unexpected or CONFUSION not in metrics:
+            raise InvalidReply(
+                f"metrics missing {[CONFUSION] if CONFUSION not in metrics else []}, unexpected {unexpected}"
+            )
+        _check_metrics(scalars, self.eval_rules, {})
+        check_counts(metrics, self.n_classes)
 
     def _split(
         self, server_round: int, phase: str, replies: Iterable[Message], check: Callable[[Message], None]

@@ -26,11 +26,19 @@ def train_metrics(n: float, loss: float = 0.5, **extra: float) -> dict[str, floa
     return {NUM_EXAMPLES: n, TRAIN_LOSS: loss, STEPS: 10, STRAGGLER: 0, **extra}
 
 
-def eval_metrics(n: float, accuracy: float, loss: float = 0.5, **extra: float) -> dict[str, float]:
-    """The metrics a real evaluation reply carries (client.app.evaluate_global)."""
-    from uaap.protocol import ACCURACY, F1_MACRO, LOSS, NUM_EXAMPLES
+def eval_metrics(n: int, correct: int, classes: int = 3, loss: float = 0.5, **extra: object) -> dict[str, object]:
+    """The counts a real evaluation reply carries (client.app.evaluate_global): ``n`` rows of class 0, of which
+    ``correct`` are predicted right and the rest as class 1; two classes add the score histograms."""
+    from uaap.metrics import AUC_BINS
+    from uaap.protocol import CONFUSION, LOSS_SUM, NUM_EXAMPLES, SCORE_HIST_NEG, SCORE_HIST_POS
 
-    return {NUM_EXAMPLES: n, LOSS: loss, ACCURACY: accuracy, F1_MACRO: accuracy, **extra}
+    confusion = [0] * (classes * classes)
+    confusion[0], confusion[1] = correct, n - correct
+    out: dict[str, object] = {NUM_EXAMPLES: n, LOSS_SUM: loss * n, CONFUSION: confusion}
+    if classes == 2:
+        out[SCORE_HIST_NEG] = [n] + [0] * (AUC_BINS - 1)
+        out[SCORE_HIST_POS] = [0] * AUC_BINS
+    return out | extra
 
 
 class FakeGrid:

@@ -43,7 +43,15 @@ STRAGGLER: Final = "straggler"
 LOSS: Final = "loss"
 ACCURACY: Final = "accuracy"
 F1_MACRO: Final = "f1_macro"
-AUC: Final = "auc"  # only when a split holds both classes of a binary task
+F1_WEIGHTED: Final = "f1_weighted"
+PRECISION_MACRO: Final = "precision_macro"
+RECALL_MACRO: Final = "recall_macro"
+AUC: Final = "auc"
+# evaluation replies carry sums, not ratios (uaap.metrics): the server computes the metrics from their total
+CONFUSION: Final = "confusion"  # K x K counts, row-major (true class, predicted class)
+LOSS_SUM: Final = "loss-sum"
+SCORE_HIST_POS: Final = "score-hist-pos"  # two classes: histogram of P(class 1) over the positive rows
+SCORE_HIST_NEG: Final = "score-hist-neg"
 # example-level DP-SGD: this round's release, as the client reports it (uaap.privacy.dpsgd.client_report)
 DP_SIGMA: Final = "dp-sigma"
 DP_Q: Final = "dp-q"

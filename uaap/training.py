@@ -212,22 +212,23 @@ def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> np
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Loss (cross-entropy), accuracy, macro-F1 and, for two classes, ROC AUC."""
-    from sklearn.metrics import f1_score, roc_auc_score
+    """Loss, accuracy, macro/weighted F1, precision, recall and (two classes) ROC AUC, from summable counts.
 
-    pred = proba.argmax(axis=1)
-    eps = 1e-12
-    loss = float(-np.mean(np.log(proba[np.arange(len(y)), y] + eps)))
-    metrics = {
-        "loss": loss,
-        "accuracy": float(np.mean(pred == y)),
-        "f1_macro": float(f1_score(y, pred, average="macro", labels=np.arange(proba.shape[1]), zero_division=0)),
-    }
-    if proba.shape[1] == 2 and len(np.unique(y)) == 2:
-        metrics["auc"] = float(roc_auc_score(y, proba[:, 1]))
-    return metrics
+    The same code the server applies to the clients' summed counts (:mod:`uaap.metrics`), so central and
+    federated numbers are comparable.
+    """
+    from uaap.metrics import classification_counts, metrics_from_counts
+
+    return metrics_from_counts(classification_counts(y, proba))
 
 
 def evaluate(model: nn.Module, data: Dataset) -> dict[str, float]:
     """Metrics of ``model`` on ``data`` (see :func:`classification_metrics`)."""
     return classification_metrics(data.y, predict_proba(model, data.X))
+
+
+def evaluate_counts(model: nn.Module, data: Dataset) -> dict[str, Any]:
+    """The summable counts behind :func:`evaluate` (what a client sends instead of its own ratios)."""
+    from uaap.metrics import classification_counts
+
+    return classification_counts(data.y, predict_proba(model, data.X))

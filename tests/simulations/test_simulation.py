@@ -19,7 +19,7 @@ from tests.conftest import REPO
 from uaap import workspace
 from uaap.config import RunConfig
 from uaap.data import federated
-from uaap.training import evaluate
+from uaap.training import classification_metrics, evaluate, predict_proba
 
 SMALL = RunConfig(num_clients=5, num_rounds=3, local_epochs=2, seed=3, experiment="tests")
 
@@ -45,9 +45,15 @@ def test_simulation_learns_and_leaves_checkpoints_metrics_model_and_mlflow(uaap_
     assert sorted(p.name for p in rd.checkpoint_dir.iterdir()) == [f"round-000{r}.npz" for r in (1, 2, 3)]
 
     model, meta = workspace.load_model(rd.model_file)
-    _, test = federated(rd.read_config(), 5)
+    clients, test = federated(rd.read_config(), 5)
     assert evaluate(model, test)["accuracy"] == pytest.approx(accuracy[3])
     assert meta["run_id"] == rd.run_id
+    # federated metrics are computed once from the clients' summed counts: the last round's equal the final
+    # model's on all the clients' validation rows pooled, macro-F1 included (Dirichlet split: non-IID)
+    y = np.concatenate([c.test.y for c in clients])
+    pooled = classification_metrics(y, np.concatenate([predict_proba(model, c.test.X) for c in clients]))
+    for name in ("accuracy", "f1_macro", "f1_weighted", "loss"):
+        assert rounds[3]["evaluate"][name] == pytest.approx(pooled[name], rel=1e-6), name
 
     import mlflow
 

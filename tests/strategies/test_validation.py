@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
+from strategies.base import summed_metrics
 from tests.flower_helpers import FakeGrid as _Grid
 from tests.flower_helpers import eval_metrics, reply_from, train_metrics
 
@@ -75,15 +76,24 @@ def test_validation_all_bad_gives_no_model_and_evaluate_drops_nan_metrics(uaap_h
     arrays, _ = strategy.aggregate_train(1, [_train_reply(1, bad, 5.0)])
     assert arrays is None  # the server loop keeps the old model and warns
 
-    def eval_reply(node: int, acc: float, n: float) -> Message:
-        content = RecordDict({"metrics": MetricRecord(eval_metrics(n, acc))})
-        return reply_from(node, content, MessageType.EVALUATE)
+    def eval_reply(node: int, metrics: dict) -> Message:
+        return reply_from(node, RecordDict({"metrics": MetricRecord(metrics)}), MessageType.EVALUATE)
 
-    out = strategy.aggregate_evaluate(1, [eval_reply(1, 0.8, 10), eval_reply(2, math.nan, 10), eval_reply(3, 0.5, 0)])
-    # node 2 (NaN accuracy) and node 3 (0 examples) are rejected: the mean is node 1's alone
-    assert out is not None and out["accuracy"] == pytest.approx(0.8)
-    assert [r["node"] for r in strategy.rejected] == [1, 2, 3]  # node 1's train reply, then the two evaluations
-    assert "expected a finite number" in strategy.rejected[1]["reason"]
+    replies = [
+        eval_reply(1, eval_metrics(10, 8)),
+        eval_reply(2, eval_metrics(10, 5, loss=math.nan)),  # NaN loss
+        eval_reply(3, eval_metrics(0, 0)),  # no examples
+        eval_reply(4, eval_metrics(10, 5) | {"confusion": [5, 5, 0, 0]}),  # 2 x 2 counts for a 3-class model
+        eval_reply(5, eval_metrics(10, 5) | {"confusion": [5, 4, 0, 0, 0, 0, 0, 0, 0]}),  # 9 rows for 10 examples
+        eval_reply(6, eval_metrics(10, 5) | {"score-hist-pos": [0], "score-hist-neg": [10]}),  # AUC sums, 3 classes
+    ]
+    validator = ValidateReplies(FedAvg(min_available_nodes=1, evaluate_metrics_aggr_fn=summed_metrics), n_classes=3)
+    out = validator.aggregate_evaluate(1, replies)
+    assert out is not None and out["accuracy"] == pytest.approx(0.8)  # node 1's alone
+    reasons = {r["node"]: r["reason"] for r in validator.rejected}
+    assert sorted(reasons) == [2, 3, 4, 5, 6]
+    assert "expected a finite number" in reasons[2] and "num-examples=0" in reasons[3]
+    assert "expected 3 x 3" in reasons[4] and "counts 9 rows" in reasons[5] and "two-class" in reasons[6]
 
 
 def test_build_strategy_puts_validation_outermost_so_nothing_sees_a_rejected_reply():
@@ -265,24 +275,39 @@ def test_too_few_contributors_withhold_the_aggregate_except_under_central_dp(uaa
     assert arrays is not None and np.allclose(arrays["w"].numpy(), _arrays(1)["w"])
 
 
-def test_evaluation_keeps_optional_metrics_only_when_every_reply_carries_them():
-    strategy = _validator()
+def test_evaluation_sums_counts_and_refuses_ratios_and_arrays():
+    from flwr.serverapp.strategy import FedAvg
 
-    def reply(node: int, acc: float, **extra: float) -> Message:
-        return reply_from(node, RecordDict({"metrics": MetricRecord(eval_metrics(10, acc, **extra))}), "evaluate")
+    from strategies.validation import ValidateReplies
+    from uaap.metrics import AUC_BINS
 
-    both = strategy.aggregate_evaluate(1, [reply(1, 0.8, auc=0.9), reply(2, 0.6, auc=0.7)])
-    assert both["auc"] == pytest.approx(0.8) and both["accuracy"] == pytest.approx(0.7)
-    one = strategy.aggregate_evaluate(1, [reply(1, 0.8, auc=0.9), reply(2, 0.6)])
-    assert "auc" not in one and one["accuracy"] == pytest.approx(0.7)
-    bad = strategy.aggregate_evaluate(1, [reply(1, 0.8, auc=1.5), reply(2, 0.6)])
-    assert bad["accuracy"] == pytest.approx(0.6)
-    assert strategy.rejected[-1]["reason"] == "metric auc=1.5: expected a value in [0, 1]"
-    with_arrays = RecordDict({"metrics": MetricRecord(eval_metrics(10, 0.5)), "arrays": ArrayRecord()})
-    assert strategy.aggregate_evaluate(1, [reply_from(3, with_arrays, "evaluate")]) is None
+    strategy = ValidateReplies(FedAvg(min_available_nodes=1, evaluate_metrics_aggr_fn=summed_metrics), n_classes=2)
+
+    def reply(node: int, metrics: dict) -> Message:
+        return reply_from(node, RecordDict({"metrics": MetricRecord(metrics)}), "evaluate")
+
+    # two clients, each with only one class on its validation split: node 1 holds 10 negatives (8 right),
+    # node 2 holds 10 positives (6 right); scores in bins 100 (negatives) and 700 or 200 (positives)
+    neg = eval_metrics(10, 8, classes=2)
+    neg["score-hist-neg"] = [0] * AUC_BINS
+    neg["score-hist-neg"][100] = 10
+    pos = {"num-examples": 10, "loss-sum": 5.0, "confusion": [0, 0, 4, 6]}
+    pos["score-hist-neg"] = [0] * AUC_BINS
+    pos["score-hist-pos"] = [0] * AUC_BINS
+    pos["score-hist-pos"][700], pos["score-hist-pos"][50] = 6, 4
+    out = strategy.aggregate_evaluate(1, [reply(1, neg), reply(2, pos)])
+    assert out is not None and out["accuracy"] == pytest.approx(14 / 20)
+    # pooled by hand: precision 8/12 and 6/8, recall 8/10 and 6/10 -> F1 8/11 and 2/3
+    assert out["f1_macro"] == pytest.approx((8 / 11 + 2 / 3) / 2)
+    assert out["auc"] == pytest.approx(0.6) and out["num-examples"] == 20  # 6 of 10 positives score above all
+    ratio = reply(3, eval_metrics(10, 5, classes=2) | {"auc": 0.9})  # a ratio beside the counts
+    assert strategy.aggregate_evaluate(1, [ratio]) is None
+    assert strategy.rejected[-1]["reason"] == "metrics missing [], unexpected ['auc']"
+    with_arrays = RecordDict({"metrics": MetricRecord(eval_metrics(10, 5, classes=2)), "arrays": ArrayRecord()})
+    assert strategy.aggregate_evaluate(1, [reply_from(4, with_arrays, "evaluate")]) is None
     assert strategy.rejected[-1] == {
         "round": 1,
         "phase": "evaluate",
-        "node": 3,
+        "node": 4,
         "reason": "array records ['arrays']; expected []",
     }
