@@ -13,7 +13,9 @@ One round on the client::
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,11 +41,15 @@ from uaap.protocol import (
     NODE_DATA_PATH,
     NODE_NUM_PARTITIONS,
     NODE_PARTITION_ID,
+    NODE_STATUS_FILE,
     NODE_TARGET,
     NUM_EXAMPLES,
     PARTITION_ID,
     PROXIMAL_MU,
     RUN_CONFIG,
+    RUN_END,
+    RUN_END_REASON,
+    RUN_ID,
     SERVER_ROUND,
     STEPS,
     STRAGGLER,
@@ -190,6 +196,21 @@ def train(msg: Message, context: Context) -> Message:
     info = ConfigRecord({PARTITION_ID: pid})
     content = RecordDict({ARRAYS: arrays, METRICS: metrics, CLIENT_INFO: info})
     return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def run_end(msg: Message, context: Context) -> Message:
+    """The server's last message says how the run ended; a deployed client writes it where ``flower-client``
+    watches (its node config's ``status-file``, never a path the server names) and then exits 0."""
+    record = msg.content.config_records.get(CONFIG)
+    path = context.node_config.get(NODE_STATUS_FILE)
+    if record is not None and path and str(record.get(RUN_END, "")) in ("completed", "stopped", "failed"):
+        fields = {key: str(record.get(key, ""))[:500] for key in (RUN_END, RUN_ID, RUN_END_REASON)}
+        target = Path(str(path))
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(fields))
+        tmp.replace(target)
+    return Message(content=RecordDict({}), reply_to=msg)
 
 
 @app.evaluate()

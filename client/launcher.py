@@ -14,17 +14,19 @@ ClientApp), so every message re-imports torch; ``benchmarks/deployment.py`` meas
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
-import signal
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from client.policy import DEPLOYED
@@ -35,6 +37,8 @@ from uaap.processes import (
     descendants,
     die_with_parent,
     free_port,
+    raise_on_sigterm,
+    stop_code,
     stop_tree,
 )
 from uaap.protocol import (
@@ -46,7 +50,11 @@ from uaap.protocol import (
     NODE_POLICY,
     NODE_REQUIRE_DP,
     NODE_REQUIRE_SECURE,
+    NODE_STATUS_FILE,
     NODE_TARGET,
+    RUN_END,
+    RUN_END_REASON,
+    RUN_ID,
 )
 
 EXIT_UNREACHABLE = 3
@@ -101,6 +109,7 @@ class ClientOptions:
     extra_node_config: dict[str, str] = field(default_factory=dict)
     log_file: Path | None = None
     quiet: bool = False
+    status_file: Path | None = None  # where the ClientApp writes the server's run-end message
 
     def node_config(self) -> str:
         """The ``--node-config`` string the ClientApp reads (``client.app._setup``)."""
@@ -114,6 +123,8 @@ class ClientOptions:
             items[NODE_NUM_PARTITIONS] = str(self.num_partitions)
         if self.he_secret_context is not None:
             items[NODE_HE_SECRET_CONTEXT] = str(self.he_secret_context)
+        if self.status_file is not None:
+            items[NODE_STATUS_FILE] = str(self.status_file)
         items.update(self.extra_node_config)
         # this client's own requirements, last so that no --node-config entry can override them (client.policy)
         secure = self.require_secure_aggregation
@@ -237,6 +248,7 @@ class FlowerClient:
 
     def __init__(self, opt: ClientOptions) -> None:
         self.opt = opt
+        self.muted = False  # after the run ended: the SuperNode's shutdown chatter is not shown
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
         self.failing_since: float | None = None  # first of an unbroken series of failed connection attempts
@@ -259,6 +271,9 @@ class FlowerClient:
 
     def start(self) -> None:
         """Start the SuperNode; its output is echoed, kept for diagnosis and written to --log-file."""
+        if self.opt.status_file is None:  # the run-end message lands here (client.app.run_end); removed on exit
+            folder = Path(tempfile.mkdtemp(prefix="flower-client-"))
+            self.opt = replace(self.opt, status_file=folder / "run-end.json")
         self.proc = subprocess.Popen(
             self.command(),
             stdout=subprocess.PIPE,
@@ -286,7 +301,7 @@ class FlowerClient:
             if log:
                 log.write(line)
                 log.flush()
-            if not self.opt.quiet:
+            if not self.opt.quiet and not self.muted:
                 sys.stdout.write(line)
                 sys.stdout.flush()
         if log:
@@ -301,6 +316,8 @@ class FlowerClient:
         """
         assert self.proc is not None
         while (rc := self.proc.poll()) is None:
+            if (ended := self.run_end()) is not None:
+                return self._finished(ended)
             since = self.failing_since
             if self.gave_up or (since is not None and time.monotonic() - since > self.opt.max_wait_time):
                 self.stop()
@@ -311,9 +328,30 @@ class FlowerClient:
                 )
             time.sleep(0.5)
         time.sleep(0.3)  # let the pump read the last lines
+        if (ended := self.run_end()) is not None:
+            return self._finished(ended)
         if rc == 0:
             return 0
         raise self.diagnose(rc)
+
+    def run_end(self) -> dict[str, str] | None:
+        """The server's run-end message once the ClientApp has written it, else None."""
+        path = self.opt.status_file
+        if path is None or not path.is_file():
+            return None
+        try:
+            return {str(k): str(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def _finished(self, ended: dict[str, str]) -> int:
+        """The federation's run is over: stop the SuperNode and exit 0 (the server's failure is not ours)."""
+        self.muted = True
+        self.stop()
+        status = ended.get(RUN_END, "")
+        why = f": {ended[RUN_END_REASON]}" if status == "failed" and ended.get(RUN_END_REASON) else ""
+        print(f"[flower-client] run {ended.get(RUN_ID, '?')} finished ({status}{why}); exiting", flush=True)
+        return 0
 
     def run(self) -> int:
         """Start and supervise; a refused key is retried until --max-wait-time (the server may still be
@@ -363,6 +401,12 @@ class FlowerClient:
         elif self.proc is not None:
             for child in descendants(self.proc.pid):
                 stop_tree(child)
+
+    def cleanup(self) -> None:
+        """Stop everything and remove the run-end file's folder."""
+        self.stop()
+        if self.opt.status_file is not None:
+            shutil.rmtree(self.opt.status_file.parent, ignore_errors=True)
 
     def _say(self, text: str) -> None:
         if not self.opt.quiet:
@@ -446,14 +490,11 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
     )
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Console script ``flower-client``: 0 on a clean stop; 2 bad input, 3 unreachable, 4 TLS, 5 auth, 1 other."""
+    """Console script ``flower-client``: 0 when the run finished; 130/143 stopped by Ctrl-C/SIGTERM; 2 bad input,
+    3 unreachable, 4 TLS, 5 auth, 1 other."""
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_on_sigterm()
     client: FlowerClient | None = None
     try:
         opt = options_from_args(args)
@@ -467,12 +508,12 @@ def main(argv: list[str] | None = None) -> int:
     except UaapError as exc:
         print(f"flower-client: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("flower-client: stopped", file=sys.stderr)
-        return 130
+        return stop_code(exc)
     finally:
         if client is not None:
-            client.stop()
+            client.cleanup()
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ from server.federation import run_federation
 from uaap.config import RunConfig
 
 
-def make_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
-    """A ServerApp whose run config is Flower's merged with ``overrides``."""
+def make_app(overrides: Mapping[str, Any] | None = None, *, announce_end: bool = True) -> ServerApp:
+    """A ServerApp whose run config is Flower's merged with ``overrides``.
+
+    ``announce_end``: the run's last message tells every client how it ended, so a deployed ``flower-client``
+    exits 0 at once (``uaap simulate`` turns it off: its simulated clients end with the simulation).
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -26,7 +30,12 @@ def make_app(overrides: Mapping[str, Any] | None = None) -> ServerApp:
         values = {**dict(context.run_config), **(overrides or {})}
         cfg = RunConfig.from_mapping(values)
         num_partitions = len(list(grid.get_node_ids())) or cfg.num_clients
-        run_federation(grid, cfg.replace(num_clients=max(num_partitions, 2)), num_partitions=num_partitions)
+        run_federation(
+            grid,
+            cfg.replace(num_clients=max(num_partitions, 2)),
+            num_partitions=num_partitions,
+            announce_end=announce_end,
+        )
 
     return server_app
 

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ from uaap.config import RunConfig
 from uaap.data import Dataset, describe, federated
 from uaap.errors import RunFailedError, UaapError
 from uaap.models import build_model, from_record, get_weights, to_record
-from uaap.protocol import NUM_EXAMPLES, RUN_CONFIG
+from uaap.protocol import CONFIG, NUM_EXAMPLES, RUN_CONFIG, RUN_END, RUN_END_REASON, RUN_ID
 from uaap.training import evaluate
 
 if TYPE_CHECKING:
@@ -97,22 +98,47 @@ def central_evaluator(cfg: RunConfig, num_partitions: int) -> Any:
     return evaluate_fn
 
 
+class StopRequested(Exception):  # noqa: N818 - a request, not an error; an Exception so Flower's thread keeps quiet
+    """The process is stopping (Ctrl-C in ``uaap simulate``): the round loop ends at its next poll."""
+
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Make the round loop of this process end at its next poll (it raises :class:`StopRequested`)."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    """Forget an earlier :func:`request_stop` (a new run in the same process)."""
+    _STOP.clear()
+
+
 def run_federation(
-    grid: Grid, cfg: RunConfig, strategy: Strategy | None = None, *, num_partitions: int | None = None
+    grid: Grid,
+    cfg: RunConfig,
+    strategy: Strategy | None = None,
+    *,
+    num_partitions: int | None = None,
+    announce_end: bool = False,
 ) -> workspace.RunDir:
     """Run (or resume) the federation described by ``cfg``; returns the run folder.
 
     Raises :class:`RunFailedError` when every round failed; any exception ends the run's events with its cause.
+    ``announce_end``: tell every connected client how the run ended (deployed clients then exit 0).
     """
     rd = workspace.run_dir(cfg.run_id or workspace.new_run_id())
     cfg = cfg.replace(run_id=rd.run_id)
     trackers: list[Any] = []  # the run's tracker once it exists, to close it on failure
     try:
-        return _federate(grid, cfg, rd, strategy, num_partitions, trackers)
-    except RunFailedError:
-        raise  # recorded where it was decided
+        rd = _federate(grid, cfg, rd, strategy, num_partitions, trackers)
+    except RunFailedError as exc:
+        if announce_end:  # recorded where it was decided; the clients still learn that the run is over
+            _announce(grid, rd.run_id, "failed", str(exc))
+        raise
     except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
+        interrupted = isinstance(exc, KeyboardInterrupt | SystemExit | StopRequested)
         reason = "interrupted" if interrupted else failure_reason(exc)
         rd.log_event("end", status="interrupted" if interrupted else "failed", reason=reason)
         if not interrupted:
@@ -121,7 +147,29 @@ def run_federation(
             with contextlib.suppress(Exception):  # tracking must never hide the cause
                 tracker.set_tags({"uaap.status": "failed", "uaap.stop_reason": reason})
                 tracker.finish("KILLED" if interrupted else "FAILED")
+        if announce_end and not interrupted:
+            _announce(grid, rd.run_id, "failed", reason)
         raise
+    if announce_end:
+        end = rd.events("end")[-1]
+        _announce(grid, rd.run_id, str(end["status"]), str(end.get("reason", "")))
+    return rd
+
+
+def _announce(grid: Grid, run_id: str, status: str, reason: str, timeout: float = 60.0) -> None:
+    """The run's last message to every connected client (a query): how it ended. Best effort: never fails."""
+    from flwr.app import ConfigRecord, MessageType, RecordDict
+
+    try:
+        record = ConfigRecord({RUN_END: status, RUN_ID: run_id, RUN_END_REASON: reason[:500]})
+        messages = [
+            grid.create_message(RecordDict({CONFIG: record}), MessageType.QUERY, node, group_id=RUN_END)
+            for node in grid.get_node_ids()
+        ]
+        replies = exchange(grid, messages, timeout)
+        log.info("run %s: %d of %d clients acknowledged its end", run_id, len(replies), len(messages))
+    except Exception as exc:  # the run is over either way
+        log.warning("could not tell the clients that run %s ended: %s", run_id, exc)
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -288,6 +336,8 @@ def _load_state(strategy: Strategy, state: dict[str, Any]) -> None:
 def _wait_for_nodes(grid: Grid, cfg: RunConfig, poll: float = 1.0) -> int:
     deadline = time.monotonic() + cfg.round_timeout
     while (n := len(list(grid.get_node_ids()))) < cfg.min_clients:
+        if _STOP.is_set():
+            raise StopRequested("stop requested")
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"only {n} of min-clients={cfg.min_clients} clients connected within {cfg.round_timeout:g}s; "
@@ -368,6 +418,8 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, *, max_pause: 
     replies: list[Message] = []
     pause = 0.005
     while pending:
+        if _STOP.is_set():
+            raise StopRequested("stop requested")
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending -= {m.metadata.reply_to_message_id for m in got}

@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +51,8 @@ from uaap.processes import (
     die_with_parent,
     free_port,
     orphans_of,
+    raise_on_sigterm,
+    stop_code,
     stop_tree,
 )
 
@@ -699,23 +700,19 @@ def _save_record(rd: workspace.RunDir, record: dict[str, Any]) -> None:
     path.write_text(json.dumps(runs, indent=2, default=str) + "\n")
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console script ``flower-server``: 0 when the run completed, 1 when it failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_on_sigterm()
     try:
         cfg, opts = resolve(args)
         record = serve(cfg, opts)
     except UaapError as exc:
         print(f"flower-server: error: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, DeploymentError) else 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("flower-server: stopped; resume with --resume <run-id>", file=sys.stderr)
-        return 130
+        return stop_code(exc)
     end = record.get("end") or {}
     ok = str(record.get("flower_status", "")).endswith("completed") and end.get("status") in ("completed", "stopped")
     rd = workspace.run_dir(cfg.run_id)

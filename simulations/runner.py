@@ -7,6 +7,7 @@ installed, which was measured at ~0.5 GB and several CPU-seconds per actor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -60,7 +61,7 @@ def simulate(
 
     from client.app import app as uaap_client_app
     from server.app import make_app
-    from server.federation import failure_reason
+    from server.federation import clear_stop, failure_reason
     from uaap.crypto import ensure_simulation_keys
     from uaap.data import federated
     from uaap.tracking import ensure_experiment
@@ -78,17 +79,23 @@ def simulate(
 
     stop = threading.Event()
     tail = threading.Thread(target=_tail, args=(rd, on_event, stop), daemon=True) if on_event else None
+    clear_stop()
+    ends_before = len(rd.events("end"))
+    restore = _stop_quietly()
     try:
         connect(ray_address)
         if tail:
             tail.start()
         run_simulation(
-            server_app=make_app(cfg.to_flower()),
+            server_app=make_app(cfg.to_flower(), announce_end=False),
             client_app=client_app or uaap_client_app,
             num_supernodes=cfg.num_clients,
             backend_config={"client_resources": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}},
             verbose_logging=verbose,
         )
+    except KeyboardInterrupt:
+        _interrupt(rd, ends_before)
+        raise
     except UaapError:
         raise  # the ServerApp's own error (bad data, keys, a run whose rounds all failed): its message says why
     except Exception as exc:
@@ -98,8 +105,9 @@ def simulate(
             f"simulation {rd.run_id} failed: {why or failure_reason(exc)}; see {rd.metrics_file}"
         ) from exc
     finally:
+        restore()
         stop.set()
-        if tail:
+        if tail and tail.is_alive():
             tail.join(timeout=5)
         if ray.is_initialized():
             ray.shutdown()
@@ -108,6 +116,59 @@ def simulate(
         why = ends[-1].get("reason", "") if ends else "the server wrote no end event"
         raise RunFailedError(f"simulation {rd.run_id} did not complete: {why}; see {rd.metrics_file}")
     return rd
+
+
+def _stop_quietly() -> Callable[[], None]:
+    """While the simulation runs, Ctrl-C and SIGTERM first silence Flower (whose workers log every actor that
+    Ray stops as an error with a traceback) and ask the round loop to stop, then raise as usual. Returns the
+    function that puts the previous handlers back."""
+    import signal
+
+    from server.federation import request_stop
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: Any) -> None:
+        logging.getLogger("flwr").setLevel(logging.CRITICAL)
+        request_stop()
+        before = previous[signal.Signals(signum)]
+        if callable(before):
+            before(signum, frame)
+        raise KeyboardInterrupt
+
+    for sig, before in previous.items():
+        if before is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
+            signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, before in previous.items():
+            signal.signal(sig, before if before is not None else signal.SIG_DFL)
+
+    return restore
+
+
+def _interrupt(rd: workspace.RunDir, ends_before: int, timeout: float = 10.0) -> None:
+    """Ctrl-C or SIGTERM: the round loop records the interruption and ends, then the client actors are stopped.
+
+    Flower's ServerApp thread would poll for replies until the round timeout, and its simulation workers wait on
+    their actors without a timeout (Ray shut down under them makes the process exit 1). So: ask the loop to
+    stop, wait for its ``end`` event, then kill this machine's ``ClientAppActor`` processes so that every
+    worker's wait returns, and let the caller shut Ray down.
+    """
+    import psutil
+
+    from server.federation import request_stop
+
+    request_stop()
+    deadline = time.monotonic() + timeout
+    while len(rd.events("end")) <= ends_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "ClientAppActor" in " ".join(proc.cmdline()):
+                proc.kill()
 
 
 def _tail(rd: workspace.RunDir, on_event: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:

@@ -104,18 +104,40 @@ def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; errors print one clear line and exit with their code (2 bad input, 1 a failed run)."""
+    from uaap.processes import raise_on_sigterm, stop_code
+
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
         _refuse(parser, str(args.command), extras)
+    raise_on_sigterm()  # SIGTERM stops a command the way Ctrl-C does: its clean-up runs, then exit 143
     try:
         return int(args.func(args) or 0)
     except UaapError as exc:
         print(f"uaap: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("uaap: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        code = stop_code(exc)
+        print(f"uaap: {'stopped (SIGTERM)' if code == 143 else 'interrupted'}", file=sys.stderr)
+        _exit_if_threads_linger(code)
+        return code
+
+
+def _exit_if_threads_linger(code: int, grace: float = 3.0) -> None:
+    """Exit now when threads a library started outlive the stop: Flower's simulation workers wait forever on a
+    Ray that was shut down, and Python would wait for them at exit. The command's own clean-up already ran."""
+    import os
+    import threading
+    import time
+
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _refuse(parser: argparse.ArgumentParser, command: str, extras: list[str]) -> None:

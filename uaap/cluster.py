@@ -52,6 +52,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_reachable(address)
     runtime_env = {"worker_process_setup_hook": SETUP_HOOK, "env_vars": {**QUIET_ENV, **TRAIN_ENV}}
     kwargs: dict[str, Any] = {"runtime_env": runtime_env, "logging_level": logging.WARNING, "log_to_driver": False}
     if address:
@@ -62,8 +64,44 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
             num_cpus=num_cpus or os.cpu_count() or 1,
             _system_config={"max_direct_call_object_size": INLINE_BYTES},  # only a cluster's starter sets it
         )
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(**kwargs)
+    if callable(sigterm):  # ray.init replaces it with sys.exit(15): keep the command's own clean stop (exit 143)
+        signal.signal(signal.SIGTERM, sigterm)
     return True
+
+
+def check_reachable(address: str, within: float = 10.0) -> None:
+    """Fail within ``within`` seconds when nothing listens at a Ray address (``ray.init`` would retry for many
+    minutes, deaf to Ctrl-C). ``auto`` and ``local`` are Ray's own lookups and are left to it."""
+    import socket
+    import time
+
+    from uaap.errors import ConfigError
+
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = target.rpartition(":") if ":" in target else (target, "", "6379")
+    if not port.isdigit():
+        raise ConfigError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.2:6379, or ray://HOST:10001)")
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(3.0, within)):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise ConfigError(
+                    f"no Ray cluster answers at {address} ({exc.strerror or exc}, tried for {within:g}s); start one "
+                    f"there (`ray start --head --port {port}`) or drop --ray-address and RAY_ADDRESS to run on this "
+                    "machine"
+                ) from None
+            time.sleep(1.0)
 
 
 def cluster_cpus() -> int:

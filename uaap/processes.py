@@ -26,6 +26,24 @@ FLOWER_ENV = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt: the same clean-up, then exit code 143."""
+
+
+def raise_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Terminated` in the main thread (by default it kills without any clean-up)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_code(exc: KeyboardInterrupt) -> int:
+    """The exit code of a command stopped by ``exc``: 143 for SIGTERM, 130 for Ctrl-C (as shells report them)."""
+    return 143 if isinstance(exc, Terminated) else 130
+
+
 def console_script(name: str) -> str | None:
     """A console script of this interpreter's environment (flower-superlink, flwr, ...), or None."""
     path = Path(sys.executable).parent / name

@@ -31,6 +31,10 @@ SERVER_ROUND: Final = "server-round"  # set by Flower's strategies
 PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
 RUN_CONFIG: Final = "uaap-config"  # uaap.config.RunConfig as JSON
 DP_DENOMINATOR: Final = "dp-denominator"  # central DP: q * N, the fixed denominator of the estimator
+# the run's last message (a query): how it ended, so that flower-client can exit 0 instead of waiting for a lost server
+RUN_END: Final = "run-end"  # "completed", "stopped" or "failed"
+RUN_ID: Final = "run-id"
+RUN_END_REASON: Final = "run-end-reason"
 
 # ---- client-info entries (client -> server) --------------------------------------------------------
 PARTITION_ID: Final = "partition-id"  # also the simulation's node-config key
@@ -88,6 +92,7 @@ NODE_POLICY: Final = "policy"
 NODE_REQUIRE_SECURE: Final = "require-secure-aggregation"
 NODE_REQUIRE_DP: Final = "require-dp"
 NODE_MAX_EPSILON: Final = "max-epsilon"
+NODE_STATUS_FILE: Final = "status-file"  # where the ClientApp writes the run-end message for flower-client
 
 
 # ---- reading values off the wire ------------------------------------------------------------------

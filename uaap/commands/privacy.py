@@ -77,15 +77,21 @@ def dashboard(args: argparse.Namespace) -> int:
     import subprocess
 
     from uaap import workspace
+    from uaap.processes import die_with_parent, stop_code, stop_tree
 
     env = dict(os.environ, UAAP_HOME=str(workspace.home()), UAAP_DASHBOARD_REFRESH=str(args.refresh))
     if args.ledger:
         env["UAAP_LEDGER_URL"] = args.ledger
-    print(f"privacy dashboard on http://{args.address}:{args.port} (Ctrl-C to stop)")
-    proc = subprocess.Popen(dashboard_command(args.port, args.address), env=env)
+    print(f"privacy dashboard on http://{args.address}:{args.port} (Ctrl-C to stop)", flush=True)
+    # Streamlit dies with this process (even by SIGKILL); Ctrl-C and SIGTERM stop it here (uaap.cli turns SIGTERM
+    # into an exception, so this clean-up runs for both).
+    proc = subprocess.Popen(
+        dashboard_command(args.port, args.address),
+        env=env,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
+    )
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=10)
-        return 130
+    except KeyboardInterrupt as exc:
+        stop_tree(proc.pid, grace=5.0)
+        return stop_code(exc)
