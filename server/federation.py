@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from uaap.config import RunConfig
 from uaap.data import Dataset, describe, federated
 from uaap.errors import RunFailedError, UaapError
 from uaap.models import build_model, from_record, get_weights, to_record
+from uaap.privacy.utility import hopeless_noise_warning, model_size
 from uaap.protocol import CONFIG, NUM_EXAMPLES, RUN_CONFIG, RUN_END, RUN_END_REASON, RUN_ID
 from uaap.training import evaluate
 
@@ -192,6 +195,10 @@ def _federate(
     nodes = _wait_for_nodes(grid, cfg)
     num_partitions = num_partitions or cfg.num_clients
     meta = federated(cfg, num_partitions)[1]  # the server's test set (cached): shapes for model and export
+    size = model_size(cfg, meta.n_features, meta.n_classes, meta.image_shape)
+    if warning := hopeless_noise_warning(cfg.replace(num_clients=nodes), size):
+        log.warning(warning)
+        rd.log_event("warning", text=warning)
     strategy = strategy or build_strategy(cfg, num_nodes=nodes, n_classes=meta.n_classes)
 
     ckpt = rd.latest_checkpoint()
@@ -214,7 +221,15 @@ def _federate(
     trackers += [tracker] if tracker else []
     if ckpt is not None:
         _recover(rd, tracker, committed)
-    rd.log_event("start", round=start, num_rounds=cfg.num_rounds, nodes=nodes, resumed=ckpt is not None)
+    rd.log_event(
+        "start",
+        round=start,
+        num_rounds=cfg.num_rounds,
+        nodes=nodes,
+        resumed=ckpt is not None,
+        pid=os.getpid(),  # `uaap runs` tells a running loop from one that was killed
+        host=socket.gethostname(),
+    )
     if evaluate_fn is not None and start == 1:
         central0 = _metrics(evaluate_fn(0, arrays))
         rd.log_event("round", round=0, central=central0)

@@ -667,7 +667,12 @@ def check_run_inputs(cfg: RunConfig) -> None:
         from uaap.crypto import server_context
 
         server_context(cfg.he_public_context)  # exists, is a CKKS context, holds no secret key
-    federated(cfg, max(cfg.num_clients, 2))  # the server's table: loads, has the target column and two classes
+    meta = federated(cfg, max(cfg.num_clients, 2))[1]  # the server's table: loads, has the target and two classes
+    from uaap.privacy.utility import hopeless_noise_warning, model_size
+
+    size = model_size(cfg, meta.n_features, meta.n_classes, meta.image_shape)
+    if warning := hopeless_noise_warning(cfg, size):
+        print(f"flower-server: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def serve(cfg: RunConfig, opts: ServerOptions) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,11 +65,15 @@ def simulate(
     from server.federation import clear_stop, failure_reason
     from uaap.crypto import ensure_simulation_keys
     from uaap.data import federated
+    from uaap.privacy.utility import hopeless_noise_warning, model_size
     from uaap.tracking import ensure_experiment
 
     cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id()).with_absolute_paths()
     cfg = ensure_simulation_keys(cfg)  # CKKS keys under <UAAP_HOME>/keys/<run-id>/ when HE is on without key paths
-    federated(cfg, cfg.num_clients)  # bad data fails here, before Ray starts
+    meta = federated(cfg, cfg.num_clients)[1]  # bad data fails here, before Ray starts
+    size = model_size(cfg, meta.n_features, meta.n_classes, meta.image_shape)
+    if warning := hopeless_noise_warning(cfg, size):
+        print(f"uaap: warning: {warning}", file=sys.stderr, flush=True)
     ensure_experiment(cfg.experiment)  # schema + experiment before any worker exists
     rd = workspace.run_dir(cfg.run_id)
     rd.write_config(cfg)

@@ -1,10 +1,12 @@
 """The model comparator: runs side by side from MLflow (central, federated, DP levels, AutoML winners).
 
 Every UAAP run is one top-level MLflow run tagged ``uaap.run_id`` and ``uaap.kind``; searches add
-child runs (one per trial), which are left out here. All kinds score on the same held-out test split
-of their dataset (``uaap.data.load_split`` with the run's seed and test fraction), so the final
-``accuracy`` of a central run, a federated run (server-side central evaluation) and an AutoML winner
-are comparable; the table says when seeds or test fractions differ.
+child runs (one per trial), which are left out here. Central runs, federated runs with server-side
+evaluation and AutoML winners score on the same held-out test split of their dataset
+(``uaap.data.load_split`` with the run's seed and test fraction), so their final ``accuracy`` is comparable; the
+table says when seeds or test fractions differ. An encrypted federated run has no server-side evaluation (the
+server never holds the plaintext model): its value is the clients' validation accuracy, and the table's
+"measured on" column says so.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 
 from uaap.errors import WorkspaceError
 
+TEST = "test split"
+VALIDATION = "clients' validation"
 RUN_TAG = "uaap.run_id"
 KIND_TAG = "uaap.kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -40,6 +44,7 @@ class RunRow:
     status: str
     split: str
     curve: list[tuple[int, float]] = field(default_factory=list)
+    measured_on: str = TEST  # what ``value`` was measured on: TEST or VALIDATION
 
 
 def _final_key(kind: str, metric: str) -> list[str]:
@@ -161,6 +166,7 @@ def _row(
         status=tags.get("uaap.status", run.info.status.lower()),
         split=f"seed {params.get('seed', '?')}, test {params.get('test-fraction', '?')}",
         curve=curve,
+        measured_on=VALIDATION if curve_key and curve_key.startswith("fed_") else TEST,
     )
 
 
@@ -168,8 +174,9 @@ def compare_table(rows: Sequence[RunRow], metric: str = "accuracy") -> Any:
     """A rich table, best first within each dataset."""
     from rich.table import Table
 
-    table = Table(title=f"runs compared on held-out test {metric}")
-    for col in ("run", "kind", "dataset", "what", "privacy", metric, "epsilon", "rounds/epochs", "seconds", "split"):
+    table = Table(title=f"runs compared on their final {metric}")
+    columns = ("run", "kind", "dataset", "what", "privacy", metric, "measured on", "epsilon", "rounds/epochs")
+    for col in (*columns, "seconds", "split"):
         table.add_column(
             col,
             justify="right" if col in (metric, "epsilon", "rounds/epochs", "seconds") else "left",
@@ -183,14 +190,23 @@ def compare_table(rows: Sequence[RunRow], metric: str = "accuracy") -> Any:
             row.label,
             row.privacy,
             "-" if row.value is None else f"{row.value:.4f}",
+            "-" if row.value is None else row.measured_on,
             "-" if row.epsilon is None else f"{row.epsilon:.3f}",
             str(row.steps or "-"),
             "-" if row.seconds is None else f"{row.seconds:.0f}",
             row.split,
         )
+    notes = []
     splits = {(r.dataset, r.split) for r in rows}
     if len(splits) > len({r.dataset for r in rows}):
-        table.caption = "note: some runs on one dataset used different seeds/test fractions (different test rows)"
+        notes.append("some runs on one dataset used different seeds/test fractions (different test rows)")
+    if any(r.measured_on == VALIDATION and r.value is not None for r in rows):
+        notes.append(
+            "clients' validation: an encrypted run's server never holds its model; a key holder tests it on the "
+            "test split after `uaap keys decrypt-model`"
+        )
+    if notes:
+        table.caption = "note: " + "; ".join(notes)
     return table
 
 
@@ -216,14 +232,17 @@ def compare_plot(rows: Sequence[RunRow], out: Path | None = None, metric: str = 
         1, 2, figsize=(13, max(3.5, 0.45 * len(ordered) + 1.5)), dpi=110, gridspec_kw={"width_ratios": [1.1, 1]}
     )
     values = [r.value if r.value is not None else math.nan for r in ordered]
-    names = [f"{r.label} ({r.dataset}, {r.run_id[-4:]})" for r in ordered]
+    names = [
+        f"{r.label} ({r.dataset}, {r.run_id[-4:]}{', validation' if r.measured_on == VALIDATION else ''})"
+        for r in ordered
+    ]
     ypos = list(range(len(ordered)))[::-1]
     bars.barh(ypos, [0 if math.isnan(v) else v for v in values], color=[colors.get(r.kind, "grey") for r in ordered])
     for y, v in zip(ypos, values, strict=True):
         bars.text(0.01 if math.isnan(v) else v, y, " n/a" if math.isnan(v) else f" {v:.3f}", va="center", fontsize=8)
     bars.set_yticks(ypos, names, fontsize=8)
     bars.set_xlim(0, 1.08 if metric != "loss" else max([v for v in values if not math.isnan(v)] or [1]) * 1.15)
-    bars.set_xlabel(f"held-out test {metric}")
+    bars.set_xlabel(f"final {metric} (test split; clients' validation where the name says so)")
     bars.set_title("final result per run")
     for kind, color in colors.items():
         if any(r.kind == kind for r in ordered):
@@ -236,7 +255,7 @@ def compare_plot(rows: Sequence[RunRow], out: Path | None = None, metric: str = 
             curves.plot(xs, ys, marker="." if len(xs) < 40 else None, label=f"{r.label} ({r.run_id[-4:]})")
             drawn = True
     curves.set_xlabel("round (federated) / epoch (central)")
-    curves.set_ylabel(f"test {metric}")
+    curves.set_ylabel(metric)
     curves.set_title("learning curves")
     curves.grid(alpha=0.3)
     if drawn:

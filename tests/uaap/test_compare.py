@@ -92,3 +92,24 @@ def test_plot_and_cli(runs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "central-a" in out and "DP-SGD eps<=3" in out and "fed-dp" in out
     assert (tmp_path / "cli.png").stat().st_size > 10_000
+
+
+def test_an_encrypted_runs_validation_accuracy_is_labelled_as_such(tmp_path, monkeypatch, capsys):
+    """Under HE the server evaluates nothing: the value is the clients' validation accuracy, and says so."""
+    from uaap.cli import main
+    from uaap.compare import TEST, VALIDATION, collect_runs
+    from uaap.tracking import Tracker
+
+    monkeypatch.setenv("UAAP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for run_id, key, value in (("he", "fed_accuracy", 0.9652), ("plain", "central_accuracy", 0.9694)):
+        cfg = RunConfig(run_id=run_id, secure_aggregation="ckks" if run_id == "he" else "none")
+        tracker = Tracker(cfg.experiment, run_id, kind="federated")
+        tracker.log_params(cfg.to_flower())
+        tracker.log_metrics({key: value}, step=1)
+        tracker.finish()
+    rows = {r.run_id: r for r in collect_runs()}
+    assert rows["he"].measured_on == VALIDATION and rows["plain"].measured_on == TEST
+    assert main(["compare", "--out", str(tmp_path / "cmp.png")]) == 0
+    out = capsys.readouterr().out
+    assert "held-out test" not in out and "clients' validation" in out and "test split" in out

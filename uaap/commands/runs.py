@@ -1,8 +1,9 @@
-"""``uaap runs``: list the runs in the workspace."""
+"""``uaap runs``: list the runs in the workspace, each with the state its events say."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -11,27 +12,61 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
+def run_state(events: list[dict[str, Any]]) -> str:
+    """What a run's ``metrics.jsonl`` says about it: its end status (and why), or whether its loop still runs.
+
+    A run whose last ``start`` has no ``end`` after it is running when the process that wrote the start is alive
+    on this machine, and was killed otherwise (``--resume`` continues it).
+    """
+    import socket
+
+    from uaap.processes import alive
+
+    starts = [i for i, e in enumerate(events) if e.get("kind") == "start"]
+    ends = [i for i, e in enumerate(events) if e.get("kind") == "end"]
+    if ends and (not starts or ends[-1] > starts[-1]):
+        end = events[ends[-1]]
+        status = str(end.get("status", "ended"))
+        reason = str(end.get("reason") or "")
+        return (
+            f"{status}: {reason[:60]}{'...' if len(reason) > 60 else ''}"
+            if reason and status != "completed"
+            else status
+        )
+    if not starts:
+        return "not started" if not events else "running or killed"
+    start = events[starts[-1]]
+    pid, host = start.get("pid"), start.get("host")
+    if pid is None:
+        return "running or killed"
+    if host == socket.gethostname():
+        return "running" if alive(int(pid)) else "killed (resume with --resume)"
+    return f"running or killed (on {host})"
+
+
 def run(args: argparse.Namespace) -> int:
-    """One line per run: id, status, rounds done, last accuracy."""
+    """One line per run: id, state, rounds done, last accuracy and where it was measured."""
     from rich.console import Console
     from rich.table import Table
 
     from uaap import workspace
 
     table = Table(title=f"runs in {workspace.home()}")
-    for col in ("run", "status", "rounds", "accuracy"):
-        table.add_column(col)
+    for col in ("run", "state", "rounds", "accuracy", "measured on"):
+        table.add_column(col, justify="right" if col in ("rounds", "accuracy") else "left")
     for run_id in workspace.list_runs():
         rd = workspace.run_dir(run_id)
-        ends = rd.events("end")
-        rounds = [e for e in rd.events() if e["kind"] in ("round", "epoch")]
+        events = rd.events()
+        rounds = [e for e in events if e["kind"] in ("round", "epoch")]
         last = rounds[-1] if rounds else {}
-        acc = last.get("central", {}).get("accuracy", last.get("evaluate", {}).get("accuracy"))
+        central, fed = last.get("central", {}).get("accuracy"), last.get("evaluate", {}).get("accuracy")
+        acc, where = (central, "server's test split") if central is not None else (fed, "clients' validation")
         table.add_row(
             run_id,
-            ends[-1]["status"] if ends else "running/interrupted",
+            run_state(events),
             str(last.get("round", last.get("epoch", 0))),
             "-" if acc is None else f"{acc:.4f}",
+            "-" if acc is None else where,
         )
     Console().print(table)
     return 0

@@ -1,0 +1,25 @@
+"""Client-level DP that leaves nothing to learn is said before the run, with what would work."""
+
+from __future__ import annotations
+
+from uaap.config import RunConfig
+from uaap.privacy.utility import central_noise_ratio, hopeless_noise_warning, model_size
+
+
+def test_the_deploy_guides_old_recipe_is_flagged_and_the_demos_is_not() -> None:
+    # docs/deploy.md used to run 3 clients with noise multiplier 1 on breast_cancer (30 features, 2 classes):
+    # accuracy 0.07-0.10 and a client diverging to NaN
+    old = RunConfig(dataset="breast_cancer", model="logreg", num_clients=3, dp_central=True, dp_noise_multiplier=1.0)
+    size = model_size(old, 30, 2, None)
+    assert size == 62
+    warning = hopeless_noise_warning(old, size)
+    assert warning is not None and "will not learn" in warning and "about 8 clients per round" in warning
+    # the demo: 10 clients, noise multiplier 0.02, the digits MLP
+    demo = RunConfig(model="mlp", num_clients=10, dp_central=True, dp_noise_multiplier=0.02)
+    assert hopeless_noise_warning(demo, model_size(demo, 64, 10, None)) is None
+    assert hopeless_noise_warning(old.replace(dp_central=False), size) is None
+
+
+def test_the_ratio_is_noise_norm_over_the_largest_average() -> None:
+    assert central_noise_ratio(1.0, 100, 10_000) == 1.0  # z sqrt(d) / (q N) = 100 / 100
+    assert central_noise_ratio(2.0, 10, 100) == 2.0
