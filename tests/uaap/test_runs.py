@@ -27,7 +27,6 @@ def test_states_come_from_the_events() -> None:
 def test_uaap_runs_prints_a_failed_run_as_failed(uaap_home: Path, capsys) -> None:
     from uaap import workspace
     from uaap.cli import main
-
     from uaap.config import RunConfig
 
     rd = workspace.run_dir("broken")
