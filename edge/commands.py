@@ -47,18 +47,28 @@ def register_export(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         help="load a pickled model.joblib (from UAAP before 0.2): it can run code, so only for a file you wrote",
     )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="show the converters' own output (TensorFlow, coremltools)"
+    )
     p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Export, verify and bundle each format; print one table row per format."""
+    import time
+
     from rich.console import Console
     from rich.table import Table
 
     from edge import export_model
+    from uaap import quiet, workspace
 
+    quiet.VERBOSE = args.verbose
+    quiet.converter_loggers()
     console = Console()
-    with console.status(f"exporting {args.model} to {args.to}"):
+    log = workspace.home() / "logs" / f"export-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    term = quiet.terminal()  # the spinner stays on the terminal while the converters' output goes to the log
+    with Console(file=term).status(f"exporting {args.model} to {args.to}"), quiet.native_output(log):
         results = export_model(
             args.model,
             args.to,
@@ -103,7 +113,11 @@ def run_export(args: argparse.Namespace) -> int:
         else:
             color = "yellow" if r.status == "not applicable" else "red"
             table.add_row(r.format, f"[{color}]{r.status}[/]", *["-"] * (len(columns) - 1))
+    if term is not console.file:
+        term.close()
     console.print(table)
+    if log.is_file() and log.stat().st_size:
+        console.print(f"converter output: {log} (-v shows it here)")
     folders = {str(r.path.parent) for r in results if r.path}
     if folders:
         console.print(f"bundles in: {', '.join(sorted(folders))}")

@@ -31,7 +31,9 @@ def register_simulate(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs reserved per simulated client (default 1)")
     p.add_argument("--client-gpus", type=float, default=0.0, help="GPUs reserved per simulated client (default 0)")
-    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's own logs")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="show Flower's, Ray's and MLflow's own logs and notices"
+    )
     p.set_defaults(func=run_simulate)
 
 
@@ -39,9 +41,10 @@ def run_simulate(args: argparse.Namespace) -> int:
     """Validate, simulate, then print the round table and write the accuracy plot."""
     from rich.console import Console
 
-    from uaap import workspace
+    from uaap import quiet, workspace
     from uaap.errors import WorkspaceError
 
+    quiet.VERBOSE = args.verbose
     console = Console()
     if args.resume:
         rd = workspace.existing_run(args.resume)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from uaap import workspace
+from uaap import quiet, workspace
 from uaap.cluster import block_tensorflow, connect
 from uaap.config import RunConfig
 from uaap.errors import RunFailedError, UaapError
@@ -81,6 +81,7 @@ def simulate(
     if not verbose:
         for name in ("flwr", "ray"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        quiet.flower_banners()  # `run_simulation` is deprecated: Flower's notice to us, not to the user
 
     stop = threading.Event()
     tail = threading.Thread(target=_tail, args=(rd, on_event, stop), daemon=True) if on_event else None

@@ -31,6 +31,9 @@ def tracking_uri() -> str:
 def _mlflow() -> Any:
     import mlflow
 
+    from uaap import quiet
+
+    quiet.python_warnings()  # SQLAlchemy's deprecation of what MLflow's sqlite store does
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri())

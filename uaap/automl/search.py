@@ -5,8 +5,9 @@ split. Each fold reports the running mean of the metric, so ASHA (or its multi-b
 asynchronous Hyperband) can stop a poor candidate after one or two folds. Every trial is a child
 run in MLflow under one parent run, written by a callback in this (driver) process. The winner is
 refitted on the whole training split, scored on the held-out test split beside scikit-learn's
-default LogisticRegression and RandomForest (same folds, same test rows) and saved in the workspace
-in the format ``uaap train`` produces.
+default LogisticRegression and RandomForest (same folds, same test rows) and beside the default configuration of
+every family searched (each of which is also a trial), and saved in the workspace in the format ``uaap train``
+produces. A winner that a default beats on the held-out split is reported as such (:func:`verdict`).
 
 Concurrency: one CPU per trial (estimators single-threaded, one torch thread), so as many trials
 run at once as the Ray cluster has CPUs, unless ``concurrency`` says otherwise.
@@ -40,6 +41,7 @@ from uaap.automl.families import (
     check_families,
     check_point,
     define_by_run,
+    family_defaults,
     family_params,
     grid_points,
     warm_start_points,
@@ -148,6 +150,8 @@ class AutoMLResult:
     search_seconds: float
     trials: int
     errors: int
+    # each family's default configuration: its CV score as a trial (None if it did not finish) and held-out score
+    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -358,6 +362,10 @@ def run_automl(
         stage(f"refitting the best candidate ({best['family']}) on the whole training split")
         estimator = _refit(best, train, test, settings, cfg, rd, ray_address, tracker)
         test_metrics = score(settings.metric, test.y, aligned_proba(estimator, test.X, n_classes))
+        stage("scoring each family's default configuration on the held-out split")
+        defaults = _defaults_on_test(settings, train, test, cfg.seed, board)
+        for family, d in defaults.items():
+            tracker.parent.log_metrics({f"default_{family}_test": d["test"]}, step=0)
         model_path = _save(rd, estimator, best, cfg, train)
     except BaseException:
         tracker.parent.set_tags({"uaap.status": "failed"})
@@ -389,6 +397,7 @@ def run_automl(
         central=test_metrics,
         best={k: best[k] for k in ("trial", "family", "params", "score", "std")},
         baselines=baselines,
+        defaults=defaults,
         metric=settings.metric,
     )
     return AutoMLResult(
@@ -403,7 +412,48 @@ def run_automl(
         seconds,
         len(board),
         summary["trials_failed"],
+        defaults,
     )
+
+
+def _defaults_on_test(
+    settings: AutoMLSettings, train: Any, test: Any, seed: int, board: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Each family's default configuration fitted on the training split and scored on the held-out split."""
+    out: dict[str, dict[str, Any]] = {}
+    for point in family_defaults(settings.families, train.n_features):
+        family, params = family_params(point)
+        as_trial = next((r for r in board if r["family"] == family and r["params"] == params), None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a default may stop at its max_iter: that is the default
+            fitted = build_estimator(family, params, n_classes=train.n_classes, seed=seed).fit(train.X, train.y)
+        test_score = score(settings.metric, test.y, aligned_proba(fitted, test.X, train.n_classes))[settings.metric]
+        cv = as_trial["score"] if as_trial is not None and as_trial["status"] == "completed" else None
+        out[family] = {"params": params, "cv": cv, "test": float(test_score)}
+    return out
+
+
+def verdict(result: AutoMLResult) -> str | None:
+    """A warning when a default configuration beats the search's winner on the held-out split."""
+    won = result.test_metrics[result.metric]
+    sign = 1.0 if result.mode == "max" else -1.0
+    rivals = {f"the {family} default": d["test"] for family, d in result.defaults.items()}
+    rivals |= {f"scikit-learn's {name}": b["test"] for name, b in result.baselines.items()}
+    if not rivals:
+        return None
+    name = max(rivals, key=lambda k: sign * rivals[k])
+    if sign * rivals[name] <= sign * won:
+        return None
+    best = result.best
+    text = (
+        f"the search's winner ({best['family']}, CV {best['score']:.4f} \u00b1 {best['std']:.4f}) scores {won:.4f} on "
+        f"the held-out split, below {name} ({rivals[name]:.4f}): a CV lead within the folds' spread is noise, "
+        "not an improvement."
+    )
+    family = name.split()[1] if name.startswith("the ") else ""
+    if family in result.defaults:
+        text += f" That default is what `--families {family} --no-warm-start --trials 1` trains;"
+    return text + " or search with more folds (--folds) or more data"
 
 
 def _baselines(train: Any, test: Any, folds: list[Fold], metric: str, seed: int) -> dict[str, dict[str, Any]]:
@@ -442,8 +492,11 @@ def _search(
     records: dict[str, TrialRecord] = {}
     concurrency = settings.concurrency or cluster_cpus()
     points = list(settings.points)
+    # each family's default configuration is always a trial; warm starting adds a few more known-good points
+    starts = family_defaults(settings.families, train.n_features)
     if settings.warm_start and settings.search != "grid":
-        points += [p for p in warm_start_points(settings.families, train.n_features) if p not in points]
+        starts = warm_start_points(settings.families, train.n_features)
+    points += [p for p in starts if p not in points]
     search_alg, param_space, num_samples = _search_algorithm(settings, cfg.seed, mode, points)
     scheduler = _scheduler(settings, mode)
     trainable = tune.with_resources(
@@ -504,7 +557,7 @@ def _search_algorithm(
 
     num_samples = settings.num_trials or -1
     if settings.search == "grid":
-        points = points + grid_points(settings.families)
+        points = points + [g for g in grid_points(settings.families) if g not in points]
         if settings.num_trials:
             points = points[: settings.num_trials]
         return None, {"point": tune.grid_search(points)}, 1

@@ -59,13 +59,16 @@ def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers for a winning XGBoost model (0 = local)")
     p.add_argument("--report-every", type=int, default=10, help="XGBoost rounds between Ray Train reports")
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print (default 10)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print one line per trial instead of a progress bar")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
     p.set_defaults(func=run_automl_command)
 
 
 def run_automl_command(args: argparse.Namespace) -> int:
     """Search, print the leaderboard beside the default baselines, save the best model."""
-    from uaap.automl.search import AutoMLSettings, leaderboard_table, run_automl
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from uaap.automl.search import AutoMLSettings, leaderboard_table, run_automl, verdict
     from uaap.commands.common import config_from_args
 
     console = _console()
@@ -86,19 +89,43 @@ def run_automl_command(args: argparse.Namespace) -> int:
         points=tuple(_json_point(p) for p in args.point),
         warm_start=args.warm_start,
     )
-    state = {"done": 0, "errors": 0}
+    state: dict[str, Any] = {"done": 0, "errors": 0, "best": None}
+    # A search runs hundreds of trials: a progress bar with the best so far, one line per trial under --verbose.
+    progress = Progress(
+        TextColumn("[bold]trials"),
+        BarColumn(),
+        TextColumn("{task.completed} done, {task.fields[errors]} failed, best CV {task.fields[best]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.verbose,
+        transient=True,
+    )
+    task = progress.add_task("search", total=None, errors=0, best="-")
 
     def on_trial(rec: Any) -> None:
         state["done"] += 1
         state["errors"] += rec.status == "error"
         scores = rec.fold_scores(settings.metric)
         value = f"{sum(scores) / len(scores):.4f}" if scores else "-"
-        extra = f" ({rec.error[:80]})" if rec.error else ""
-        console.print(f"  trial {state['done']:>3} {rec.family:<13} {rec.status:<9} folds {len(scores)} {value}{extra}")
+        if rec.status == "completed" and scores:
+            mean = sum(scores) / len(scores)
+            state["best"] = mean if state["best"] is None else max(state["best"], mean)
+        if args.verbose:
+            extra = f" ({rec.error[:80]})" if rec.error else ""
+            console.print(
+                f"  trial {state['done']:>3} {rec.family:<13} {rec.status:<9} folds {len(scores)} {value}{extra}"
+            )
+        best = "-" if state["best"] is None else f"{state['best']:.4f}"
+        progress.update(task, completed=state["done"], errors=state["errors"], best=best)
 
-    result = run_automl(
-        cfg, settings, ray_address=args.ray_address, on_trial=on_trial, on_stage=lambda s: console.print(f"[bold]{s}")
-    )
+    with progress:
+        result = run_automl(
+            cfg,
+            settings,
+            ray_address=args.ray_address,
+            on_trial=on_trial,
+            on_stage=lambda s: console.print(f"[bold]{s}"),
+        )
     console.print(leaderboard_table(result, top=args.top))
     best = result.best
     console.print(
@@ -107,10 +134,13 @@ def run_automl_command(args: argparse.Namespace) -> int:
         + " (same folds)"
     )
     console.print(
-        "held-out test: best "
-        + f"{result.test_metrics[result.metric]:.4f}; "
+        f"held-out test: best ({best['family']}) {result.test_metrics[result.metric]:.4f}; family defaults: "
+        + ", ".join(f"{family} {d['test']:.4f}" for family, d in result.defaults.items())
+        + "; "
         + "; ".join(f"{n} {b['test']:.4f}" for n, b in result.baselines.items())
     )
+    if warning := verdict(result):
+        console.print(f"[yellow]warning:[/] {warning}")
     console.print(
         f"model: {result.model_path}\nleaderboard: {result.run_dir.path / 'leaderboard.csv'}\n"
         f"MLflow experiment: {cfg.experiment} (parent run {result.run_dir.run_id}, one child run per trial)"
