@@ -49,7 +49,7 @@ from uaap.protocol import (
     RUN_CONFIG,
     RUN_END,
     RUN_END_REASON,
-    RUN_ID,
+    RUN_END_RUN,
     SERVER_ROUND,
     STEPS,
     STRAGGLER,
@@ -205,7 +205,7 @@ def run_end(msg: Message, context: Context) -> Message:
     record = msg.content.config_records.get(CONFIG)
     path = context.node_config.get(NODE_STATUS_FILE)
     if record is not None and path and str(record.get(RUN_END, "")) in ("completed", "stopped", "failed"):
-        fields = {key: str(record.get(key, ""))[:500] for key in (RUN_END, RUN_ID, RUN_END_REASON)}
+        fields = {key: str(record.get(key, ""))[:500] for key in (RUN_END, RUN_END_RUN, RUN_END_REASON)}
         target = Path(str(path))
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps(fields))

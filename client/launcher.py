@@ -9,6 +9,11 @@ reads its output to tell an unregistered key (``[code: 2004]``) from a lost serv
 
 A SuperNode starts a fresh ``flwr-clientapp`` process per message (Flower 1.42 has no long-lived
 ClientApp), so every message re-imports torch; ``benchmarks/deployment.py`` measures what it costs.
+When the server's last message says the run ended, the ClientApp writes it where this launcher watches
+(a ``status-file`` in the node config) and the launcher stops the SuperNode and exits 0.
+
+Length: over 500 lines because the checks, the supervised SuperNode and the diagnosis of its exit share one
+set of options and one process tree; split up, the exit codes the guide documents would span files.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from uaap.protocol import (
     NODE_TARGET,
     RUN_END,
     RUN_END_REASON,
-    RUN_ID,
+    RUN_END_RUN,
 )
 
 EXIT_UNREACHABLE = 3
@@ -350,7 +355,7 @@ class FlowerClient:
         self.stop()
         status = ended.get(RUN_END, "")
         why = f": {ended[RUN_END_REASON]}" if status == "failed" and ended.get(RUN_END_REASON) else ""
-        print(f"[flower-client] run {ended.get(RUN_ID, '?')} finished ({status}{why}); exiting", flush=True)
+        print(f"[flower-client] run {ended.get(RUN_END_RUN, '?')} finished ({status}{why}); exiting", flush=True)
         return 0
 
     def run(self) -> int:

@@ -42,7 +42,7 @@ from uaap.data import Dataset, describe, federated
 from uaap.errors import RunFailedError, UaapError
 from uaap.models import build_model, from_record, get_weights, to_record
 from uaap.privacy.utility import hopeless_noise_warning, model_size
-from uaap.protocol import CONFIG, NUM_EXAMPLES, RUN_CONFIG, RUN_END, RUN_END_REASON, RUN_ID
+from uaap.protocol import CONFIG, NUM_EXAMPLES, RUN_CONFIG, RUN_END, RUN_END_REASON, RUN_END_RUN
 from uaap.training import evaluate
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ def _announce(grid: Grid, run_id: str, status: str, reason: str, timeout: float 
     from flwr.app import ConfigRecord, MessageType, RecordDict
 
     try:
-        record = ConfigRecord({RUN_END: status, RUN_ID: run_id, RUN_END_REASON: reason[:500]})
+        record = ConfigRecord({RUN_END: status, RUN_END_RUN: run_id, RUN_END_REASON: reason[:500]})
         messages = [
             grid.create_message(RecordDict({CONFIG: record}), MessageType.QUERY, node, group_id=RUN_END)
             for node in grid.get_node_ids()

@@ -33,7 +33,7 @@ RUN_CONFIG: Final = "uaap-config"  # uaap.config.RunConfig as JSON
 DP_DENOMINATOR: Final = "dp-denominator"  # central DP: q * N, the fixed denominator of the estimator
 # the run's last message (a query): how it ended, so that flower-client can exit 0 instead of waiting for a lost server
 RUN_END: Final = "run-end"  # "completed", "stopped" or "failed"
-RUN_ID: Final = "run-id"
+RUN_END_RUN: Final = "run-end-run"
 RUN_END_REASON: Final = "run-end-reason"
 
 # ---- client-info entries (client -> server) --------------------------------------------------------

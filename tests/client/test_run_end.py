@@ -13,12 +13,12 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from client.app import run_end
 from client.launcher import ClientOptions, FlowerClient
 from tests.flower_helpers import set_task_identity
-from uaap.protocol import CONFIG, NODE_STATUS_FILE, RUN_END, RUN_END_REASON, RUN_ID
+from uaap.protocol import CONFIG, NODE_STATUS_FILE, RUN_END, RUN_END_REASON, RUN_END_RUN
 
 
 def _end_message(status: str) -> Message:
     set_task_identity()  # Flower builds messages only inside a task
-    record = ConfigRecord({RUN_END: status, RUN_ID: "study-1", RUN_END_REASON: ""})
+    record = ConfigRecord({RUN_END: status, RUN_END_RUN: "study-1", RUN_END_REASON: ""})
     return Message(content=RecordDict({CONFIG: record}), dst_node_id=1, message_type=MessageType.QUERY)
 
 
@@ -47,7 +47,7 @@ def test_the_launcher_exits_0_as_soon_as_the_run_ended(tmp_path: Path, capsys) -
 
     def finish() -> None:
         time.sleep(1.0)
-        status.write_text(json.dumps({RUN_END: "completed", RUN_ID: "study-1", RUN_END_REASON: ""}))
+        status.write_text(json.dumps({RUN_END: "completed", RUN_END_RUN: "study-1", RUN_END_REASON: ""}))
 
     threading.Thread(target=finish).start()
     t0 = time.monotonic()
