@@ -89,8 +89,10 @@ def test_export_errors_name_the_problem(runs, capsys):
     assert "unknown format(s) ['pdf']" in capsys.readouterr().err
     assert main(["export", "no-such-run", "--to", "onnx"]) == 2
     assert "recent runs: run-cnn" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:
         main(["export", "run-cnn", "--quantize", "int4"])
+    assert refused.value.code == 2  # argparse's usage error, not a crash or a success
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
     assert main(["export", "run-tree", "--prune", "0.5"]) == 2
     assert "torch registry models" in capsys.readouterr().err
 

@@ -126,5 +126,6 @@ def test_config_is_immutable_and_hashable() -> None:
     cfg = RunConfig()
     with pytest.raises(ValidationError, match="frozen"):
         cfg.num_rounds = 3  # type: ignore[misc]  # the assignment the test expects to fail
+    assert cfg.num_rounds == RunConfig.model_fields["num_rounds"].default  # the refused assignment left nothing
     assert hash(cfg) == hash(RunConfig())
     assert cfg.replace(seed=1) != cfg

@@ -20,9 +20,13 @@ REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "dp_accounting_
 SETTINGS = REFERENCE["settings"]
 
 
-def test_reference_covers_enough_settings():
-    assert len(SETTINGS) >= 5
-    assert REFERENCE["adjacency"] == "add/remove one"
+def test_reference_values_obey_the_laws_of_the_two_analyses():
+    # The fixture is dp_accounting's output; these relations hold for any correct run of it, so a corrupted or
+    # hand-edited reference fails here: PLD is tight, never above the RDP bound of the same history.
+    assert REFERENCE["adjacency"] == "add/remove one" and len(SETTINGS) >= 5
+    for s in SETTINGS:
+        assert 0 < s["pld_epsilon"] <= s["rdp_epsilon"], s["name"]
+    assert len({json.dumps(s["history"]) for s in SETTINGS}) == len(SETTINGS), "each setting is a different history"
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s["name"] for s in SETTINGS])
