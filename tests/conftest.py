@@ -20,6 +20,22 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "mutation_scope(*prefixes): under `make mutate` (tests/mutate.py), run only for mutants of the modules "
+        "named by these prefixes (integration tests that take seconds; other modules' mutants skip them)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a ``mutation_scope`` test for a mutant outside its scope (mutmut names the mutant in the environment)."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    scope = item.get_closest_marker("mutation_scope")
+    if scope is not None and "__mutmut_" in mutant and not mutant.startswith(tuple(scope.args)):
+        pytest.skip(f"mutation run: {mutant} is outside this test's scope {scope.args}")
+
+
 @pytest.fixture
 def uaap_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh workspace for one test."""

@@ -17,6 +17,9 @@ from tests.flower_helpers import FakeGrid, LocalGrid
 from uaap import workspace
 from uaap.config import RunConfig
 
+# Whole federations in this process: under `make mutate` they run for the round loop's mutants only.
+pytestmark = pytest.mark.mutation_scope("server.federation.")
+
 CFG = RunConfig(num_clients=2, min_clients=2, num_rounds=2, local_epochs=1, experiment="tests-fed", seed=3)
 
 # A server process that dies (os._exit: no finally, no atexit, no flush) right after round 1's checkpoint is written.
