@@ -181,7 +181,9 @@ def resolve(
 
     ``flags`` are snake_case values the command line gave. A value ``command`` does not honour is refused
     unless it is the default (so a file written for another command still loads); a key nobody knows is
-    refused with the close match.
+    refused with the close match. ``UAAP_*`` variables are the exception: they hold for a whole shell session
+    (``export UAAP_NUM_ROUNDS=3`` before a simulation and a central baseline), so one the command does not honour
+    is left out with a warning instead.
     """
     prof = profile(command)
     layers: list[tuple[dict[str, Any], dict[str, str]]] = []
@@ -189,6 +191,8 @@ def resolve(
         from_file = read_file(config_file)
         layers.append((from_file, dict.fromkeys(from_file, str(config_file))))
     env_values, warnings = from_environment(environ)
+    for k in [k for k, v in env_values.items() if not prof.applies(setting(k)) and not _is_default(setting(k), v)]:
+        warnings.append(f"{setting(k).env}={env_values.pop(k)} does not apply to uaap {command}; it is ignored here")
     layers.append((dict(env_values), {k: setting(k).env for k in env_values}))
     given = {k: v for k, v in (flags or {}).items() if k in field_names()}
     layers.append((given, {k: setting(k).flag for k in given}))

@@ -289,15 +289,18 @@ def test_a_flag_the_command_does_not_take_is_refused_with_the_reason(
     assert not uaap_home.exists() or not any(uaap_home.iterdir())
 
 
-def test_environment_values_the_command_cannot_honour_are_refused(
+def test_environment_values_the_command_cannot_honour_are_left_out_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, uaap_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A UAAP_* variable holds for a whole shell session (a simulation, then its central baseline): uaap train
+    leaves out what it cannot honour, and says so; the same value as a flag is refused."""
     monkeypatch.setenv("UAAP_NUM_CLIENTS", "7")
-    assert main(["train", "--epochs", "1"]) == 2
-    err = capsys.readouterr().err
-    assert "num-clients='7' (from UAAP_NUM_CLIENTS) does not apply: uaap train" in err
-    monkeypatch.setenv("UAAP_NUM_CLIENTS", "10")  # the default: nothing to honour
-    assert config_from_args(_parse("train")) == RunConfig()
+    monkeypatch.setenv("UAAP_SEED", "3")
+    assert config_from_args(_parse("train")) == RunConfig(seed=3)
+    assert "UAAP_NUM_CLIENTS=7 does not apply to uaap train; it is ignored here" in capsys.readouterr().err
+    monkeypatch.setenv("UAAP_NUM_CLIENTS", "10")  # the default: nothing to honour, nothing to say
+    assert config_from_args(_parse("train")) == RunConfig(seed=3)
+    assert capsys.readouterr().err == ""
 
 
 def test_environment_near_miss_draws_a_warning(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
