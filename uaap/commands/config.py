@@ -136,7 +136,8 @@ def reference() -> str:
         f"marked *all* ({', '.join(f'`{k}`' for k in central)}; it sets `run-id` itself), `uaap automl` only the",
         f"data, seed and tracking ones ({', '.join(f'`{k}`' for k in automl)}); federated commands take every",
         "setting. A value a command cannot honour is refused unless it is the default, so a file written for",
-        "`uaap simulate` also loads in `uaap train`.",
+        "`uaap simulate` also loads in `uaap train`; a `UAAP_*` variable it cannot honour is left out with a",
+        "warning (it holds for the whole shell session).",
         "",
     ]
     for group in GROUPS:
