@@ -66,7 +66,10 @@ class Source:
     def image_shape(self) -> tuple[int, int, int] | None:
         """(C, H, W) of image inputs (the exported models still take flat rows)."""
         shape = self.meta.get("image_shape")
-        return tuple(shape) if shape else None  # type: ignore[return-value]
+        if not shape:
+            return None
+        channels, height, width = (int(d) for d in shape)
+        return channels, height, width
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Reference class probabilities (float64) from the source framework."""
