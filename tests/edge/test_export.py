@@ -182,3 +182,34 @@ def test_coreml_structure_check_names_the_defect(sources, tmp_path):
     assert result.manifest["coreml"]["ops"]["linear"] == 1
     with pytest.raises(Exception, match="input shape"):
         coreml_export.check_structure(pkg, sources["logreg"].n_features + 1, 10)
+
+
+@pytest.mark.parametrize("name", ["mlp", "logreg"])
+@pytest.mark.parametrize("quantize", ["fp16", "int8"])
+def test_quantized_mlp_and_logistic_regression_keep_the_predictions(sources, name, quantize, tmp_path):
+    source = sources[name]
+    fp32 = export_one(source, "onnx", tmp_path / "fp32")
+    result = export_one(source, "onnx", tmp_path, quantize=quantize)
+    assert result.status == "ok", result.reason
+    par = result.manifest["parity"]
+    assert par["argmax_agreement"] >= 0.97 and abs(par["accuracy_change"]) <= 0.03
+    assert 0 < par["max_abs_diff"] < 0.1  # really reduced precision, still close
+    assert result.manifest["size_bytes"] < fp32.manifest["size_bytes"]
+
+
+def test_extra_trees_export_matches_scikit_learn(tmp_path):
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    from edge import demo
+    from uaap.config import RunConfig
+    from uaap.data import load_split
+
+    split = load_split(RunConfig(dataset="digits"))
+    est = ExtraTreesClassifier(n_estimators=10, max_depth=6, random_state=0, n_jobs=1).fit(split.train.X, split.train.y)
+    source = load_source(demo.save_est(tmp_path / "extra_trees.skops", "extra_trees", est, split, "digits"))
+    assert source.family == "extra_trees"
+    for fmt in ("onnx", "c", "coreml"):
+        par = _check_fp32(export_one(source, fmt, tmp_path / fmt), source)
+        assert par["accuracy_source"] == pytest.approx(
+            float((est.predict(source.heldout.X) == source.heldout.y).mean())
+        )
