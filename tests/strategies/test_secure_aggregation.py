@@ -138,6 +138,7 @@ def test_mismatched_key_and_garbage_clients_are_left_out(
     assert sorted(reasons) == [7, 8, 9]
     fed = crypto.load_context(keys.public).short
     assert fed in reasons[7] and other.fingerprint[:16] in reasons[7], "the error names both fingerprints"
+    assert reasons[7].startswith("KeyMaterialError("), "an error other than a malformed reply is shown with its type"
     assert other.fingerprint[:16] in caplog.text
     assert enc is not None and crypto.total_weight(enc) == sum(n for _, n in good)
     reference = build_strategy(plain_cfg)
@@ -294,6 +295,7 @@ def test_reply_validation_checks_ciphertext_replies_before_the_sum_sees_them(
     assert secure is not None
     configure(stack, 1, to_record(updates[0][0]), [1, 2, 3, 4, 5, 6])
     no_weight = {k: v for k, v in mb.items() if k != HE_WEIGHT}
+    other_model = crypto.encrypt_weights([np.ones(7, np.float32)], 5.0, crypto.load_context(keys.secret))
     replies = [
         _reply(1, a, ma),
         _reply(2, b, {**mb, HE_WEIGHT: mb[HE_WEIGHT] + 1}),
@@ -301,6 +303,8 @@ def test_reply_validation_checks_ciphertext_replies_before_the_sum_sees_them(
         _reply(4, plain, {**train_metrics(5), HE_WEIGHT: 5.0}),
         _reply(5, b, {**mb, HE_WEIGHT: 0.0}),
         _reply(6, b, {**mb, "num-examples": 10**9}),
+        _reply(7, b, {**mb, HE_WEIGHT: mb[HE_WEIGHT] * (1 + 1e-10)}),  # within float noise? no: 1e-12 is the bar
+        _reply(8, other_model, {**train_metrics(5), HE_WEIGHT: 5.0}),
     ]
     total, metrics = stack.aggregate_train(1, replies)
     reasons = {r["node"]: r["reason"] for r in stack.rejected}
@@ -310,9 +314,11 @@ def test_reply_validation_checks_ciphertext_replies_before_the_sum_sees_them(
         4: "the record holds plaintext arrays, not UAAP ciphertext (is secure-aggregation on?)",
         5: "metric he-weight=0.0: expected a value in (0, 100000]",
         6: "metric num-examples=1000000000: expected a value in [1, 100000]",
+        7: f"metric he-weight={mb[HE_WEIGHT] * (1 + 1e-10)} differs from its record's {mb[HE_WEIGHT]}",
+        8: f"record encrypts tensors of shapes [(7,)]; this model's are {[w.shape for w in updates[0][0]]}",
     }
     assert secure.last_rejected == [], "the sum never saw a rejected reply"
-    assert total is not None and metrics is not None and metrics["rejected-replies"] == 5
+    assert total is not None and metrics is not None and metrics["rejected-replies"] == 7
     assert crypto.total_weight(total) == updates[0][1] and metrics["he-clients"] == 1
 
     central = ValidateReplies(

@@ -311,3 +311,173 @@ def test_evaluation_sums_counts_and_refuses_ratios_and_arrays():
         "node": 4,
         "reason": "array records ['arrays']; expected []",
     }
+
+
+# ---- exact bounds and messages (each kills a mutant the tests above let through) --------------------------
+
+
+@pytest.mark.parametrize("key", ["steps", "straggler", "dp-steps", "dp-total-steps"])
+def test_counters_must_be_whole_numbers(key):
+    strategy = _validator(dp_local=True)
+    release = {"dp-sigma": 1.0, "dp-q": 0.1, "dp-steps": 5, "dp-total-steps": 5, "dp-epsilon": 0.5}
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    base = {**train_metrics(10.0), **release}
+    assert _reason(strategy, reply_from(1, _content(good, {**base, key: 0.5}))) == (
+        f"metric {key}=0.5: expected a whole number"
+    )
+    assert _reason(strategy, reply_from(1, _content(good, {**base, key: 1}))) is None
+    assert _reason(strategy, reply_from(1, _content(good, {**base, "dp-sigma": 1e6}))) is None
+    assert _reason(strategy, reply_from(1, _content(good, {**base, "dp-sigma": 1.000001e6}))) is not None
+
+
+def test_the_defaults_log_nothing_release_one_reply_and_cap_num_examples(uaap_home):
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.validation import ValidateReplies
+
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    glob = ArrayRecord({k: Array(v) for k, v in _arrays(0).items()})
+    plain = ValidateReplies(FedAvg(min_available_nodes=1, min_train_nodes=1))
+    list(plain.configure_train(1, glob, ConfigRecord({}), _Grid([1, 2])))
+    arrays, _ = plain.aggregate_train(1, [reply_from(1, _content(good, train_metrics(100_000)))])
+    assert arrays is not None, "one contributor is enough by default, and 100000 examples are allowed"
+    assert _reason(plain, reply_from(1, _content(good, train_metrics(100_001)))) == (
+        "metric num-examples=100001: expected a value in [1, 100000]"
+    )
+    assert not uaap_home.exists(), "without a run id no rejection is written anywhere"
+    two = ValidateReplies(FedAvg(min_available_nodes=1, min_train_nodes=1), min_contributors=2)
+    list(two.configure_train(1, glob, ConfigRecord({}), _Grid([1, 2])))
+    assert two.aggregate_train(1, [reply_from(1, _content(good))])[0] is None, "not central DP by default"
+
+
+def test_array_size_bound_and_non_finite_count_are_exact():
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.validation import ValidateReplies
+
+    shapes = {"s": (1,), "v": (2,)}
+    strategy = ValidateReplies(FedAvg(min_available_nodes=1, min_train_nodes=1))
+    glob = ArrayRecord({k: Array(np.zeros(s, dtype=np.float64)) for k, s in shapes.items()})
+    list(strategy.configure_train(1, glob, ConfigRecord({}), _Grid([1, 2])))
+    exact = {k: Array(np.ones(s, dtype=np.float64)) for k, s in shapes.items()}  # 128-byte header + 8 per value
+    assert [len(a.data) for a in exact.values()] == [136, 144]
+    assert _reason(strategy, reply_from(1, _content(exact))) is None, "float64 at exactly the bound is accepted"
+    for name, size in (("s", 137), ("v", 145)):
+        padded = dict(exact)
+        padded[name] = Array(dtype="float64", shape=shapes[name], stype="numpy.ndarray", data=b"\0" * size)
+        assert _reason(strategy, reply_from(1, _content(padded))) == (
+            f"array {name!r} carries {size} bytes, more than its shape {shapes[name]} needs"
+        )
+    nan = {"s": Array(np.ones(1)), "v": Array(np.array([np.nan, np.inf]))}
+    assert _reason(strategy, reply_from(1, _content(nan))) == "array 'v' has 2 non-finite values (NaN/Inf)"
+    one = {"s": Array(np.ones(1)), "v": Array(np.array([1.0, np.nan]))}
+    assert _reason(strategy, reply_from(1, _content(one))) == "array 'v' has 1 non-finite values (NaN/Inf)"
+
+
+def test_long_lists_in_messages_are_cut_at_ten_names_of_forty_characters_and_500_in_all(uaap_home):
+    strategy = _validator(run_id="cut")
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    short = [f"n{i:02d}" for i in range(12)]
+    extra_arrays = {**good, **{n: Array(np.ones(1, dtype=np.float32)) for n in short}}
+    assert _reason(strategy, reply_from(1, _content(extra_arrays))) == (
+        f"array names differ from the global model (missing [], unexpected {short[:10]})"
+    )
+    extra_metrics = {**train_metrics(10.0), **dict.fromkeys(short, 1.0)}
+    assert _reason(strategy, reply_from(1, _content(good, extra_metrics))) == (
+        f"metrics missing [], unexpected {short[:10]}"
+    )
+    long = "x" * 60
+    assert _reason(strategy, reply_from(1, _content({**good, long: Array(np.ones(1, np.float32))}))) == (
+        f"array names differ from the global model (missing [], unexpected {[long[:40]]})"
+    )
+    assert _reason(strategy, reply_from(1, _content(good, {**train_metrics(10.0), long: 1.0}))) == (
+        f"metrics missing [], unexpected {[long[:40]]}"
+    )
+    many = [f"{i:02d}" + "y" * 48 for i in range(12)]  # a message longer than 500 characters is cut there
+    full = f"array names differ from the global model (missing [], unexpected {[n[:40] for n in many[:10]]})"
+    assert len(full) > 500
+    padded = {**good, **{n: Array(np.ones(1, dtype=np.float32)) for n in many}}
+    assert _reason(strategy, reply_from(1, _content(padded))) == full[:500]
+    from uaap import workspace
+
+    assert workspace.run_dir("cut").events("rejected")[-1]["reason"] == full[:500]
+    missing = {"num-examples": 10.0}
+    assert _reason(strategy, reply_from(1, _content(good, missing))) == (
+        "metrics missing ['steps', 'straggler', 'train-loss'], unexpected []"
+    )
+    both = {**train_metrics(10.0), "odd": 1.0}
+    del both["steps"]
+    assert _reason(strategy, reply_from(1, _content(good, both))) == "metrics missing ['steps'], unexpected ['odd']"
+    for extra, shown in ((dict.fromkeys(short, 1.0), short[:10]), ({long: 1.0}, [long[:40]])):
+        evaluation = RecordDict({"metrics": MetricRecord({**eval_metrics(10, 8), **extra})})
+        strategy.aggregate_evaluate(1, [reply_from(2, evaluation, "evaluate")])
+        assert strategy.rejected[-1]["reason"] == f"metrics missing [], unexpected {shown}"
+    no_counts = {k: v for k, v in eval_metrics(10, 8).items() if k != "confusion"}
+    strategy.aggregate_evaluate(1, [reply_from(2, RecordDict({"metrics": MetricRecord(no_counts)}), "evaluate")])
+    assert strategy.rejected[-1]["reason"] == "metrics missing ['confusion'], unexpected []"
+
+
+def test_an_empty_client_info_is_accepted_and_lost_replies_do_not_hide_later_ones():
+    from flwr.app import Error
+
+    from uaap.protocol import CLIENT_INFO
+
+    strategy = _validator()
+    good = {k: Array(v) for k, v in _arrays(1).items()}
+    assert _reason(strategy, reply_from(1, _content(good, **{CLIENT_INFO: ConfigRecord({})}))) is None
+    request = Message(content=RecordDict(), dst_node_id=2, message_type=MessageType.TRAIN)
+    lost = Message(Error(code=0, reason="gone"), reply_to=request)
+    arrays, metrics = strategy.aggregate_train(1, [lost, reply_from(1, _content(good))])
+    assert arrays is not None and np.allclose(arrays["w"].numpy(), _arrays(1)["w"])
+    assert metrics["rejected-replies"] == 0
+
+
+@pytest.mark.parametrize(
+    ("counts", "reason"),
+    [
+        ({"num-examples": 2.5}, "metric num-examples=2.5: expected a whole number"),
+        ({"num-examples": 0}, "metric num-examples=0: expected a value in [1, 50]"),
+        ({"num-examples": 51}, "metric num-examples=51: expected a value in [1, 50]"),
+        ({"confusion": [10, 0, 0, 0, 0, 0, 0, 0, -1]}, "metric confusion: every entry must be a whole number >= 0"),
+        ({"confusion": [10.0] + [0.0] * 8}, "metric confusion: every entry must be a whole number >= 0"),
+        ({"confusion": 10}, "metric confusion: expected a list of counts"),
+        ({"confusion": [10, 0, 0]}, "confusion has 3 entries; expected a square of at least 2 x 2"),
+        ({"confusion": [10]}, "confusion has 1 entries; expected a square of at least 2 x 2"),
+        ({"confusion": [9, 0, 0, 0, 0, 0, 0, 0, 0]}, "confusion counts 9 rows; num-examples says 10"),
+    ],
+)
+def test_evaluation_counts_have_their_types_and_shapes(counts, reason):
+    strategy = _validator(max_num_examples=50)
+    reply = reply_from(1, RecordDict({"metrics": MetricRecord({**eval_metrics(10, 8), **counts})}), "evaluate")
+    strategy.aggregate_evaluate(1, [reply])
+    assert strategy.rejected[-1]["reason"] == reason
+
+
+def test_two_class_histograms_must_count_the_confusion_rows():
+    strategy = _validator()
+    base = eval_metrics(10, 7, classes=2)  # 7 negatives predicted right, 3 wrong; no positives
+
+    def reason(**changes: object) -> str | None:
+        before = len(strategy.rejected)
+        reply = reply_from(1, RecordDict({"metrics": MetricRecord({**base, **changes})}), "evaluate")
+        strategy.aggregate_evaluate(1, [reply])
+        return strategy.rejected[-1]["reason"] if len(strategy.rejected) > before else None
+
+    assert reason() is None
+    short = [0] * 999
+    assert reason(**{"score-hist-pos": short}) == "score histograms have 999/1000 bins; expected 1000"
+    assert reason(**{"score-hist-neg": short}) == "score histograms have 1000/999 bins; expected 1000"
+    moved = [9] + [0] * 999
+    assert reason(**{"score-hist-neg": moved}) == (
+        "score histograms do not count the rows the confusion matrix counts per class"
+    )
+    assert reason(**{"score-hist-pos": [1] + [0] * 999}) == (
+        "score histograms do not count the rows the confusion matrix counts per class"
+    )
+    floats = [0.0] * 1000
+    assert reason(**{"score-hist-pos": floats}) == "metric score-hist-pos: every entry must be a whole number >= 0"
+    assert reason(**{"score-hist-neg": floats}) == "metric score-hist-neg: every entry must be a whole number >= 0"
+    fixed = _validator(n_classes=3)
+    reply = reply_from(1, RecordDict({"metrics": MetricRecord(base)}), "evaluate")
+    fixed.aggregate_evaluate(1, [reply])
+    assert fixed.rejected[-1]["reason"] == "confusion has 4 entries; expected 3 x 3"
