@@ -421,15 +421,25 @@ def _one_round(
     return arrays, entry
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float, *, max_pause: float = 0.5) -> list[Message]:
-    """Push ``messages`` and pull their replies until all are in or ``timeout`` seconds pass.
+def exchange(
+    grid: Grid, messages: list[Message], timeout: float, *, max_pause: float = 0.5, liveness_every: float = 5.0
+) -> list[Message]:
+    """Push ``messages`` and pull their replies until all are in, their nodes went offline, or ``timeout`` passes.
 
     Flower's ``send_and_receive`` sleeps a fixed 0.1 s (simulation) or 3 s (deployment) between pulls, so
     every phase of a round ended on one of those ticks. Here polling starts at 5 ms, backs off by 1.5x to
     ``max_pause`` while nothing arrives, and starts short again after each reply.
+
+    Every ``liveness_every`` seconds the grid's connected nodes are listed: a node that left (the SuperLink drops
+    a SuperNode that misses two heartbeats, about 60 s with Flower's defaults, or at once when it says goodbye)
+    is not waited for, whether or not Flower answers for it; only a client that stays online without answering
+    holds the round until ``timeout``.
     """
-    pending = set(grid.push_messages(messages))
+    ids = list(grid.push_messages(messages))
+    node_of = {mid: int(m.metadata.dst_node_id) for mid, m in zip(ids, messages, strict=False)}
+    pending = set(ids)
     deadline = time.monotonic() + timeout
+    next_check = time.monotonic() + liveness_every
     replies: list[Message] = []
     pause = 0.005
     while pending:
@@ -438,6 +448,14 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, *, max_pause: 
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending -= {m.metadata.reply_to_message_id for m in got}
+        now = time.monotonic()
+        if pending and now >= next_check:
+            next_check = now + liveness_every
+            online = set(grid.get_node_ids())
+            gone = {mid for mid in pending if node_of.get(mid) not in online}
+            for mid in gone:
+                log.warning("node %s went offline (no heartbeat); not waiting for its reply", node_of.get(mid))
+            pending -= gone
         left = deadline - time.monotonic()
         if not pending or left <= 0:
             break
