@@ -343,3 +343,81 @@ def test_a_plaintext_server_rejects_ciphertext_replies_and_a_ciphertext_model(
     assert plain_stack.rejected[-1]["reason"] == (
         "the global model is ciphertext but this server runs without secure aggregation"
     )
+
+
+def test_secure_aggregation_checks_shapes_error_replies_and_records_on_its_own(
+    keys: crypto.KeyFiles, updates: list[tuple[list[np.ndarray], int]]
+) -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    cfg = RunConfig(secure_aggregation="ckks", he_public_context=str(keys.public))
+    (a, ma), (b, mb) = _encrypted_replies(keys, updates[:2], cfg)
+    secret = crypto.load_context(keys.secret)
+    other = crypto.encrypt_weights([np.ones(7, np.float32)], 5.0, secret)
+    calls: list[int] = []
+
+    def aggr(records, weighting):  # a custom metrics aggregation of the inner FedAvg is used
+        calls.append(len(records))
+        return MetricRecord({"custom": float(len(records))})
+
+    secure = SecureAggregation(FedAvg(train_metrics_aggr_fn=aggr), crypto.server_context(keys.public))
+    assert secure.last_rejected == [] and secure.shapes is None
+    configure(secure, 2, a, [1, 2, 3, 4, 5, 6, 7])  # a ciphertext global model: shapes from its header
+    assert secure.shapes == [tuple(w.shape) for w in updates[0][0]]
+    two_metrics = RecordDict({"arrays": b, "metrics": MetricRecord(mb), "again": MetricRecord(mb)})
+    long_reason = "x" * 300
+    replies = [
+        _dropped(1),
+        Message(Error(code=0, reason=long_reason), reply_to=_request(2)),
+        Message(Error(code=0, reason=""), reply_to=_request(3)),
+        _reply(4, other, {**train_metrics(5), HE_WEIGHT: 5.0}),  # the only reply of another model
+        Message(content=two_metrics, reply_to=_request(5)),
+        _reply(6, a, {k: v for k, v in ma.items() if k != HE_WEIGHT}),  # no he-weight metric: the record's counts
+        _reply(7, b, mb),
+    ]
+    total, metrics = secure.aggregate_train(2, replies)
+    assert secure.last_rejected == [
+        (1, "client error: client disconnected"),
+        (2, "client error: " + long_reason[:200]),
+        (3, "client error: "),
+        (4, f"record encrypts tensors of shapes [(7,)]; this model's are {secure.shapes}"),
+        (5, "reply carries 2 MetricRecords; expected exactly one"),
+    ]
+    assert total is not None and crypto.total_weight(total) == updates[0][1] + updates[1][1]
+    assert metrics is not None and metrics["custom"] == 2.0 and calls == [2]
+
+
+def test_refusals_say_what_to_do_word_for_word(keys: crypto.KeyFiles, tmp_path: Path) -> None:
+    from flwr.serverapp.strategy import FedAvg, FedMedian
+
+    with pytest.raises(ConfigError) as err:
+        SecureAggregation(FedMedian(), crypto.load_context(keys.public))
+    assert str(err.value) == (
+        "secure aggregation cannot run FedMedian: a ciphertext sum computes FedAvg's weighted mean and nothing else "
+        "(robust aggregators need plaintext values; server optimisers such as FedAdam need products and square roots "
+        "the add-only CKKS chain cannot do, and the server holds no key). Use strategy 'fedavg' or 'fedprox', or turn "
+        "secure aggregation off"
+    )
+    from strategies.dp_noise import CentralDPNoise
+
+    noise = CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0)
+    twice = CentralDPNoise(noise, noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0)
+    with pytest.raises(ConfigError) as err:
+        SecureAggregation(twice, crypto.load_context(keys.public))
+    assert str(err.value) == (
+        "secure aggregation sums ciphertexts directly, so the wrapper(s) CentralDPNoise, CentralDPNoise under it "
+        "would be bypassed; wrap them outside SecureAggregation instead"
+    )
+    with pytest.raises(ConfigError) as err:
+        build_strategy(RunConfig(secure_aggregation="ckks"))
+    assert str(err.value) == (
+        "secure-aggregation='ckks' needs he-public-context (the server's public CKKS context): run "
+        "`uaap keys init --out DIR` and pass --he-public-context DIR/public.ckks"
+    )
+    missing = str(tmp_path / "nope.ckks")
+    with pytest.raises(ConfigError) as err:
+        build_strategy(RunConfig(secure_aggregation="ckks", he_public_context=missing))
+    assert str(err.value) == (
+        f"he-public-context={missing!r} does not exist: run `uaap keys init --out DIR` and pass "
+        "--he-public-context DIR/public.ckks"
+    )
