@@ -7,6 +7,7 @@ Flower's in-process simulation passes an empty run config.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
 from uaap.config import RunConfig
+
+log = logging.getLogger("uaap.server")
 
 
 def make_app(overrides: Mapping[str, Any] | None = None, *, announce_end: bool = True) -> ServerApp:
@@ -30,6 +33,17 @@ def make_app(overrides: Mapping[str, Any] | None = None, *, announce_end: bool =
         values = {**dict(context.run_config), **(overrides or {})}
         cfg = RunConfig.from_mapping(values)
         num_partitions = len(list(grid.get_node_ids())) or cfg.num_clients
+        if num_partitions != cfg.num_clients:
+            log.warning(
+                "the federation has %d clients (SuperNodes connected), not num-clients=%d: the data are split %d "
+                "ways. Under `flwr run`, Flower's simulation starts num-supernodes of them (2 by default): pass "
+                "--federation-config 'num-supernodes=%d' for %d clients",
+                num_partitions,
+                cfg.num_clients,
+                num_partitions,
+                cfg.num_clients,
+                cfg.num_clients,
+            )
         run_federation(
             grid,
             cfg.replace(num_clients=max(num_partitions, 2)),

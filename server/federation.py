@@ -161,12 +161,14 @@ def run_federation(
 
 def _announce(grid: Grid, run_id: str, status: str, reason: str, timeout: float = 60.0) -> None:
     """The run's last message to every connected client (a query): how it ended. Best effort: never fails."""
-    from flwr.app import ConfigRecord, MessageType, RecordDict
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
     try:
         record = ConfigRecord({RUN_END: status, RUN_END_RUN: run_id, RUN_END_REASON: reason[:500]})
         messages = [
-            grid.create_message(RecordDict({CONFIG: record}), MessageType.QUERY, node, group_id=RUN_END)
+            Message(
+                content=RecordDict({CONFIG: record}), dst_node_id=node, message_type=MessageType.QUERY, group_id=RUN_END
+            )
             for node in grid.get_node_ids()
         ]
         replies = exchange(grid, messages, timeout)
