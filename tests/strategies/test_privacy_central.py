@@ -410,3 +410,135 @@ def test_the_server_accounts_with_the_prv_accountant_when_asked(uaap_home):
     assert Ledger().budget("prv").accountant == "prv"
     with pytest.raises(ConfigError, match="dp-accountant='rdp'"):
         _dp(_cfg(run_id="prv")).load_state_dict(dp.state_dict())
+
+
+# ---- central DP, mutant by mutant ------------------------------------------------------------------------
+
+
+def test_central_dp_refusals_word_for_word():
+    def refused(**kw) -> str:
+        args = {"noise_multiplier": 1.0, "clipping_norm": 1.0, "sample_rate": 1.0} | kw
+        with pytest.raises(ConfigError) as err:
+            CentralDPNoise(FedAvg(), **args)
+        return str(err.value)
+
+    assert refused(noise_multiplier=0.0) == (
+        "dp-noise-multiplier=0.0 gives no client-level guarantee under dp-central; use a value > 0 (e.g. 1.0) "
+        "or turn dp-central off"
+    )
+    assert refused(clipping_norm=0.0) == "dp-central-clip-norm=0.0 must be a positive finite number (e.g. 1.0)"
+    noise = CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=0.5)
+    assert (noise.last_population, noise.last_sampled, noise.denominator) == (0, 0, 0.5)
+    with pytest.raises(ConfigError) as err:
+        noise.aggregate_train(1, [])
+    assert str(err.value) == "aggregate_train was called before configure_train: the round's start model is unknown"
+
+
+def test_the_plaintext_release_skips_bad_replies_and_keeps_the_inner_metrics(uaap_home):
+    from flwr.app import Error, Message, MessageType
+
+    from tests.flower_helpers import set_task_identity
+
+    cfg = _cfg(dp_noise_multiplier=1e-9, dp_central_clip_norm=10.0, run_id="skips")
+    start = _start()
+    dp = _dp(cfg, np.random.default_rng(0))
+    _start_round(dp, to_record(start), [1, 2, 3, 4, 5])
+    set_task_identity()
+    lost = Message(
+        Error(code=0, reason="gone"), reply_to=Message(RecordDict(), dst_node_id=1, message_type=MessageType.TRAIN)
+    )
+    nan = [w.copy() for w in start]
+    nan[0][0, 0] = np.nan
+    two = _reply(3, start, 10)
+    two.content["more"] = to_record(start)
+    replies = [
+        lost,
+        _reply(2, nan, 10, **{"train-loss": 9.0}),
+        two,
+        _reply(4, [w[:1] for w in start], 10),  # another shape
+        _reply(5, [w + 0.01 for w in start], 10, **{"train-loss": 0.25}),
+        _reply(6, [w - 0.03 for w in start], 990, **{"train-loss": 0.75}),
+    ]
+    arrays, metrics = dp.aggregate_train(1, replies)
+    assert metrics["dp-sampled"] == 2
+    assert metrics["train-loss"] == pytest.approx(0.5), "the inner FedAvg's metrics, over the kept replies, uniformly"
+    for s, g in zip(start, from_record(arrays), strict=True):
+        np.testing.assert_allclose(g - s, (0.01 - 0.03) / 5, atol=1e-6)
+
+
+def test_configure_train_needs_a_message_to_forward_and_sends_the_inner_one():
+    from flwr.app import ConfigRecord
+
+    from strategies.wrapper import StrategyWrapper
+    from tests.flower_helpers import FakeGrid, configure
+
+    class Silent(StrategyWrapper):
+        def configure_train(self, server_round, arrays, config, grid):
+            return []
+
+    silent = CentralDPNoise(Silent(FedAvg()), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0)
+    with pytest.raises(ConfigError) as err:
+        configure(silent, 1, to_record(_start(100)), [1, 2])
+    assert str(err.value) == "the inner strategy built no training message; central DP needs one to forward"
+    one = CentralDPNoise(
+        FedAvg(fraction_train=0.5, min_train_nodes=1, min_available_nodes=1), noise_multiplier=1e-9,
+        clipping_norm=1.0, sample_rate=1.0, rng=np.random.default_rng(0),
+    )  # fmt: skip
+    start = _start(100)
+    msgs = list(one.configure_train(1, to_record(start), ConfigRecord({"lr": 0.1}), FakeGrid([1, 2])))
+    assert [int(m.metadata.dst_node_id) for m in msgs] == [1, 2] and msgs[0].content.config_records["config"][
+        "lr"
+    ] == 0.1
+    arrays, _ = one.aggregate_train(1, [])  # the round's start model was kept by configure_train
+    np.testing.assert_allclose(flatten(from_record(arrays)), flatten(start), atol=1e-6)
+
+
+def test_an_empty_first_round_under_he_releases_the_public_start_plus_noise_in_the_clear(uaap_home, tmp_path):
+    keys = crypto.generate_keys(tmp_path / "fed")
+    sigma, q, nodes = 0.8, 0.5, [1, 2, 3, 4]
+    noise = CentralDPNoise(
+        SecureAggregation(FedAvg(), str(keys.public)), noise_multiplier=sigma, clipping_norm=1.0, sample_rate=q,
+        rng=np.random.default_rng(5),
+    )  # fmt: skip
+    start = _start(300)
+    noise.start_round(to_record(start), nodes)
+    arrays, metrics = noise.aggregate_train(1, [])
+    assert not crypto.is_encrypted(arrays) and metrics["dp-sampled"] == 0
+    rng = np.random.default_rng(5)
+    rng.random(len(nodes))  # the Poisson draws
+    expected = flatten(start) + rng.normal(0.0, sigma, flatten(start).size) / (q * len(nodes))
+    np.testing.assert_allclose(flatten(from_record(arrays)), expected, rtol=1e-6, atol=1e-6)
+    assert [a.shape for a in from_record(arrays)] == [w.shape for w in start]
+
+
+def test_the_he_release_carries_the_sums_metrics_and_refuses_a_foreign_model_word_for_word(uaap_home, tmp_path):
+    from flwr.app import Context
+
+    from client.app import prepare_update
+
+    keys = crypto.generate_keys(tmp_path / "fed")
+    cfg = _cfg(secure_aggregation="ckks", he_public_context=str(keys.public), he_secret_context=str(keys.secret))
+    noise = CentralDPNoise(
+        SecureAggregation(FedAvg(), str(keys.public)), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0,
+        rng=np.random.default_rng(1),
+    )  # fmt: skip
+    start = _start(300)
+    noise.start_round(to_record(start), [1, 2])
+    node = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    record, extra = prepare_update(cfg, start, start, 10, node, noise.denominator)
+    reply = reply_from(1, RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": 10, **extra})}))
+    _, metrics = noise.aggregate_train(1, [reply])
+    assert metrics["he-clients"] == 1 and metrics["he-total-weight"] == 1.0 and metrics["dp-sampled"] == 1
+    noise.start_round(crypto.encrypt_weights(start, 3.0, crypto.load_context(keys.secret)), [1, 2])
+    with pytest.raises(ConfigError) as err:
+        noise.aggregate_train(2, [])
+    assert str(err.value) == (
+        "the encrypted global model has total weight 3; central DP under HE keeps it at 1 (it was not made by this "
+        "protocol): start a new run instead of resuming this one"
+    )
+    with pytest.raises(ConfigError) as err:
+        from strategies.validation import ValidateReplies
+
+        CentralDPNoise(ValidateReplies(SecureAggregation(FedAvg(), str(keys.public))), noise_multiplier=1.0,
+                       clipping_norm=1.0, sample_rate=1.0)  # fmt: skip
+    assert str(err.value) == "central DP under secure aggregation must wrap SecureAggregation directly"
