@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
@@ -542,3 +544,63 @@ def test_the_he_release_carries_the_sums_metrics_and_refuses_a_foreign_model_wor
         CentralDPNoise(ValidateReplies(SecureAggregation(FedAvg(), str(keys.public))), noise_multiplier=1.0,
                        clipping_norm=1.0, sample_rate=1.0)  # fmt: skip
     assert str(err.value) == "central DP under secure aggregation must wrap SecureAggregation directly"
+
+
+def test_round_report_and_stop_messages_exactly(uaap_home):
+    sigma, q = 1.0, 0.5
+    eps = [epsilon_of([(sigma, q, k)], 1e-5) for k in (1, 2)]
+    local = [epsilon_of([LOCAL[:2] + (k * LOCAL[2],)], 1e-5) for k in (1, 2)]
+    dp = _dp(
+        _cfg(fraction_train=q, dp_local=True, max_epsilon=eps[1] - 1e-9, run_id="report"), np.random.default_rng(0)
+    )
+    stops = _run_rounds(dp, _start(), range(1, 3))
+    assert stops == [None, stops[1]] and stops[1] == (
+        f"privacy budget: round 2 would raise the user-level epsilon from {eps[0]:.4f} to {eps[1]:.4f}, above "
+        f"max-epsilon={eps[1] - 1e-9:g} (delta=1e-05, rdp); stopped with epsilon {eps[0]:.4f} spent. Raise "
+        "max-epsilon, add noise or sample fewer clients to train further"
+    )
+    assert dp.round_report(1) == {
+        "delta": 1e-5,
+        "user_epsilon": eps[0],
+        "noise_multiplier": sigma,
+        "sample_rate": q,
+        "sampled": dp.noise.last_sampled,
+        "example_epsilon_max": local[0],
+        "epsilon": eps[0],
+        "budget_used": eps[0] / (eps[1] - 1e-9),
+    }
+    small = _dp(_cfg(fraction_train=q, max_epsilon=0.5, run_id="small"), np.random.default_rng(0))
+    assert small.round_report(0) == {
+        "delta": 1e-5, "user_epsilon": 0.0, "noise_multiplier": sigma, "sample_rate": q, "sampled": 0,
+        "epsilon": 0.0, "budget_used": 0.0,
+    }  # fmt: skip
+    unlimited = _dp(RunConfig(dp_local=True, run_id="unlimited"))
+    _run_rounds(unlimited, _start(), range(1, 2))
+    assert unlimited.user_epsilon() is None
+    assert unlimited.round_report(1) == {"delta": 1e-5, "example_epsilon_max": local[0], "epsilon": local[0]}
+    limited = _dp(RunConfig(dp_local=True, max_epsilon=(local[0] + local[1]) / 2, run_id="limited"))
+    stops = _run_rounds(limited, _start(), range(1, 3))
+    assert stops[1] == (
+        f"privacy budget: round 2 would raise node-1's example-level epsilon from {local[0]:.4f} to {local[1]:.4f}, "
+        f"above max-epsilon={(local[0] + local[1]) / 2:g} (delta=1e-05, rdp); stopped before it. Raise max-epsilon "
+        "or lower dp-target-epsilon to train further"
+    )
+
+
+def test_accounting_state_round_trips_and_an_empty_state_loads_as_a_fresh_start(uaap_home):
+    cfg = _cfg(fraction_train=0.5, dp_local=True, run_id="state")
+    dp = _dp(cfg, np.random.default_rng(0))
+    _run_rounds(dp, _start(), range(1, 4))
+    state = json.loads(json.dumps(dp.state_dict()))
+    assert state["ledger_round"] == 3 and set(state) == {"user", "clients", "client_round", "ledger_round"}
+    again = _dp(cfg, np.random.default_rng(1))
+    again.load_state_dict(state)
+    assert again.state_dict() == state
+    assert again.example_epsilons() == dp.example_epsilons() and again.user_epsilon() == dp.user_epsilon()
+    assert again.client_round == {"node-1": LOCAL}
+    fresh = _dp(cfg.replace(run_id="state-fresh"), np.random.default_rng(1))
+    fresh.load_state_dict({})
+    assert fresh.state_dict() == {
+        "user": {"mechanism": "rdp", "history": []}, "clients": {}, "client_round": {}, "ledger_round": 0,
+    }  # fmt: skip
+    assert [r.round for r in Ledger().releases("state")] == [1, 1, 2, 2, 3, 3], "loading elsewhere drops nothing here"
