@@ -64,7 +64,7 @@ def configure(strategy: object, server_round: int, arrays: object, nodes: list[i
     return list(strategy.configure_train(server_round, arrays, ConfigRecord({}), FakeGrid(nodes)))  # type: ignore[attr-defined]  # any Strategy
 
 
-class LocalGrid:
+class LocalGrid(FakeGrid):
     """A Grid that runs the real ClientApp functions (client.app) in this process: a federation without Ray.
 
     Node ``i`` (1-based) holds partition ``i - 1`` of ``num_nodes``; nodes in ``silent`` never reply (a lost
@@ -74,22 +74,13 @@ class LocalGrid:
     def __init__(self, num_nodes: int, *, silent: frozenset[int] = frozenset()) -> None:
         from flwr.app import Context
 
-        self.nodes = list(range(1, num_nodes + 1))
+        super().__init__(list(range(1, num_nodes + 1)))
         self.silent = silent
         self.contexts = {
             n: Context(1, n, {"partition-id": n - 1, "num-partitions": num_nodes}, RecordDict(), {}) for n in self.nodes
         }
         self._replies: dict[str, Message] = {}
         self.pushed: list[Message] = []
-
-    def get_node_ids(self) -> list[int]:
-        set_task_identity()
-        return self.nodes
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return Message(content=content, message_type=message_type, dst_node_id=dst_node_id, group_id=group_id)
 
     def push_messages(self, messages: list[Message]) -> list[str]:
         from uuid import uuid4
