@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from strategies import build_strategy, sort_replies
-from strategies.wrapper import BudgetGate, RoundReporter, Stateful, is_encrypted, layers
+from strategies.wrapper import BudgetGate, RoundReporter, Stateful, innermost, is_encrypted, layers
 from uaap import workspace
 from uaap.config import RunConfig
 from uaap.data import Dataset, describe, federated
@@ -387,6 +387,10 @@ def _one_round(
     t0 = time.perf_counter()
     from flwr.app import ConfigRecord
 
+    if _fit_sampling(grid, strategy, cfg, server_round) == 0:
+        reason = f"no client online after waiting {min(REJOIN_WAIT, cfg.round_timeout):g}s"
+        log.warning("round %d failed: %s", server_round, reason)
+        return arrays, RoundLog(server_round, time.perf_counter() - t0, failed=True, errors=[reason])
     train_cfg = ConfigRecord({RUN_CONFIG: cfg.to_json()})
     messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
     replies = sort_replies(exchange(grid, messages, cfg.round_timeout))
@@ -421,6 +425,37 @@ def _one_round(
             entry.privacy |= layer.round_report(server_round)
     entry.seconds = time.perf_counter() - t0
     return arrays, entry
+
+
+REJOIN_WAIT = 60.0  # seconds a round waits for min-clients to be online again after some dropped out
+_SAMPLING = ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes")
+
+
+def _fit_sampling(grid: Grid, strategy: Strategy, cfg: RunConfig, server_round: int, poll: float = 1.0) -> int:
+    """The clients online for this round, after waiting up to ``REJOIN_WAIT`` for min-clients of them; Flower's
+    sampling minimums are lowered to that number for this round.
+
+    Flower's strategies wait, without a bound and at a log level nobody sees, until their ``min_*_nodes`` are
+    online (``sample_nodes``): with min-clients=3, one client that died stalled every later round for good.
+    Here a round goes on with the clients that remain; an aggregate of fewer than min-contributors accepted
+    replies is still withheld.
+    """
+    deadline = time.monotonic() + min(REJOIN_WAIT, cfg.round_timeout)
+    while (online := len(list(grid.get_node_ids()))) < cfg.min_clients and time.monotonic() < deadline:
+        if _STOP.is_set():
+            raise StopRequested("stop requested")
+        time.sleep(poll)
+    if online < cfg.min_clients:
+        log.warning(
+            "round %d: %d of min-clients=%d clients online; going on with them", server_round, online, cfg.min_clients
+        )
+    sampler = innermost(strategy)  # Flower's FedAvg/FedProx, which does the sampling
+    configured = sampler.__dict__.setdefault(
+        "_uaap_sampling", {a: getattr(sampler, a) for a in _SAMPLING if hasattr(sampler, a)}
+    )
+    for attr, value in configured.items():
+        setattr(sampler, attr, min(int(value), max(online, 1)))
+    return online
 
 
 def exchange(

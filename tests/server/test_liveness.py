@@ -35,3 +35,36 @@ def test_a_node_that_goes_offline_is_not_waited_for(uaap_home) -> None:
     replies = exchange(grid, messages, timeout=600.0, liveness_every=0.2)
     assert time.monotonic() - t0 < 30, "waited for the dead node"
     assert sorted(int(m.metadata.src_node_id) for m in replies) == [1, 2]
+
+
+class ShrinkingGrid(LocalGrid):
+    """Three nodes; node 3 is gone (offline, no replies) once round 1's messages were pushed."""
+
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.pushes = 0
+
+    def push_messages(self, messages: list) -> list[str]:
+        self.pushes += 1
+        if self.pushes > 2:  # round 1 trained and evaluated with three
+            self.silent = frozenset({3})
+        return super().push_messages(messages)
+
+    def get_node_ids(self) -> list[int]:
+        nodes = super().get_node_ids()
+        return [n for n in nodes if n != 3 or self.pushes < 2]
+
+
+def test_later_rounds_go_on_with_the_clients_that_remain(uaap_home, monkeypatch) -> None:
+    """min-clients=3 and one client dies: Flower's sampling would wait for a third node forever (it did, in a
+    deployment); the next round waits a little for it, then runs with the two that remain."""
+    import server.federation as federation
+
+    monkeypatch.setattr(federation, "REJOIN_WAIT", 0.5)
+    cfg = CFG.replace(run_id="shrinking", min_clients=3, num_rounds=3, round_timeout=30.0)
+    t0 = time.monotonic()
+    rd = federation.run_federation(ShrinkingGrid(), cfg, num_partitions=3)
+    assert time.monotonic() - t0 < 120
+    rounds = [e for e in rd.events("round") if e["round"] > 0]
+    assert [(e["round"], e["sampled"], e["replies"]) for e in rounds] == [(1, 3, 3), (2, 2, 2), (3, 2, 2)]
+    assert rd.events("end")[-1]["status"] == "completed"
