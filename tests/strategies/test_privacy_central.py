@@ -604,3 +604,56 @@ def test_accounting_state_round_trips_and_an_empty_state_loads_as_a_fresh_start(
         "user": {"mechanism": "rdp", "history": []}, "clients": {}, "client_round": {}, "ledger_round": 0,
     }  # fmt: skip
     assert [r.round for r in Ledger().releases("state")] == [1, 1, 2, 2, 3, 3], "loading elsewhere drops nothing here"
+
+
+def test_accounting_defaults_levels_and_the_ledger_it_is_given(uaap_home, tmp_path):
+    from strategies.dp_accounting import PrivacyAccounting
+
+    bare = PrivacyAccounting(FedAvg(), run_id="", delta=1e-5)
+    assert (bare.mechanism, bare.max_epsilon, bare.ledger, bare.state_dict()["ledger_round"]) == ("rdp", 0.0, None, 0)
+    assert not uaap_home.exists(), "no run id: no ledger is opened"
+    elsewhere = Ledger(f"sqlite:///{tmp_path / 'other.db'}")
+    silent = PrivacyAccounting(FedAvg(), run_id="", delta=1e-5, ledger=elsewhere, dp_local=True)
+    silent.aggregate_train(1, [_reply(1, _start(), 3, **{"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 10})])
+    assert elsewhere.releases() == [], "releases of a run without an id are accounted, not recorded"
+    for run_id, kw, levels in (
+        ("levels-both", {"dp_local": True}, "user+example"),
+        ("levels-user", {}, "user"),
+    ):
+        PrivacyAccounting(CentralDPNoise(FedAvg(), noise_multiplier=1.0, clipping_norm=1.0, sample_rate=1.0),
+                          run_id=run_id, delta=1e-5, ledger=elsewhere, **kw)  # fmt: skip
+        assert elsewhere.budget(run_id).levels == levels
+    PrivacyAccounting(FedAvg(), run_id="levels-example", delta=1e-5, ledger=elsewhere, dp_local=True)
+    PrivacyAccounting(FedAvg(), run_id="levels-none", delta=1e-5, ledger=elsewhere)
+    assert elsewhere.budget("levels-example").levels == "example" and elsewhere.budget("levels-none").levels == "none"
+    assert Ledger().runs() == [], "the given ledger, not the workspace's"
+
+
+def test_local_releases_one_step_lost_replies_extra_records_and_the_largest_round(uaap_home):
+    from flwr.app import Error, Message, MessageType
+
+    from strategies.wrapper import StrategyWrapper
+    from tests.flower_helpers import set_task_identity
+
+    class Accepting(StrategyWrapper):  # FedAvg would refuse a reply with several MetricRecords
+        def aggregate_train(self, server_round, replies):
+            return None, None
+
+    dp = _dp(RunConfig(dp_local=True, run_id="releases"), inner=Accepting(FedAvg()))
+    set_task_identity()
+    lost = Message(
+        Error(code=0, reason="gone"), reply_to=Message(RecordDict(), dst_node_id=9, message_type=MessageType.TRAIN)
+    )
+    several = _reply(2, _start(), 3)  # records without a release, with a zero-step one, and with a release
+    several.content["zero"] = MetricRecord({"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 0})
+    several.content["one"] = MetricRecord({"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 1})
+    dp.aggregate_train(1, [lost, several, _reply(1, _start(), 3, **{"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 20})])
+    dp.aggregate_train(2, [_reply(1, _start(), 3, **{"dp-sigma": 2.0, "dp-q": 0.05, "dp-steps": 10})])
+    rows = Ledger().releases("releases")
+    assert [(r.round, r.client, r.steps) for r in rows] == [(1, "node-2", 1), (1, "node-1", 20), (2, "node-1", 10)]
+    assert dp.client_round == {"node-2": (2.0, 0.05, 1), "node-1": (2.0, 0.05, 20)}, "the largest round so far"
+    assert dp.example_epsilons()["node-1"] == pytest.approx(epsilon_of([(2.0, 0.05, 30)], 1e-5))
+    central = _dp(_cfg(run_id="central-steps"), np.random.default_rng(0))
+    _start_round(central, to_record(_start()), [1])
+    central.aggregate_train(1, [_reply(1, _start(), 3)])
+    assert [(r.client, r.steps) for r in Ledger().releases("central-steps")] == [("*", 1)]
