@@ -292,3 +292,188 @@ def test_simulation_keys_refuse_a_run_id_that_escapes_the_workspace(uaap_home: P
     with pytest.raises(WorkspaceError, match="not a valid run id"):
         crypto.ensure_simulation_keys(RunConfig(secure_aggregation="ckks", run_id="../escaped"))
     assert not (uaap_home / "escaped").exists() and not (uaap_home / "keys").exists()
+
+
+# ---- exact behaviour of the wire format and the server's sum (each kills mutants the tests above missed) ---
+
+
+def test_header_nesting_is_counted_outside_strings_only() -> None:
+    from uaap.crypto.wire import _nesting
+
+    assert _nesting(b"") == 0 and _nesting(b"[]") == 1 and _nesting(b"{[]}") == 2 and _nesting(b"[][][]") == 1
+    assert _nesting(b'{"a": "[[[{{{", "b": [[1]]}') == 3, "brackets inside strings do not count"
+    assert _nesting(b'["\\"[[[", [2]]') == 2, "an escaped quote does not end the string"
+    assert _nesting(b'["\\\\", [[3]]]') == 3, "an escaped backslash does not escape the closing quote"
+    assert _nesting(b"#|~") == 0
+
+
+def test_array_payloads_are_read_by_any_npy_header_and_refused_when_they_lie() -> None:
+    import io
+
+    from flwr.app import Array
+
+    from uaap.crypto.wire import _u8_array, _u8_view
+
+    data = np.arange(300, dtype=np.uint16).astype(np.uint8)
+    assert np.array_equal(_u8_view(_u8_array(data), "x"), data)  # the fast path
+
+    def payload(write, header: dict, body: bytes) -> Array:
+        buf = io.BytesIO()
+        write(buf, header)
+        return Array(dtype="uint8", shape=(len(body),), stype="numpy.ndarray", data=buf.getvalue() + body)
+
+    v1, v2 = np.lib.format.write_array_header_1_0, np.lib.format.write_array_header_2_0
+    raw = bytes(range(256)) * 20  # long enough that a 4096-byte peek sees the header only
+    ok = payload(v2, {"descr": "|u1", "fortran_order": False, "shape": (len(raw),)}, raw)
+    assert bytes(_u8_view(ok, "x")) == raw, "a version 2.0 header is read by the general path"
+    cases = [
+        (payload(v1, {"descr": "<u2", "fortran_order": False, "shape": (3,)}, b"\0" * 6),
+         "x: expected a 1-D uint8 array, got uint16 of shape (3,)"),
+        (payload(v1, {"descr": "|u1", "fortran_order": False, "shape": (2, 3)}, b"\0" * 6),
+         "x: expected a 1-D uint8 array, got uint8 of shape (2, 3)"),
+        (payload(v1, {"descr": "|u1", "fortran_order": True, "shape": (6,)}, b"\0" * 6),
+         "x: expected a 1-D uint8 array, got uint8 of shape (6,)"),
+        (payload(v2, {"descr": "|u1", "fortran_order": False, "shape": (7,)}, b"\0" * 6),
+         "x: payload has 6 bytes, header says 7"),
+    ]  # fmt: skip
+    for array, message in cases:
+        with pytest.raises(crypto.CiphertextError) as err:
+            _u8_view(array, "x")
+        assert str(err.value) == message
+    with pytest.raises(crypto.CiphertextError, match=r"^x: not a NumPy array payload \("):
+        _u8_view(Array(dtype="uint8", shape=(4,), stype="numpy.ndarray", data=b"\x93NUMPY garbage"), "x")
+
+
+def test_the_sum_checks_weights_tightly_shapes_first_and_names_both_layouts(keys: crypto.KeyFiles) -> None:
+    secret, public = crypto.load_context(keys.secret), crypto.server_context(keys.public)
+    five = crypto.encrypt_weights([np.ones(5, np.float32)], 1.0, secret)
+    seven = crypto.encrypt_weights([np.ones(7, np.float32)], 1.0, secret)
+    acc = crypto.EncryptedSum(public, shapes=[(5,)])
+    with pytest.raises(crypto.CiphertextError, match=r"record encrypts tensors of shapes \[\(7,\)\]"):
+        acc.add(seven)  # even as the first record
+    for claimed in (1.0 + 1e-9, 1.0 + 1e-6, 1.5):  # np.isclose's default tolerances would let these through
+        with pytest.raises(crypto.CiphertextError) as err:
+            acc.add(five, weight=claimed)
+        assert str(err.value) == f"reply metric he-weight={claimed} disagrees with its record's 1.0"
+    acc.add(five, weight=1.0 + 1e-13)
+    assert acc.count == 1
+    loose = crypto.EncryptedSum(public)
+    loose.add(five)
+    with pytest.raises(crypto.CiphertextError) as err:
+        loose.add(seven)
+    assert str(err.value) == "reply encrypts 7 values [(7,)]; the others encrypt 5 values [(5,)]"
+
+
+def test_lazy_reduction_is_exact_for_coefficients_just_below_q(keys: crypto.KeyFiles) -> None:
+    # Ciphertexts whose every coefficient is q - 1 (valid: below q) are the worst case for the uint64 running
+    # sum: 17 of them overflow 2**64 unless reduced in time. The sum must equal Python's exact modular sum.
+    from flwr.app import Array, ArrayRecord
+
+    from uaap.crypto.wire import _u8_array, parse_record
+
+    public = crypto.server_context(keys.public)
+    q = public.modulus
+    base = crypto.encrypt_weights([np.ones(5, np.float32)], 1.0, crypto.load_context(keys.secret))
+    top = ArrayRecord({k: base[k] for k in base})
+    chunk = f"{HE_CHUNK_PREFIX}0000"
+    top[chunk] = _u8_array(np.full(2 * 8192, q - 1, dtype="<u8"))
+    assert isinstance(top[chunk], Array)
+    for n in (14, 15, 16, 17, 31, 40):
+        acc = crypto.EncryptedSum(public)
+        for _ in range(n):
+            acc.add(top)
+        out = acc.result()
+        assert out is not None
+        got = parse_record(out, public).chunks[0]
+        assert int(got.min()) == int(got.max()) == (n * (q - 1)) % q, n
+
+
+def test_plaintext_addition_bounds_and_single_ciphertext_records(keys: crypto.KeyFiles) -> None:
+    secret, public = crypto.load_context(keys.secret), crypto.server_context(keys.public)
+    empty = crypto.EncryptedSum(public)
+    with pytest.raises(crypto.CiphertextError) as err:
+        empty.add_plain(np.zeros(3))
+    assert str(err.value) == "the encrypted sum is empty: add a ciphertext before a plaintext"
+    small = crypto.encrypt_weights([np.full(5, 0.5, np.float32)], 2.0, secret)  # one ciphertext
+    acc = crypto.EncryptedSum(public)
+    acc.add(small)
+    with pytest.raises(ConfigError) as err:
+        acc.add_plain(np.array([0.0, 0.0, crypto.MAX_ABS_SUM, 0.0, 0.0]))
+    assert str(err.value) == "plaintext vector peaks at 2.621e+05, beyond the CKKS range 262144"
+    acc.add_plain([1, 2, 3, 4, 5])  # a list of ints is a float64 vector
+    acc.add_plain(np.array([0.25, 0.25, 0.25, 0.25, 2.0**18 - 1]))
+    out = acc.result()
+    assert out is not None
+    expected = np.array([1.0, 2.0, 3.0, 4.0, 5.0]) + 1.0 + np.array([0.25, 0.25, 0.25, 0.25, 2.0**18 - 1])
+    assert np.abs(crypto.decrypt_sum(out, secret) - expected).max() <= 1e-6
+
+
+def test_key_files_say_exactly_what_they_hold(keys: crypto.KeyFiles) -> None:
+    import re
+
+    for path, secret in ((keys.secret, True), (keys.public, False)):
+        header, _ = crypto.read_key_file(path)
+        created = header.pop("created")
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created), created
+        assert header == {
+            "format": crypto.FORMAT,
+            "scheme": "ckks",
+            "poly_modulus_degree": 8192,
+            "coeff_mod_bit_sizes": [60, 60],
+            "scale_bits": 40,
+            "security": "128-bit (HE standard, tc128)",
+            "secret_key": secret,
+            "fingerprint": keys.fingerprint,
+        }
+    assert sorted(p.name for p in keys.secret.parent.iterdir()) == [
+        ".gitignore", "fingerprint.txt", "public.ckks", "secret.ckks",
+    ], "no temporary file is left behind"  # fmt: skip
+    info = crypto.inspect_context(keys.public)
+    assert info == {
+        "file": str(keys.public),
+        "kind": "public (server)",
+        "secret_key": False,
+        "public_key": True,
+        "scheme": "ckks",
+        "poly_modulus_degree": 8192,
+        "coeff_mod_bit_sizes": [60, 60],
+        "log2_q": 120,
+        "security": "128-bit: log2 q <= 218 at N=8192 (HE standard)",
+        "scale": "2**40",
+        "values_per_ciphertext": 8192,
+        "bytes_per_parameter": 16.0,
+        "fingerprint": keys.fingerprint,
+        "created": crypto.read_key_file(keys.public)[0]["created"],
+        "mode": oct(keys.public.stat().st_mode & 0o777),
+    }
+    assert crypto.inspect_context(keys.secret)["kind"] == "secret (data owners only)"
+
+
+def test_contexts_of_other_parameters_and_missing_paths_are_refused_word_for_word(keys: crypto.KeyFiles) -> None:
+    import tenseal as ts
+
+    from uaap.crypto.keys import _wrap
+
+    other = ts.context(ts.SCHEME_TYPE.CKKS, 16384, coeff_mod_bit_sizes=[60, 60])
+    with pytest.raises(KeyMaterialError) as err:
+        _wrap(other)
+    assert str(err.value) == (
+        "CKKS context (in memory) has parameters (N=16384, data primes=1, scale=1.09951e+12); UAAP expects N=8192, "
+        "coeff_mod_bit_sizes=[60, 60], scale 2**40: make keys with `uaap keys init`"
+    )
+    with pytest.raises(KeyMaterialError) as err:
+        crypto.client_context(RunConfig(secure_aggregation="ckks"), None)
+    assert str(err.value) == (
+        "secure-aggregation='ckks' but this client has no secret context: pass --node-config "
+        "'he-secret-context=\"DIR/secret.ckks\"' (or he-secret-context in the run config); make keys with "
+        "`uaap keys init --out DIR`"
+    )
+    with pytest.raises(ConfigError) as err:
+        crypto.ensure_simulation_keys(RunConfig(secure_aggregation="ckks"))
+    assert str(err.value) == "simulation keys are stored per run: set run-id before calling ensure_simulation_keys"
+    with pytest.raises(ConfigError) as err:
+        crypto.ensure_simulation_keys(RunConfig(secure_aggregation="ckks", he_secret_context="s.ckks", run_id="r"))
+    assert str(err.value) == (
+        "give both he-public-context and he-secret-context (or neither, to let a simulation make keys); got "
+        "he-public-context='', he-secret-context='s.ckks'"
+    )
