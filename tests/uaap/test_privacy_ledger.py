@@ -62,3 +62,63 @@ def test_ledger_urls_are_printed_without_their_password():
     assert secret not in shown and shown == "postgresql+psycopg2://ledger:***@db.example:5432/privacy"
     assert redact("sqlite:////tmp/ledger.db") == "sqlite:////tmp/ledger.db"
     assert secret not in redact(f"not a url {secret}")
+
+
+def _render(*tables) -> list[str]:
+    out = io.StringIO()
+    console = Console(file=out, width=100, color_system=None)
+    for table in tables:
+        console.print(table)
+    return [line.rstrip() for line in out.getvalue().splitlines()]
+
+
+def test_budget_and_client_tables_print_exactly_what_the_ledger_holds(uaap_home):
+    # Checked by hand against the rows: budget used is the headline epsilon over max-epsilon 8 (3.89 -> 49%),
+    # a client's example epsilon is its latest (node-1: 2.25 from round 2 on), epsilons above 100 drop decimals.
+    ledger = Ledger()
+    ledger.set_budget(Budget("g", 8.0, 1e-5, "rdp", "user+example"))
+    ledger.record(
+        [
+            Release("g", 1, "node-1", "example", "dp-sgd", 0.8, 0.05, 20, 1e-5, 1.5),
+            Release("g", 1, "*", "user", "central-gaussian", 1.0, 0.5, 1, 1e-5, 3.89),
+            Release("g", 2, "node-2", "example", "dp-sgd", 0.9, 0.04, 25, 1e-5, 1.2),
+            Release("g", 2, "node-1", "example", "dp-sgd", 0.8, 0.05, 20, 1e-5, 2.25),
+            Release("g", 2, "*", "user", "central-gaussian", 1.0, 0.5, 1, 1e-5, 5.38),
+            Release("g", 3, "node-2", "example", "dp-sgd", 0.9, 0.04, 25, 1e-5, 1.7),
+            Release("g", 3, "*", "user", "central-gaussian", 1.0, 0.5, 1, 1e-5, 123.4),
+        ]
+    )
+    assert _render(budget_table("g", ledger), client_table("g", ledger)) == [
+        "                    privacy budget of g",
+        "       central            user   DP-SGD  max example  budget",
+        "round    sigma      q  epsilon  clients      epsilon    used",
+        "────────────────────────────────────────────────────────────",
+        "    1     1.00  0.500    3.890        1        1.500     49%",
+        "    2     1.00  0.500    5.380        2        2.250     67%",
+        "    3     1.00  0.500    123.4        1        2.250   1542%",
+        "user-level epsilon 123.400, max example-level epsilon 2.250,",
+        "delta=1e-05, accountant=rdp, levels=user+example,",
+        "max-epsilon=8. user: client-level (central DP); example:",
+        "DP-SGD, the largest client's so far",
+        "     example-level DP-SGD per client (g)",
+        "client  sigma       q  rounds  steps  epsilon",
+        "─────────────────────────────────────────────",
+        "node-1  0.800  0.0500       2     40    2.250",
+        "node-2  0.900  0.0400       2     50    1.700",
+    ]
+    assert final_epsilons("g", ledger) == {"node-1": 2.25, "user": 123.4, "node-2": 1.7}
+    ledger.set_budget(Budget("u", 0.0, 1e-5, "prv", "example"))
+    ledger.record([Release("u", 1, "node-1", "example", "dp-sgd", 0.8, 0.05, 20, 1e-5, 1.5)])
+    assert _render(budget_table("u", ledger)) == [
+        "                  privacy budget of u",
+        "       central        user   DP-SGD  max example  budget",
+        "round    sigma  q  epsilon  clients      epsilon    used",
+        "────────────────────────────────────────────────────────",
+        "    1        -  -        -        1        1.500       -",
+        "delta=1e-05, max example-level epsilon 1.500,",
+        "accountant=prv, levels=example, no budget limit. user:",
+        "client-level (central DP); example: DP-SGD, the largest",
+        "client's so far",
+    ]
+    assert _render(budget_table("none", ledger))[-1] == "no DP releases recorded for this run"
+    assert budget_rows("none", ledger) == [] and final_epsilons("none", ledger) == {}
