@@ -136,3 +136,10 @@ def test_prv_accountant_is_carried_the_same_way():
     assert engine.accountant.history == [(1.0, 0.25, 8)]
     assert engine.epsilon(1e-5) == pytest.approx(epsilon_of([(1.0, 0.25, 8)], 1e-5, "prv"))
     assert engine.epsilon(1e-5) < epsilon_of([(1.0, 0.25, 8)], 1e-5, "rdp")
+
+
+def test_the_secret_generator_is_seeded_afresh_from_the_os_each_time():
+    from uaap.privacy.dpsgd import secret_generator
+
+    seeds = {secret_generator().initial_seed() for _ in range(5)}
+    assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)

@@ -122,3 +122,16 @@ def test_budget_and_client_tables_print_exactly_what_the_ledger_holds(uaap_home)
     ]
     assert _render(budget_table("none", ledger))[-1] == "no DP releases recorded for this run"
     assert budget_rows("none", ledger) == [] and final_epsilons("none", ledger) == {}
+
+
+def test_ledger_orders_runs_by_creation_and_truncate_counts_what_it_dropped(uaap_home):
+    from uaap.privacy.ledger import redact
+
+    ledger = Ledger()
+    ledger.set_budget(Budget("later", 1.0, 1e-5, "rdp", "user", created=20.0))
+    ledger.set_budget(Budget("earlier", 1.0, 1e-5, "rdp", "user", created=10.0))
+    assert [b.run_id for b in ledger.runs()] == ["earlier", "later"]
+    assert ledger.truncate("later", after_round=0) == 0
+    ledger.record(_rows("later"))
+    assert ledger.truncate("later", after_round=5) == 0 and ledger.truncate("later", after_round=1) == 2
+    assert redact("::not a url::") == "<unparsable ledger URL>"
