@@ -477,3 +477,49 @@ def test_contexts_of_other_parameters_and_missing_paths_are_refused_word_for_wor
         "give both he-public-context and he-secret-context (or neither, to let a simulation make keys); got "
         "he-public-context='', he-secret-context='s.ckks'"
     )
+
+
+def test_seal_objects_pass_through_one_in_memory_file_per_process(keys: crypto.KeyFiles) -> None:
+    import fcntl
+
+    import tenseal.sealapi as sealapi
+
+    from uaap.crypto.seal import _seal_body, _SealFile
+
+    secret = crypto.load_context(keys.secret)
+    plain = sealapi.Plaintext()
+    secret.seal.encoder.encode([0.5] * 16, 2.0**40, plain)
+    sealed = _SealFile()
+    first = sealed.save(plain)
+    fd = sealed._fd
+    assert sealed._path == f"/proc/self/fd/{fd}", "a memfd, never a file on disk"
+    assert os.readlink(sealed._path).startswith("/memfd:uaap-seal")
+    assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC, "not inherited by child processes"
+    assert sealed.save(plain) == first and sealed._fd == fd, "one file per process, reused"
+    back = sealed.load(sealapi.Plaintext(), secret.seal.context, first)
+    assert _seal_body(sealed.save(back)) == _seal_body(first)
+
+
+def test_seal_serialisations_are_read_by_their_compression_mode_and_refused_otherwise() -> None:
+    import struct
+    import zlib
+
+    import zstandard
+
+    from uaap.crypto.seal import _seal_body
+
+    def blob(body: bytes, compr: int, *, magic: int = 0xA15E, hsize: int = 16, size: int | None = None) -> bytes:
+        head = struct.pack("<HBBBBHQ", magic, hsize, 4, 3, compr, 0, 16 + len(body) if size is None else size)
+        return head + body
+
+    raw = bytes(range(200)) * 3
+    assert _seal_body(blob(raw, 0)) == raw
+    assert _seal_body(blob(zlib.compress(raw), 1)) == raw
+    assert _seal_body(blob(zstandard.ZstdCompressor().compress(raw), 2)) == raw
+    with pytest.raises(crypto.CiphertextError) as err:
+        _seal_body(blob(raw, 3))
+    assert str(err.value) == "unknown SEAL compression mode 3"
+    for bad in (blob(raw, 0, magic=0xA15F), blob(raw, 0, hsize=17), blob(raw, 0, size=10)):
+        with pytest.raises(crypto.CiphertextError) as err:
+            _seal_body(bad)
+        assert str(err.value) == "not a SEAL serialisation"
