@@ -523,3 +523,28 @@ def test_seal_serialisations_are_read_by_their_compression_mode_and_refused_othe
         with pytest.raises(crypto.CiphertextError) as err:
             _seal_body(bad)
         assert str(err.value) == "not a SEAL serialisation"
+
+
+def test_header_dimensions_and_the_decryption_cache_bounds(keys: crypto.KeyFiles) -> None:
+    from uaap.crypto.wire import MAX_VALUES, _dims
+
+    assert _dims([1] * 8) == (1,) * 8 and _dims([0]) == (0,) and _dims([MAX_VALUES]) == (MAX_VALUES,)
+    for bad, message in (
+        ([1] * 9, "a shape must be a list of at most 8 dimensions, got [1, 1, 1, 1, 1, 1, 1, 1, 1]"),
+        ((3,), "a shape must be a list of at most 8 dimensions, got (3,)"),
+        ([MAX_VALUES + 1], f"a shape's dimensions must be whole numbers in [0, {MAX_VALUES}], got [{MAX_VALUES + 1}]"),
+        ([-1], f"a shape's dimensions must be whole numbers in [0, {MAX_VALUES}], got [-1]"),
+        ([True], f"a shape's dimensions must be whole numbers in [0, {MAX_VALUES}], got [True]"),
+    ):
+        with pytest.raises(crypto.CiphertextError) as err:
+            _dims(bad)
+        assert str(err.value) == message
+    secret = crypto.load_context(keys.secret)
+    a, b, c = (crypto.encrypt_weights([np.full(4, v, np.float32)], 1.0, secret) for v in (1.0, 2.0, 3.0))
+    first_a = crypto.decrypt_sum(a, secret)
+    crypto.decrypt_sum(b, secret)
+    assert crypto.decrypt_sum(a, secret) is first_a, "the last two decryptions are kept"
+    crypto.decrypt_sum(b, secret)
+    crypto.decrypt_sum(c, secret)
+    again = crypto.decrypt_sum(a, secret)
+    assert again is not first_a and np.array_equal(again, first_a), "only two: the third evicts the oldest"
