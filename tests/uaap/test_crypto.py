@@ -548,3 +548,52 @@ def test_header_dimensions_and_the_decryption_cache_bounds(keys: crypto.KeyFiles
     crypto.decrypt_sum(c, secret)
     again = crypto.decrypt_sum(a, secret)
     assert again is not first_a and np.array_equal(again, first_a), "only two: the third evicts the oldest"
+
+
+def test_parse_record_and_encrypt_weights_refuse_word_for_word(
+    keys: crypto.KeyFiles, other_keys: crypto.KeyFiles
+) -> None:
+    import json
+
+    from uaap.crypto.wire import _u8_array
+    from uaap.protocol import HE_TOTAL_WEIGHT
+
+    secret, public = crypto.load_context(keys.secret), crypto.load_context(keys.public)
+    record = crypto.encrypt_weights([np.ones(5, dtype=np.float32)], 1.0, secret)
+
+    def refused(**changes: object) -> str:
+        header = json.loads(bytes(record[HE_HEADER].numpy()).decode()) | changes
+        forged = type(record)({k: record[k] for k in record})
+        forged[HE_HEADER] = _u8_array(json.dumps(header).encode())
+        with pytest.raises(crypto.CiphertextError) as err:
+            crypto.parse_record(forged, public)
+        return str(err.value)
+
+    for modulus in ("abc", 12345, str(public.modulus + 2)):
+        assert refused(modulus=modulus) == "ciphertext modulus does not match this context's (uaap-ckks/2)"
+    for weight in (0.0, -1.0, float("inf"), float("nan")):
+        bad = type(record)({k: record[k] for k in record})
+        bad[HE_TOTAL_WEIGHT] = _u8_array(np.array([weight], dtype="<f8"))
+        with pytest.raises(crypto.CiphertextError) as err:
+            crypto.parse_record(bad, public)
+        assert str(err.value) == f"he-total-weight={weight!r} must be a positive finite number"
+    foreign = crypto.encrypt_weights([np.ones(5, np.float32)], 1.0, crypto.load_context(other_keys.secret))
+    with pytest.raises(KeyMaterialError) as err:
+        crypto.parse_record(foreign, public)
+    assert str(err.value) == (
+        f"ciphertext fingerprint {other_keys.fingerprint[:16]!r} differs from this side's context fingerprint "
+        f"{public.short}: the sender uses another federation's keys; give it the key files from the same "
+        "`uaap keys init`"
+    )
+    with pytest.raises(crypto.CiphertextError, match=r"record encrypts tensors of shapes \[\(5,\)\]"):
+        crypto.decrypt_global(record, secret, like=[np.ones(4)])
+    top = np.full(3, crypto.MAX_ABS_SUM / 2, dtype=np.float32)
+    assert crypto.is_encrypted(crypto.encrypt_weights([top * 0.999], 1.0, secret, max_summands=2))
+    with pytest.raises(ConfigError) as err:
+        crypto.encrypt_weights([top], 1.0, secret, max_summands=2)  # 2**17 x 2 clients reaches the range exactly
+    assert str(err.value) == (
+        "pre-weighted update peaks at |1.311e+05| x 2 clients, beyond the CKKS range 262144 (scale 2**40 in a "
+        "60-bit prime): the model diverged, or num-examples is too large for this range; lower the learning rate "
+        "or use fewer/larger weights"
+    )
+    assert crypto.is_encrypted(crypto.encrypt_weights([top * 1.4], 1.0, secret, max_summands=1))
