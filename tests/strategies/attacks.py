@@ -156,7 +156,7 @@ def federation_app(attacks: dict[int, tuple[Attack, ...]], dump_dir: str) -> Cli
     def _evaluate(msg: Message, context: Context) -> Message:
         reply = evaluate_global(msg, context)
         if int(context.node_config[PARTITION_ID]) in attacks:  # type: ignore[arg-type]
-            _set_metric(reply, "accuracy", 7.0)  # out of range: rejected
+            _set_metric(reply, "loss-sum", -7.0)  # out of range: rejected
         return reply
 
     return app

@@ -101,7 +101,7 @@ def test_every_attack_is_rejected_with_its_reason_and_the_run_completes(runs, na
         for needle in reasons:
             assert any(needle in r for r in train), f"round {server_round}: no reason names {needle!r}: {train}"
         evaluate = [e["reason"] for e in rejected if e["round"] == server_round and e["phase"] == "evaluate"]
-        assert len(evaluate) == 2 and all("accuracy=7.0" in r for r in evaluate)
+        assert len(evaluate) == 2 and all("loss-sum=-7.0" in r for r in evaluate)
     rounds = [e for e in rd.events("round") if e["round"] > 0]
     assert [e["train"]["rejected-replies"] for e in rounds] == [2] * ROUNDS
     assert all(e["replies"] == 5 and e["failures"] == 0 for e in rounds)  # the attackers did reply
