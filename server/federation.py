@@ -17,6 +17,9 @@ The checkpoint is each round's commit point: it carries the round's metrics (``r
 and the layers' state, and is written before anything else records the round. A server that dies after it
 resumes at the next round and first writes whatever of that round's metrics line and MLflow row is missing,
 so a crash loses no round and records none twice.
+
+Length: over 500 lines because the round loop and its waits (for nodes, replies and live clients), its stop signal
+and the run's end share one run's state; split up, a wait could no longer end the round it belongs to.
 """
 
 from __future__ import annotations
