@@ -421,3 +421,16 @@ def test_refusals_say_what_to_do_word_for_word(keys: crypto.KeyFiles, tmp_path: 
         f"he-public-context={missing!r} does not exist: run `uaap keys init --out DIR` and pass "
         "--he-public-context DIR/public.ckks"
     )
+
+
+def test_round_one_takes_the_shapes_from_the_plaintext_global_model(
+    keys: crypto.KeyFiles, updates: list[tuple[list[np.ndarray], int]]
+) -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    secure = SecureAggregation(FedAvg(), crypto.server_context(keys.public))
+    configure(secure, 1, to_record(updates[0][0]), [1, 2])
+    assert secure.shapes == [tuple(w.shape) for w in updates[0][0]]
+    other = crypto.encrypt_weights([np.ones(7, np.float32)], 5.0, crypto.load_context(keys.secret))
+    assert secure.aggregate_train(1, [_reply(1, other, {**train_metrics(5), HE_WEIGHT: 5.0})]) == (None, None)
+    assert "record encrypts tensors of shapes [(7,)]" in secure.last_rejected[0][1]

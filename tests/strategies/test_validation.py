@@ -481,3 +481,25 @@ def test_two_class_histograms_must_count_the_confusion_rows():
     reply = reply_from(1, RecordDict({"metrics": MetricRecord(base)}), "evaluate")
     fixed.aggregate_evaluate(1, [reply])
     assert fixed.rejected[-1]["reason"] == "confusion has 4 entries; expected 3 x 3"
+
+
+def test_count_lists_are_capped_at_a_million_entries_and_two_class_histograms_are_required():
+    strategy = _validator()
+
+    def reason(**changes: object) -> str | None:
+        before = len(strategy.rejected)
+        reply = reply_from(1, RecordDict({"metrics": MetricRecord({**eval_metrics(10, 8), **changes})}), "evaluate")
+        strategy.aggregate_evaluate(1, [reply])
+        return strategy.rejected[-1]["reason"] if len(strategy.rejected) > before else None
+
+    square = [10] + [0] * ((1 << 20) - 1)  # 1024 x 1024, exactly at the cap
+    assert reason(confusion=square) is None
+    assert reason(confusion=[*square, 0]) == "metric confusion: expected a list of counts"
+    two = eval_metrics(10, 8, classes=2)
+    no_hist = {k: v for k, v in two.items() if not k.startswith("score-hist")}
+    reply = reply_from(1, RecordDict({"metrics": MetricRecord(no_hist)}), "evaluate")
+    strategy.aggregate_evaluate(1, [reply])
+    assert strategy.rejected[-1]["reason"] == "two classes need score-hist-pos and score-hist-neg (the AUC's sums)"
+    three = {**eval_metrics(10, 8), "score-hist-pos": [0] * 1000}
+    strategy.aggregate_evaluate(1, [reply_from(1, RecordDict({"metrics": MetricRecord(three)}), "evaluate")])
+    assert strategy.rejected[-1]["reason"] == "['score-hist-pos'] belong to two-class tasks; this one has 3 classes"
