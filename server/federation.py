@@ -13,9 +13,6 @@ and raises :class:`uaap.errors.RunFailedError`, so the launcher, ``uaap simulate
 report it as failed instead of completed. Any other exception also ends the run's events with its cause, so a
 launcher can show it.
 
-Length: over 500 lines because the round loop, its checkpoint/resume commit point, the exchange with the grid
-and the failure rules share one run's state; split up, what "a round happened" means would span files.
-
 The checkpoint is each round's commit point: it carries the round's metrics (``round_log``) beside the model
 and the layers' state, and is written before anything else records the round. A server that dies after it
 resumes at the next round and first writes whatever of that round's metrics line and MLflow row is missing,
