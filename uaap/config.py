@@ -152,7 +152,11 @@ class RunConfig(BaseModel):
         1.0, "share of the clients sampled to evaluate each round (0: none)", group="federation", ge=0.0, le=1.0
     )
     min_clients: int = _setting(
-        2, "clients that must be connected (and sampled) before a round starts", group="federation", ge=1
+        2,
+        "clients that must be connected before the first round; a later round waits up to 60 s for that many, "
+        "then goes on with the clients online",
+        group="federation",
+        ge=1,
     )
     straggler_fraction: float = _setting(
         0.0,
@@ -162,7 +166,11 @@ class RunConfig(BaseModel):
         le=1.0,
     )
     round_timeout: float = _setting(
-        3600.0, "seconds the server waits for a round's replies (and for min-clients)", group="federation", gt=0.0
+        600.0,
+        "seconds the server waits for a round's replies (and for min-clients); a client whose node went offline is "
+        "not waited for",
+        group="federation",
+        gt=0.0,
     )
     central_eval: bool = _setting(
         True, "the server also tests the global model on the held-out split (plaintext runs)", group="federation"

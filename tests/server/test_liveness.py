@@ -68,3 +68,8 @@ def test_later_rounds_go_on_with_the_clients_that_remain(uaap_home, monkeypatch)
     rounds = [e for e in rd.events("round") if e["round"] > 0]
     assert [(e["round"], e["sampled"], e["replies"]) for e in rounds] == [(1, 3, 3), (2, 2, 2), (3, 2, 2)]
     assert rd.events("end")[-1]["status"] == "completed"
+
+
+def test_the_default_round_timeout_is_minutes_not_an_hour() -> None:
+    """A client that stays online without answering holds a round until round-timeout (it was 3600 s)."""
+    assert RunConfig().round_timeout == 600.0
