@@ -87,36 +87,42 @@ def simulate(
     tail = threading.Thread(target=_tail, args=(rd, on_event, stop), daemon=True) if on_event else None
     clear_stop()
     ends_before = len(rd.events("end"))
-    restore = _stop_quietly()
+    stopper = _GracefulStop(rd, ends_before)
     try:
-        connect(ray_address)
+        connect(ray_address)  # a Ctrl-C here (an address where no cluster answers) stops at once
         if tail:
             tail.start()
-        run_simulation(
-            server_app=make_app(cfg.to_flower(), announce_end=False),
-            client_app=client_app or uaap_client_app,
-            num_supernodes=cfg.num_clients,
-            backend_config={"client_resources": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}},
-            verbose_logging=verbose,
-        )
+        with stopper:
+            run_simulation(
+                server_app=make_app(cfg.to_flower(), announce_end=False),
+                client_app=client_app or uaap_client_app,
+                num_supernodes=cfg.num_clients,
+                backend_config={"client_resources": {"num_cpus": res.num_cpus, "num_gpus": res.num_gpus}},
+                verbose_logging=verbose,
+            )
     except KeyboardInterrupt:
         _interrupt(rd, ends_before)
         raise
     except UaapError:
+        if stopper.signal_exc:
+            raise stopper.signal_exc from None
         raise  # the ServerApp's own error (bad data, keys, a run whose rounds all failed): its message says why
     except Exception as exc:
+        if stopper.signal_exc:
+            raise stopper.signal_exc from None
         ends = rd.events("end")
         why = ends[-1].get("reason") if ends else ""
         raise RunFailedError(
             f"simulation {rd.run_id} failed: {why or failure_reason(exc)}; see {rd.metrics_file}"
         ) from exc
     finally:
-        restore()
         stop.set()
         if tail and tail.is_alive():
             tail.join(timeout=5)
         if ray.is_initialized():
             ray.shutdown()
+    if stopper.signal_exc:
+        raise stopper.signal_exc
     ends = rd.events("end")
     if not ends or ends[-1]["status"] not in ("completed", "stopped"):
         why = ends[-1].get("reason", "") if ends else "the server wrote no end event"
@@ -124,50 +130,78 @@ def simulate(
     return rd
 
 
-def _stop_quietly() -> Callable[[], None]:
-    """While the simulation runs, Ctrl-C and SIGTERM first silence Flower (whose workers log every actor that
-    Ray stops as an error with a traceback) and ask the round loop to stop, then raise as usual. Returns the
-    function that puts the previous handlers back."""
-    import signal
+class _GracefulStop:
+    """Ctrl-C or SIGTERM while the simulation runs: stop it the way it would end by itself, then raise.
 
-    from server.federation import request_stop
+    Raising ``KeyboardInterrupt`` inside ``run_simulation`` made Flower shut Ray down while its worker threads
+    still waited on actors, and Ray's core then ended the process with exit code 1 (seen in CI about one stop in
+    four). So the first signal only asks the round loop to end (it writes the ``interrupted`` event and the
+    ServerApp returns), silences Flower (which logs every actor Ray stops as an error) and kills this machine's
+    client actors so that each worker's wait returns. Flower then unwinds and shuts Ray down with no thread
+    inside it, and the caller raises :attr:`signal_exc` (``KeyboardInterrupt``, or ``Terminated`` for SIGTERM).
+    A second signal, or a stop still unfinished after ``grace`` seconds, raises in the main thread at once.
+    """
 
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def __init__(self, rd: workspace.RunDir, ends_before: int, grace: float = 20.0) -> None:
+        self.rd, self.ends_before, self.grace = rd, ends_before, grace
+        self.signal_exc: KeyboardInterrupt | None = None
+        self._previous: dict[int, Any] = {}
+        self._done = threading.Event()
 
-    def handler(signum: int, frame: Any) -> None:
-        logging.getLogger("flwr").setLevel(logging.CRITICAL)
-        request_stop()
-        before = previous[signal.Signals(signum)]
-        if callable(before):
-            before(signum, frame)
-        raise KeyboardInterrupt
+    def __enter__(self) -> _GracefulStop:
+        import signal
 
-    for sig, before in previous.items():
-        if before is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
-            signal.signal(sig, handler)
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                before = signal.getsignal(sig)
+                if before is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
+                    self._previous[sig] = before
+                    signal.signal(sig, self._handle)
+        return self
 
-    def restore() -> None:
-        for sig, before in previous.items():
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        self._done.set()
+        for sig, before in self._previous.items():
             signal.signal(sig, before if before is not None else signal.SIG_DFL)
 
-    return restore
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        from server.federation import request_stop
+        from uaap.processes import Terminated
+
+        if self.signal_exc is not None:  # the second Ctrl-C: stop now
+            raise self.signal_exc
+        self.signal_exc = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        logging.getLogger("flwr").setLevel(logging.CRITICAL)
+        request_stop()
+        threading.Thread(target=self._reap, daemon=True, name="uaap-stop").start()
+
+    def _reap(self) -> None:
+        import _thread
+
+        _stop_actors(self.rd, self.ends_before)
+        if not self._done.wait(self.grace):
+            _thread.interrupt_main()  # still not unwound: the old way (KeyboardInterrupt in the main thread)
 
 
-def _interrupt(rd: workspace.RunDir, ends_before: int, timeout: float = 10.0) -> None:
-    """Ctrl-C or SIGTERM: the round loop records the interruption and ends, then the client actors are stopped.
-
-    Flower's ServerApp thread would poll for replies until the round timeout, and its simulation workers wait on
-    their actors without a timeout (Ray shut down under them makes the process exit 1). So: ask the loop to
-    stop, wait for its ``end`` event, then kill this machine's ``ClientAppActor`` processes so that every
-    worker's wait returns, and let the caller shut Ray down.
-    """
-    import psutil
-
+def _interrupt(rd: workspace.RunDir, ends_before: int) -> None:
+    """A stop that raised inside the simulation: record it, free Flower's workers (:func:`_stop_actors`)."""
     from server.federation import request_stop
 
     request_stop()
+    _stop_actors(rd, ends_before)
+
+
+def _stop_actors(rd: workspace.RunDir, ends_before: int, timeout: float = 10.0) -> None:
+    """Wait for the round loop's ``end`` event, then kill this machine's ``ClientAppActor`` processes.
+
+    Flower's simulation workers wait on their actors without a timeout; a killed actor makes each wait return.
+    """
+    import psutil
+
     deadline = time.monotonic() + timeout
     while len(rd.events("end")) <= ends_before and time.monotonic() < deadline:
         time.sleep(0.1)
