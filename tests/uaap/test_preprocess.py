@@ -1,0 +1,160 @@
+"""The preprocessing pipeline: a federated fit equals the pooled fit, and both equal independent references
+(numpy and scikit-learn on the pooled rows)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from uaap.data.messy import messy_table
+from uaap.data.preprocess import (
+    FederatedFit,
+    PreprocessOptions,
+    Preprocessor,
+    fit_parties,
+    histogram_quantile,
+    local_statistics,
+    merge,
+)
+from uaap.errors import DataError
+
+FEATURES = ["age", "income", "score", "city", "plan", "visit", "notes"]
+HASHED = PreprocessOptions(text="hashing")
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return messy_table(2000, seed=3)
+
+
+def _non_iid(frame: pd.DataFrame, parts: int = 5) -> list[pd.DataFrame]:
+    """Rows sorted by city and income: each party sees other categories and another range of values."""
+    ordered = frame.sort_values(["city", "income"], na_position="last")
+    cuts = np.linspace(0, len(ordered), parts + 1).astype(int)
+    return [ordered.iloc[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+def test_federated_fit_equals_the_pooled_fit(table: pd.DataFrame) -> None:
+    pooled = Preprocessor(HASHED).fit(table[FEATURES])
+    federated = fit_parties(_non_iid(table[FEATURES]), FEATURES, HASHED)
+    assert [p.kind for p in federated.plan_] == ["numeric"] * 3 + ["categorical"] * 2 + ["datetime", "text"]
+    for a, b in zip(pooled.plan_, federated.plan_, strict=True):
+        assert a.vocabulary == b.vocabulary and a.fill == b.fill
+        for field in ("impute", "low", "high", "center", "scale"):
+            left, right = getattr(a, field), getattr(b, field)
+            assert left.keys() == right.keys()
+            np.testing.assert_allclose([left[k] for k in left], [right[k] for k in left], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(pooled.transform(table), federated.transform(table), rtol=1e-6, atol=1e-6)
+
+
+def test_statistics_match_numpy_and_scikit_learn_on_the_pooled_rows(table: pd.DataFrame) -> None:
+    from sklearn.preprocessing import StandardScaler
+
+    pre = fit_parties(_non_iid(table[FEATURES]), FEATURES, HASHED)
+    age = pre.plan_[0]
+    raw = table["age"].to_numpy(dtype=float)
+    present = raw[~np.isnan(raw)]
+    q1, median, q3 = np.percentile(present, [25, 50, 75])
+    width = pre.resolution_["age"]
+    assert width == pytest.approx((present.max() - present.min()) / 4096)
+    assert abs(age.impute["age"] - median) <= width  # the stated error of a histogram median
+    assert abs(age.low["age"] - (q1 - 1.5 * (q3 - q1))) <= 4 * width
+    assert abs(age.high["age"] - (q3 + 1.5 * (q3 - q1))) <= 4 * width
+    # the scaler is fitted after imputation and clipping: the same rows through numpy, then StandardScaler
+    cleaned = np.clip(np.where(np.isnan(raw), age.impute["age"], raw), age.low["age"], age.high["age"])
+    reference = StandardScaler().fit(cleaned[:, None])
+    assert age.center["age"] == pytest.approx(reference.mean_[0], rel=1e-12)
+    assert age.scale["age"] == pytest.approx(reference.scale_[0], rel=1e-9)
+    city = pre.plan_[3]
+    counts = table["city"].value_counts()
+    assert sorted(city.vocabulary) == sorted(counts.index)  # 8 cities, under max_categories: all kept
+    assert city.fill == counts.idxmax()
+
+
+def test_quantiles_from_a_histogram_are_within_one_bin() -> None:
+    rng = np.random.default_rng(0)
+    for values in (rng.normal(0, 1, 5001), rng.exponential(3, 777), rng.integers(0, 5, 1000).astype(float)):
+        low, high = values.min(), values.max()
+        hist = np.histogram(values, bins=256, range=(low, high))[0].astype(float)
+        for q in (0.25, 0.5, 0.75):
+            assert abs(histogram_quantile(hist, low, high, q) - np.quantile(values, q)) <= (high - low) / 256 + 1e-12
+
+
+def test_one_hot_keeps_the_most_frequent_and_buckets_the_rest_and_the_unseen() -> None:
+    frame = pd.DataFrame({"c": list("aaaaabbbbcccdde") + [None], "x": np.arange(16.0)})
+    pre = Preprocessor(PreprocessOptions(max_categories=3, scaling="none", outliers="none")).fit(frame)
+    assert pre.plan_[0].vocabulary == ["a", "b"] and pre.plan_[0].fill == "a"
+    assert list(pre.get_feature_names_out()) == ["c=a", "c=b", "c=infrequent", "x"]
+    out = pre.transform(pd.DataFrame({"c": ["b", "e", "never-seen", None], "x": [1.0, 2.0, 3.0, np.nan]}))
+    np.testing.assert_array_equal(out[:, :3], [[0, 1, 0], [0, 0, 1], [0, 0, 1], [1, 0, 0]])
+    assert out[3, 3] == pytest.approx(7.5, abs=16 / 4096)  # the median of 0..15 fills the hole
+
+
+def test_datetimes_expand_into_calendar_parts_and_cycles() -> None:
+    frame = pd.DataFrame({"when": ["2024-03-15T14:00", "2023-12-31T23:30", None, "2024-06-01T00:00"]})
+    pre = Preprocessor(PreprocessOptions(scaling="none", impute="constant", fill_value=-1)).fit(frame)
+    names = list(pre.get_feature_names_out())
+    out = dict(zip(names, pre.transform(frame[:1]).T, strict=True))
+    assert (out["when.year"][0], out["when.month"][0], out["when.day"][0]) == (2024, 3, 15)
+    assert (out["when.weekday"][0], out["when.hour"][0]) == (4, 14)  # a Friday
+    assert out["when.month_sin"][0] == pytest.approx(np.sin(2 * np.pi * 3 / 12), abs=1e-6)
+    assert out["when.hour_cos"][0] == pytest.approx(np.cos(2 * np.pi * 14 / 24), abs=1e-6)
+    assert pre.transform(frame[2:3])[0, names.index("when.year")] == -1  # a missing date takes fill-value
+
+
+def test_free_text_is_refused_hashed_or_dropped(table: pd.DataFrame) -> None:
+    with pytest.raises(DataError, match=r"column 'notes' holds free text.*--text hashing.*drop-columns=notes"):
+        Preprocessor().fit(table[FEATURES])
+    hashed = Preprocessor(PreprocessOptions(text="hashing", hash_buckets=8)).fit(table[FEATURES])
+    words = hashed.transform(pd.DataFrame([{**table[FEATURES].iloc[0], "notes": "pain pain fever"}]))[0, -8:]
+    assert sorted(np.round(np.expm1(words)).astype(int)[np.nonzero(words)]) == [1, 2]  # fever once, pain twice
+    dropped = Preprocessor(PreprocessOptions(text="drop")).fit(table[FEATURES])
+    assert "notes" not in dropped.input_columns and not any("notes" in n for n in dropped.get_feature_names_out())
+
+
+def test_bad_columns_get_clear_errors() -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "empty": [None, None, None]})
+    with pytest.raises(DataError, match=r"column 'empty' is empty in all 3 rows; drop it"):
+        Preprocessor().fit(frame)
+    with pytest.raises(DataError, match=r"drop names 'nope'"):
+        Preprocessor(PreprocessOptions(drop=("nope",))).fit(frame)
+    pre = Preprocessor(PreprocessOptions(drop=("empty",))).fit(frame)
+    with pytest.raises(DataError, match=r"lack columns 'x'.*expects: x"):
+        pre.transform(pd.DataFrame({"y": [1.0]}))
+    with pytest.raises(DataError, match=r"max-categories=1 is below 2"):
+        PreprocessOptions(max_categories=1)
+
+
+def test_the_fitted_plan_travels_as_json(table: pd.DataFrame) -> None:
+    pre = Preprocessor(HASHED).fit(table[FEATURES])
+    text = pre.dumps()
+    again = Preprocessor.loads(json.loads(json.dumps(text)))
+    np.testing.assert_array_equal(pre.transform(table), again.transform(table))
+    assert list(again.get_feature_names_out()) == list(pre.get_feature_names_out())
+    with pytest.raises(DataError, match="not a fitted preprocessor"):
+        Preprocessor.loads('{"plan": []}')
+
+
+def test_it_composes_in_a_scikit_learn_pipeline(table: pd.DataFrame) -> None:
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(Preprocessor(HASHED), LogisticRegression(max_iter=500))
+    X, y = table[FEATURES], table["label"]
+    model.fit(X[:1500], y[:1500])
+    assert model.score(X[1500:], y[1500:]) > 0.75  # the dirty columns carry the signal
+    assert clone(model).get_params()["preprocessor__options"] == HASHED
+
+
+def test_each_stage_asks_only_for_what_it_needs(table: pd.DataFrame) -> None:
+    fit = FederatedFit(["age", "city"], PreprocessOptions(impute="mean", outliers="none", scaling="none"))
+    stages = []
+    while (req := fit.request()) is not None:
+        stages.append(req["stage"])
+        fit.absorb(merge([local_statistics(table, json.loads(json.dumps(req)))]))
+    assert stages == ["schema", "moments"]  # no histogram, no scaling pass
+    assert fit.preprocessor().plan_[0].impute["age"] == pytest.approx(table["age"].mean(), rel=1e-12)

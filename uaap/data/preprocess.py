@@ -1,0 +1,593 @@
+"""One preprocessing pipeline for raw tables, fitted from summed statistics: the same code fits one table or a
+federation of clients without pooling a row.
+
+The pipeline is the seed's Missing Handler -> Outlier Detector -> Feature Engineer: each column gets a kind
+(numeric, datetime, categorical, free text), datetimes expand into calendar features (year, month, day,
+weekday, hour and their cyclical sine/cosine), numbers are imputed (mean, median, constant), clipped
+(IQR fence or z-score) and scaled (standard, min-max, robust), categories are one-hot encoded (the most
+frequent ``max_categories``, the rest and unseen values in one ``infrequent`` column), ordinal or hashed,
+and free text is hashed into word-count buckets or refused.
+
+**Fitted in stages from statistics that add up.** :class:`FederatedFit` asks for one stage at a time
+(:meth:`FederatedFit.request`); every party answers with :func:`local_statistics` of its own rows (counts,
+sums, sums of squares, category counts, fixed-bin histograms; minima and maxima merge by min/max); the
+merged answer (:func:`merge`) fits that stage (:meth:`FederatedFit.absorb`). Each request carries the plan
+fitted so far, so parties keep no state between stages (a Flower ClientApp keeps none). A pooled fit
+(:meth:`Preprocessor.fit`) is the same loop with one party, so a federated fit equals the pooled one:
+means and variances to float rounding, category vocabularies exactly, and medians and IQR fences to the
+histogram's resolution ((max - min) / ``bins``, stated in :attr:`Preprocessor.plan_`), both ways.
+
+What a server learns from these statistics: each column's count, missing count, sum, sum of squares,
+minimum, maximum and a histogram of its values, and each categorical column's category counts (the
+vocabulary is a disclosure: ``encoding="hashing"`` fits no vocabulary and discloses none). KNN and MICE
+imputation cannot be merged from sums, so they are not offered for federated fitting.
+
+The fitted plan is plain JSON (:meth:`Preprocessor.to_dict`), never a pickle: it travels with the model in
+the run folder, the checkpoint, the exports' manifests and the server's messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from uaap.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Impute = Literal["median", "mean", "constant"]
+Outliers = Literal["clip-iqr", "clip-z", "none"]
+Encoding = Literal["onehot", "ordinal", "hashing"]
+Scaling = Literal["standard", "minmax", "robust", "none"]
+Text = Literal["error", "hashing", "drop"]
+
+DATETIME_PARTS = ("year", "month", "day", "weekday", "hour")
+CYCLES = {"month": 12.0, "weekday": 7.0, "hour": 24.0}
+INFREQUENT = "infrequent"
+MISSING = "missing"
+STAGES = ("schema", "moments", "quantiles", "scaling")
+Stats = dict[str, Any]  # name -> float64 array (summed), or {category: count} (summed by key); ":min"/":max" by min/max
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """How raw columns become model inputs (RunConfig's ``impute``, ``outliers``, ``encoding``... fields)."""
+
+    impute: Impute = "median"
+    fill_value: float = 0.0  # impute="constant"
+    outliers: Outliers = "clip-iqr"
+    iqr_k: float = 1.5  # the fence: [q1 - k IQR, q3 + k IQR]
+    z_limit: float = 3.0  # clip-z: [mean - z std, mean + z std]
+    encoding: Encoding = "onehot"
+    max_categories: int = 20  # one-hot columns per categorical feature, the ``infrequent`` bucket included
+    scaling: Scaling = "standard"
+    text: Text = "error"
+    hash_buckets: int = 32  # columns per hashed categorical or free-text feature
+    categorical_max: int = 50  # a string column with more distinct values (at any party) is free text
+    bins: int = 4096  # histogram bins for medians and quartiles
+    drop: tuple[str, ...] = ()  # columns left out
+
+    def __post_init__(self) -> None:
+        for name, low in (("max_categories", 2), ("hash_buckets", 1), ("bins", 16), ("categorical_max", 1)):
+            if int(getattr(self, name)) < low:
+                raise DataError(f"{name.replace('_', '-')}={getattr(self, name)} is below {low}; raise it")
+        for name in ("iqr_k", "z_limit"):
+            if not float(getattr(self, name)) > 0:
+                raise DataError(f"{name.replace('_', '-')}={getattr(self, name)} must be positive")
+
+
+@dataclass
+class ColumnPlan:
+    """What happens to one raw column; filled stage by stage."""
+
+    name: str
+    kind: str = ""  # numeric | datetime | categorical | text
+    # numeric and each datetime part: keyed by feature name (the column itself, or "col.month" ...)
+    impute: dict[str, float] = field(default_factory=dict)
+    low: dict[str, float] = field(default_factory=dict)  # clip bounds
+    high: dict[str, float] = field(default_factory=dict)
+    center: dict[str, float] = field(default_factory=dict)
+    scale: dict[str, float] = field(default_factory=dict)
+    vocabulary: list[str] = field(default_factory=list)  # categorical, one-hot/ordinal: kept categories
+    fill: str = ""  # categorical: the value a missing entry takes
+
+    def numeric_names(self) -> list[str]:
+        """The numeric features this column gives before encoding (datetime parts, or the column itself)."""
+        if self.kind == "numeric":
+            return [self.name]
+        if self.kind == "datetime":
+            return [f"{self.name}.{part}" for part in DATETIME_PARTS]
+        return []
+
+
+# ---- what each party computes ------------------------------------------------------------------------------
+
+
+def local_statistics(frame: pd.DataFrame, request: Mapping[str, Any]) -> Stats:
+    """One party's statistics of its own rows for the stage ``request`` names (from :meth:`FederatedFit.request`)."""
+    stage = request["stage"]
+    options = PreprocessOptions(**_options_from(request["options"]))
+    plans = [ColumnPlan(**p) for p in request["plan"]]
+    if stage == "schema":
+        return _schema_stats(frame, request["columns"], options)
+    numbers = _numeric_parts(frame, plans)
+    out: Stats = {}
+    if stage == "moments":
+        for name, x in numbers.items():
+            x = x[~np.isnan(x)]
+            out[f"{name}:n"] = np.array([len(x), x.sum(), (x * x).sum()])
+            out[f"{name}:min"] = np.array([x.min() if len(x) else np.inf])
+            out[f"{name}:max"] = np.array([x.max() if len(x) else -np.inf])
+        for plan in plans:
+            if plan.kind == "categorical" and options.encoding != "hashing":
+                values = _strings(frame[plan.name]).dropna()
+                out[f"{plan.name}:counts"] = {str(k): int(v) for k, v in values.value_counts().items()}
+        return out
+    if stage == "quantiles":
+        for name, x in numbers.items():
+            low, high = request["ranges"][name]
+            x = x[~np.isnan(x)]
+            out[f"{name}:hist"] = np.histogram(x, bins=options.bins, range=(low, high))[0].astype(np.float64)
+        return out
+    if stage == "scaling":
+        for plan in plans:
+            for name in plan.numeric_names():
+                x = _impute_clip(numbers[name], plan, name)
+                out[f"{name}:n"] = np.array([len(x), x.sum(), (x * x).sum()])
+                out[f"{name}:min"] = np.array([x.min() if len(x) else np.inf])
+                out[f"{name}:max"] = np.array([x.max() if len(x) else -np.inf])
+        return out
+    raise DataError(f"preprocessing stage {stage!r} is unknown; expected one of {', '.join(STAGES)}")
+
+
+def merge(parts: Iterable[Stats]) -> Stats:
+    """The statistics of all parties together: sums, category counts by key, minima and maxima."""
+    out: Stats = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, Mapping):
+                counts = out.setdefault(key, {})
+                for category, n in value.items():
+                    counts[category] = counts.get(category, 0) + int(n)
+            elif key not in out:
+                out[key] = np.asarray(value, dtype=np.float64).copy()
+            elif key.endswith(":min"):
+                out[key] = np.minimum(out[key], value)
+            elif key.endswith(":max"):
+                out[key] = np.maximum(out[key], value)
+            else:
+                out[key] = out[key] + np.asarray(value, dtype=np.float64)
+    return out
+
+
+def _schema_stats(frame: pd.DataFrame, columns: Sequence[str], options: PreprocessOptions) -> Stats:
+    import pandas as pd
+
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"columns {', '.join(map(repr, missing))} are not in this table; its columns are: "
+            f"{', '.join(map(str, frame.columns))}"
+        )
+    out: Stats = {}
+    for name in columns:
+        series = frame[name]
+        present = series.dropna()
+        numeric = datetime = len(present)
+        if not pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            numeric = int(pd.to_numeric(present, errors="coerce").notna().sum())
+            if not pd.api.types.is_datetime64_any_dtype(series):
+                datetime = _datetime_count(present) if numeric < len(present) else 0
+        if pd.api.types.is_datetime64_any_dtype(series):
+            numeric = 0
+        distinct = int(min(present.nunique(), options.categorical_max + 1))
+        out[f"{name}:schema"] = np.array([len(series), len(present), numeric, datetime], dtype=np.float64)
+        out[f"{name}:distinct:max"] = np.array([distinct], dtype=np.float64)
+    return out
+
+
+def _datetime_count(values: pd.Series) -> int:
+    """How many ``values`` parse as dates (a sample first: most string columns are not dates)."""
+    if _parse_dates(values.head(64)).notna().mean() < 0.9:
+        return 0
+    return int(_parse_dates(values).notna().sum())
+
+
+def _parse_dates(series: pd.Series) -> pd.Series:
+    """Timestamps (NaT where a value is not a date): ISO 8601 at C speed, any other spelling value by value."""
+    import pandas as pd
+
+    if pd.api.types.is_datetime64_any_dtype(series):
+        when = series
+    else:
+        text = series.astype("string")
+        when = pd.to_datetime(text, errors="coerce", format="ISO8601")
+        if when.isna().sum() > text.isna().sum():
+            when = pd.to_datetime(text, errors="coerce", format="mixed")
+    if getattr(when.dt, "tz", None) is not None:
+        when = when.dt.tz_convert("UTC").dt.tz_localize(None)
+    return when
+
+
+def _strings(series: pd.Series) -> pd.Series:
+    """Category values as strings (numbers read as text keep one spelling: 1.0 and 1 differ, as in the file)."""
+    return series.astype("string").astype(object).where(series.notna(), None)
+
+
+def _numeric_parts(frame: pd.DataFrame, plans: Sequence[ColumnPlan]) -> dict[str, np.ndarray]:
+    """Every numeric feature before imputation (NaN where missing): numeric columns and datetime parts."""
+    import pandas as pd
+
+    out: dict[str, np.ndarray] = {}
+    for plan in plans:
+        if plan.kind == "numeric":
+            out[plan.name] = pd.to_numeric(frame[plan.name], errors="coerce").to_numpy(dtype=np.float64)
+        elif plan.kind == "datetime":
+            out.update(_datetime_parts(frame[plan.name], plan.name))
+    return out
+
+
+def _datetime_parts(series: pd.Series, name: str) -> dict[str, np.ndarray]:
+    when = _parse_dates(series).dt
+    return {f"{name}.{p}": getattr(when, p).to_numpy(dtype=np.float64, na_value=np.nan) for p in DATETIME_PARTS}
+
+
+def _impute_clip(x: np.ndarray, plan: ColumnPlan, name: str) -> np.ndarray:
+    x = np.where(np.isnan(x), plan.impute.get(name, 0.0), x)
+    if name in plan.low:
+        x = np.clip(x, plan.low[name], plan.high[name])
+    return x
+
+
+# ---- the server side: stage by stage ---------------------------------------------------------------------
+
+
+class FederatedFit:
+    """The fitting loop: ``while (req := fit.request()) is not None: fit.absorb(merge(answers to req))``."""
+
+    def __init__(self, columns: Sequence[str], options: PreprocessOptions | None = None) -> None:
+        self.options = options or PreprocessOptions()
+        self.columns = [c for c in columns if c not in self.options.drop]
+        unknown = sorted(set(self.options.drop) - set(columns))
+        if unknown:
+            raise DataError(f"drop names {', '.join(map(repr, unknown))}, which are not among the table's columns")
+        self.plans: list[ColumnPlan] = []
+        self.ranges: dict[str, tuple[float, float]] = {}
+        self.moments: dict[str, tuple[float, float, float]] = {}  # n, mean, variance of the raw values
+        self.stage = 0
+        self.resolution: dict[str, float] = {}
+
+    def _stages(self) -> list[str]:
+        wanted = ["schema", "moments"]
+        o = self.options
+        if o.impute == "median" or o.outliers == "clip-iqr" or o.scaling == "robust":
+            wanted.append("quantiles")
+        if o.scaling in ("standard", "minmax"):
+            wanted.append("scaling")
+        return wanted
+
+    def request(self) -> dict[str, Any] | None:
+        """What every party computes next (JSON-able), or None when the preprocessor is fitted."""
+        stages = self._stages()
+        if self.stage >= len(stages):
+            return None
+        stage = stages[self.stage]
+        if stage == "quantiles" and not any(p.numeric_names() for p in self.plans):
+            self.stage += 1
+            return self.request()
+        req: dict[str, Any] = {
+            "stage": stage,
+            "options": _options_to(self.options),
+            "plan": [asdict(p) for p in self.plans],
+            "columns": self.columns,
+        }
+        if stage == "quantiles":
+            req["ranges"] = {k: list(v) for k, v in self.ranges.items()}
+        return req
+
+    def absorb(self, stats: Stats) -> None:
+        """Fit the current stage from the merged statistics of every party."""
+        stage = self._stages()[self.stage]
+        getattr(self, f"_fit_{stage}")(stats)
+        self.stage += 1
+
+    def preprocessor(self) -> Preprocessor:
+        """The fitted preprocessor (after the last stage)."""
+        if self.request() is not None:
+            raise DataError("the preprocessor is not fitted yet: absorb every stage's statistics first")
+        pre = Preprocessor(self.options)
+        pre.plan_ = [ColumnPlan(**asdict(p)) for p in self.plans]
+        pre.resolution_ = dict(self.resolution)
+        pre.feature_names_out_ = pre._names()
+        return pre
+
+    def _fit_schema(self, stats: Stats) -> None:
+        o = self.options
+        for name in self.columns:
+            rows, present, numeric, datetime = (float(v) for v in stats[f"{name}:schema"])
+            if present == 0:
+                raise DataError(f"column {name!r} is empty in all {int(rows)} rows; drop it (drop-columns) or fill it")
+            if numeric == present:
+                kind = "numeric"
+            elif datetime == present:
+                kind = "datetime"
+            elif float(stats[f"{name}:distinct:max"][0]) <= o.categorical_max:
+                kind = "categorical"
+            elif o.text == "drop":
+                continue
+            elif o.text == "hashing":
+                kind = "text"
+            else:
+                raise DataError(
+                    f"column {name!r} holds free text or identifiers (over {o.categorical_max} distinct values "
+                    f"at one party): hash its words (text=hashing, --text hashing) or leave it out "
+                    f"(drop-columns={name})"
+                )
+            self.plans.append(ColumnPlan(name, kind))
+
+    def _fit_moments(self, stats: Stats) -> None:
+        for plan in self.plans:
+            for name in plan.numeric_names():
+                n, total, squares = (float(v) for v in stats[f"{name}:n"])
+                if n == 0:
+                    raise DataError(f"{name!r} has no value in any row; drop column {plan.name!r} or fill it")
+                mean = total / n
+                self.moments[name] = (n, mean, max(squares / n - mean * mean, 0.0))
+                self.ranges[name] = (float(stats[f"{name}:min"][0]), float(stats[f"{name}:max"][0]))
+                if self.options.impute == "mean":
+                    plan.impute[name] = mean
+                elif self.options.impute == "constant":
+                    plan.impute[name] = float(self.options.fill_value)
+                if self.options.outliers == "clip-z" and plan.kind == "numeric":
+                    spread = self.options.z_limit * math.sqrt(self.moments[name][2])
+                    plan.low[name], plan.high[name] = mean - spread, mean + spread
+            if plan.kind == "categorical":
+                self._fit_categories(plan, stats.get(f"{plan.name}:counts", {}))
+
+    def _fit_categories(self, plan: ColumnPlan, counts: Mapping[str, int]) -> None:
+        if self.options.encoding == "hashing":
+            plan.fill = MISSING
+            return
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))  # ties by name: the same at every party
+        plan.fill = ranked[0][0] if ranked else MISSING  # most frequent
+        keep = self.options.max_categories - (1 if len(ranked) > self.options.max_categories else 0)
+        plan.vocabulary = sorted(k for k, _ in ranked[:keep])
+
+    def _fit_quantiles(self, stats: Stats) -> None:
+        o = self.options
+        for plan in self.plans:
+            for name in plan.numeric_names():
+                low, high = self.ranges[name]
+                hist = np.asarray(stats[f"{name}:hist"], dtype=np.float64)
+                q1, median, q3 = (histogram_quantile(hist, low, high, q) for q in (0.25, 0.5, 0.75))
+                self.resolution[name] = (high - low) / o.bins
+                if o.impute == "median":
+                    plan.impute[name] = median
+                if o.outliers == "clip-iqr" and plan.kind == "numeric":
+                    plan.low[name], plan.high[name] = q1 - o.iqr_k * (q3 - q1), q3 + o.iqr_k * (q3 - q1)
+                if o.scaling == "robust":
+                    plan.center[name], plan.scale[name] = median, _nonzero(q3 - q1)
+
+    def _fit_scaling(self, stats: Stats) -> None:
+        for plan in self.plans:
+            for name in plan.numeric_names():
+                n, total, squares = (float(v) for v in stats[f"{name}:n"])
+                if self.options.scaling == "standard":
+                    mean = total / n
+                    plan.center[name] = mean
+                    plan.scale[name] = _nonzero(math.sqrt(max(squares / n - mean * mean, 0.0)))
+                else:  # minmax
+                    low, high = float(stats[f"{name}:min"][0]), float(stats[f"{name}:max"][0])
+                    plan.center[name], plan.scale[name] = low, _nonzero(high - low)
+
+
+def histogram_quantile(hist: np.ndarray, low: float, high: float, q: float) -> float:
+    """The ``q`` quantile (numpy's default, linear between order statistics) of values binned in ``hist`` over
+    [low, high]: each order statistic is placed inside the bin that holds it, so the result is off from the exact
+    quantile of the values by at most one bin width, (high - low) / len(hist)."""
+    total = int(round(float(hist.sum())))
+    if total == 0 or high <= low:
+        return float(low)
+    cum = np.cumsum(hist)
+    width = (high - low) / len(hist)
+
+    def order_statistic(k: int) -> float:  # the k-th smallest value (0-based), within its bin
+        i = min(int(np.searchsorted(cum, k, side="right")), len(hist) - 1)
+        before = float(cum[i - 1]) if i > 0 else 0.0
+        inside = (k - before + 0.5) / float(hist[i]) if hist[i] > 0 else 0.5
+        return float(low + (i + min(max(inside, 0.0), 1.0)) * width)
+
+    position = q * (total - 1)
+    below = int(math.floor(position))
+    frac = position - below
+    value = order_statistic(below)
+    return value if frac == 0 else (1 - frac) * value + frac * order_statistic(min(below + 1, total - 1))
+
+
+def _nonzero(scale: float) -> float:
+    return scale if scale > 1e-12 else 1.0
+
+
+# ---- the fitted transformer ----------------------------------------------------------------------------------
+
+
+class Preprocessor:
+    """A scikit-learn transformer from a raw table (a DataFrame) to float32 model inputs.
+
+    ``fit`` is the federated loop with one party; ``transform`` applies the fitted plan the same way everywhere.
+    """
+
+    plan_: list[ColumnPlan]  # fitted state (scikit-learn's trailing underscore)
+    resolution_: dict[str, float]  # per numeric feature: the histogram bin width bounding its median/IQR error
+    feature_names_out_: list[str]
+
+    def __init__(self, options: PreprocessOptions | None = None) -> None:
+        self.options = options
+
+    # scikit-learn's estimator API (parameters only in __init__; fitted state ends in "_")
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor parameters (scikit-learn's estimator API)."""
+        return {"options": self.options}
+
+    def set_params(self, **params: Any) -> Preprocessor:
+        """Set constructor parameters (scikit-learn's estimator API)."""
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> Preprocessor:
+        """Fit on one table: the federated fit with a single party."""
+        fitted = fit_parties([X], list(map(str, X.columns)), self.options)
+        self.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_")})
+        return self
+
+    def fit_transform(self, X: pd.DataFrame, y: Any = None) -> np.ndarray:
+        """``fit(X).transform(X)``."""
+        return self.fit(X, y).transform(X)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Names of the output columns (``age``, ``city=Paris``, ``visit.month_sin``, ``notes#7``...)."""
+        return np.asarray(self.feature_names_out_, dtype=object)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The raw columns a row must carry."""
+        return [p.name for p in self.plan_]
+
+    def transform(self, X: pd.DataFrame) -> np.ndarray:
+        """Raw rows in, model inputs out (float32, columns as :meth:`get_feature_names_out`)."""
+        missing = [c for c in self.input_columns if c not in X.columns]
+        if missing:
+            raise DataError(
+                f"the rows lack columns {', '.join(map(repr, missing))} that the model was trained on; "
+                f"it expects: {', '.join(self.input_columns)}"
+            )
+        o = self.options or PreprocessOptions()
+        numbers = _numeric_parts(X, self.plan_)
+        blocks: list[np.ndarray] = []
+        for plan in self.plan_:
+            if plan.kind in ("numeric", "datetime"):
+                for name in plan.numeric_names():
+                    x = _impute_clip(numbers[name], plan, name)
+                    x = (x - plan.center.get(name, 0.0)) / plan.scale.get(name, 1.0)
+                    blocks.append(x[:, None])
+                    if plan.kind == "datetime" and name.rsplit(".", 1)[1] in CYCLES:
+                        period = CYCLES[name.rsplit(".", 1)[1]]
+                        raw = _impute_clip(numbers[name], plan, name)
+                        blocks.append(np.sin(2 * np.pi * raw / period)[:, None])
+                        blocks.append(np.cos(2 * np.pi * raw / period)[:, None])
+            elif plan.kind == "categorical":
+                blocks.append(self._categories(X[plan.name], plan, o))
+            else:
+                blocks.append(_hash_words(X[plan.name], o.hash_buckets))
+        if not blocks:
+            return np.zeros((len(X), 0), dtype=np.float32)
+        return np.hstack(blocks).astype(np.float32)
+
+    def _categories(self, series: pd.Series, plan: ColumnPlan, o: PreprocessOptions) -> np.ndarray:
+        values = _strings(series).fillna(plan.fill).astype(str)
+        if o.encoding == "hashing":
+            return _hash_values(values.to_numpy(), o.hash_buckets)
+        index = {v: i for i, v in enumerate(plan.vocabulary)}
+        codes = values.map(index).fillna(len(plan.vocabulary)).to_numpy(dtype=np.int64)  # unseen/rare: infrequent
+        if o.encoding == "ordinal":
+            return np.asarray(codes, dtype=np.float64)[:, None]
+        out = np.zeros((len(values), len(plan.vocabulary) + 1), dtype=np.float64)
+        out[np.arange(len(values)), codes] = 1.0
+        return out
+
+    def _names(self) -> list[str]:
+        o = self.options or PreprocessOptions()
+        names: list[str] = []
+        for plan in self.plan_:
+            if plan.kind in ("numeric", "datetime"):
+                for name in plan.numeric_names():
+                    names.append(name)
+                    part = name.rsplit(".", 1)[-1]
+                    if plan.kind == "datetime" and part in CYCLES:
+                        names += [f"{name}_sin", f"{name}_cos"]
+            elif plan.kind == "categorical" and o.encoding == "onehot":
+                names += [f"{plan.name}={v}" for v in plan.vocabulary] + [f"{plan.name}={INFREQUENT}"]
+            elif plan.kind == "categorical" and o.encoding == "ordinal":
+                names.append(plan.name)
+            else:
+                names += [f"{plan.name}#{i}" for i in range(o.hash_buckets)]
+        return names
+
+    # ---- travelling with the model: JSON, never a pickle ----
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted plan as JSON-able data."""
+        return {
+            "options": _options_to(self.options or PreprocessOptions()),
+            "plan": [asdict(p) for p in self.plan_],
+            "resolution": self.resolution_,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessor:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            pre = cls(PreprocessOptions(**_options_from(data["options"])))
+            pre.plan_ = [ColumnPlan(**p) for p in data["plan"]]
+            pre.resolution_ = {str(k): float(v) for k, v in data.get("resolution", {}).items()}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"not a fitted preprocessor ({type(exc).__name__}: {exc}); refit the run") from exc
+        pre.feature_names_out_ = pre._names()
+        return pre
+
+    def dumps(self) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> Preprocessor:
+        """Inverse of :meth:`dumps`."""
+        return cls.from_dict(json.loads(text))
+
+
+def fit_parties(
+    frames: Sequence[pd.DataFrame], columns: Sequence[str], options: PreprocessOptions | None = None
+) -> Preprocessor:
+    """Fit across parties whose tables are at hand (a simulation, a test): the same loop a federation runs."""
+    fit = FederatedFit(columns, options)
+    while (req := fit.request()) is not None:
+        fit.absorb(merge(local_statistics(frame, req) for frame in frames))
+    return fit.preprocessor()
+
+
+def _hash_values(values: np.ndarray, buckets: int) -> np.ndarray:
+    """One-hot of a stable hash of each value into ``buckets`` columns (CRC-32: the same on every machine)."""
+    codes = np.fromiter((zlib.crc32(str(v).encode()) % buckets for v in values), dtype=np.int64, count=len(values))
+    out = np.zeros((len(values), buckets), dtype=np.float64)
+    out[np.arange(len(values)), codes] = 1.0
+    return out
+
+
+def _hash_words(series: pd.Series, buckets: int) -> np.ndarray:
+    """log(1 + count) of the words of each text in ``buckets`` hashed columns; missing text has no words."""
+    import re
+
+    out = np.zeros((len(series), buckets), dtype=np.float64)
+    for row, text in enumerate(series.astype("string").fillna("").to_numpy()):
+        for word in re.findall(r"\w+", str(text).lower()):
+            out[row, zlib.crc32(word.encode()) % buckets] += 1.0
+    return np.log1p(out)
+
+
+def _options_to(options: PreprocessOptions) -> dict[str, Any]:
+    data = asdict(options)
+    data["drop"] = list(options.drop)
+    return data
+
+
+def _options_from(data: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    out["drop"] = tuple(out.get("drop", ()))
+    return out
