@@ -158,3 +158,41 @@ def test_each_stage_asks_only_for_what_it_needs(table: pd.DataFrame) -> None:
         fit.absorb(merge([local_statistics(table, json.loads(json.dumps(req)))]))
     assert stages == ["schema", "moments"]  # no histogram, no scaling pass
     assert fit.preprocessor().plan_[0].impute["age"] == pytest.approx(table["age"].mean(), rel=1e-12)
+
+
+def test_the_target_is_fitted_across_parties_too(table: pd.DataFrame) -> None:
+    columns = [*FEATURES, "label", "cost"]
+    parties = _non_iid(table[columns])
+    label = fit_parties(parties, [*FEATURES, "cost"], HASHED, target="label")
+    assert (label.task, label.target_.classes if label.target_ else None) == ("classification", ["no", "yes"])
+    y = label.encode_target(table["label"])
+    np.testing.assert_array_equal(y, (table["label"] == "yes").to_numpy())
+    cost = fit_parties(parties, [*FEATURES, "label"], HASHED, target="cost")
+    assert cost.task == "regression" and cost.n_outputs == 1 and cost.target_ is not None
+    assert cost.target_.mean == pytest.approx(table["cost"].mean(), rel=1e-12)
+    assert cost.target_.std == pytest.approx(table["cost"].std(ddof=0), rel=1e-9)
+    assert "cost" not in cost.input_columns and "label" in cost.input_columns  # another column, a feature here
+    again = Preprocessor.loads(cost.dumps())
+    assert again.target_ == cost.target_
+
+
+def test_numeric_class_labels_keep_one_spelling_and_numeric_order() -> None:
+    parties = [pd.DataFrame({"x": [1.0, 2.0, 3.0], "y": [2, 10, 1]}), pd.DataFrame({"x": [4.0, 5.0], "y": [1.0, 2.0]})]
+    pre = fit_parties(parties, ["x", "y"], target="y")
+    assert pre.target_ is not None and pre.target_.classes == ["1", "2", "10"]
+    np.testing.assert_array_equal(pre.encode_target(pd.Series([10, 1.0, "2"])), [2, 0, 1])
+    with pytest.raises(DataError, match=r"classes \['7'\] that the federation did not fit"):
+        pre.encode_target(pd.Series([7]))
+
+
+def test_bad_targets_get_clear_errors() -> None:
+    frame = pd.DataFrame({"x": np.arange(60.0), "y": np.linspace(0, 1, 60), "t": ["a"] * 60})
+    with pytest.raises(DataError, match=r"target column 't' has a single class 'a'"):
+        fit_parties([frame], ["x", "y", "t"], target="t")
+    with pytest.raises(DataError, match=r"'t' holds 60 values that are not numbers, but task=regression"):
+        fit_parties([frame], ["x", "y", "t"], target="t", task="regression")
+    holes = frame.assign(y=frame["y"].where(frame.index % 7 > 0))
+    with pytest.raises(DataError, match=r"target column 'y' has 9 empty values"):
+        fit_parties([holes], ["x", "y"], target="y")
+    assert fit_parties([frame], ["x", "y"], target="y").task == "regression"  # 60 distinct fractions
+    assert fit_parties([frame], ["x", "y"], target="y", task="classification").n_outputs == 60

@@ -53,6 +53,8 @@ CYCLES = {"month": 12.0, "weekday": 7.0, "hour": 24.0}
 INFREQUENT = "infrequent"
 MISSING = "missing"
 STAGES = ("schema", "moments", "quantiles", "scaling")
+MAX_CLASSES = 50  # a whole-number target with more distinct values is a regression target
+MAX_FLOAT_CLASSES = 20  # ... and a target with fractions, more than this
 Stats = dict[str, Any]  # name -> float64 array (summed), or {category: count} (summed by key); ":min"/":max" by min/max
 
 
@@ -115,11 +117,17 @@ def local_statistics(frame: pd.DataFrame, request: Mapping[str, Any]) -> Stats:
     stage = request["stage"]
     options = PreprocessOptions(**_options_from(request["options"]))
     plans = [ColumnPlan(**p) for p in request["plan"]]
+    target = TargetPlan(**request["target"]) if request.get("target") else None
     if stage == "schema":
-        return _schema_stats(frame, request["columns"], options)
+        out = _schema_stats(frame, request["columns"], options)
+        if target is not None:
+            out.update(_target_schema(frame, target.name))
+        return out
     numbers = _numeric_parts(frame, plans)
-    out: Stats = {}
+    out = {}
     if stage == "moments":
+        if target is not None:
+            out.update(_target_moments(frame[target.name], target))
         for name, x in numbers.items():
             x = x[~np.isnan(x)]
             out[f"{name}:n"] = np.array([len(x), x.sum(), (x * x).sum()])
@@ -165,6 +173,60 @@ def merge(parts: Iterable[Stats]) -> Stats:
             else:
                 out[key] = out[key] + np.asarray(value, dtype=np.float64)
     return out
+
+
+TARGET = "__target__"  # the statistics' name for the target column (never a feature's name)
+
+
+@dataclass
+class TargetPlan:
+    """The target column: its task, and the class labels (classification) or its mean and std (regression)."""
+
+    name: str
+    task: str = "auto"  # auto until the schema stage decides
+    classes: list[str] = field(default_factory=list)
+    mean: float = 0.0
+    std: float = 1.0
+
+
+def label_text(value: Any) -> str:
+    """A class label as text, one spelling per value: 1, 1.0 and "1" are the same class."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(int(number)) if math.isfinite(number) and number == int(number) else str(value)
+
+
+def _target_schema(frame: pd.DataFrame, name: str) -> Stats:
+    import pandas as pd
+
+    if name not in frame.columns:
+        raise DataError(
+            f"target column {name!r} is not in this table; its columns are: {', '.join(map(str, frame.columns))}"
+        )
+    series = frame[name]
+    present = series.dropna()
+    if pd.api.types.is_bool_dtype(series):  # yes/no: classes, never numbers
+        numbers = pd.Series(np.nan, index=present.index)
+    else:
+        numbers = pd.to_numeric(present, errors="coerce")
+    finite = numbers[np.isfinite(numbers.to_numpy(dtype=np.float64, na_value=np.nan))]
+    whole = int((finite == finite.round()).sum())
+    distinct = int(min(present.nunique(), MAX_CLASSES + 1))
+    return {
+        f"{TARGET}:schema": np.array([len(series), len(present), len(finite), whole], dtype=np.float64),
+        f"{TARGET}:distinct:max": np.array([distinct], dtype=np.float64),
+    }
+
+
+def _target_moments(series: pd.Series, target: TargetPlan) -> Stats:
+    import pandas as pd
+
+    if target.task == "classification":
+        return {f"{TARGET}:counts": {k: int(v) for k, v in series.dropna().map(label_text).value_counts().items()}}
+    y = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+    return {f"{TARGET}:n": np.array([len(y), y.sum(), (y * y).sum()])}
 
 
 def _schema_stats(frame: pd.DataFrame, columns: Sequence[str], options: PreprocessOptions) -> Stats:
@@ -252,9 +314,14 @@ def _impute_clip(x: np.ndarray, plan: ColumnPlan, name: str) -> np.ndarray:
 class FederatedFit:
     """The fitting loop: ``while (req := fit.request()) is not None: fit.absorb(merge(answers to req))``."""
 
-    def __init__(self, columns: Sequence[str], options: PreprocessOptions | None = None) -> None:
+    def __init__(
+        self, columns: Sequence[str], options: PreprocessOptions | None = None, *, target: str = "", task: str = "auto"
+    ) -> None:
         self.options = options or PreprocessOptions()
-        self.columns = [c for c in columns if c not in self.options.drop]
+        if task not in ("auto", "classification", "regression"):
+            raise DataError(f"task={task!r} is not supported; choose one of: auto, classification, regression")
+        self.target = TargetPlan(target, task) if target else None
+        self.columns = [c for c in columns if c not in self.options.drop and c != target]
         unknown = sorted(set(self.options.drop) - set(columns))
         if unknown:
             raise DataError(f"drop names {', '.join(map(repr, unknown))}, which are not among the table's columns")
@@ -287,6 +354,7 @@ class FederatedFit:
             "options": _options_to(self.options),
             "plan": [asdict(p) for p in self.plans],
             "columns": self.columns,
+            "target": asdict(self.target) if self.target else None,
         }
         if stage == "quantiles":
             req["ranges"] = {k: list(v) for k, v in self.ranges.items()}
@@ -305,11 +373,47 @@ class FederatedFit:
         pre = Preprocessor(self.options)
         pre.plan_ = [ColumnPlan(**asdict(p)) for p in self.plans]
         pre.resolution_ = dict(self.resolution)
+        pre.target_ = TargetPlan(**asdict(self.target)) if self.target else None
         pre.feature_names_out_ = pre._names()
         return pre
 
+    def _fit_target_schema(self, stats: Stats) -> None:
+        t = self.target
+        assert t is not None
+        rows, present, numeric, whole = (int(v) for v in stats[f"{TARGET}:schema"])
+        if present < rows:
+            raise DataError(f"target column {t.name!r} has {rows - present} empty values; fill or drop those rows")
+        distinct = int(stats[f"{TARGET}:distinct:max"][0])
+        if t.task == "auto":
+            many = distinct > (MAX_CLASSES if whole == present else MAX_FLOAT_CLASSES)
+            t.task = "regression" if numeric == present and many else "classification"
+        elif t.task == "regression" and numeric < present:
+            raise DataError(
+                f"target column {t.name!r} holds {present - numeric} values that are not numbers, but task=regression "
+                "needs numbers: convert the column, or use --task classification (or auto) to predict its values"
+            )
+
+    def _fit_target_moments(self, stats: Stats) -> None:
+        t = self.target
+        assert t is not None
+        if t.task == "classification":
+            counts = stats.get(f"{TARGET}:counts", {})
+            if len(counts) < 2:
+                only = next(iter(counts), "")
+                raise DataError(f"target column {t.name!r} has a single class {only!r}; need at least two")
+            numeric = all(_is_number(k) for k in counts)
+            t.classes = sorted(counts, key=lambda k: (float(k), k) if numeric else (0.0, k))
+            return
+        n, total, squares = (float(v) for v in stats[f"{TARGET}:n"])
+        t.mean = total / n
+        t.std = _nonzero(math.sqrt(max(squares / n - t.mean**2, 0.0)))
+        if t.std == 1.0 and squares / n - t.mean**2 <= 1e-24:
+            raise DataError(f"target column {t.name!r} has one value in every row; a regression needs one that varies")
+
     def _fit_schema(self, stats: Stats) -> None:
         o = self.options
+        if self.target is not None:
+            self._fit_target_schema(stats)
         for name in self.columns:
             rows, present, numeric, datetime = (float(v) for v in stats[f"{name}:schema"])
             if present == 0:
@@ -333,6 +437,8 @@ class FederatedFit:
             self.plans.append(ColumnPlan(name, kind))
 
     def _fit_moments(self, stats: Stats) -> None:
+        if self.target is not None:
+            self._fit_target_moments(stats)
         for plan in self.plans:
             for name in plan.numeric_names():
                 n, total, squares = (float(v) for v in stats[f"{name}:n"])
@@ -427,6 +533,7 @@ class Preprocessor:
     plan_: list[ColumnPlan]  # fitted state (scikit-learn's trailing underscore)
     resolution_: dict[str, float]  # per numeric feature: the histogram bin width bounding its median/IQR error
     feature_names_out_: list[str]
+    target_: TargetPlan | None  # the target's task and classes or scaling, when fitted with one
 
     def __init__(self, options: PreprocessOptions | None = None) -> None:
         self.options = options
@@ -455,6 +562,42 @@ class Preprocessor:
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Names of the output columns (``age``, ``city=Paris``, ``visit.month_sin``, ``notes#7``...)."""
         return np.asarray(self.feature_names_out_, dtype=object)
+
+    @property
+    def task(self) -> str:
+        """``classification`` or ``regression`` (fitted with a target), else empty."""
+        return self.target_.task if self.target_ else ""
+
+    @property
+    def n_outputs(self) -> int:
+        """The model's output width: the number of classes, or 1 for regression."""
+        if self.target_ is None:
+            raise DataError("this preprocessor was fitted without a target")
+        return len(self.target_.classes) if self.task == "classification" else 1
+
+    def encode_target(self, series: pd.Series) -> np.ndarray:
+        """Target values as the model learns them: class indices (int64), or the values themselves (float32)."""
+        import pandas as pd
+
+        t = self.target_
+        if t is None:
+            raise DataError("this preprocessor was fitted without a target")
+        if series.isna().any():
+            raise DataError(f"target column {t.name!r} has {int(series.isna().sum())} empty values; fill or drop them")
+        if t.task == "regression":
+            y = pd.to_numeric(series, errors="coerce")
+            if y.isna().any():
+                raise DataError(f"target column {t.name!r} holds {series[y.isna()].iloc[0]!r:.40}, not a number")
+            return np.asarray(y.to_numpy(dtype=np.float32))
+        index = {c: i for i, c in enumerate(t.classes)}
+        codes = series.map(label_text).map(index)
+        if codes.isna().any():
+            unknown = sorted(set(series[codes.isna()].map(label_text)))[:5]
+            raise DataError(
+                f"target column {t.name!r} holds classes {unknown} that the federation did not fit "
+                f"(known: {', '.join(t.classes)}); check the column, or refit with these rows"
+            )
+        return np.asarray(codes.to_numpy(dtype=np.int64))
 
     @property
     def input_columns(self) -> list[str]:
@@ -528,6 +671,7 @@ class Preprocessor:
             "options": _options_to(self.options or PreprocessOptions()),
             "plan": [asdict(p) for p in self.plan_],
             "resolution": self.resolution_,
+            "target": asdict(self.target_) if self.target_ else None,
         }
 
     @classmethod
@@ -537,6 +681,7 @@ class Preprocessor:
             pre = cls(PreprocessOptions(**_options_from(data["options"])))
             pre.plan_ = [ColumnPlan(**p) for p in data["plan"]]
             pre.resolution_ = {str(k): float(v) for k, v in data.get("resolution", {}).items()}
+            pre.target_ = TargetPlan(**data["target"]) if data.get("target") else None
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"not a fitted preprocessor ({type(exc).__name__}: {exc}); refit the run") from exc
         pre.feature_names_out_ = pre._names()
@@ -553,13 +698,26 @@ class Preprocessor:
 
 
 def fit_parties(
-    frames: Sequence[pd.DataFrame], columns: Sequence[str], options: PreprocessOptions | None = None
+    frames: Sequence[pd.DataFrame],
+    columns: Sequence[str],
+    options: PreprocessOptions | None = None,
+    *,
+    target: str = "",
+    task: str = "auto",
 ) -> Preprocessor:
     """Fit across parties whose tables are at hand (a simulation, a test): the same loop a federation runs."""
-    fit = FederatedFit(columns, options)
+    fit = FederatedFit(columns, options, target=target, task=task)
     while (req := fit.request()) is not None:
         fit.absorb(merge(local_statistics(frame, req) for frame in frames))
     return fit.preprocessor()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _hash_values(values: np.ndarray, buckets: int) -> np.ndarray:
