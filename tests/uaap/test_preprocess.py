@@ -14,6 +14,7 @@ from uaap.data.preprocess import (
     FederatedFit,
     PreprocessOptions,
     Preprocessor,
+    check_statistics,
     fit_parties,
     histogram_quantile,
     local_statistics,
@@ -196,3 +197,48 @@ def test_bad_targets_get_clear_errors() -> None:
         fit_parties([holes], ["x", "y"], target="y")
     assert fit_parties([frame], ["x", "y"], target="y").task == "regression"  # 60 distinct fractions
     assert fit_parties([frame], ["x", "y"], target="y", task="classification").n_outputs == 60
+
+
+def _answers(table: pd.DataFrame, options: PreprocessOptions) -> list[tuple[dict[str, object], object]]:
+    """Every stage's request with one party's honest answer as it crosses the wire (JSON)."""
+    from uaap.data.preprocess import statistics_to_json
+
+    fit = FederatedFit([*FEATURES, "cost"], options, target="label")
+    out = []
+    while (req := fit.request()) is not None:
+        answer = json.loads(statistics_to_json(local_statistics(table, req)))
+        out.append((req, answer))
+        fit.absorb(merge([check_statistics(answer, req)]))
+    return out
+
+
+def test_honest_answers_pass_the_check_and_forged_ones_are_named(table: pd.DataFrame) -> None:
+    answers = _answers(table, HASHED)
+    assert [req["stage"] for req, _ in answers] == ["schema", "moments", "quantiles", "scaling"]
+    moments_req, moments = answers[1]
+    quantiles_req, quantiles = answers[2]
+    forged = [
+        (moments, {"age:n": [1.0, 2.0]}, r"'age:n' must be 3 numbers"),
+        (moments, {"age:n": [10.0, 100.0, 5.0]}, r"'age:n' \(count, sum, sum of squares\) is impossible"),
+        (moments, {"age:n": [-1.0, 0.0, 0.0]}, r"is impossible"),
+        (moments, {"age:min": [float("nan")]}, r"'age:min' is NaN"),
+        (moments, {"income:n": [1.0, float("inf"), 1.0]}, r"'income:n' is not finite"),
+        (moments, {"city:counts": {"Paris": -3}}, r"counts 'Paris' -3 times"),
+        (moments, {"city:counts": {"Paris": 1.5}}, r"counts 'Paris' 1.5 times"),
+        (moments, {"city:counts": {"x" * 300: 1}}, r"category name that is not text"),
+        (moments, {"city:counts": {str(i): 1 for i in range(10_001)}}, r"at most 10000 categories"),
+        (moments, {"surprise": [1.0]}, r"carry unexpected \['surprise'\]"),
+        (quantiles, {"age:hist": [1.0] * 10}, r"'age:hist' must be 4096 numbers"),
+        (quantiles, {"age:hist": [0.5] * 4096}, r"whole non-negative counts"),
+        (answers[0][1], {"age:schema": [10.0, 20.0, 5.0, 0.0]}, r"more present or typed values than rows"),
+    ]
+    for honest, change, message in forged:
+        req = moments_req if honest is moments else quantiles_req if honest is quantiles else answers[0][0]
+        with pytest.raises(DataError, match=message):
+            check_statistics({**honest, **change}, req)
+    lacking = dict(moments)
+    lacking.pop("age:n")
+    with pytest.raises(DataError, match=r"lack \['age:n'\]"):
+        check_statistics(lacking, moments_req)
+    with pytest.raises(DataError, match="must be a mapping"):
+        check_statistics([1, 2], moments_req)

@@ -229,6 +229,99 @@ def _target_moments(series: pd.Series, target: TargetPlan) -> Stats:
     return {f"{TARGET}:n": np.array([len(y), y.sum(), (y * y).sum()])}
 
 
+MAX_COUNT_KEYS = 10_000  # category or class counts one party may report for one column
+MAX_KEY_LENGTH = 200
+
+
+def expected_statistics(request: Mapping[str, Any]) -> dict[str, int]:
+    """What a party's answer to ``request`` must hold: each name with its array length (0: a category-count map)."""
+    stage = request["stage"]
+    options = PreprocessOptions(**_options_from(request["options"]))
+    plans = [ColumnPlan(**p) for p in request["plan"]]
+    target = TargetPlan(**request["target"]) if request.get("target") else None
+    out: dict[str, int] = {}
+    if stage == "schema":
+        for name in [*request["columns"], *([TARGET] if target else [])]:
+            out[f"{name}:schema"], out[f"{name}:distinct:max"] = 4, 1
+        return out
+    numeric = [n for p in plans for n in p.numeric_names()]
+    if stage in ("moments", "scaling"):
+        for name in numeric:
+            out[f"{name}:n"], out[f"{name}:min"], out[f"{name}:max"] = 3, 1, 1
+    if stage == "moments":
+        if options.encoding != "hashing":
+            out.update({f"{p.name}:counts": 0 for p in plans if p.kind == "categorical"})
+        if target is not None:
+            out[f"{TARGET}:counts" if target.task == "classification" else f"{TARGET}:n"] = (
+                0 if target.task == "classification" else 3
+            )
+    if stage == "quantiles":
+        out.update({f"{name}:hist": options.bins for name in numeric})
+    return out
+
+
+def check_statistics(answer: Any, request: Mapping[str, Any]) -> Stats:
+    """A party's answer as statistics, or a DataError saying what is wrong with it (names, lengths, values).
+
+    Counts must be whole and non-negative, sums finite, minima and maxima numbers (infinite for a party with
+    no value), a sum of squares no smaller than the square of the sum allows; nothing else may be present.
+    """
+    expected = expected_statistics(request)
+    if not isinstance(answer, Mapping):
+        raise DataError(f"statistics must be a mapping of names to values, got {type(answer).__name__}")
+    names = set(map(str, answer))
+    if names != set(expected):
+        missing, extra = sorted(set(expected) - names)[:3], sorted(names - set(expected))[:3]
+        raise DataError(f"statistics for stage {request['stage']!r} lack {missing} or carry unexpected {extra}")
+    out: Stats = {}
+    for name, length in expected.items():
+        value = answer[name]
+        if length == 0:
+            out[name] = _check_counts(name, value)
+            continue
+        if not isinstance(value, list | tuple | np.ndarray) or len(value) != length:
+            raise DataError(f"statistic {name!r} must be {length} numbers")
+        try:
+            array = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"statistic {name!r} holds something that is not a number") from exc
+        if name.endswith((":min", ":max")):
+            if np.isnan(array).any():
+                raise DataError(f"statistic {name!r} is NaN")
+        elif not np.isfinite(array).all():
+            raise DataError(f"statistic {name!r} is not finite")
+        if name.endswith((":schema", ":distinct:max", ":hist")) and (
+            (array < 0).any() or (array != np.round(array)).any()
+        ):
+            raise DataError(f"statistic {name!r} must hold whole non-negative counts")
+        if name.endswith(":schema") and not array[0] >= array[1] >= max(array[2], array[3]):
+            raise DataError(f"statistic {name!r} counts more present or typed values than rows")
+        if name.endswith(":n"):
+            n, total, squares = array
+            if n < 0 or n != round(n) or squares < 0 or (n > 0 and squares < total * total / n * (1 - 1e-9) - 1e-9):
+                raise DataError(f"statistic {name!r} (count, sum, sum of squares) is impossible")
+        out[name] = array
+    return out
+
+
+def _check_counts(name: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, Mapping) or len(value) > MAX_COUNT_KEYS:
+        raise DataError(f"statistic {name!r} must map at most {MAX_COUNT_KEYS} categories to counts")
+    out: dict[str, int] = {}
+    for key, count in value.items():
+        if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH:
+            raise DataError(f"statistic {name!r} has a category name that is not text of at most {MAX_KEY_LENGTH}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise DataError(f"statistic {name!r} counts {key!r} {count!r} times; counts are whole, non-negative")
+        out[key] = count
+    return out
+
+
+def statistics_to_json(stats: Stats) -> str:
+    """A party's statistics as JSON (arrays as lists)."""
+    return json.dumps({k: v if isinstance(v, Mapping) else np.asarray(v).tolist() for k, v in stats.items()})
+
+
 def _schema_stats(frame: pd.DataFrame, columns: Sequence[str], options: PreprocessOptions) -> Stats:
     import pandas as pd
 
