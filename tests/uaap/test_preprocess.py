@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -199,7 +200,7 @@ def test_bad_targets_get_clear_errors() -> None:
     assert fit_parties([frame], ["x", "y"], target="y", task="classification").n_outputs == 60
 
 
-def _answers(table: pd.DataFrame, options: PreprocessOptions) -> list[tuple[dict[str, object], object]]:
+def _answers(table: pd.DataFrame, options: PreprocessOptions) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Every stage's request with one party's honest answer as it crosses the wire (JSON)."""
     from uaap.data.preprocess import statistics_to_json
 
