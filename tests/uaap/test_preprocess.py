@@ -218,7 +218,7 @@ def test_honest_answers_pass_the_check_and_forged_ones_are_named(table: pd.DataF
     assert [req["stage"] for req, _ in answers] == ["schema", "moments", "quantiles", "scaling"]
     moments_req, moments = answers[1]
     quantiles_req, quantiles = answers[2]
-    forged = [
+    forged: list[tuple[dict[str, Any], dict[str, Any], str]] = [
         (moments, {"age:n": [1.0, 2.0]}, r"'age:n' must be 3 numbers"),
         (moments, {"age:n": [10.0, 100.0, 5.0]}, r"'age:n' \(count, sum, sum of squares\) is impossible"),
         (moments, {"age:n": [-1.0, 0.0, 0.0]}, r"is impossible"),
