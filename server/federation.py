@@ -41,7 +41,7 @@ from strategies import build_strategy, sort_replies
 from strategies.wrapper import BudgetGate, RoundReporter, Stateful, innermost, is_encrypted, layers
 from uaap import workspace
 from uaap.config import RunConfig
-from uaap.data import Dataset, describe, federated
+from uaap.data import Dataset, describe, federated, target_meta
 from uaap.errors import RunFailedError, UaapError
 from uaap.models import build_model, from_record, get_weights, to_record
 from uaap.privacy.utility import hopeless_noise_warning, model_size
@@ -204,7 +204,7 @@ def _federate(
     if warning := hopeless_noise_warning(cfg.replace(num_clients=nodes), size):
         log.warning(warning)
         rd.log_event("warning", text=warning)
-    strategy = strategy or build_strategy(cfg, num_nodes=nodes, n_classes=meta.n_classes)
+    strategy = strategy or build_strategy(cfg, num_nodes=nodes, n_classes=meta.n_classes, task=meta.task)
 
     ckpt = rd.latest_checkpoint()
     committed: dict[str, Any] | None = None
@@ -273,7 +273,7 @@ def _federate(
             n_features=meta.n_features,
             n_classes=meta.n_classes,
             image_shape=meta.image_shape,
-            extra={"run_id": rd.run_id, "dataset": cfg.dataset},
+            extra={"run_id": rd.run_id, "dataset": cfg.dataset, **target_meta(meta)},
         )
     rd.log_event("end", status=status, reason=reason, encrypted=encrypted)
     if tracker:

@@ -15,14 +15,17 @@ if TYPE_CHECKING:
     from flwr.serverapp.strategy import Strategy
 
 
-def build_strategy(cfg: RunConfig, num_nodes: int | None = None, n_classes: int | None = None) -> Strategy:
+def build_strategy(
+    cfg: RunConfig, num_nodes: int | None = None, n_classes: int | None = None, task: str = "classification"
+) -> Strategy:
     """Flower's FedAvg or FedProx, wrapped as the run asks.
 
     From the inside out: secure aggregation when ``secure-aggregation = "ckks"``, central DP noise when
     ``dp-central`` is on, privacy accounting (ledger, budget stop) when any DP is on, and reply validation
     outermost, so that no layer parses, accounts or sums a reply it has not accepted. Evaluation metrics are
     computed from the clients' summed counts (:func:`summed_metrics`), never averaged; ``n_classes`` (the
-    server's model) fixes the size of the confusion matrices replies may carry.
+    server's model) fixes the size of the confusion matrices replies may carry; ``task="regression"`` makes
+    evaluation replies carry regression sums instead (MSE, RMSE, MAE and R2 from their totals).
     """
     from flwr.serverapp.strategy import FedAvg, FedProx
 
@@ -50,6 +53,7 @@ def build_strategy(cfg: RunConfig, num_nodes: int | None = None, n_classes: int 
         max_num_examples=cfg.max_num_examples,
         min_contributors=cfg.min_contributors,
         n_classes=n_classes,
+        task=task,
     )
 
 

@@ -5,6 +5,8 @@ layer parses, accounts or aggregates a reply it has not accepted. Each reply is 
 round expects, from the server's own model and configuration, never from another reply:
 
 * records: exactly ``arrays`` (training only), ``metrics`` and optionally ``client-info``;
+* evaluation counts: a confusion matrix of the server's model's classes (and AUC histograms that count the same
+  rows), or, for regression, sums that real rows can produce (:func:`check_regression_counts`);
 * metrics: exactly the keys this run's clients send (:func:`train_rules`, :func:`evaluate_rules`), each of
   its type and in its range; ``num-examples`` and ``he-weight`` at most ``max_num_examples`` (a client cannot
   outweigh the federation by its claim), ``he-weight`` equal to the record's own total weight, and 1 under
@@ -50,12 +52,17 @@ from uaap.protocol import (
     NUM_EXAMPLES,
     PARTITION_ID,
     REJECTED_REPLIES,
+    SAE,
     SCORE_HIST_NEG,
     SCORE_HIST_POS,
+    SSE,
     STEPS,
     STRAGGLER,
     TRAIN_LOSS,
+    Y2_SUM,
+    Y_SUM,
     as_float,
+    as_int,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +72,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("uaap.validation")
 COUNT_KEYS = frozenset({CONFUSION, SCORE_HIST_POS, SCORE_HIST_NEG})
 MAX_STEPS = 10**9
+SUM_TOLERANCE = 1e-9  # relative: float64 sums of real rows meet the identities below far closer than this
 
 
 class InvalidReply(ValueError):
@@ -112,13 +120,25 @@ def train_rules(*, dp_local: bool, secure: bool, central: bool, max_num_examples
     return rules
 
 
-def evaluate_rules(max_num_examples: int) -> dict[str, Rule]:
-    """The scalar metrics of an evaluation reply; the counts beside them are checked by :func:`check_counts`."""
-    return {NUM_EXAMPLES: Rule(whole=True, low=1, high=max_num_examples), LOSS_SUM: Rule(low=0.0)}
+def evaluate_rules(max_num_examples: int, task: str = "classification") -> dict[str, Rule]:
+    """The scalar metrics of an evaluation reply; the counts beside them are checked by :func:`check_counts`.
+
+    Regression replies carry only scalars (``uaap.metrics.regression_counts``): all of them are here.
+    """
+    n = Rule(whole=True, low=1, high=max_num_examples)
+    if task == "regression":
+        return {NUM_EXAMPLES: n, Y_SUM: Rule(), Y2_SUM: Rule(low=0.0), SSE: Rule(low=0.0), SAE: Rule(low=0.0)}
+    return {NUM_EXAMPLES: n, LOSS_SUM: Rule(low=0.0)}
 
 
-def check_counts(metrics: Mapping[str, Any], n_classes: int | None) -> None:
-    """An evaluation reply's confusion matrix (and, for two classes, score histograms) are consistent counts."""
+def check_counts(metrics: Mapping[str, Any], n_classes: int | None, task: str = "classification") -> None:
+    """An evaluation reply's confusion matrix (and, for two classes, score histograms) are consistent counts.
+
+    For regression the sums are checked instead (:func:`check_regression_counts`).
+    """
+    if task == "regression":
+        check_regression_counts(metrics)
+        return
     n = int(metrics[NUM_EXAMPLES])
     confusion = _counts(metrics[CONFUSION], CONFUSION)
     k = math.isqrt(len(confusion))
@@ -138,6 +158,39 @@ def check_counts(metrics: Mapping[str, Any], n_classes: int | None) -> None:
             raise InvalidReply(f"score histograms have {len(pos)}/{len(neg)} bins; expected {AUC_BINS}")
         if sum(pos) != confusion[2] + confusion[3] or sum(neg) != confusion[0] + confusion[1]:
             raise InvalidReply("score histograms do not count the rows the confusion matrix counts per class")
+
+
+def check_regression_counts(metrics: Mapping[str, Any]) -> None:
+    """Regression sums that ``n`` real rows could have produced (``uaap.metrics.regression_counts``).
+
+    Each of ``n``, ``y-sum``, ``y2-sum``, ``sq-error-sum`` (SSE) and ``abs-error-sum`` (SAE) must be a finite
+    number (``n`` whole and >= 1, the other sums but ``y-sum`` >= 0), and they must satisfy what any real rows
+    do: SST = y2-sum - y-sum^2 / n >= 0, and sqrt(SSE) <= SAE <= sqrt(n * SSE) (the L1 norm of the errors lies
+    between their L2 norm and sqrt(n) times it); with one row, SST is 0. A reply that claims fewer rows than its
+    sums need, a negative or non-finite sum, or targets whose spread is impossible is rejected.
+    """
+    try:
+        n = as_int(metrics.get(NUM_EXAMPLES), NUM_EXAMPLES)
+        y_sum, y2_sum, sse, sae = (as_float(metrics.get(k), k) for k in (Y_SUM, Y2_SUM, SSE, SAE))
+    except ValueError as exc:
+        raise InvalidReply(str(exc)) from None
+    if n < 1:
+        raise InvalidReply(f"{NUM_EXAMPLES}={n}: a regression reply needs at least one row")
+    negative = [k for k, v in ((Y2_SUM, y2_sum), (SSE, sse), (SAE, sae)) if v < 0]
+    if negative:
+        raise InvalidReply(f"{', '.join(negative)} < 0: sums of squares and absolute values cannot be negative")
+    sst = y2_sum - y_sum * y_sum / n
+    if sst < -SUM_TOLERANCE * y2_sum or (n == 1 and abs(sst) > SUM_TOLERANCE * y2_sum):
+        raise InvalidReply(
+            f"{Y_SUM}={y_sum:g} and {Y2_SUM}={y2_sum:g} over {n} rows give a target spread SST={sst:g}; real rows "
+            f"give SST >= 0 (and 0 for one row)"
+        )
+    slack = 1.0 + SUM_TOLERANCE
+    if sae * sae > n * sse * slack + 1e-300 or math.sqrt(sse) > sae * slack + 1e-300:
+        raise InvalidReply(
+            f"{SAE}={sae:g} and {SSE}={sse:g} over {n} rows are inconsistent: real errors give "
+            f"sqrt(SSE) <= SAE <= sqrt(n * SSE)"
+        )
 
 
 def _counts(value: object, key: str) -> list[int]:
@@ -174,6 +227,7 @@ class ValidateReplies(StrategyWrapper):
         max_num_examples: int = 100_000,
         min_contributors: int = 1,
         n_classes: int | None = None,
+        task: str = "classification",
     ) -> None:
         super().__init__(strategy)
         self.run_id = run_id
@@ -183,8 +237,9 @@ class ValidateReplies(StrategyWrapper):
         self.train_rules = train_rules(
             dp_local=dp_local, secure=he_context is not None, central=central, max_num_examples=max_num_examples
         )
-        self.eval_rules = evaluate_rules(max_num_examples)
+        self.eval_rules = evaluate_rules(max_num_examples, task)
         self.n_classes = n_classes
+        self.task = task
         self.layout: Layout | None = None  # plaintext global model
         self.he_shapes: list[tuple[int, ...]] | None = None  # ciphertext global model
         self.rejected: list[dict[str, Any]] = []  # every rejection of this run: round, phase, node, reason
@@ -252,6 +307,10 @@ class ValidateReplies(StrategyWrapper):
         """Records, scalar metrics and counts of one evaluation reply."""
         _check_records(msg, arrays=False)
         metrics = msg.content.metric_records[METRICS]
+        if self.task == "regression":  # scalars only: exactly the regression sums, then their consistency
+            _check_metrics(metrics, self.eval_rules, {})
+            check_counts(metrics, self.n_classes, self.task)
+            return
         scalars = {k: v for k, v in metrics.items() if k not in COUNT_KEYS}
         unexpected = sorted(k[:40] for k in set(metrics.keys()) - set(self.eval_rules) - COUNT_KEYS)[:10]
         if unexpected or CONFUSION not in metrics:

@@ -14,7 +14,7 @@ import numpy as np
 
 from uaap import workspace
 from uaap.config import RunConfig
-from uaap.data import Split, load_split
+from uaap.data import Split, load_split, target_meta
 from uaap.errors import ConfigError
 from uaap.models import build_model, get_weights, set_weights
 from uaap.training import TrainConfig, evaluate, local_train
@@ -45,7 +45,8 @@ def train_central(
         raise ConfigError(f"epochs={epochs} must be at least 1")
     if cfg.dataset == "synthetic":
         raise ConfigError(
-            "dataset='synthetic' is generated per client; central training needs digits, breast_cancer, wine or a CSV"
+            "dataset='synthetic' is generated per client; central training needs a bundled table (digits, "
+            "breast_cancer, wine, diabetes, friedman) or your own (--data FILE --target COLUMN)"
         )
     split = load_split(cfg)
     rd = workspace.run_dir(cfg.run_id or workspace.new_run_id("central"))
@@ -82,7 +83,7 @@ def train_central(
         n_features=split.train.n_features,
         n_classes=split.train.n_classes,
         image_shape=split.train.image_shape,
-        extra={"run_id": rd.run_id, "dataset": cfg.dataset},
+        extra={"run_id": rd.run_id, "dataset": cfg.dataset, **target_meta(split.train)},
     )
     rd.log_event("end", status="completed", central=final)
     tracker.log_artifact(str(rd.model_file))

@@ -27,7 +27,8 @@ from pydantic_core import PydanticCustomError
 
 from uaap.errors import ConfigError
 
-DATASETS = ("digits", "breast_cancer", "wine", "synthetic", "csv")
+DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "csv")
+TASKS = ("auto", "classification", "regression")
 MODELS = ("logreg", "mlp", "cnn")
 STRATEGIES = ("fedavg", "fedprox")
 PARTITIONS = ("iid", "dirichlet", "pathological")
@@ -76,7 +77,8 @@ class RunConfig(BaseModel):
     # ---- data -----------------------------------------------------------------------------------
     dataset: str = _setting(
         "digits",
-        "bundled dataset, or csv for your own table (--data FILE --target COLUMN)",
+        "bundled dataset (classification: digits, breast_cancer, wine, synthetic; regression: diabetes, friedman), "
+        "or csv for your own table (--data FILE --target COLUMN)",
         group="data",
         scope=ANY,
         choices=DATASETS,
@@ -91,6 +93,15 @@ class RunConfig(BaseModel):
         metavar="SOURCE",
     )
     target: str = _setting("", "label column of data-path", group="data", scope=ANY, metavar="COLUMN")
+    task: str = _setting(
+        "auto",
+        "what the model predicts: auto infers it from the target (numbers with many distinct values: regression, "
+        "MSE loss, one output, metrics MSE/RMSE/MAE/R2; text or few distinct values: classification), or force "
+        "classification or regression",
+        group="data",
+        scope=ANY,
+        choices=TASKS,
+    )
     data_table: str = _setting(
         "", "table to read when data-path is a database URL", group="data", scope=ANY, metavar="NAME"
     )

@@ -56,6 +56,15 @@ CONFUSION: Final = "confusion"  # K x K counts, row-major (true class, predicted
 LOSS_SUM: Final = "loss-sum"
 SCORE_HIST_POS: Final = "score-hist-pos"  # two classes: histogram of P(class 1) over the positive rows
 SCORE_HIST_NEG: Final = "score-hist-neg"
+# regression: the sums behind MSE, RMSE, MAE and R2 (targets and errors in the target's own units)
+Y_SUM: Final = "y-sum"  # sum of the true targets (less the federation's train mean: uaap.metrics)
+Y2_SUM: Final = "y2-sum"  # sum of their squares
+SSE: Final = "sq-error-sum"  # sum of squared errors
+SAE: Final = "abs-error-sum"  # sum of absolute errors
+MSE: Final = "mse"
+RMSE: Final = "rmse"
+MAE: Final = "mae"
+R2: Final = "r2"
 # example-level DP-SGD: this round's release, as the client reports it (uaap.privacy.dpsgd.client_report)
 DP_SIGMA: Final = "dp-sigma"
 DP_Q: Final = "dp-q"

@@ -4,6 +4,10 @@ FedProx adds ``mu/2 * ||w - w_global||^2`` to the local objective. We add its gr
 ``mu * (w - w_global)``, directly to ``p.grad`` right before the parameter update instead of adding
 the term to the loss: under Opacus the DP optimizer rebuilds ``p.grad`` from clipped per-sample
 gradients, which would silently drop a loss-side term. One code path serves both cases.
+
+Classification trains with cross-entropy on the labels; regression (``Dataset.task``) with MSE on the targets
+standardised by the Dataset's ``target_mean``/``target_std``, so the same learning rates work for any target
+unit. :func:`predict` maps the model's output back, and every metric is in the target's own units.
 """
 
 from __future__ import annotations
@@ -88,12 +92,19 @@ class DPOptimizerLike(Protocol):
         ...
 
 
+def training_targets(data: Dataset) -> np.ndarray:
+    """What the loss compares the model's output with: labels, or standardised targets of shape (n, 1)."""
+    if not data.regression:
+        return data.y
+    return ((np.asarray(data.y, dtype=np.float64) - data.target_mean) / data.target_std).astype(np.float32)[:, None]
+
+
 def make_loader(data: Dataset, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader[Any]:
-    """A seeded torch DataLoader over a dataset."""
+    """A seeded torch DataLoader over a dataset (targets as the loss takes them: :func:`training_targets`)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    dataset = TensorDataset(torch.from_numpy(data.X), torch.from_numpy(data.y))
+    dataset = TensorDataset(torch.from_numpy(data.X), torch.from_numpy(np.ascontiguousarray(training_targets(data))))
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
@@ -149,7 +160,7 @@ def local_train(
         model, optimizer, loader = privacy.make_private(model, optimizer, loader)
     if cfg.proximal_mu > 0.0 and global_params is None:
         global_params = [p.detach().clone() for p in model.parameters()]
-    criterion = torch.nn.CrossEntropyLoss()
+    criterion: nn.Module = torch.nn.MSELoss() if data.regression else torch.nn.CrossEntropyLoss()
     steps, seen, loss_sum = 0, 0, 0.0
     budget = cfg.max_steps if cfg.max_steps is not None else float("inf")
     for epoch in range(cfg.epochs):
@@ -211,6 +222,26 @@ def predict_proba(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> np
     return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
 
 
+def predict_values(model: nn.Module, X: np.ndarray, mean: float, std: float, batch_size: int = 1024) -> np.ndarray:
+    """A regression model's predictions for ``X`` in the target's units (float64): output * std + mean."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            outs.append(model(torch.from_numpy(np.ascontiguousarray(X[start : start + batch_size]))).numpy())
+    out = np.concatenate(outs).astype(np.float64).reshape(-1) if outs else np.zeros(0)
+    return out * std + mean
+
+
+def predict(model: nn.Module, data: Dataset) -> np.ndarray:
+    """What ``model`` says about ``data``'s rows: class probabilities, or targets in their own units."""
+    if data.regression:
+        return predict_values(model, data.X, data.target_mean, data.target_std)
+    return predict_proba(model, data.X)
+
+
 def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """Loss, accuracy, macro/weighted F1, precision, recall and (two classes) ROC AUC, from summable counts.
 
@@ -223,12 +254,16 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]
 
 
 def evaluate(model: nn.Module, data: Dataset) -> dict[str, float]:
-    """Metrics of ``model`` on ``data`` (see :func:`classification_metrics`)."""
-    return classification_metrics(data.y, predict_proba(model, data.X))
+    """Metrics of ``model`` on ``data`` (see :func:`classification_metrics`; regression: MSE, RMSE, MAE, R2)."""
+    from uaap.metrics import metrics_from_counts
+
+    return metrics_from_counts(evaluate_counts(model, data))
 
 
 def evaluate_counts(model: nn.Module, data: Dataset) -> dict[str, Any]:
     """The summable counts behind :func:`evaluate` (what a client sends instead of its own ratios)."""
-    from uaap.metrics import classification_counts
+    from uaap.metrics import classification_counts, regression_counts
 
+    if data.regression:
+        return regression_counts(data.y, predict(model, data), center=data.target_mean)
     return classification_counts(data.y, predict_proba(model, data.X))

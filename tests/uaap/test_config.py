@@ -71,7 +71,8 @@ def test_new_federation_fields() -> None:
     [
         (
             {"dataset": "mnist"},
-            "dataset='mnist' is not supported; choose one of: digits, breast_cancer, wine, synthetic",
+            "dataset='mnist' is not supported; choose one of: digits, breast_cancer, wine, diabetes, friedman, "
+            "synthetic",
         ),
         ({"model": "resnet"}, "choose one of: logreg, mlp, cnn"),
         ({"strategy": "fedprx"}, "(did you mean fedprox?); choose one of: fedavg, fedprox"),

@@ -82,3 +82,14 @@ def test_bad_inputs_are_named():
     with pytest.raises(ConfigError, match="q=1.5"):
         epsilon_of([(1.0, 1.5, 3)], 1e-5)
     assert epsilon_of([(0.0, 0.1, 3)], 1e-5) == float("inf")
+
+
+@pytest.mark.parametrize("mechanism", ["rdp", "prv"])
+def test_epsilon_after_peeks_one_more_release_with_the_accountants_own_mechanism(mechanism):
+    # The published setting (sigma 1, q 0.1, 50 rounds) as 49 releases plus the one epsilon_after peeks at.
+    setting = SETTINGS[0]
+    assert setting["history"] == [[1.0, 0.1, 50]]
+    peeked = Accountant(mechanism, [(1.0, 0.1, 49)]).epsilon_after(1e-5, 1.0, 0.1)  # one step by default
+    assert peeked == Accountant(mechanism, [(1.0, 0.1, 50)]).epsilon(1e-5)
+    reference = setting["rdp_epsilon"] if mechanism == "rdp" else setting["pld_epsilon"]
+    assert peeked == pytest.approx(reference, rel=0.01)

@@ -135,3 +135,50 @@ def test_ledger_orders_runs_by_creation_and_truncate_counts_what_it_dropped(uaap
     ledger.record(_rows("later"))
     assert ledger.truncate("later", after_round=5) == 0 and ledger.truncate("later", after_round=1) == 2
     assert redact("::not a url::") == "<unparsable ledger URL>"
+
+
+def test_tables_read_the_ledger_they_are_given_and_show_partial_rounds_and_small_budgets(uaap_home, tmp_path):
+    # The workspace's own ledger holds a decoy of run "e": every table must read the ledger it is handed instead.
+    decoy = Ledger()
+    decoy.set_budget(Budget("e", 50.0, 1e-5, "rdp", "user"))
+    decoy.record([Release("e", 1, "*", "user", "central-gaussian", 9.0, 0.9, 1, 1e-5, 99.0)])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    ledger.set_budget(Budget("e", 3.0, 1e-5, "rdp", "user+example"))
+    ledger.record(
+        [
+            Release("e", 1, "*", "user", "central-gaussian", 1.0, 0.5, 1, 1e-5, 0.3),  # no DP-SGD client yet
+            Release("e", 2, "node-1", "example", "dp-sgd", 0.8, 0.05, 20, 1e-5, 1.5),  # no central release
+            Release("x", 1, "node-9", "example", "dp-sgd", 0.7, 0.02, 10, 1e-5, 9.0),  # another run
+        ]
+    )
+    assert budget_rows("e", ledger) == [
+        {"round": 1, "sigma": 1.0, "q": 0.5, "user_epsilon": 0.3, "clients": 0, "example_epsilon_max": None},
+        {"round": 2, "sigma": None, "q": None, "user_epsilon": None, "clients": 1, "example_epsilon_max": 1.5},
+    ]
+    assert final_epsilons("e", ledger) == {"user": 0.3, "node-1": 1.5}
+    # budget used: the user epsilon over max-epsilon 3 (0.3 -> 10%), else the largest example epsilon (1.5 -> 50%)
+    assert _render(budget_table("e", ledger))[4:6] == [
+        "    1     1.00  0.500    0.300        -            -     10%",
+        "    2        -      -        -        1        1.500     50%",
+    ]
+    assert _render(client_table("e", ledger))[3:] == ["node-1  0.800  0.0500       1     20    1.500"]
+    # a budget below 1 is still a limit (0.25 of 0.5 -> 50%); a budget without releases still has its caption
+    ledger.set_budget(Budget("small", 0.5, 1e-5, "rdp", "user"))
+    ledger.record([Release("small", 1, "*", "user", "central-gaussian", 2.0, 0.1, 1, 1e-5, 0.25)])
+    assert _render(budget_table("small", ledger))[4:] == [
+        "    1     2.00  0.100    0.250        -            -     50%",
+        "user-level epsilon 0.250, delta=1e-05, accountant=rdp,",
+        "levels=user, max-epsilon=0.5. user: client-level (central",
+        "DP); example: DP-SGD, the largest client's so far",
+    ]
+    ledger.set_budget(Budget("empty", 2.0, 1e-5, "rdp", "user"))
+    assert budget_rows("empty", ledger) == [] and _render(budget_table("empty", ledger))[4:] == [
+        "delta=1e-05, accountant=rdp, levels=user, max-epsilon=2.",
+        "user: client-level (central DP); example: DP-SGD, the",
+        "largest client's so far",
+    ]
+    # releases without a budget row: no limit to measure against
+    ledger.record([Release("nobudget", 1, "*", "user", "central-gaussian", 2.0, 0.1, 1, 1e-5, 0.25)])
+    assert (
+        _render(budget_table("nobudget", ledger))[4] == "    1     2.00  0.100    0.250        -            -       -"
+    )

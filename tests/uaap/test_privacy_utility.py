@@ -23,3 +23,9 @@ def test_the_deploy_guides_old_recipe_is_flagged_and_the_demos_is_not() -> None:
 def test_the_ratio_is_noise_norm_over_the_largest_average() -> None:
     assert central_noise_ratio(1.0, 100, 10_000) == 1.0  # z sqrt(d) / (q N) = 100 / 100
     assert central_noise_ratio(2.0, 10, 100) == 2.0
+
+
+def test_the_ratio_counts_fractional_clients_and_a_one_parameter_model() -> None:
+    assert central_noise_ratio(1.0, 0.5, 100) == 20.0  # half a client per round on average doubles the noise
+    assert central_noise_ratio(2.0, 4.0, 1) == 0.5  # sqrt(1) = 1
+    assert central_noise_ratio(1.0, 0.0, 4) == 2e12  # no client per round: the floor 1e-12, not 1

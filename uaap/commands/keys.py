@@ -70,7 +70,7 @@ def decrypt_model(run_id: str, secret_context: str | Path) -> Path:
     from flwr.app import Array, ArrayRecord
 
     from uaap import crypto, workspace
-    from uaap.data import describe
+    from uaap.data import describe, target_meta
     from uaap.errors import KeyMaterialError, WorkspaceError
 
     rd = workspace.existing_run(run_id)
@@ -104,5 +104,6 @@ def decrypt_model(run_id: str, secret_context: str | Path) -> Path:
             "dataset": cfg.dataset,
             "decrypted_from_round": ckpt.round,
             "he_fingerprint": hctx.fingerprint,
+            **target_meta(meta),
         },
     )

@@ -1,9 +1,15 @@
 """Datasets, tabular input and federated partitioners.
 
-Bundled data come from scikit-learn (``digits``, ``breast_cancer``, ``wine``) or are generated
-(the FedProx paper's Synthetic(alpha, beta)); user tables come from files, URLs or databases
-(:mod:`uaap.data.loaders`) with a target column.
-Nothing is downloaded at run time.
+Bundled data come from scikit-learn (classification: ``digits``, ``breast_cancer``, ``wine``; regression:
+``diabetes``) or are generated (the FedProx paper's Synthetic(alpha, beta) for classification, Friedman #1
+for regression: ``friedman``); user tables come from files, URLs or databases (:mod:`uaap.data.loaders`)
+with a target column. Nothing is downloaded at run time.
+
+The task is a property of the data: a :class:`Dataset` is ``classification`` (integer labels 0..K-1, a model
+with K outputs) or ``regression`` (float targets in their own units, a model with one output). A table's task
+is inferred from its target (:func:`infer_task`) unless the run says ``task``. Regression targets are
+standardised for training with the train split's mean and standard deviation (:func:`target_scaling`, kept on
+the Dataset), and predictions are mapped back, so every metric is in the target's own units.
 
 Partitioners are plain numpy (iid, Dirichlet, pathological k-classes). flwr-datasets was measured
 here at ~2.5 s and ~245 MB per process import (it drags in HF ``datasets``) and its pathological
@@ -14,9 +20,9 @@ from __future__ import annotations
 
 import functools
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,29 +34,52 @@ if TYPE_CHECKING:
 
     from uaap.data.loaders import ReadOptions
 
-BUNDLED = ("digits", "breast_cancer", "wine")
+REGRESSION_BUNDLED = ("diabetes", "friedman")
+BUNDLED = ("digits", "breast_cancer", "wine", *REGRESSION_BUNDLED)
+TASKS = ("classification", "regression")
 MIN_PARTITION_SIZE = 4
+QUANTILE_BINS = 10  # regression targets are cut into this many equal-count bins to stratify and skew splits
+# A numeric target is regression when it has more distinct values than this (floats) or ...
+MAX_FLOAT_CLASSES = 20
+MAX_INT_CLASSES = 50  # ... than this (whole numbers); fewer: classes. `task` overrides.
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features (float32) and integer labels, with what a model needs to know about them."""
+    """Features (float32) and targets, with what a model needs to know about them.
+
+    Classification: ``y`` holds int64 labels 0..``n_classes``-1. Regression: ``y`` holds float32 targets in their
+    own units, ``n_classes`` is 1 (the model's output width) and ``target_mean``/``target_std`` are the train
+    split's statistics the model's output is standardised with (:func:`target_scaling`).
+    """
 
     name: str
     X: np.ndarray
     y: np.ndarray
-    n_classes: int
+    n_classes: int  # the model's output width: the number of classes, or 1 for regression
     feature_names: tuple[str, ...]
     image_shape: tuple[int, int, int] | None = None
+    task: str = "classification"
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
     @property
     def n_features(self) -> int:
         """Number of input features."""
         return int(self.X.shape[1])
 
+    @property
+    def regression(self) -> bool:
+        """Whether ``y`` holds real-valued targets (one model output) rather than class labels."""
+        return self.task == "regression"
+
     def subset(self, idx: np.ndarray) -> Dataset:
         """Rows ``idx`` of this dataset."""
-        return Dataset(self.name, self.X[idx], self.y[idx], self.n_classes, self.feature_names, self.image_shape)
+        return replace(self, X=self.X[idx], y=self.y[idx])
+
+    def strata(self) -> np.ndarray:
+        """A label per row to stratify or skew splits by: the class, or the target's quantile bin (regression)."""
+        return quantile_bins(self.y) if self.regression else self.y
 
 
 @dataclass(frozen=True)
@@ -65,22 +94,64 @@ class Split:
 
 
 def load_bundled(name: str) -> Dataset:
-    """Load a dataset that scikit-learn ships, unscaled."""
+    """Load a dataset that scikit-learn ships (or ``friedman``, generated with a fixed seed), unscaled."""
     from sklearn import datasets
 
     loaders = {
         "digits": datasets.load_digits,
         "breast_cancer": datasets.load_breast_cancer,
         "wine": datasets.load_wine,
+        "diabetes": datasets.load_diabetes,
     }
+    if name == "friedman":
+        return friedman()
     if name not in loaders:
-        raise DataError(f"dataset={name!r} is not bundled; choose one of: {', '.join(loaders)}")
+        raise DataError(f"dataset={name!r} is not bundled; choose one of: {', '.join(BUNDLED)}")
     bunch = loaders[name]()
+    if name in REGRESSION_BUNDLED:
+        X = np.asarray(bunch.data, dtype=np.float32)
+        names = tuple(str(n) for n in bunch.feature_names)
+        return Dataset(name, X, np.asarray(bunch.target, dtype=np.float32), 1, names, task="regression")
     X = np.asarray(bunch.data, dtype=np.float32)
     y = np.asarray(bunch.target, dtype=np.int64)
     names = tuple(str(n) for n in getattr(bunch, "feature_names", [f"f{i}" for i in range(X.shape[1])]))
     image_shape = (1, 8, 8) if name == "digits" else None
     return Dataset(name, X, y, int(y.max()) + 1, names, image_shape)
+
+
+def friedman(n_samples: int = 1000, noise: float = 1.0, seed: int = 0) -> Dataset:
+    """Friedman #1 (scikit-learn's ``make_friedman1``): 10 uniform features, 5 of them informative, y in ~[0, 30]."""
+    from sklearn.datasets import make_friedman1
+
+    X, y = make_friedman1(n_samples=n_samples, n_features=10, noise=noise, random_state=seed)
+    names = tuple(f"x{i}" for i in range(10))
+    return Dataset("friedman", X.astype(np.float32), y.astype(np.float32), 1, names, task="regression")
+
+
+def infer_task(values: pd.Series | np.ndarray) -> str:
+    """``classification`` or ``regression`` for a target column.
+
+    Text, booleans and categories are classes; numbers are a regression target when they take many distinct
+    values: more than :data:`MAX_FLOAT_CLASSES` for floats with fractions, more than :data:`MAX_INT_CLASSES` for
+    whole numbers (a float column of whole numbers, as pandas reads an integer column with gaps, counts as whole
+    numbers). Fewer distinct numbers are class labels. ``--task`` overrides this.
+    """
+    import pandas as pd
+
+    series = pd.Series(values)
+    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+        return "classification"
+    numbers = series.dropna().to_numpy(dtype=np.float64)
+    distinct = len(np.unique(numbers))
+    whole = bool(np.all(np.isfinite(numbers)) and np.all(numbers == np.round(numbers)))
+    return "regression" if distinct > (MAX_INT_CLASSES if whole else MAX_FLOAT_CLASSES) else "classification"
+
+
+def check_task(task: str) -> str:
+    """``task`` when it is ``auto``, ``classification`` or ``regression``, else a DataError naming the choices."""
+    if task not in ("auto", *TASKS):
+        raise DataError(f"task={task!r} is not supported; choose one of: auto, {', '.join(TASKS)}")
+    return task
 
 
 def read_options(cfg: RunConfig) -> ReadOptions:
@@ -98,14 +169,15 @@ def read_options(cfg: RunConfig) -> ReadOptions:
 
 def load_config_table(cfg: RunConfig) -> Dataset:
     """The table of a ``dataset=csv`` run, read as its configuration says."""
-    return load_table(cfg.data_path, cfg.target, read_options(cfg))
+    return load_table(cfg.data_path, cfg.target, read_options(cfg), task=cfg.task)
 
 
-def load_table(source: str | Path, target: str, options: ReadOptions | None = None) -> Dataset:
+def load_table(source: str | Path, target: str, options: ReadOptions | None = None, task: str = "auto") -> Dataset:
     """Load a table (file, URL or database: :func:`uaap.data.loaders.read_frame`); ``target`` names the label column.
 
     Numeric columns are used as they are; text columns with few distinct values are one-hot
-    encoded; anything else is refused with the column named.
+    encoded; anything else is refused with the column named. ``task`` is ``auto`` (inferred from the
+    target: :func:`infer_task`), ``classification`` or ``regression``.
     """
     from uaap.data.loaders import read_frame, shown
 
@@ -119,15 +191,50 @@ def load_table(source: str | Path, target: str, options: ReadOptions | None = No
     labels = frame.pop(target)
     if labels.isna().any():
         raise DataError(f"target column {target!r} has {int(labels.isna().sum())} empty values; fill or drop them")
-    classes, y = np.unique(labels.astype(str) if labels.dtype == object else labels, return_inverse=True)
-    if len(classes) < 2:
-        raise DataError(f"target column {target!r} has a single class {classes[0]!r}; need at least two")
+    task = infer_task(labels) if check_task(task) == "auto" else task
     frame = _encode_features(frame)
     if frame.isna().any().any():
         bad = [c for c in frame.columns if frame[c].isna().any()]
         raise DataError(f"columns {', '.join(bad)} have missing values; impute or drop them before training")
     X = frame.to_numpy(dtype=np.float32)
-    return Dataset(name, X, y.astype(np.int64), len(classes), tuple(map(str, frame.columns)))
+    features = tuple(map(str, frame.columns))
+    if task == "regression":
+        return Dataset(name, X, regression_target(labels, target), 1, features, task="regression")
+    classes, y = np.unique(labels.astype(str) if labels.dtype == object else labels, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"target column {target!r} has a single class {classes[0]!r}; need at least two")
+    return Dataset(name, X, y.astype(np.int64), len(classes), features)
+
+
+def regression_target(labels: pd.Series, target: str) -> np.ndarray:
+    """A target column as float32 regression targets, or a DataError saying why it cannot be one."""
+    import pandas as pd
+
+    if pd.api.types.is_bool_dtype(labels) or not pd.api.types.is_numeric_dtype(labels):
+        example = next((v for v in labels if not _is_number(v)), labels.iloc[0] if len(labels) else None)
+        raise DataError(
+            f"target column {target!r} holds text (e.g. {example!r:.40}), but task=regression needs numbers: "
+            "convert the column to numbers, or use --task classification (or auto) to predict its values as classes"
+        )
+    y: np.ndarray = labels.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"target column {target!r} has {int((~np.isfinite(y)).sum())} infinite values; drop them")
+    if len(y) and np.ptp(y) == 0:
+        raise DataError(
+            f"target column {target!r} has a single value {y[0]:g} in every row; a regression needs a target that "
+            "varies: choose another column"
+        )
+    if len(y) and np.abs(y).max() > np.finfo(np.float32).max / 2:
+        raise DataError(f"target column {target!r} has values up to {np.abs(y).max():.3g}; rescale them below 1e38")
+    return np.asarray(y, dtype=np.float32)
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _encode_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -172,26 +279,56 @@ def synthetic(
     return parts
 
 
+def quantile_bins(y: np.ndarray, bins: int = QUANTILE_BINS) -> np.ndarray:
+    """Each row's equal-count bin (0..bins-1) of a real-valued target: classes to stratify and skew splits by."""
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) == 0:
+        return np.zeros(0, dtype=np.int64)
+    rank = np.empty(len(y), dtype=np.int64)
+    rank[np.argsort(y, kind="stable")] = np.arange(len(y))
+    return (rank * min(bins, len(y)) // len(y)).astype(np.int64)
+
+
+def target_meta(data: Dataset) -> dict[str, Any]:
+    """What a saved model needs to say about its target: the task, and for regression the target's scaling."""
+    if not data.regression:
+        return {"task": data.task}
+    return {"task": data.task, "target_mean": data.target_mean, "target_std": data.target_std}
+
+
 # ---- splitting -------------------------------------------------------------------------------
 
 
 def train_test(data: Dataset, test_fraction: float, seed: int) -> Split:
-    """Stratified train/test split (plain random when a class is too small to stratify)."""
+    """Stratified train/test split (by quantile bin for regression; plain random when a stratum is too small)."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(data.y))
-    counts = np.bincount(data.y, minlength=data.n_classes)
-    stratify = data.y if counts[counts > 0].min() >= 2 else None
+    strata = data.strata()
+    counts = np.bincount(strata)
+    stratify = strata if counts[counts > 0].min() >= 2 else None
     tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
     return Split(data.subset(np.sort(tr)), data.subset(np.sort(te)))
 
 
+def target_scaling(y: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation a regression model's output is standardised with (train rows only).
+
+    The one place regression targets are scaled: :func:`scale` calls it, and the federated preprocessor can
+    replace it with the same statistics computed from the clients' summed ``n``, ``sum y`` and ``sum y^2``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    std = float(y.std()) if len(y) else 1.0
+    return (float(y.mean()) if len(y) else 0.0), (std if std > 1e-12 else 1.0)
+
+
 def scale(split: Split, dataset: str) -> Split:
-    """Scale features with statistics of the training part only.
+    """Scale features (and, for regression, record the target's scaling) with statistics of the training part only.
 
     ``digits`` has a known 0..16 range; other data are standardised. For the bundled demo data the
     scaling statistics are treated as public federation metadata (a real deployment agrees on them
-    up front, like the feature schema).
+    up front, like the feature schema). Regression targets stay in their units on the Dataset; their
+    mean and std (:func:`target_scaling`) travel with it for training and for mapping predictions back.
     """
     mean: np.float32 | np.ndarray
     std: np.float32 | np.ndarray
@@ -202,10 +339,10 @@ def scale(split: Split, dataset: str) -> Split:
         std = split.train.X.std(axis=0)
         std = np.where(std < 1e-8, 1.0, std).astype(np.float32)
 
+    y_mean, y_std = target_scaling(split.train.y) if split.train.regression else (0.0, 1.0)
+
     def apply(d: Dataset) -> Dataset:
-        return Dataset(
-            d.name, ((d.X - mean) / std).astype(np.float32), d.y, d.n_classes, d.feature_names, d.image_shape
-        )
+        return replace(d, X=((d.X - mean) / std).astype(np.float32), target_mean=y_mean, target_std=y_std)
 
     return Split(apply(split.train), apply(split.test))
 
@@ -219,7 +356,11 @@ def partition_indices(
     classes_per_client: int = 2,
     seed: int = 0,
 ) -> list[np.ndarray]:
-    """Split row indices among ``num_partitions`` clients: ``iid``, ``dirichlet`` or ``pathological``."""
+    """Split row indices among ``num_partitions`` clients: ``iid``, ``dirichlet`` or ``pathological``.
+
+    ``labels`` are class labels; for regression pass the target's quantile bins (:meth:`Dataset.strata`), so
+    Dirichlet and pathological splits skew each client towards some ranges of the target.
+    """
     if num_partitions < 1:
         raise DataError(f"num_partitions={num_partitions}; need at least 1")
     if len(labels) < num_partitions * MIN_PARTITION_SIZE:
@@ -281,15 +422,28 @@ def _pathological(labels: np.ndarray, n: int, k: int, rng: np.random.Generator) 
 # ---- what clients and the server load ------------------------------------------------------
 
 
+def load_data(cfg: RunConfig) -> Dataset:
+    """The configured (non-synthetic) dataset, unscaled, of the task the run asks for."""
+    if cfg.dataset == "csv":
+        return load_config_table(cfg)
+    if cfg.dataset in BUNDLED:
+        data = load_bundled(cfg.dataset)
+        if cfg.task not in ("auto", data.task):
+            raise DataError(
+                f"task={cfg.task!r} does not fit dataset={cfg.dataset!r}, a {data.task} data set: use --task "
+                f"{data.task} (or auto), or a {cfg.task} data set ("
+                + ", ".join(d for d in BUNDLED if (d in REGRESSION_BUNDLED) == (cfg.task == "regression"))
+                + ")"
+            )
+        return data
+    if cfg.task == "regression":
+        raise DataError(f"dataset={cfg.dataset!r} is a classification data set; regression data: diabetes, friedman")
+    raise DataError(f"dataset={cfg.dataset!r} has no single table; it is generated per client")
+
+
 def load_split(cfg: RunConfig) -> Split:
     """Train/test split of the configured (non-synthetic) dataset, scaled."""
-    if cfg.dataset == "csv":
-        data = load_config_table(cfg)
-    elif cfg.dataset in BUNDLED:
-        data = load_bundled(cfg.dataset)
-    else:
-        raise DataError(f"dataset={cfg.dataset!r} has no single table; it is generated per client")
-    return scale(train_test(data, cfg.test_fraction, cfg.seed), cfg.dataset)
+    return scale(train_test(load_data(cfg), cfg.test_fraction, cfg.seed), cfg.dataset)
 
 
 @functools.lru_cache(maxsize=4)
@@ -299,13 +453,15 @@ def federated(cfg: RunConfig, num_partitions: int) -> tuple[tuple[Split, ...], D
     Cached per process: simulated ClientApps are rebuilt for every message.
     """
     if cfg.dataset == "synthetic":
+        if cfg.task == "regression":
+            raise DataError("dataset='synthetic' is a classification data set; regression data: diabetes, friedman")
         parts = synthetic(num_partitions, cfg.synthetic_alpha, cfg.synthetic_beta, cfg.seed)
         splits = tuple(train_test(p, cfg.test_fraction, cfg.seed + i) for i, p in enumerate(parts))
         test = _concat([s.test for s in splits])
         return splits, test
     split = load_split(cfg)
     indices = partition_indices(
-        split.train.y,
+        split.train.strata(),
         num_partitions,
         cfg.partition,
         alpha=cfg.dirichlet_alpha,
@@ -324,15 +480,7 @@ def _local_split(data: Dataset, seed: int, val_fraction: float = 0.2) -> Split:
 
 
 def _concat(parts: list[Dataset]) -> Dataset:
-    first = parts[0]
-    return Dataset(
-        first.name,
-        np.concatenate([p.X for p in parts]),
-        np.concatenate([p.y for p in parts]),
-        first.n_classes,
-        first.feature_names,
-        first.image_shape,
-    )
+    return replace(parts[0], X=np.concatenate([p.X for p in parts]), y=np.concatenate([p.y for p in parts]))
 
 
 def client_data(cfg: RunConfig, partition_id: int, num_partitions: int) -> Split:

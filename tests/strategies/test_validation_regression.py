@@ -1,0 +1,108 @@
+"""Reply validation of regression evaluation sums: real sums pass and add up, forged ones are rejected, never fatal."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
+from sklearn.metrics import r2_score
+
+from strategies.base import summed_metrics
+from tests.flower_helpers import eval_metrics, reply_from
+from uaap.metrics import regression_counts
+
+
+def _validator(task: str = "regression", **kw: object):
+    from flwr.serverapp.strategy import FedAvg
+
+    from strategies.validation import ValidateReplies
+
+    inner = FedAvg(min_available_nodes=1, evaluate_metrics_aggr_fn=summed_metrics)
+    return ValidateReplies(inner, n_classes=1 if task == "regression" else 3, task=task, **kw)  # type: ignore[arg-type]
+
+
+def _reply(node: int, metrics: dict) -> Message:
+    return reply_from(node, RecordDict({"metrics": MetricRecord(metrics)}), MessageType.EVALUATE)
+
+
+def _rows(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = 150 + 70 * rng.normal(size=n)
+    return y, y + 40 * rng.normal(size=n)
+
+
+def test_real_regression_sums_pass_and_give_the_pooled_r2_beside_forged_ones():
+    parts = [_rows(s, n) for s, n in ((1, 30), (2, 1), (3, 45))]  # a one-row client is legitimate
+    honest = [regression_counts(y, p, center=150.0) for y, p in parts]
+    good = honest[0]
+    forged = [
+        good | {"sq-error-sum": -1.0},  # negative SSE
+        good | {"abs-error-sum": -0.5},  # negative SAE
+        good | {"y2-sum": math.inf},  # non-finite
+        good | {"y2-sum": good["y-sum"] ** 2 / good["num-examples"] / 2},  # SST < 0: y2-sum too small for y-sum
+        good | {"num-examples": 1},  # n mismatch: one row cannot have a spread
+        good | {"num-examples": 2},  # n mismatch: SAE^2 > n * SSE, more rows behind these errors than claimed
+        good | {"abs-error-sum": math.sqrt(good["sq-error-sum"]) / 2},  # SAE < sqrt(SSE): impossible errors
+        good | {"num-examples": 2.5},  # not a whole number of rows
+        good | {"confusion": [1, 0, 0, 1]},  # classification counts beside regression sums
+        {k: v for k, v in good.items() if k != "y-sum"},  # a sum missing
+        eval_metrics(10, 8),  # a classification reply in a regression run
+        good | {"r2": 0.99},  # a ratio instead of (beside) the sums
+    ]
+    replies = [_reply(i + 1, c) for i, c in enumerate(honest)]
+    replies += [_reply(10 + i, c) for i, c in enumerate(forged)]
+    validator = _validator()
+    out = validator.aggregate_evaluate(1, replies)
+    reasons = {r["node"]: r["reason"] for r in validator.rejected}
+    assert sorted(reasons) == [10 + i for i in range(len(forged))], reasons
+    y = np.concatenate([y for y, _ in parts])
+    pred = np.concatenate([p for _, p in parts])
+    assert out is not None and out["num-examples"] == len(y)
+    assert out["r2"] == pytest.approx(r2_score(y, pred), rel=1e-9)
+    assert reasons[10] == "metric sq-error-sum=-1.0: expected a value in [0, inf]"
+    assert reasons[11] == "metric abs-error-sum=-0.5: expected a value in [0, inf]"
+    assert "expected a finite number" in reasons[12]
+    assert "SST=" in reasons[13] and "SST=" in reasons[14]
+    assert "sqrt(SSE) <= SAE <= sqrt(n * SSE)" in reasons[15] and "sqrt(SSE) <= SAE" in reasons[16]
+    assert "whole number" in reasons[17]
+    assert "unexpected ['confusion']" in reasons[18] and "missing ['y-sum']" in reasons[19]
+    assert "missing" in reasons[20] and "unexpected ['r2']" in reasons[21]
+
+
+def test_a_classification_run_rejects_regression_sums():
+    validator = _validator(task="classification")
+    y, p = _rows(4, 20)
+    out = validator.aggregate_evaluate(1, [_reply(1, eval_metrics(10, 7)), _reply(2, regression_counts(y, p))])
+    assert out is not None and out["accuracy"] == pytest.approx(0.7)
+    assert [r["node"] for r in validator.rejected] == [2]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"sq-error-sum": -1e-3}, "sq-error-sum < 0"),
+        ({"y-sum": math.nan}, "y-sum=nan: expected a finite number"),
+        ({"num-examples": 0}, "num-examples=0: a regression reply needs at least one row"),
+        ({"y2-sum": 0.0}, "give a target spread SST="),
+    ],
+)
+def test_check_counts_refuses_forged_regression_sums_directly(change: dict, reason: str):
+    from strategies.validation import InvalidReply, check_counts
+
+    y, p = _rows(5, 12)
+    counts = regression_counts(y, p)
+    check_counts(counts, 1, "regression")  # the honest sums pass
+    with pytest.raises(InvalidReply, match=reason.replace("(", r"\(").replace(")", r"\)")):
+        check_counts(counts | change, 1, "regression")
+
+
+def test_a_perfect_model_and_a_constant_target_are_accepted():
+    from strategies.validation import check_counts
+
+    y = np.full(7, 3.25)
+    check_counts(regression_counts(y, y), 1, "regression")  # SSE = SAE = SST = 0
+    check_counts(regression_counts(y, y + 1.0), 1, "regression")  # SAE^2 == n * SSE exactly
+    z = np.linspace(0, 1, 9)
+    check_counts(regression_counts(z, z + np.eye(9)[3]), 1, "regression")  # one error: SAE == sqrt(SSE)
