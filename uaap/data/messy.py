@@ -19,12 +19,19 @@ WORDS = ("pain", "fever", "cough", "rash", "tired", "dizzy", "nausea", "ok", "be
 
 
 def messy_table(
-    rows: int = 1000, *, seed: int = 0, missing: float = 0.10, outliers: float = 0.03, extra_numeric: int = 0
+    rows: int = 1000,
+    *,
+    seed: int = 0,
+    missing: float = 0.10,
+    outliers: float = 0.03,
+    extra_numeric: int = 0,
+    text: bool = True,
 ) -> pd.DataFrame:
     """``rows`` rows of ``age``, ``income``, ``score``, ``city``, ``plan``, ``visit`` (ISO dates as text),
     ``notes`` (free text), ``extra_*`` numbers, and two targets: ``label`` (yes/no) and ``cost`` (a float).
 
     A share ``missing`` of each feature's cells is empty and ``outliers`` of the numeric cells are far off.
+    ``text=False`` leaves ``notes`` out (generating words is the slow part of a million rows).
     """
     import pandas as pd
 
@@ -36,7 +43,7 @@ def messy_table(
     plan = rng.choice(["basic", "plus", "premium"], rows)
     day0 = np.datetime64("2023-01-01T00:00")
     visit = day0 + rng.integers(0, 730 * 24, rows).astype("timedelta64[h]")
-    notes = [" ".join(rng.choice(WORDS, rng.integers(2, 7))) for _ in range(rows)]
+    notes = [" ".join(rng.choice(WORDS, rng.integers(2, 7))) for _ in range(rows)] if text else [""] * rows
     extras = {f"extra_{i}": rng.normal(i, 1 + i, rows) for i in range(extra_numeric)}
     month = visit.astype("datetime64[M]").astype(int) % 12 + 1
     signal = (
@@ -58,7 +65,7 @@ def messy_table(
             "city": city,
             "plan": plan,
             "visit": pd.Series(visit).dt.strftime("%Y-%m-%dT%H:%M"),
-            "notes": notes,
+            **({"notes": notes} if text else {}),
             **extras,
             "label": label,
             "cost": cost.round(2),
@@ -68,7 +75,7 @@ def messy_table(
     for col in numeric:  # outliers: far beyond the IQR fence, both sides
         far = rng.random(rows) < outliers
         frame.loc[far, col] = frame[col].median() + rng.choice([-1, 1], far.sum()) * 25 * frame[col].std()
-    for col in [*numeric, "city", "plan", "visit", "notes"]:
+    for col in [*numeric, "city", "plan", "visit", *(["notes"] if text else [])]:
         holes = rng.random(rows) < missing
         frame.loc[holes, col] = None
     return frame

@@ -350,12 +350,12 @@ def _schema_stats(frame: pd.DataFrame, columns: Sequence[str], options: Preproce
 
 def _datetime_count(values: pd.Series) -> int:
     """How many ``values`` parse as dates (a sample first: most string columns are not dates)."""
-    if _parse_dates(values.head(64)).notna().mean() < 0.9:
+    if parse_dates(values.head(64)).notna().mean() < 0.9:
         return 0
-    return int(_parse_dates(values).notna().sum())
+    return int(parse_dates(values).notna().sum())
 
 
-def _parse_dates(series: pd.Series) -> pd.Series:
+def parse_dates(series: pd.Series) -> pd.Series:
     """Timestamps (NaT where a value is not a date): ISO 8601 at C speed, any other spelling value by value."""
     import pandas as pd
 
@@ -390,7 +390,7 @@ def _numeric_parts(frame: pd.DataFrame, plans: Sequence[ColumnPlan]) -> dict[str
 
 
 def _datetime_parts(series: pd.Series, name: str) -> dict[str, np.ndarray]:
-    when = _parse_dates(series).dt
+    when = parse_dates(series).dt
     return {f"{name}.{p}": getattr(when, p).to_numpy(dtype=np.float64, na_value=np.nan) for p in DATETIME_PARTS}
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from uaap.data.preprocess import parse_dates
 from uaap.errors import DataError
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ ID_SHARE = 0.95  # a column whose values are (nearly) all distinct names rows, i
 TEXT_LENGTH = 30  # mean characters above which a high-cardinality string column is free text
 REGRESSION_DISTINCT = 20  # a numeric target with more distinct values than this is a regression target
 Z_LIMIT = 3.0
+FOREST_ROWS = 100_000  # an IsolationForest looks at a random sample of at most this many rows (10 s for 1M here)
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,11 @@ class Profile:
     duplicates: int
     columns: tuple[ColumnProfile, ...]
     target: TargetProfile
-    outlier_rows: int  # rows an IsolationForest on the numeric columns flags
+    outlier_rows: int  # rows an IsolationForest on the numeric columns flags (among ``outlier_sample`` rows)
     leakage: tuple[str, ...]
     warnings: tuple[str, ...]
     schema: Any  # pandera DataFrameSchema inferred from the table
+    outlier_sample: int = 0  # rows the IsolationForest looked at (all, up to FOREST_ROWS)
 
     def column(self, name: str) -> ColumnProfile:
         """The profile of column ``name``."""
@@ -112,6 +115,7 @@ def profile(frame: pd.DataFrame, target: str, source: str = "table", *, seed: in
         columns=columns,
         target=tgt,
         outlier_rows=_isolation_outliers(frame, [c.name for c in columns if c.kind == "numeric"], seed),
+        outlier_sample=min(len(frame), FOREST_ROWS),
         leakage=leakage,
         warnings=tuple(warnings),
         schema=schema,
@@ -128,7 +132,7 @@ def _kind(series: pd.Series, dtype: str) -> str:
         return "datetime"
     if pd.api.types.is_numeric_dtype(series):
         return "numeric"
-    if len(values) and pd.to_datetime(values.astype(str), errors="coerce", format="mixed").notna().mean() >= 0.9:
+    if len(values) and parse_dates(values.head(64)).notna().mean() >= 0.9 and parse_dates(values).notna().mean() >= 0.9:
         return "datetime"
     if values.nunique() > HIGH_CARDINALITY and values.astype(str).str.len().mean() > TEXT_LENGTH:
         return "text"
@@ -167,9 +171,7 @@ def _column(series: pd.Series, dtype: str) -> ColumnProfile:
         std = x.std()
         z_out = int((np.abs(x - x.mean()) > Z_LIMIT * std).sum()) if std > 0 else 0
     elif kind == "datetime" and distinct:
-        stamps = pd.to_datetime(
-            values if pd.api.types.is_datetime64_any_dtype(values) else values.astype(str), format="mixed"
-        )
+        stamps = parse_dates(values)
         low, high = str(stamps.min()), str(stamps.max())
     profile_ = ColumnProfile(name, kind, dtype, missing, distinct, low, high, iqr_out, z_out, tuple(flags))
     return ColumnProfile(**{**profile_.__dict__, "plan": _plan(profile_, n)})
@@ -244,6 +246,8 @@ def _isolation_outliers(frame: pd.DataFrame, numeric: list[str], seed: int) -> i
     from sklearn.ensemble import IsolationForest
 
     x = frame[numeric].astype(float)
+    if len(x) > FOREST_ROWS:
+        x = x.sample(FOREST_ROWS, random_state=seed)
     x = x.fillna(x.median()).to_numpy()
     forest = IsolationForest(n_estimators=100, contamination="auto", random_state=seed)
     return int((forest.fit_predict(x) == -1).sum())
@@ -287,7 +291,10 @@ def summary_lines(report: Profile) -> list[str]:
     else:
         spread = ", ".join(f"{k} {v:.4g}" for k, v in t.quantiles.items())
         lines = [f"target {t.name!r}: regression ({spread})"]
-    lines.append(f"outliers: IQR/z per numeric column above; an IsolationForest flags {report.outlier_rows} rows")
+    among = f" of a sample of {report.outlier_sample}" if report.outlier_sample < report.rows else ""
+    lines.append(
+        f"outliers: IQR/z per numeric column above; an IsolationForest flags {report.outlier_rows} rows{among}"
+    )
     return lines + [f"warning: {w}" for w in report.warnings]
 
 
