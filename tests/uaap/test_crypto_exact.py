@@ -444,13 +444,18 @@ def test_keyless_contexts_name_themselves_when_they_refuse_to_encrypt_or_decrypt
         )
 
 
-def test_without_memfd_seal_objects_pass_through_a_private_temporary_file(
+def test_without_memfd_seal_objects_pass_through_a_private_temporary_file_removed_at_exit(
     keys: crypto.KeyFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import atexit
+    from collections.abc import Callable
+
     import tenseal.sealapi as sealapi
 
-    from uaap.crypto.seal import _seal_body, _SealFile, _unlink_quietly
+    from uaap.crypto.seal import _seal_body, _SealFile
 
+    at_exit: list[Callable[[], object]] = []
+    monkeypatch.setattr(atexit, "register", at_exit.append)
     monkeypatch.delattr(os, "memfd_create")
     secret = crypto.load_context(keys.secret)
     plain = sealapi.Plaintext()
@@ -461,10 +466,11 @@ def test_without_memfd_seal_objects_pass_through_a_private_temporary_file(
     assert path.is_file() and path.name.startswith("uaap-seal-") and path.stat().st_mode & 0o777 == 0o600
     back = sealed.load(sealapi.Plaintext(), secret.seal.context, blob)
     assert _seal_body(sealed.save(back)) == _seal_body(blob)
+    assert len(at_exit) == 1, "one file per process, removed when it exits"
     os.close(sealed._fd)
-    _unlink_quietly(str(path))
+    at_exit[0]()
     assert not path.exists()
-    _unlink_quietly(str(path))  # already gone (the atexit hook runs after a manual cleanup): no error
+    at_exit[0]()  # already gone: no error at exit
 
 
 def test_configerror_is_raised_for_a_vector_of_the_wrong_size(keys: crypto.KeyFiles) -> None:
