@@ -143,3 +143,22 @@ def test_the_secret_generator_is_seeded_afresh_from_the_os_each_time():
 
     seeds = {secret_generator().initial_seed() for _ in range(5)}
     assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_the_plan_counts_poisson_batches_over_the_whole_run_with_the_runs_accountant(monkeypatch):
+    # The noise search itself is Opacus' (checked against the target in the test above); here, what it is asked.
+    from uaap.privacy import dpsgd
+
+    asked = []
+    monkeypatch.setattr(dpsgd, "noise_multiplier", lambda *args: asked.append(args) or 1.25)
+    cfg = RunConfig(
+        dp_local=True, batch_size=32, local_epochs=2, num_rounds=3, dp_target_epsilon=4.0, dp_accountant="prv"
+    )
+    # ceil(100 / 32) = 4 batches: each row sampled with q = 1/4, 2 x 4 steps a round, 3 rounds
+    assert plan(cfg, 100) == dpsgd.DPSGDPlan(sigma=1.25, q=0.25, steps_per_round=8, planned_steps=24)
+    assert asked == [(4.0, 1e-5, 0.25, 24, "prv")]
+    # a single row is enough: one batch, sampled with q = 1
+    assert plan(cfg, 1) == dpsgd.DPSGDPlan(sigma=1.25, q=1.0, steps_per_round=2, planned_steps=6)
+    with pytest.raises(ConfigError) as err:
+        plan(cfg, 0)
+    assert str(err.value) == "a DP-SGD client needs at least one training example"
