@@ -182,3 +182,25 @@ def test_tables_read_the_ledger_they_are_given_and_show_partial_rounds_and_small
     assert (
         _render(budget_table("nobudget", ledger))[4] == "    1     2.00  0.100    0.250        -            -       -"
     )
+
+
+def test_times_are_stamped_when_missing_and_a_resumed_budget_keeps_its_creation_time(uaap_home, monkeypatch):
+    import sqlite3
+    import time
+    from contextlib import closing
+
+    ledger = Ledger()
+    monkeypatch.setattr(time, "time", lambda: 1000.0)
+    ledger.set_budget(Budget("r", 6.0, 1e-5, "rdp", "user"))  # created 0: now
+    assert ledger.budget("r") == Budget("r", 6.0, 1e-5, "rdp", "user", created=1000.0)
+    monkeypatch.setattr(time, "time", lambda: 2000.0)
+    ledger.set_budget(Budget("r", 7.0, 1e-5, "rdp", "user"))  # resumed with a new limit: still created at 1000
+    ledger.set_budget(Budget("s", 1.0, 1e-5, "rdp", "user", created=5.0))  # an explicit time is kept
+    assert [(b.run_id, b.max_epsilon, b.created) for b in ledger.runs()] == [("s", 1.0, 5.0), ("r", 7.0, 1000.0)]
+    rows = _rows("r")
+    rows[0] = Release(**{**rows[0].__dict__, "time": 7.5})
+    assert ledger.record(rows) == 4 and ledger.record([]) == 0
+    assert [r.time for r in ledger.releases("r")] == [7.5, 2000.0, 2000.0, 2000.0]
+    # write-ahead logging: the dashboard and `uaap privacy report` read while the server writes
+    with closing(sqlite3.connect(uaap_home / "ledger.db")) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
