@@ -26,7 +26,7 @@ from client.policy import ClientPolicy, check_spent, enforce
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.data import Split, client_data, load_split
-from uaap.errors import ConfigError
+from uaap.errors import ConfigError, DataError
 from uaap.models import build_model, from_record, get_weights, set_weights, to_record
 from uaap.privacy import dpsgd
 from uaap.privacy.clip import clip_update
@@ -45,6 +45,10 @@ from uaap.protocol import (
     NODE_TARGET,
     NUM_EXAMPLES,
     PARTITION_ID,
+    PREPROCESS,
+    PREPROCESS_REQUEST,
+    PREPROCESS_STATS,
+    PREPROCESSOR,
     PROXIMAL_MU,
     RUN_CONFIG,
     RUN_END,
@@ -64,19 +68,39 @@ torch.set_num_threads(1)  # one thread per simulated client: actors share the ma
 app = ClientApp()
 
 
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, Split, int]:
-    """The run config as this client runs it (its policy applied) and its data."""
+def _run_config(msg: Message, context: Context) -> RunConfig:
+    """The run config as this client runs it: its policy applied, its own table when it has one."""
     cfg = RunConfig.from_json(str(msg.content.config_records[CONFIG][RUN_CONFIG]))
     cfg = enforce(cfg, ClientPolicy.from_node_config(context.node_config))
-    pid = int(context.node_config.get(NODE_PARTITION_ID, 0))
-    if context.node_config.get(NODE_DATA_PATH):  # a deployed client's own table (flower-client --data/--target)
-        node = context.node_config
-        own = cfg.replace(
+    node = context.node_config
+    if node.get(NODE_DATA_PATH):  # a deployed client's own table (flower-client --data/--target)
+        cfg = cfg.replace(
             dataset="csv", data_path=str(node[NODE_DATA_PATH]), target=str(node.get(NODE_TARGET, cfg.target))
         )
-        return own, load_split(own), pid  # split locally into train/validation, scaled with local statistics
+    return cfg
+
+
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, Split, int]:
+    """The run config as this client runs it and its data, through the federation's preprocessing plan."""
+    cfg = _run_config(msg, context)
+    plan = str(msg.content.config_records[CONFIG].get(PREPROCESSOR, ""))
+    if cfg.dataset == "csv" and not plan:
+        raise DataError("the server sent no preprocessing plan for this table; the server's UAAP is too old")
+    pid = int(context.node_config.get(NODE_PARTITION_ID, 0))
+    if context.node_config.get(NODE_DATA_PATH):
+        return cfg, load_split(cfg, plan), pid  # split locally into train/validation, the federation's plan
     num = int(context.node_config.get(NODE_NUM_PARTITIONS, cfg.num_clients))
-    return cfg, client_data(cfg, pid, num), pid
+    return cfg, client_data(cfg, pid, num, plan), pid
+
+
+@app.query(PREPROCESS)
+def preprocess_statistics(msg: Message, context: Context) -> Message:
+    """One preprocessing stage: the statistics of this client's own rows (never a row; client/preprocess.py)."""
+    from client.preprocess import answer
+
+    request = str(msg.content.config_records[CONFIG].get(PREPROCESS_REQUEST, ""))
+    text = answer(request, _run_config(msg, context), context)
+    return Message(content=RecordDict({CONFIG: ConfigRecord({PREPROCESS_STATS: text})}), reply_to=msg)
 
 
 def straggler_steps(cfg: RunConfig, server_round: int, pid: int, full_steps: int) -> int | None:

@@ -45,7 +45,7 @@ from uaap.data import Dataset, describe, federated, target_meta
 from uaap.errors import RunFailedError, UaapError
 from uaap.models import build_model, from_record, get_weights, to_record
 from uaap.privacy.utility import hopeless_noise_warning, model_size
-from uaap.protocol import CONFIG, NUM_EXAMPLES, RUN_CONFIG, RUN_END, RUN_END_REASON, RUN_END_RUN
+from uaap.protocol import CONFIG, NUM_EXAMPLES, PREPROCESSOR, RUN_CONFIG, RUN_END, RUN_END_REASON, RUN_END_RUN
 from uaap.training import evaluate
 
 if TYPE_CHECKING:
@@ -88,13 +88,13 @@ def initial_arrays(cfg: RunConfig, meta: Dataset | None = None) -> ArrayRecord:
     return to_record(get_weights(model))
 
 
-def central_evaluator(cfg: RunConfig, num_partitions: int) -> Any:
-    """``evaluate_fn(round, arrays)`` on the server's held-out test set."""
+def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> Any:
+    """``evaluate_fn(round, arrays)`` on the server's held-out test set (``plan``: a raw table's preprocessing)."""
     from flwr.app import MetricRecord
 
     from uaap.models import set_weights
 
-    _, test = federated(cfg, num_partitions)
+    _, test = federated(cfg, num_partitions, plan)
     model = build_model(cfg.model, test.n_features, test.n_classes, test.image_shape)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -199,7 +199,8 @@ def _federate(
     np.random.seed(cfg.seed % 2**32)
     nodes = _wait_for_nodes(grid, cfg)
     num_partitions = num_partitions or cfg.num_clients
-    meta = federated(cfg, num_partitions)[1]  # the server's test set (cached): shapes for model and export
+    plan = _preprocessing(grid, cfg, rd)  # a raw table's preprocessing, fitted from the clients' summed statistics
+    meta = federated(cfg, num_partitions, plan)[1]  # the server's test set (cached): shapes for model and export
     size = model_size(cfg, meta.n_features, meta.n_classes, meta.image_shape)
     if warning := hopeless_noise_warning(cfg.replace(num_clients=nodes), size):
         log.warning(warning)
@@ -221,7 +222,7 @@ def _federate(
         start = 1
 
     encrypted = is_encrypted(strategy)
-    evaluate_fn = central_evaluator(cfg, num_partitions) if cfg.central_eval and not encrypted else None
+    evaluate_fn = central_evaluator(cfg, num_partitions, plan) if cfg.central_eval and not encrypted else None
     tracker = _tracker(cfg)
     trackers += [tracker] if tracker else []
     if ckpt is not None:
@@ -248,7 +249,7 @@ def _federate(
             status, reason = "stopped", stop
             log.warning("stopping before round %d: %s", server_round, stop)
             break
-        arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn)
+        arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn, plan=plan)
         state = {x.state_key: x.state_dict() for x in layers(strategy) if isinstance(x, Stateful)}
         state[ROUND_LOG] = dict(entry.__dict__)  # the commit point holds what the lines below record
         rd.save_checkpoint(workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state))
@@ -353,6 +354,19 @@ def _load_state(strategy: Strategy, state: dict[str, Any]) -> None:
                 layer.load_state_dict(part)
 
 
+def _preprocessing(grid: Grid, cfg: RunConfig, rd: workspace.RunDir) -> str:
+    """The run's preprocessing plan as JSON: fitted across the clients before round 1 for a raw table
+    (``dataset=csv``; ``server/preprocess.py``), kept in the run folder for a resume; empty for bundled data."""
+    if cfg.dataset != "csv":
+        return ""
+    from server.preprocess import fit_across_clients
+    from uaap.data.tables import read_config_table
+
+    columns = list(read_config_table(cfg).frame.columns)  # the server's own table: the schema the clients share
+    fitted = fit_across_clients(grid, cfg, rd, columns, lambda msgs: exchange(grid, msgs, cfg.round_timeout))
+    return fitted.dumps()
+
+
 def _wait_for_nodes(grid: Grid, cfg: RunConfig, poll: float = 1.0) -> int:
     deadline = time.monotonic() + cfg.round_timeout
     while (n := len(list(grid.get_node_ids()))) < cfg.min_clients:
@@ -386,15 +400,19 @@ def _one_round(
     server_round: int,
     arrays: ArrayRecord,
     evaluate_fn: Any,
+    *,
+    plan: str = "",
 ) -> tuple[ArrayRecord, RoundLog]:
     t0 = time.perf_counter()
     from flwr.app import ConfigRecord
+
+    sent = {RUN_CONFIG: cfg.to_json(), **({PREPROCESSOR: plan} if plan else {})}
 
     if _fit_sampling(grid, strategy, cfg, server_round) == 0:
         reason = f"no client online after waiting {min(REJOIN_WAIT, cfg.round_timeout):g}s"
         log.warning("round %d failed: %s", server_round, reason)
         return arrays, RoundLog(server_round, time.perf_counter() - t0, failed=True, errors=[reason])
-    train_cfg = ConfigRecord({RUN_CONFIG: cfg.to_json()})
+    train_cfg = ConfigRecord(dict(sent))
     messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
     replies = sort_replies(exchange(grid, messages, cfg.round_timeout))
     ok = [m for m in replies if not m.has_error()]
@@ -416,7 +434,7 @@ def _one_round(
         errors=list(dict.fromkeys(client_error(m.error.reason or "") for m in replies if m.has_error()))[:3],
     )
 
-    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord({RUN_CONFIG: cfg.to_json()}), grid))
+    eval_msgs = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(sent)), grid))
     if eval_msgs:
         eval_replies = sort_replies(exchange(grid, eval_msgs, cfg.round_timeout))
         _warn_missing("evaluate", server_round, eval_msgs, eval_replies)

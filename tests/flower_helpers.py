@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flwr.app import Message, MessageType, RecordDict
 
 
@@ -71,11 +73,18 @@ class LocalGrid(FakeGrid):
     client, for the round timeout). Each node keeps its ``Context`` across rounds, as a SuperNode does.
     """
 
-    def __init__(self, num_nodes: int, *, silent: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self,
+        num_nodes: int,
+        *,
+        silent: frozenset[int] = frozenset(),
+        tamper: dict[int, Callable[[Message], Message]] | None = None,
+    ) -> None:
         from flwr.app import Context
 
         super().__init__(list(range(1, num_nodes + 1)))
         self.silent = silent
+        self.tamper = tamper or {}  # node -> what it does to its honest reply (a participant that lies)
         self.contexts = {
             n: Context(1, n, {"partition-id": n - 1, "num-partitions": num_nodes}, RecordDict(), {}) for n in self.nodes
         }
@@ -85,7 +94,7 @@ class LocalGrid(FakeGrid):
     def push_messages(self, messages: list[Message]) -> list[str]:
         from uuid import uuid4
 
-        from client.app import evaluate_global, train
+        from client.app import evaluate_global, preprocess_statistics, train
 
         ids = []
         for msg in messages:
@@ -95,9 +104,11 @@ class LocalGrid(FakeGrid):
             node = int(msg.metadata.dst_node_id)
             if node in self.silent:
                 continue
-            handler = train if msg.metadata.message_type == MessageType.TRAIN else evaluate_global
+            kind = msg.metadata.message_type
+            handler = {MessageType.TRAIN: train, MessageType.EVALUATE: evaluate_global}.get(kind, preprocess_statistics)
             set_task_identity()
-            self._replies[msg.metadata.message_id] = handler(msg, self.contexts[node])
+            reply = handler(msg, self.contexts[node])
+            self._replies[msg.metadata.message_id] = self.tamper.get(node, lambda m: m)(reply)
         return ids
 
     def pull_messages(self, message_ids: set[str]) -> list[Message]:

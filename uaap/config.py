@@ -29,6 +29,11 @@ from uaap.errors import ConfigError
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "csv")
 TASKS = ("auto", "classification", "regression")
+IMPUTE = ("median", "mean", "constant")
+OUTLIERS = ("clip-iqr", "clip-z", "none")
+ENCODINGS = ("onehot", "ordinal", "hashing")
+SCALINGS = ("standard", "minmax", "robust", "none")
+TEXT_COLUMNS = ("error", "hashing", "drop")
 MODELS = ("logreg", "mlp", "cnn")
 STRATEGIES = ("fedavg", "fedprox")
 PARTITIONS = ("iid", "dirichlet", "pathological")
@@ -37,7 +42,16 @@ SECURE_AGGREGATION = ("none", "ckks")
 ACCOUNTANTS = ("rdp", "prv")
 
 # The groups, in the order help, files and docs show them.
-GROUPS: Final = ("data", "model", "training", "federation", "secure aggregation", "privacy", "tracking")
+GROUPS: Final = (
+    "data",
+    "preprocessing",
+    "model",
+    "training",
+    "federation",
+    "secure aggregation",
+    "privacy",
+    "tracking",
+)
 # Where a field applies: everywhere (central training included) or only where clients federate.
 ANY: Final = "any"
 FEDERATED: Final = "federated"
@@ -134,6 +148,56 @@ class RunConfig(BaseModel):
     test_fraction: float = _setting(
         0.2, "share of the rows held out for testing", group="data", scope=ANY, gt=0.0, le=1.0
     )
+    # ---- preprocessing (your table: dataset=csv; fitted from the clients' summed statistics) ----------
+    impute: str = _setting(
+        "median",
+        "value a missing number takes: the median (from summed histograms), the mean (from summed sums) or "
+        "fill-value; a missing category takes the most frequent one",
+        group="preprocessing",
+        scope=ANY,
+        choices=IMPUTE,
+    )
+    fill_value: float = _setting(0.0, "the value of a missing number when impute=constant", group="preprocessing",
+                                 scope=ANY)  # fmt: skip
+    outliers: str = _setting(
+        "clip-iqr",
+        "numbers beyond the IQR fence [q1 - 1.5 IQR, q3 + 1.5 IQR] (clip-iqr) or beyond mean +- 3 std (clip-z) are "
+        "clipped to it, or left as they are (none)",
+        group="preprocessing",
+        scope=ANY,
+        choices=OUTLIERS,
+    )
+    encoding: str = _setting(
+        "onehot",
+        "categories as one-hot columns (the most frequent max-categories, the rest and unseen values in one "
+        "'infrequent' column), ordinal codes, or hashing (no vocabulary: the server learns no category names)",
+        group="preprocessing",
+        scope=ANY,
+        choices=ENCODINGS,
+    )
+    max_categories: int = _setting(
+        20, "one-hot columns per categorical feature, the 'infrequent' column included", group="preprocessing",
+        scope=ANY, ge=2,
+    )  # fmt: skip
+    scaling: str = _setting(
+        "standard",
+        "numbers scaled to mean 0 and std 1 (standard), to [0, 1] (minmax), by median and IQR (robust), or not",
+        group="preprocessing",
+        scope=ANY,
+        choices=SCALINGS,
+    )
+    text_columns: str = _setting(
+        "error",
+        "a free-text or identifier column (over 50 distinct strings): refused with its name (error), its words "
+        "hashed into 32 count columns (hashing), or left out (drop)",
+        group="preprocessing",
+        scope=ANY,
+        choices=TEXT_COLUMNS,
+    )
+    drop_columns: str = _setting(
+        "", "columns of your table to leave out, comma-separated", group="preprocessing", scope=ANY,
+        metavar="COL,COL",
+    )  # fmt: skip
     # ---- model ----------------------------------------------------------------------------------
     model: str = _setting(
         "mlp", "model family (cnn needs 8x8 images such as digits)", group="model", scope=ANY, choices=MODELS

@@ -31,6 +31,11 @@ SERVER_ROUND: Final = "server-round"  # set by Flower's strategies
 PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx
 RUN_CONFIG: Final = "uaap-config"  # uaap.config.RunConfig as JSON
 DP_DENOMINATOR: Final = "dp-denominator"  # central DP: q * N, the fixed denominator of the estimator
+# a raw table's preprocessing, fitted before round 1 from the clients' summed statistics (uaap.data.preprocess)
+PREPROCESSOR: Final = "uaap-preprocessor"  # the fitted plan as JSON, in every train/evaluate config
+PREPROCESS: Final = "preprocess"  # the action of the query that asks a client for one stage's statistics
+PREPROCESS_REQUEST: Final = "preprocess-request"  # the stage's request as JSON (server -> client)
+PREPROCESS_STATS: Final = "preprocess-stats"  # the client's statistics of its own rows as JSON (the reply)
 # the run's last message (a query): how it ended, so that flower-client can exit 0 instead of waiting for a lost server
 RUN_END: Final = "run-end"  # "completed", "stopped" or "failed"
 RUN_END_RUN: Final = "run-end-run"

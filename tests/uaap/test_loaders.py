@@ -101,7 +101,7 @@ def test_urls_and_databases(files: dict[str, Path], server: str, frame: pd.DataF
     assert list(young.columns) == ["age", "label"] and len(young) == int((frame["age"] < 50).sum())
     cfg = RunConfig(dataset="csv", data_path=url, target="label", data_table="patients")
     data = load_config_table(cfg)  # the run settings reach the reader
-    assert data.X.shape == (ROWS, 2 + 3) and data.n_classes == 2  # age, dose and three one-hot sites
+    assert data.X.shape == (ROWS, 2 + 3 + 1) and data.n_classes == 2  # age, dose, three one-hot sites, infrequent
 
 
 def test_bad_sources_say_what_is_wrong(files: dict[str, Path], server: str, tmp_path: Path) -> None:

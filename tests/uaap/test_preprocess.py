@@ -243,3 +243,24 @@ def test_honest_answers_pass_the_check_and_forged_ones_are_named(table: pd.DataF
         check_statistics(lacking, moments_req)
     with pytest.raises(DataError, match="must be a mapping"):
         check_statistics([1, 2], moments_req)
+
+
+def test_z_clipping_and_scaling_hold_for_values_far_from_zero() -> None:
+    """Years (2000 +- 0.5) through sums of squares would lose 7 digits to cancellation; shifted sums keep them."""
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame({"year": 2000 + rng.normal(0, 0.5, 3000)})
+    frame.loc[rng.random(3000) < 0.01, "year"] = 2100.0  # far outliers
+    options = PreprocessOptions(outliers="clip-z", impute="mean")
+    parts = [frame.iloc[:700], frame.iloc[700:1900], frame.iloc[1900:]]
+    fit = FederatedFit(["year"], options)
+    stages = []
+    while (req := fit.request()) is not None:
+        stages.append(req["stage"])
+        fit.absorb(merge(local_statistics(p, json.loads(json.dumps(req))) for p in parts))
+    assert stages == ["schema", "moments", "spread", "scaling"]
+    plan = fit.preprocessor().plan_[0]
+    x = frame["year"].to_numpy()
+    assert plan.high["year"] == pytest.approx(x.mean() + 3 * x.std(), rel=1e-13)
+    clipped = np.clip(x, plan.low["year"], plan.high["year"])
+    assert plan.center["year"] == pytest.approx(clipped.mean(), rel=1e-13)
+    assert plan.scale["year"] == pytest.approx(clipped.std(), rel=1e-9)

@@ -24,6 +24,10 @@ imputation cannot be merged from sums, so they are not offered for federated fit
 
 The fitted plan is plain JSON (:meth:`Preprocessor.to_dict`), never a pickle: it travels with the model in
 the run folder, the checkpoint, the exports' manifests and the server's messages.
+
+Length: one protocol in one file. Each stage's request, the statistics a party computes for it, their checks,
+what the server fits from their sum and the transform that applies it must agree to the last detail (a name, a
+shift, a bin), and the pooled fit is the same loop; split apart, they would import each other.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ DATETIME_PARTS = ("year", "month", "day", "weekday", "hour")
 CYCLES = {"month": 12.0, "weekday": 7.0, "hour": 24.0}
 INFREQUENT = "infrequent"
 MISSING = "missing"
-STAGES = ("schema", "moments", "quantiles", "scaling")
+STAGES = ("schema", "moments", "spread", "quantiles", "scaling")
 MAX_CLASSES = 50  # a whole-number target with more distinct values is a regression target
 MAX_FLOAT_CLASSES = 20  # ... and a target with fractions, more than this
 Stats = dict[str, Any]  # name -> float64 array (summed), or {category: count} (summed by key); ":min"/":max" by min/max
@@ -144,11 +148,17 @@ def local_statistics(frame: pd.DataFrame, request: Mapping[str, Any]) -> Stats:
             x = x[~np.isnan(x)]
             out[f"{name}:hist"] = np.histogram(x, bins=options.bins, range=(low, high))[0].astype(np.float64)
         return out
-    if stage == "scaling":
+    if stage == "spread":  # squared deviations from the federation's mean: no cancellation in E[x^2] - mean^2
+        for name, x in numbers.items():
+            x = x[~np.isnan(x)] - request["shift"][name]
+            out[f"{name}:m2"] = np.array([(x * x).sum()])
+        return out
+    if stage == "scaling":  # sums of the cleaned values, shifted by the raw mean for the same reason
         for plan in plans:
             for name in plan.numeric_names():
                 x = _impute_clip(numbers[name], plan, name)
-                out[f"{name}:n"] = np.array([len(x), x.sum(), (x * x).sum()])
+                d = x - request["shift"][name]
+                out[f"{name}:n"] = np.array([len(x), d.sum(), (d * d).sum()])
                 out[f"{name}:min"] = np.array([x.min() if len(x) else np.inf])
                 out[f"{name}:max"] = np.array([x.max() if len(x) else -np.inf])
         return out
@@ -257,6 +267,8 @@ def expected_statistics(request: Mapping[str, Any]) -> dict[str, int]:
             )
     if stage == "quantiles":
         out.update({f"{name}:hist": options.bins for name in numeric})
+    if stage == "spread":
+        out.update({f"{name}:m2": 1 for name in numeric})
     return out
 
 
@@ -290,7 +302,7 @@ def check_statistics(answer: Any, request: Mapping[str, Any]) -> Stats:
                 raise DataError(f"statistic {name!r} is NaN")
         elif not np.isfinite(array).all():
             raise DataError(f"statistic {name!r} is not finite")
-        if name.endswith((":schema", ":distinct:max", ":hist")) and (
+        if name.endswith((":schema", ":distinct:max", ":hist", ":m2")) and (
             (array < 0).any() or (array != np.round(array)).any()
         ):
             raise DataError(f"statistic {name!r} must hold whole non-negative counts")
@@ -391,7 +403,11 @@ def _numeric_parts(frame: pd.DataFrame, plans: Sequence[ColumnPlan]) -> dict[str
 
 def _datetime_parts(series: pd.Series, name: str) -> dict[str, np.ndarray]:
     when = parse_dates(series).dt
-    return {f"{name}.{p}": getattr(when, p).to_numpy(dtype=np.float64, na_value=np.nan) for p in DATETIME_PARTS}
+    attribute = {"weekday": "day_of_week"}  # pandas' current name; the feature keeps the familiar one
+    return {
+        f"{name}.{p}": getattr(when, attribute.get(p, p)).to_numpy(dtype=np.float64, na_value=np.nan)
+        for p in DATETIME_PARTS
+    }
 
 
 def _impute_clip(x: np.ndarray, plan: ColumnPlan, name: str) -> np.ndarray:
@@ -427,6 +443,8 @@ class FederatedFit:
     def _stages(self) -> list[str]:
         wanted = ["schema", "moments"]
         o = self.options
+        if o.outliers == "clip-z":
+            wanted.append("spread")
         if o.impute == "median" or o.outliers == "clip-iqr" or o.scaling == "robust":
             wanted.append("quantiles")
         if o.scaling in ("standard", "minmax"):
@@ -439,7 +457,7 @@ class FederatedFit:
         if self.stage >= len(stages):
             return None
         stage = stages[self.stage]
-        if stage == "quantiles" and not any(p.numeric_names() for p in self.plans):
+        if stage in ("spread", "quantiles", "scaling") and not any(p.numeric_names() for p in self.plans):
             self.stage += 1
             return self.request()
         req: dict[str, Any] = {
@@ -451,6 +469,8 @@ class FederatedFit:
         }
         if stage == "quantiles":
             req["ranges"] = {k: list(v) for k, v in self.ranges.items()}
+        if stage in ("spread", "scaling"):
+            req["shift"] = {k: m[1] for k, m in self.moments.items()}
         return req
 
     def absorb(self, stats: Stats) -> None:
@@ -544,9 +564,6 @@ class FederatedFit:
                     plan.impute[name] = mean
                 elif self.options.impute == "constant":
                     plan.impute[name] = float(self.options.fill_value)
-                if self.options.outliers == "clip-z" and plan.kind == "numeric":
-                    spread = self.options.z_limit * math.sqrt(self.moments[name][2])
-                    plan.low[name], plan.high[name] = mean - spread, mean + spread
             if plan.kind == "categorical":
                 self._fit_categories(plan, stats.get(f"{plan.name}:counts", {}))
 
@@ -558,6 +575,14 @@ class FederatedFit:
         plan.fill = ranked[0][0] if ranked else MISSING  # most frequent
         keep = self.options.max_categories - (1 if len(ranked) > self.options.max_categories else 0)
         plan.vocabulary = sorted(k for k, _ in ranked[:keep])
+
+    def _fit_spread(self, stats: Stats) -> None:
+        for plan in self.plans:
+            for name in plan.numeric_names():
+                n, mean, _ = self.moments[name]
+                if plan.kind == "numeric":
+                    spread = self.options.z_limit * math.sqrt(float(stats[f"{name}:m2"][0]) / n)
+                    plan.low[name], plan.high[name] = mean - spread, mean + spread
 
     def _fit_quantiles(self, stats: Stats) -> None:
         o = self.options
@@ -579,9 +604,9 @@ class FederatedFit:
             for name in plan.numeric_names():
                 n, total, squares = (float(v) for v in stats[f"{name}:n"])
                 if self.options.scaling == "standard":
-                    mean = total / n
-                    plan.center[name] = mean
-                    plan.scale[name] = _nonzero(math.sqrt(max(squares / n - mean * mean, 0.0)))
+                    offset = total / n  # the cleaned mean's distance from the raw mean the sums are shifted by
+                    plan.center[name] = self.moments[name][1] + offset
+                    plan.scale[name] = _nonzero(math.sqrt(max(squares / n - offset * offset, 0.0)))
                 else:  # minmax
                     low, high = float(stats[f"{name}:min"][0]), float(stats[f"{name}:max"][0])
                     plan.center[name], plan.scale[name] = low, _nonzero(high - low)
