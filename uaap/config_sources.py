@@ -61,8 +61,14 @@ PROFILES: Final = {
     "train": Profile("uaap train", ANY, ("run_id",)),
     "tune-federated": Profile("uaap tune-federated", FEDERATED, ("run_id",)),
     "flower-server": Profile("flower-server", FEDERATED),
-    "automl": Profile(
-        "uaap automl", ANY, only=("dataset", "data_path", "target", "test_fraction", "seed", "experiment", "run_id")
+    "automl": Profile(  # the data and its preprocessing; the search picks the model and its training settings
+        "uaap automl",
+        ANY,
+        only=(
+            *("dataset", "data_path", "target", "task", "data_table", "data_query", "data_sep", "data_encoding"),
+            *("data_decimal", "impute", "fill_value", "outliers", "encoding", "max_categories", "scaling"),
+            *("text_columns", "drop_columns", "test_fraction", "seed", "experiment", "run_id"),
+        ),
     ),
 }
 

@@ -134,8 +134,8 @@ def read_options(cfg: RunConfig) -> ReadOptions:
 
 
 def load_config_table(cfg: RunConfig) -> Dataset:
-    """The table of a ``dataset=csv`` run, read as its configuration says."""
-    return load_table(cfg.data_path, cfg.target, read_options(cfg), task=cfg.task)
+    """The table of a ``dataset=csv`` run, read and preprocessed as its configuration says (fitted on all rows)."""
+    return load_table(cfg.data_path, cfg.target, read_options(cfg), task=cfg.task, settings=cfg)
 
 
 def load_table(

@@ -706,7 +706,7 @@ class Preprocessor:
             y = pd.to_numeric(series, errors="coerce")
             if y.isna().any():
                 raise DataError(f"target column {t.name!r} holds {series[y.isna()].iloc[0]!r:.40}, not a number")
-            return np.asarray(y.to_numpy(dtype=np.float32))
+            return np.array(y.to_numpy(dtype=np.float32))  # a writable copy: torch.from_numpy wants one
         index = {c: i for i, c in enumerate(t.classes)}
         codes = series.map(label_text).map(index)
         if codes.isna().any():
@@ -715,7 +715,7 @@ class Preprocessor:
                 f"target column {t.name!r} holds classes {unknown} that the federation did not fit "
                 f"(known: {', '.join(t.classes)}); check the column, or refit with these rows"
             )
-        return np.asarray(codes.to_numpy(dtype=np.int64))
+        return np.array(codes.to_numpy(dtype=np.int64))
 
     @property
     def input_columns(self) -> list[str]:
