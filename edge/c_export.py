@@ -1,7 +1,9 @@
 """Plain C99 for microcontrollers: ``model.c`` + ``model.h`` with one call, no heap, tables in ``const``.
 
 ``void uaap_predict_proba(const float *x, float *proba)`` takes one row (``UAAP_N_FEATURES`` floats,
-already scaled as the manifest says) and writes ``UAAP_N_CLASSES`` probabilities. Neural and linear
+already scaled as the manifest says) and writes ``UAAP_N_CLASSES`` probabilities; a regression model's
+``void uaap_predict(const float *x, float *y)`` writes its one prediction in the target's units
+(``UAAP_N_CLASSES`` is then 1; ``UAAP_PREDICT`` names whichever the header declares). Neural and linear
 models are emitted from :mod:`edge.layers` (dense, ReLU, conv2d, max-pool loops over const weights),
 trees and boosters from :mod:`edge.trees` (flat node tables, ``x < threshold`` in float32). Numbers
 are printed with 9 significant digits, which round-trips every float32 exactly.
@@ -56,7 +58,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     fclose(f);
-    for (long i = 0; i < n; ++i) uaap_predict_proba(x + i * UAAP_N_FEATURES, p + i * UAAP_N_CLASSES);
+    for (long i = 0; i < n; ++i) UAAP_PREDICT(x + i * UAAP_N_FEATURES, p + i * UAAP_N_CLASSES);
     FILE *o = fopen(argv[2], "wb");
     if (!o) { perror(argv[2]); return 1; }
     fwrite(p, sizeof(float) * UAAP_N_CLASSES, (size_t)n, o);
@@ -67,7 +69,7 @@ int main(int argc, char **argv) {
         for (int r = 0; r < reps; ++r) {
             struct timespec a, b;
             clock_gettime(CLOCK_MONOTONIC, &a);
-            for (long i = 0; i < n; ++i) uaap_predict_proba(x + i * UAAP_N_FEATURES, p + i * UAAP_N_CLASSES);
+            for (long i = 0; i < n; ++i) UAAP_PREDICT(x + i * UAAP_N_FEATURES, p + i * UAAP_N_CLASSES);
             clock_gettime(CLOCK_MONOTONIC, &b);
             ns[r] = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / (double)n;
         }
@@ -101,13 +103,22 @@ def ints(values: np.ndarray, per_line: int = 16) -> str:
     return "{\n    " + ",\n    ".join(lines) + "\n}" if items else "{0}"
 
 
-def header(n_features: int, n_classes: int, note: str) -> str:
+def header(n_features: int, n_classes: int, note: str, regression: bool = False) -> str:
     """The public header."""
+    if regression:
+        api = (
+            "/* One row of UAAP_N_FEATURES floats in, one prediction (the target's units) out. No heap, no state. */\n"
+            "void uaap_predict(const float *x, float *y);\n#define UAAP_PREDICT uaap_predict\n\n#endif\n"
+        )
+    else:
+        api = (
+            "/* One row of UAAP_N_FEATURES floats in, UAAP_N_CLASSES class probabilities out. No heap, no state. */\n"
+            "void uaap_predict_proba(const float *x, float *proba);\n"
+            "#define UAAP_PREDICT uaap_predict_proba\n\n#endif\n"
+        )
     return (
         f"/* {note} */\n#ifndef UAAP_MODEL_H\n#define UAAP_MODEL_H\n\n"
-        f"#define UAAP_N_FEATURES {n_features}\n#define UAAP_N_CLASSES {n_classes}\n\n"
-        "/* One row of UAAP_N_FEATURES floats in, UAAP_N_CLASSES class probabilities out. No heap, no state. */\n"
-        "void uaap_predict_proba(const float *x, float *proba);\n\n#endif\n"
+        f"#define UAAP_N_FEATURES {n_features}\n#define UAAP_N_CLASSES {n_classes}\n\n" + api
     )
 
 
@@ -177,8 +188,12 @@ static void maxpool2d(const float *x, float *y, int c, int h, int w, int k) {
 }
 
 
-def emit_network(layers: list[Layer], n_features: int, n_classes: int, note: str) -> tuple[str, str]:
-    """``(model.h, model.c)`` for a layer list; activations ping-pong between two static buffers."""
+def emit_network(
+    layers: list[Layer], n_features: int, n_classes: int, note: str, regression: bool = False
+) -> tuple[str, str]:
+    """``(model.h, model.c)`` for a layer list; activations ping-pong between two static buffers.
+
+    ``regression``: the last layer's output is the prediction (no softmax), written by ``uaap_predict``."""
     outs = shapes(layers, n_features)
     biggest = max([int(np.prod(s)) for s in outs] + [n_features])
     tables, body = [], []
@@ -216,17 +231,23 @@ def emit_network(layers: list[Layer], n_features: int, n_classes: int, note: str
     if cur == "x":
         raise ExportError("the network has no dense or conv layer to emit")
     helpers = "".join(_HELPERS[op] for op in ("dense", "relu", "conv2d", "maxpool2d") if op in used)
+    if regression:
+        entry = "\nvoid uaap_predict(const float *x, float *y) {\n"
+        tail = f"\n    for (int k = 0; k < {n_classes}; ++k) y[k] = {cur}[k];\n}}\n"
+    else:
+        entry = "\nvoid uaap_predict_proba(const float *x, float *proba) {\n"
+        tail = f"\n    softmax({cur}, proba, {n_classes});\n}}\n"
     source = (
         f'/* {note} */\n#include <math.h>\n#include "model.h"\n\n'
         + "\n".join(tables)
         + f"\n\nstatic float buf[2][{biggest}];\n"
         + helpers
-        + _SOFTMAX
-        + "\nvoid uaap_predict_proba(const float *x, float *proba) {\n"
+        + ("" if regression else _SOFTMAX)
+        + entry
         + "\n".join(body)
-        + f"\n    softmax({cur}, proba, {n_classes});\n}}\n"
+        + tail
     )
-    return header(n_features, n_classes, note), source
+    return header(n_features, n_classes, note, regression), source
 
 
 def emit_ensemble(ens: Ensemble, note: str) -> tuple[str, str]:
@@ -363,8 +384,8 @@ def footprint(folder: Path, work: Path) -> dict[str, Any]:
         m = re.match(r".*:(\w+)\s+(\d+)\s+(\S+)", line)
         if m:
             frames[m.group(1)] = int(m.group(2))
-    entry = frames.get("uaap_predict_proba", 0)
-    helpers = [v for k, v in frames.items() if k != "uaap_predict_proba"]
+    entry = frames.get("uaap_predict_proba", frames.get("uaap_predict", 0))
+    helpers = [v for k, v in frames.items() if k not in ("uaap_predict_proba", "uaap_predict")]
     stack = entry + (max(helpers) if helpers else 0)
     text, rodata = sections.get(".text", 0), sections.get(".rodata", 0)
     data, bss = sections.get(".data", 0), sections.get(".bss", 0)

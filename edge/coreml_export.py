@@ -75,7 +75,9 @@ def export(source: Source, folder: Path, quantize: str | None = None) -> list[Pa
     @mb.program(input_specs=[mb.TensorSpec(shape=(get_new_symbol(), source.n_features))], opset_version=ct.target.iOS16)
     def program(input: Any) -> Any:  # noqa: A002 - the input's name in the model
         x = input
-        for layer in layers:
+        for i, layer in enumerate(layers):
+            if layer.op == "dense" and source.regression and i == len(layers) - 1:  # the output itself: no softmax
+                return mb.linear(x=x, weight=layer.weight, bias=layer.bias, name="prediction")
             if layer.op == "dense":
                 x = mb.linear(x=x, weight=layer.weight, bias=layer.bias)
             elif layer.op == "relu":
@@ -112,7 +114,8 @@ def export(source: Source, folder: Path, quantize: str | None = None) -> list[Pa
                 global_config=OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=0)
             )
             model = linear_quantize_weights(model, config)
-    model.short_description = f"UAAP {source.family} ({source.n_features} features -> {source.n_classes} classes)"
+    what = "one prediction" if source.regression else f"{source.n_classes} classes"
+    model.short_description = f"UAAP {source.family} ({source.n_features} features -> {what})"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / PACKAGE
     model.save(str(path))
@@ -139,8 +142,9 @@ def check_structure(path: Path, n_features: int, n_classes: int) -> dict[str, An
         problems.append(f"inputs are {list(inputs)}, expected ['input']")
     elif list(inputs["input"].type.multiArrayType.shape)[1:] != [n_features]:
         problems.append(f"input shape {list(inputs['input'].type.multiArrayType.shape)} != [batch, {n_features}]")
-    if list(outputs) != ["probabilities"]:
-        problems.append(f"outputs are {list(outputs)}, expected ['probabilities']")
+    expected = "prediction" if n_classes == 1 else "probabilities"  # one output: a regression model's prediction
+    if list(outputs) != [expected]:
+        problems.append(f"outputs are {list(outputs)}, expected [{expected!r}]")
     ops = [op.type for op in _ops(spec)]
     unknown = sorted(set(ops) - set(SUPPORTED_OPS))
     if unknown:
@@ -174,7 +178,7 @@ def predict(path: Path, X: np.ndarray) -> np.ndarray:
         args = {name: _arg(arg, env, blob) for name, arg in op.inputs.items()}
         out = op.outputs[0].name
         env[out] = _run(op, args, blob)
-    return np.asarray(env["probabilities"], dtype=np.float64)
+    return np.asarray(env["probabilities"] if "probabilities" in env else env["prediction"], dtype=np.float64)
 
 
 _DTYPES = {

@@ -33,6 +33,7 @@ def train_torch(name: str, dataset: str = "digits", epochs: int = 15, seed: int 
 def save_torch(path: Path, name: str, model: Any, split: Any, dataset: str) -> Path:
     """Save like ``uaap train`` does."""
     from uaap import workspace
+    from uaap.data import target_meta
     from uaap.models import get_weights
 
     return workspace.save_model(
@@ -42,7 +43,7 @@ def save_torch(path: Path, name: str, model: Any, split: Any, dataset: str) -> P
         n_features=split.train.n_features,
         n_classes=split.train.n_classes,
         image_shape=split.train.image_shape,
-        extra={"dataset": dataset},
+        extra={"dataset": dataset, **target_meta(split.train)},
     )
 
 

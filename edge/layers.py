@@ -14,7 +14,7 @@ import numpy as np
 
 from edge.errors import NotApplicable
 
-NEURAL_FAMILIES = ("logreg", "mlp", "cnn", "logistic_regression")
+NEURAL_FAMILIES = ("logreg", "mlp", "cnn", "logistic_regression", "linear_regression")
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Layer:
 
 def network(model: Any, family: str) -> list[Layer]:
     """The layer list of a torch ``nn.Sequential`` or a fitted scikit-learn ``LogisticRegression``."""
-    if family == "logistic_regression":
+    if family in ("logistic_regression", "linear_regression"):
         return [_linear_estimator(model)]
     if family in ("logreg", "mlp", "cnn") or hasattr(model, "named_children"):
         return _torch_sequential(model)
@@ -41,6 +41,8 @@ def network(model: Any, family: str) -> list[Layer]:
 def _linear_estimator(est: Any) -> Layer:
     coef = np.asarray(est.coef_, dtype=np.float64)
     intercept = np.asarray(est.intercept_, dtype=np.float64)
+    if coef.ndim == 1:  # a regressor (LinearRegression, Ridge): one output, no softmax
+        return Layer("dense", coef.reshape(1, -1).astype(np.float32), intercept.reshape(1).astype(np.float32))
     if coef.shape[0] == 1:
         # Binary: p1 = sigmoid(z) = softmax([-z/2, z/2])[1] exactly, so every target keeps one softmax head.
         coef = np.vstack([-coef / 2, coef / 2])

@@ -1,7 +1,8 @@
 """ONNX: torch models through ``torch.onnx.export`` (dynamo), estimators through skl2onnx/onnxmltools.
 
 Every graph takes ``input`` (float32, ``[batch, n_features]``) and gives ``probabilities``
-(``[batch, n_classes]``); tree converters also give a ``label`` output. Compression: ``fp16``
+(``[batch, n_classes]``); tree converters also give a ``label`` output. A regression model gives
+``prediction`` (``[batch, 1]``, in the target's units) instead. Compression: ``fp16``
 (weights and math in float16, float32 I/O) and ``int8`` (onnxruntime dynamic quantization of weights).
 
 Exporter choice: both torch exporters are exact on our models (max abs diff ~2e-7). We use the
@@ -52,7 +53,8 @@ def _torch(source: Source, path: Path) -> None:
     import torch
     from torch import nn
 
-    wrapped = nn.Sequential(source.model, nn.Softmax(dim=1)).eval()
+    out = source.output_name
+    wrapped = source.model.eval() if source.regression else nn.Sequential(source.model, nn.Softmax(dim=1)).eval()
     sample = torch.from_numpy(np.ascontiguousarray(source.heldout.X[:2], dtype=np.float32))
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
@@ -63,8 +65,8 @@ def _torch(source: Source, path: Path) -> None:
                 str(path),
                 dynamo=False,
                 input_names=["input"],
-                output_names=["probabilities"],
-                dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+                output_names=[out],
+                dynamic_axes={"input": {0: "batch"}, out: {0: "batch"}},
                 opset_version=17,
             )
         return
@@ -79,7 +81,7 @@ def _torch(source: Source, path: Path) -> None:
             (sample,),
             dynamo=True,
             input_names=["input"],
-            output_names=["probabilities"],
+            output_names=[out],
             dynamic_shapes=({0: batch},),
             opset_version=OPSET,
             verbose=False,
@@ -98,17 +100,18 @@ def _estimator(source: Source, path: Path) -> None:
             est,
             initial_types=[("input", FloatTensorType([None, source.n_features]))],
             target_opset={"": 17, "ai.onnx.ml": ML_OPSET},
-            options={id(est): {"zipmap": False}},
+            options={} if source.regression else {id(est): {"zipmap": False}},
             final_types=None,
         )
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError for unknown models
         raise ExportError(f"skl2onnx cannot convert {type(est).__name__}: {exc}") from exc
-    _rename_output(onx, "probabilities")
+    _rename_output(onx, source.output_name)
     path.write_bytes(onx.SerializeToString())
 
 
 def _rename_output(model: Any, name: str) -> None:
-    """skl2onnx names the probability output ``probabilities`` already; make sure of it."""
+    """Name the graph's last output ``name`` (skl2onnx calls a classifier's ``probabilities``, a regressor's
+    ``variable``)."""
     outputs = [o.name for o in model.graph.output]
     if name in outputs:
         return
@@ -203,10 +206,12 @@ def _quantize(path: Path, mode: str) -> None:
 
 
 def predict(path: Path, X: np.ndarray) -> np.ndarray:
-    """Probabilities from onnxruntime (CPU) for rows ``X``."""
+    """Probabilities (or a regression model's predictions, as one column) from onnxruntime (CPU) for rows ``X``."""
     sess = session(path)
-    out = sess.run(["probabilities"], {"input": np.ascontiguousarray(X, dtype=np.float32)})[0]
-    return np.asarray(out, dtype=np.float64)
+    names = [o.name for o in sess.get_outputs()]
+    name = "probabilities" if "probabilities" in names else "prediction"
+    out = sess.run([name], {"input": np.ascontiguousarray(X, dtype=np.float32)})[0]
+    return np.asarray(out, dtype=np.float64).reshape(len(X), -1)
 
 
 def session(path: Path) -> Any:

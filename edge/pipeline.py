@@ -121,7 +121,10 @@ def export_one(
         extra = _write(fmt, source, staging, work, quantize)
         X, y = source.heldout.X, source.heldout.y
         exported = verify.run(fmt, staging, X, source.n_classes, work)
-        result = verify.parity(source.predict_proba(X), exported, y)
+        if source.regression:
+            result = verify.parity_regression(source.predict_proba(X), exported, y, source.target_scale)
+        else:
+            result = verify.parity(source.predict_proba(X), exported, y)
         ok, bar = verify.passes(result, quantized=quantize is not None)
         result["criterion"] = bar
         result["passed"] = ok
@@ -130,10 +133,14 @@ def export_one(
             result["accuracy_original_model"] = original.accuracy(source.heldout)
             result["accuracy_original_model_full_heldout"] = original.accuracy(original.full_heldout)
         if not ok:
+            agreement = (
+                f"relative {result['max_abs_diff_relative']:.3g}"
+                if source.regression
+                else f"argmax agreement {result['argmax_agreement']:.2%}"
+            )
             raise ExportError(
                 f"{fmt} export failed verification on {result['rows']} held-out rows: max abs diff "
-                f"{result['max_abs_diff']:.3g}, argmax agreement {result['argmax_agreement']:.2%} (needs {bar}); "
-                f"the bundle was not written"
+                f"{result['max_abs_diff']:.3g}, {agreement} (needs {bar}); the bundle was not written"
             )
         manifest = _manifest(fmt, source, quantize, result, extra)
         final = bundle.finish(staging, out_dir / name, manifest, make_zip=make_zip)
@@ -167,7 +174,10 @@ def _what_was_verified(source: Source) -> dict[str, Any]:
     if "target_quantiles" in sample:
         out["parity_target_quantiles"] = sample["target_quantiles"]
         out["heldout_target_quantiles"] = sample["target_quantiles_all"]
-    out["accuracy_source_full_heldout"] = source.accuracy(full)
+    if source.regression:  # the model's test metrics, in the target's units, on the whole held-out split
+        out["metrics_source_full_heldout"] = source.metrics(full)
+    else:
+        out["accuracy_source_full_heldout"] = source.accuracy(full)
     return out
 
 
@@ -198,16 +208,28 @@ def _write(fmt: str, source: Source, staging: Path, work: Path, quantize: str | 
 
         if quantize:
             raise NotApplicable(f"C export is float32 only; --quantize {quantize} applies to onnx, tflite and coreml")
-        note = f"UAAP {source.family}: {source.n_features} features -> {source.n_classes} class probabilities"
+        what = "one prediction (the target's units)" if source.regression else f"{source.n_classes} class probabilities"
+        note = f"UAAP {source.family}: {source.n_features} features -> {what}"
+        if source.family in trees.TREE_FAMILIES and source.regression:
+            raise NotApplicable(f"C export of {source.family!r} regressors is not written yet; export them to onnx")
         if source.family in trees.TREE_FAMILIES:
             head, body = c_export.emit_ensemble(trees.ensemble(source.model, source.family, source.heldout.X), note)
         else:
             head, body = c_export.emit_network(
-                layers.network(source.model, source.family), source.n_features, source.n_classes, note
+                layers.network(source.model, source.family),
+                source.n_features,
+                source.n_classes,
+                note,
+                regression=source.regression,
             )
         c_export.write(staging, head, body)
+        api = (
+            "void uaap_predict(const float *x, float *y);"
+            if source.regression
+            else ("void uaap_predict_proba(const float *x, float *proba);")
+        )
         return {
-            "c_api": '#include "model.h"  void uaap_predict_proba(const float *x, float *proba);',
+            "c_api": f'#include "model.h"  {api}',
             "footprint": c_export.footprint(staging, work),
         }
     raise ExportError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -237,16 +259,30 @@ def _manifest(
             "feature_names": list(source.feature_names),
             "preprocessing": source.preprocessing,
         },
-        "output": {
-            "name": "probabilities",
-            "dtype": "float32",
-            "shape": [None, source.n_classes],
-            "classes": labels if labels is not None else list(range(source.n_classes)),
-        },
+        "output": _output(source, labels),
         "compression": {"quantize": quantize, **source.compression},
         "parity": parity,
         "verified_with": verify.runtime_name(fmt),
         **extra,
+    }
+
+
+def _output(source: Source, labels: list[Any] | None) -> dict[str, Any]:
+    if source.regression:
+        return {
+            "name": "prediction",
+            "dtype": "float32",
+            "shape": [None, 1],
+            "task": "regression",
+            "units": "the target's own units (its training scaling is folded into the model)",
+            "target_mean": source.meta.get("target_mean"),
+            "target_std": source.meta.get("target_std"),
+        }
+    return {
+        "name": "probabilities",
+        "dtype": "float32",
+        "shape": [None, source.n_classes],
+        "classes": labels if labels is not None else list(range(source.n_classes)),
     }
 
 

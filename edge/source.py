@@ -3,12 +3,18 @@
 ``MODEL`` is a run id (``runs/<id>/model.npz`` or ``model.skops`` in the workspace) or a file path.
 Held-out rows come from the model's own dataset test split (its run config when there is one, else
 ``RunConfig(dataset=meta['dataset'])``) or from ``--data FILE --target COL`` (rows taken as the model's
-input, unscaled). Verification runs on a seeded sample of them stratified by class
-(:func:`uaap.sampling.representative_rows`), never on the first rows: tables are often sorted by label.
+input, unscaled). Verification runs on a seeded sample of them stratified by class, or spread over the
+target's range for regression (:func:`uaap.sampling.representative_rows`), never on the first rows: tables are
+often sorted by label.
+
+A regression model (``task: regression`` in its metadata) was trained on standardised targets; its source here
+is the same network with the target's scaling folded into its last linear layer (``w * std``, ``b * std +
+mean``), so every export outputs predictions in the target's own units and needs no post-processing.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,22 @@ class Source:
     compression: dict[str, Any] = field(default_factory=dict)
     heldout_all: Dataset | None = None  # the whole held-out split (or --data file) the sample was drawn from
     sample: dict[str, Any] = field(default_factory=dict)  # how the sample was drawn and what it holds
+    task: str = "classification"  # or "regression": one output, in the target's units
+
+    @property
+    def regression(self) -> bool:
+        """Whether the model predicts a real-valued target (one output, no softmax)."""
+        return self.task == "regression"
+
+    @property
+    def output_name(self) -> str:
+        """The exported graphs' output: ``probabilities``, or ``prediction`` for regression."""
+        return "prediction" if self.regression else "probabilities"
+
+    @property
+    def target_scale(self) -> float:
+        """What regression parity is measured against: the target's standard deviation (1.0 when unknown)."""
+        return float(self.meta.get("target_std") or 1.0) if self.regression else 1.0
 
     @property
     def full_heldout(self) -> Dataset:
@@ -53,9 +75,24 @@ class Source:
         return self.heldout_all if self.heldout_all is not None else self.heldout
 
     def accuracy(self, data: Dataset, model: Any = None) -> float:
-        """Accuracy of the source model (or ``model``, same kind) on ``data``."""
+        """Accuracy of the source model (or ``model``, same kind) on ``data``; R2 for a regression model."""
         source = self if model is None else replace(self, model=model)
-        return float(np.mean(source.predict_proba(data.X).argmax(axis=1) == data.y)) if len(data.y) else 0.0
+        if not len(data.y):
+            return 0.0
+        if self.regression:
+            from uaap.metrics import regression_metrics
+
+            return regression_metrics(data.y, source.predict_proba(data.X)[:, 0])["r2"]
+        return float(np.mean(source.predict_proba(data.X).argmax(axis=1) == data.y))
+
+    def metrics(self, data: Dataset) -> dict[str, float]:
+        """The source model's test metrics on ``data`` (regression: MSE, RMSE, MAE, R2 in the target's units)."""
+        from uaap.metrics import classification_counts, metrics_from_counts, regression_counts
+
+        out = self.predict_proba(data.X)
+        if self.regression:
+            return metrics_from_counts(regression_counts(data.y, out[:, 0]))
+        return metrics_from_counts(classification_counts(data.y, out))
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -72,8 +109,15 @@ class Source:
         return channels, height, width
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Reference class probabilities (float64) from the source framework."""
+        """Reference class probabilities (float64) from the source framework; for regression the predictions
+        in the target's units, as one column."""
         X = np.ascontiguousarray(X, dtype=np.float32)
+        if self.regression:
+            if self.kind == "torch":
+                from uaap.training import predict_values
+
+                return predict_values(self.model, X, 0.0, 1.0)[:, None]  # the scaling is folded into the model
+            return np.asarray(self.model.predict(X), dtype=np.float64).reshape(-1, 1)
         if self.kind == "torch":
             from uaap.training import predict_proba
 
@@ -90,6 +134,12 @@ def estimator_family(estimator: Any) -> str:
     name = type(estimator).__name__
     families = {
         "LogisticRegression": "logistic_regression",
+        "LinearRegression": "linear_regression",
+        "Ridge": "linear_regression",
+        "DecisionTreeRegressor": "decision_tree",
+        "RandomForestRegressor": "random_forest",
+        "ExtraTreesRegressor": "extra_trees",
+        "XGBRegressor": "xgboost",
         "DecisionTreeClassifier": "decision_tree",
         "RandomForestClassifier": "random_forest",
         "ExtraTreesClassifier": "extra_trees",
@@ -157,17 +207,21 @@ def load_source(
     else:
         raise WorkspaceError(f"{path.name!r} is neither a UAAP model (.npz) nor an estimator (.skops)")
 
-    full, train, preprocessing = _heldout(meta, run_folder, data, target)
+    task = str(meta.get("task") or ("regression" if kind == "estimator" and _is_regressor(model) else "classification"))
+    if task == "regression" and kind == "torch":
+        model = fold_target_scaling(model, float(meta.get("target_mean", 0.0)), float(meta.get("target_std", 1.0)))
+    full, train, preprocessing = _heldout(meta, run_folder, data, target, task)
     if full.n_features != n_features:
         raise ExportError(
             f"held-out rows have {full.n_features} features but the model takes {n_features}; "
             "pass --data/--target with the columns the model was trained on"
         )
-    idx = representative_rows(full.y, rows, seed)
+    idx = representative_rows(full.y, rows, seed, task=task)
+    how = "spread over the target's range" if task == "regression" else "stratified by class"
     sample = {
         "seed": seed,
-        "method": "all held-out rows" if len(idx) == len(full.y) else "seeded random sample, stratified by class",
-        **describe(full.y, idx, n_classes=n_classes),
+        "method": "all held-out rows" if len(idx) == len(full.y) else f"seeded random sample, {how}",
+        **describe(full.y, idx, task=task, n_classes=n_classes),
     }
     out_dir = (run_folder / "exports") if run_folder is not None else path.parent / f"{path.stem}-exports"
     return Source(
@@ -184,22 +238,68 @@ def load_source(
         preprocessing,
         heldout_all=full,
         sample=sample,
+        task=task,
     )
 
 
+def _is_regressor(model: Any) -> bool:
+    from sklearn.base import is_regressor
+
+    return bool(is_regressor(model))
+
+
+def fold_target_scaling(model: Any, mean: float, std: float) -> Any:
+    """A copy of a torch ``nn.Sequential`` whose last linear layer outputs ``out * std + mean`` (target units)."""
+    import copy
+
+    import torch
+    from torch import nn
+
+    folded = copy.deepcopy(model)
+    last = [m for m in folded.modules() if isinstance(m, nn.Linear)]
+    if not last or last[-1].out_features != 1:
+        raise ExportError("a regression model must end in a linear layer with one output to fold its target scaling")
+    with torch.no_grad():  # in float64, then rounded once to the layer's float32
+        weight, bias = last[-1].weight.double(), last[-1].bias.double()
+        last[-1].weight.copy_((weight * std).to(last[-1].weight.dtype))
+        last[-1].bias.copy_((bias * std + mean).to(last[-1].bias.dtype))
+    return folded.eval()
+
+
 def _heldout(
-    meta: dict[str, Any], run_folder: Path | None, data: str | Path | None, target: str | None
+    meta: dict[str, Any],
+    run_folder: Path | None,
+    data: str | Path | None,
+    target: str | None,
+    task: str = "classification",
 ) -> tuple[Dataset, Dataset | None, dict[str, Any]]:
     """The whole held-out table (the --data file or the run's test split), the train split and the scaling."""
     from uaap.data import load_split, load_table
 
+    plan = json.dumps(meta["preprocessor"]) if meta.get("preprocessor") else ""  # a raw table's fitted pipeline
     if data is not None:
         if not target:
             raise ExportError("--data needs --target COLUMN (the label column of the held-out file)")
-        return load_table(data, target), None, {"kind": "none"}
+        kept = _preprocessing(meta["preprocessor"]) if plan else {"kind": "none"}
+        return load_table(data, target, task=task, preprocessor=plan), None, kept
     cfg = _run_config(meta, run_folder)
-    split = load_split(cfg)
-    return split.test, split.train, _scaling(cfg)
+    split = load_split(cfg, plan)
+    return split.test, split.train, (_preprocessing(meta["preprocessor"]) if plan else _scaling(cfg))
+
+
+def _preprocessing(plan: dict[str, Any]) -> dict[str, Any]:
+    """What a device must do to raw rows before the exported model: the run's fitted preprocessing plan."""
+    from uaap.data.preprocess import Preprocessor
+
+    pre = Preprocessor.from_dict(plan)
+    return {
+        "kind": "uaap-preprocessor",
+        "input_columns": pre.input_columns,
+        "features": list(pre.feature_names_out_),
+        "plan": plan,
+        "note": "x_model = Preprocessor.from_dict(plan).transform(raw_rows) (python: uaap.data.preprocess), "
+        "features in this order; the plan is the JSON a run keeps in preprocessor.json",
+    }
 
 
 def _run_config(meta: dict[str, Any], run_folder: Path | None) -> RunConfig:
@@ -214,7 +314,7 @@ def _run_config(meta: dict[str, Any], run_folder: Path | None) -> RunConfig:
             f"the model's metadata names dataset={dataset!r}, which has no held-out table to verify on; "
             "pass --data FILE.csv --target COLUMN"
         )
-    keys = {k: meta[k] for k in ("dataset", "data_path", "target", "test_fraction", "seed") if k in meta}
+    keys = {k: meta[k] for k in ("dataset", "data_path", "target", "task", "test_fraction", "seed") if k in meta}
     return RunConfig.from_mapping(keys)
 
 

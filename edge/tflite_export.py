@@ -36,7 +36,7 @@ def _tf() -> Any:
 
 
 def keras_model(source: Source) -> Any:
-    """The source model as a Keras model (flat float32 rows in, probabilities out)."""
+    """The source model as a Keras model (flat float32 rows in, probabilities or a regression prediction out)."""
     if source.family not in NEURAL_FAMILIES:
         raise NotApplicable(
             f"TFLite export supports neural and linear models ({', '.join(NEURAL_FAMILIES)}), not {source.family!r}: "
@@ -76,7 +76,10 @@ def keras_model(source: Source) -> Any:
             conv.set_weights([layer.weight.transpose(2, 3, 1, 0), layer.bias])
         elif layer.op == "maxpool2d":
             x = keras.layers.MaxPool2D(layer.kernel)(x)
-    outputs = keras.layers.Softmax(name="probabilities")(x)
+    if source.regression:  # the prediction itself, in the target's units (no softmax)
+        outputs = keras.layers.Activation("linear", name="prediction")(x)
+    else:
+        outputs = keras.layers.Softmax(name="probabilities")(x)
     return keras.Model(inputs, outputs)
 
 

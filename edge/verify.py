@@ -17,6 +17,8 @@ from edge.errors import ExportError
 
 FP32_TOLERANCE = 1e-5
 QUANT_AGREEMENT = 0.99
+REGRESSION_TOLERANCE = 1e-4  # max abs diff of fp32 regression exports, relative to the target's std
+QUANT_REGRESSION_TOLERANCE = 0.05  # quantized: the same, relative
 
 
 def parity(reference: np.ndarray, exported: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -37,10 +39,37 @@ def parity(reference: np.ndarray, exported: np.ndarray, y: np.ndarray) -> dict[s
     }
 
 
+def parity_regression(reference: np.ndarray, exported: np.ndarray, y: np.ndarray, scale: float) -> dict[str, Any]:
+    """Max abs difference of two regression models' predictions, absolute and relative to ``scale`` (the
+    target's std), beside both models' metrics on the rows (MSE, RMSE, MAE, R2 in the target's units)."""
+    from uaap.metrics import regression_metrics
+
+    reference = np.asarray(reference, dtype=np.float64).reshape(len(y), -1)
+    exported = np.asarray(exported, dtype=np.float64)
+    if exported.shape != reference.shape:
+        raise ExportError(f"export returned predictions of shape {exported.shape}; expected {reference.shape}")
+    diff = float(np.abs(reference - exported).max()) if len(y) else 0.0
+    src = regression_metrics(y, reference[:, 0]) if len(y) else {}
+    exp = regression_metrics(y, exported[:, 0]) if len(y) else {}
+    return {
+        "rows": int(len(y)),
+        "task": "regression",
+        "max_abs_diff": diff,
+        "max_abs_diff_relative": diff / scale if scale > 0 else diff,
+        "target_scale": scale,
+        "metrics_source": src,
+        "metrics_export": exp,
+        "r2_change": exp.get("r2", 0.0) - src.get("r2", 0.0),
+    }
+
+
 def passes(result: dict[str, Any], quantized: bool) -> tuple[bool, str]:
     """Whether a parity result meets the bar for its precision, and the bar in words."""
     if result["rows"] == 0:
         return False, "no held-out rows to verify on"
+    if result.get("task") == "regression":
+        bar = QUANT_REGRESSION_TOLERANCE if quantized else REGRESSION_TOLERANCE
+        return result["max_abs_diff_relative"] <= bar, f"max abs diff <= {bar:g} x the target's std"
     if quantized:
         ok = result["argmax_agreement"] >= QUANT_AGREEMENT
         return ok, f"argmax agreement >= {QUANT_AGREEMENT:.0%}"
