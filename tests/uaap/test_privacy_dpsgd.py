@@ -162,3 +162,41 @@ def test_the_plan_counts_poisson_batches_over_the_whole_run_with_the_runs_accoun
     with pytest.raises(ConfigError) as err:
         plan(cfg, 0)
     assert str(err.value) == "a DP-SGD client needs at least one training example"
+
+
+def test_the_clients_dpsgd_state_lives_in_context_state_and_once_a_round_in_its_file(uaap_home):
+    import json
+
+    from uaap.privacy.dpsgd import load_state, save_state
+
+    cfg = RunConfig(dp_local=True, dp_accountant="prv", dp_clip_norm=0.7, run_id="r2")
+    path = uaap_home / "clients" / "r2" / "partition-3" / "dpsgd.json"
+    store = RecordDict()
+    assert client_report(cfg, store, "partition-3") == {}, "nothing trained yet"
+    past = {"version": 1, "sigma": 1.5, "clip": 0.7, "q": 0.25, "round_steps": 4, "mechanism": "prv",
+            "history": [[1.5, 0.25, 4]]}  # fmt: skip
+    save_state(cfg, store, "partition-3", past, to_disk=False)
+    generator = torch.Generator().manual_seed(3)
+    engine = client_engine(cfg, 64, store, "partition-3", generator=generator)  # round 2: noise from round 1
+    assert engine.generator is generator and (engine.noise_multiplier, engine.max_grad_norm) == (1.5, 0.7)
+    assert engine.accountant.mechanism == "prv" and engine.accountant.history == [(1.5, 0.25, 4)]
+    fresh = {"version": 1, "sigma": 1.5, "clip": 0.7, "q": None, "round_steps": 0, "mechanism": "prv",
+             "history": [[1.5, 0.25, 4]]}  # fmt: skip
+    assert engine.state() == fresh and load_state(cfg, store, "partition-3") == fresh
+    assert engine.on_step is not None
+    engine.sample_rate, engine.round_steps = 0.25, 4  # four DP-SGD steps, as Opacus' hook records them
+    engine.accountant.step(1.5, 0.25, 4)
+    engine.on_step(engine)
+    assert load_state(cfg, store, "partition-3") == fresh | {"q": 0.25, "round_steps": 4, "history": [[1.5, 0.25, 8]]}
+    assert not path.exists(), "steps are kept in memory; the file is written once a round"
+    report = client_report(cfg, store, "partition-3")
+    assert report == {"dp-sigma": 1.5, "dp-q": 0.25, "dp-steps": 4, "dp-total-steps": 8,
+                      "dp-epsilon": epsilon_of([(1.5, 0.25, 8)], 1e-5, "prv")}  # fmt: skip
+    assert json.loads(path.read_text()) == load_state(cfg, store, "partition-3")
+    assert client_report(cfg, RecordDict(), "partition-3") == report, "a restarted client reads its file"
+    with pytest.raises(ConfigError) as err:
+        client_engine(cfg.replace(dp_accountant="rdp"), 64, store, "partition-3")
+    assert str(err.value) == (
+        "this client's DP-SGD history was accounted with 'prv', the run now asks for dp-accountant='rdp'; "
+        "resume with the original accountant"
+    )
