@@ -62,7 +62,10 @@ def test_each_planted_fault_is_reported(messy: pd.DataFrame) -> None:
     assert "free text" in report.column("notes").flags
     assert report.leakage == ("churn_flag",) and any("churn_flag" in w for w in report.warnings)
     assert report.column("age").plan.startswith("impute median")
-    assert report.column("city").plan == "impute most frequent, one-hot (unknown values ignored)"
+    assert (
+        report.column("city").plan
+        == "impute most frequent, one-hot (the 20 most frequent; rare and unseen values: one infrequent column)"
+    )
     assert report.column("joined").plan.startswith("expand") and report.column("joined").low == "2020-01-01 00:00:00"
     assert report.target.task == "classification"
     assert report.target.counts == {k: int(v) for k, v in messy["label"].value_counts().sort_index().items()}
@@ -96,3 +99,21 @@ def test_the_cli_prints_and_writes_html(messy: pd.DataFrame, tmp_path: Path, uaa
     pages = list((uaap_home / "profiles").glob("messy-*.html"))
     assert len(pages) == 1 and "customer_id" in pages[0].read_text() and "ID-like" in pages[0].read_text()
     assert main(["data", "profile", str(path), "--target", "nope"]) == 2
+
+
+def test_the_example_table_is_as_messy_as_promised_and_the_profile_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from uaap.cli import main
+
+    out = tmp_path / "visits.parquet"
+    assert main(["data", "example", str(out), "--rows", "400", "--seed", "2"]) == 0
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == ["age", "income", "score", "city", "plan", "visit", "notes", "label", "cost"]
+    assert 0.06 < frame["age"].isna().mean() < 0.14 and frame["label"].notna().all()
+    capsys.readouterr()
+    assert main(["data", "profile", str(out), "--target", "label", "--out", str(tmp_path / "p.html")]) == 0
+    assert "report:" in capsys.readouterr().out and (tmp_path / "p.html").is_file()
+    notes = profile(frame, "label").column("notes")
+    assert "high cardinality" in notes.flags and "--text-columns hashing" in notes.plan, notes
+    assert main(["data", "example", str(tmp_path / "t.xml")]) == 2  # a suffix it cannot write: a clear refusal

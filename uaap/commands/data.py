@@ -1,4 +1,5 @@
-"""``uaap data profile``: a validation report of a raw table before anything trains on it."""
+"""``uaap data profile``: a validation report of a raw table before anything trains on it; ``uaap data example``:
+a generated table as messy as a real one, to try the whole path without downloading anything."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     prof.add_argument("--data-decimal", default=".", choices=(".", ","), help="decimal mark (default .)")
     prof.add_argument("--out", default=None, metavar="FILE", help="HTML report (default: <workspace>/profiles/)")
     prof.set_defaults(func=run_profile)
+    ex = groups.add_parser(
+        "example",
+        help="write a generated messy table (holes, outliers, categories, dates, free text) to try UAAP on",
+        description="Write uaap.data.messy's table: age, income, score (10%% missing, 3%% far outliers), city, plan, "
+        "visit (ISO dates), notes (free text) and two targets, label (yes/no) and cost (a number). The format "
+        "follows the suffix: .csv, .tsv, .jsonl, .json, .parquet.",
+    )
+    ex.add_argument("out", metavar="FILE", help="where to write it (.csv, .tsv, .jsonl, .json or .parquet)")
+    ex.add_argument("--rows", type=int, default=1000, help="rows (default 1000)")
+    ex.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ex.set_defaults(func=run_example)
 
 
 def run_profile(args: argparse.Namespace) -> int:
@@ -57,4 +69,30 @@ def run_profile(args: argparse.Namespace) -> int:
         Path(args.out) if args.out else workspace.home() / "profiles" / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.html"
     )
     console.print(f"report: {write_html(report, out)}", markup=False)
+    return 0
+
+
+def run_example(args: argparse.Namespace) -> int:
+    """Generate the table and write it in the format its suffix names."""
+    from pathlib import Path
+
+    from uaap.data.messy import messy_table
+    from uaap.errors import DataError
+
+    if args.rows < 20:
+        raise DataError(f"--rows {args.rows} is too few for a table worth profiling; give at least 20")
+    out = Path(args.out)
+    writers = {
+        ".csv": lambda f: f.to_csv(out, index=False),
+        ".tsv": lambda f: f.to_csv(out, index=False, sep="\t"),
+        ".jsonl": lambda f: f.to_json(out, orient="records", lines=True),
+        ".json": lambda f: f.to_json(out, orient="records"),
+        ".parquet": lambda f: f.to_parquet(out),
+    }
+    if out.suffix.lower() not in writers:
+        raise DataError(f"{out.name!r} has suffix {out.suffix or '(none)'!r}; use one of {', '.join(writers)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = messy_table(args.rows, seed=args.seed)
+    writers[out.suffix.lower()](frame)
+    print(f"wrote {out}: {len(frame)} rows, columns {', '.join(frame.columns)}")
     return 0

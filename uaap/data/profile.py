@@ -193,12 +193,12 @@ def _plan(c: ColumnProfile, rows: int) -> str:
         steps.append("expand: year, month, day, weekday, hour, cyclical sine/cosine")
     elif c.kind == "boolean":
         steps.append("as 0/1")
-    elif c.kind == "text":
-        steps.append("drop, or hash its words (--encoding hashing)")
-    elif "high cardinality" in c.flags:
-        steps.append("hashing encoding")
+    elif c.kind == "text" or "high cardinality" in c.flags:  # over 50 distinct strings: text or identifiers
+        steps.append(
+            "refused until you choose: hash its words (--text-columns hashing) or leave it out (--drop-columns)"
+        )
     else:
-        steps.append("one-hot (unknown values ignored)")
+        steps.append("one-hot (the 20 most frequent; rare and unseen values: one infrequent column)")
     return ", ".join(steps)
 
 
