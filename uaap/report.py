@@ -54,25 +54,34 @@ def fmt_epsilon(value: float | None) -> str:
     return f"{value:.3f}" if value < 100 else f"{value:.1f}" if value < 10_000 else f"{value:.0f}"
 
 
+def score(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """The headline metric of a run's rounds and its short name: R2 for a regression, else accuracy."""
+    regression = any("r2" in r.get(part, {}) for r in rows for part in ("evaluate", "central"))
+    return ("r2", "R2") if regression else ("accuracy", "acc.")
+
+
 def summary_table(rd: RunDir, central_accuracy: float | None = None) -> Any:
     """A rich table: per round, clients, train loss, federated validation and server test metrics, epsilon."""
+    rows = round_rows(rd)
+    key, short = score(rows)
     caption = "val.: the clients' validation splits (federated); test: the server's held-out test set"
     if central_accuracy is not None:
-        caption += f"; a centrally trained model reaches test accuracy {central_accuracy:.4f}"
+        caption += f"; a centrally trained model reaches test {key} {central_accuracy:.4f}"
     table = narrow_table(
         f"run {rd.run_id}",
-        ["round", "clients", "train\nloss", "val.\nloss", "val.\nacc.", "test\nloss", "test\nacc.", "epsilon", "secs"],
+        ["round", "clients", "train\nloss", "val.\nloss", f"val.\n{short}", "test\nloss", f"test\n{short}", "epsilon",
+         "secs"],
         caption,
-    )
-    for row in round_rows(rd):
+    )  # fmt: skip
+    for row in rows:
         table.add_row(
             str(row["round"]),
             str(row.get("replies", "-")),
             fmt(row.get("train", {}).get("train-loss")),
             fmt(row.get("evaluate", {}).get("loss")),
-            fmt(row.get("evaluate", {}).get("accuracy")),
+            fmt(row.get("evaluate", {}).get(key)),
             fmt(row.get("central", {}).get("loss")),
-            fmt(row.get("central", {}).get("accuracy")),
+            fmt(row.get("central", {}).get(key)),
             fmt_epsilon(row.get("privacy", {}).get("epsilon")),
             fmt(row.get("seconds"), 1),
         )
@@ -103,17 +112,18 @@ def comparison_table(rows: list[tuple[str, str, float, float | None, float | Non
 
 
 def accuracy_plot(rd: RunDir, out: Path | None = None, central_accuracy: float | None = None) -> Path:
-    """PNG of federated and central-test accuracy per round (and the central baseline)."""
+    """PNG of federated and central-test accuracy (R2 for a regression) per round (and the central baseline)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = round_rows(rd)
+    key, _ = score(rows)
     out = out or rd.path / "accuracy.png"
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    cen = [(r["round"], r["central"]["accuracy"]) for r in rows if r.get("central", {}).get("accuracy") is not None]
-    fed = [(r["round"], r["evaluate"]["accuracy"]) for r in rows if r.get("evaluate", {}).get("accuracy") is not None]
+    cen = [(r["round"], r["central"][key]) for r in rows if r.get("central", {}).get(key) is not None]
+    fed = [(r["round"], r["evaluate"][key]) for r in rows if r.get("evaluate", {}).get(key) is not None]
     if cen:
         ax.plot(*zip(*cen, strict=True), marker="o", label="global model, server test set")
     if fed:
@@ -121,8 +131,9 @@ def accuracy_plot(rd: RunDir, out: Path | None = None, central_accuracy: float |
     if central_accuracy is not None:
         ax.axhline(central_accuracy, linestyle="--", color="grey", label="central training")
     ax.set_xlabel("round")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.0)
+    ax.set_ylabel("R2" if key == "r2" else "accuracy")
+    lowest = min([v for _, v in cen + fed] + [0.0])
+    ax.set_ylim(max(lowest, -1.0), 1.0)  # R2 can be negative: the first rounds of a regression often are
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{rd.run_id}")

@@ -84,3 +84,18 @@ def test_round_privacy_and_comparison_tables_fit_80_columns(uaap_home: Path) -> 
         ["run", "test", "acc.", "val.", "user", "example", "epsilon"],
         [label for label, *_ in rows] + [r[1] for r in rows] + ["0.9433", "0.7390", "1486.2", "7.950", "0.9722"],
     )
+
+
+def test_a_regression_run_reports_and_plots_r2(uaap_home: Path) -> None:
+    from uaap.report import accuracy_plot
+
+    rd = workspace.run_dir("regression-run")
+    rd.write_config(RunConfig(run_id="regression-run", dataset="diabetes"))
+    for r, r2 in enumerate((-0.8, 0.31, 0.4567)):
+        event = {"round": r, "central": {"loss": 3000.0 / (r + 1), "r2": r2}}
+        rd.log_event("round", **(event | ({"evaluate": {"loss": 2500.0, "r2": r2 - 0.01}} if r else {})))
+    text = _render(summary_table(rd, central_accuracy=0.5))
+    assert "R2" in text
+    assert "0.4567" in text and "acc." not in text and "test r2 0.5000" in " ".join(text.split())
+    png = accuracy_plot(rd)
+    assert png.stat().st_size > 10_000  # two curves and a baseline, not an empty frame
