@@ -1,0 +1,283 @@
+"""The docs are tests: every command block of README.md and docs/*.md runs as written (``tests/docblocks.py``).
+
+Each block has a :class:`Spec` below, keyed ``doc#heading`` (``/n`` for the n-th block under one heading): the
+lines its output must show, its time limit and the documented variables or appended flags that make it shorter,
+which the doc names under the block. A block without a spec, a spec without a block, a scale-down the doc does
+not mention, or a command in an untagged block fails here, so a doc cannot drift from the code unnoticed.
+
+The blocks of one doc run in document order in one folder (README: a copy of the checkout with this ``.venv``;
+docs: an empty folder with the installed commands on ``PATH``), each in a fresh shell, as if each had its own
+terminal. A block that serves (a server, a dashboard) runs in the background until it is ready, then is stopped
+the way a user would stop it (Ctrl-C or SIGTERM) or joined when a later block is done. Nothing a block starts
+may outlive it.
+
+While working on one doc, ``DOCTEST_BLOCKS="README.md#using-it/2,README.md#using-it/3"`` runs only those blocks
+(the suite always runs them all).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.docblocks import DOCS, REPO, Block, DocSession, Result, Spec, blocks, checkout_copy, untagged_commands
+
+ROUNDS = {"UAAP_NUM_ROUNDS": "2"}
+# What issue 22 found printed on every run (kept under -v): a doc block must not show it.
+NOISE = (r"SADeprecationWarning", r"run_simulation.{0,20}deprecated", r"_MLModelProxy", r"oneDNN custom operations")
+
+SPECS: dict[str, Spec] = {
+    # ---- README.md (run in a copy of the checkout) -------------------------------------------------------
+    "README.md#two-commands": Spec(
+        expect=(
+            r"1/3 federated simulation on Ray",
+            r"central training \(no federation\)",
+            r"Success: no issues found",
+            r"\d+ passed",
+        ),
+        refuse=NOISE,
+        env={"DEMO_FLAGS": "--rounds 2 --central-epochs 2", "PYTEST_ARGS": "tests/test_architecture.py"},
+        timeout=900,
+        slow=True,
+    ),
+    "README.md#using-it": Spec(
+        expect=(
+            r"run first\b",
+            r"resuming first after round 2",
+            r"1000 clients, fedprox .* 2/2 completed",
+            r"(?m)^ +1 +20 ",  # 20 of the 1000 clients sampled in round 1
+            r"(?s)(test: loss [\d.]+, accuracy 0\.[89].*){2}",  # both central trainings learn digits
+            r"max example-level epsilon ([0-7]\.\d+|8\.0+)\b",  # DP-SGD within its target of 8
+            r"runs in \S+\.uaap",
+            r"best: \w+ CV accuracy",
+            r"held-out test: best \(\w+\) [\d.]+; family defaults",
+            r"best [\d.]+ vs default [\d.]+; 2 trials",
+            r"runs compared on",
+            r"fingerprint: +[0-9a-f]{64}",
+            r"plaintext model: \S+/runs/first/model\.npz",
+            *(rf"(?m)^│ {fmt} +│ ok " for fmt in ("onnx", "tflite", "coreml", "c")),
+        ),
+        refuse=NOISE,
+        env={**ROUNDS, "UAAP_LOCAL_EPOCHS": "1"},
+        append={"uaap train": "--epochs 3", "uaap automl": "--time-budget 20", "uaap tune-federated": "--trials 2"},
+        timeout=1500,
+        slow=True,
+    ),
+    "README.md#using-it/3": Spec(
+        # Flower's own local SuperLink with runtime installation on: uv installs nothing (the app is pre-installed),
+        # both rounds aggregate all 4 SuperNodes (run config and federation config reach the app), the run completes
+        expect=(
+            r"Installing application dependencies",
+            r"No additional application dependencies needed installation",
+            r"(?s)(aggregate_train: Received 4 results and 0 failures.*){2}",
+            r"finished:completed",
+        ),
+        refuse=(r"Installed: \[", r"nvidia-", r"triton", r"finished:failed"),
+        env={"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": "39191", "FLWR_LOCAL_CONTROL_API_PORT": "39193"},
+        timeout=900,
+        slow=True,
+    ),
+    "README.md#using-it/2": Spec(
+        background=True, ready=r"URL: http://\S+:8501", stop="SIGINT", rc=130, timeout=120, slow=True
+    ),
+    # ---- docs/configuration.md ---------------------------------------------------------------------------
+    "docs/configuration.md#configuration-reference": Spec(
+        expect=(r"seed = 7 +# --seed", r"run\.toml: valid"), timeout=120
+    ),
+    # ---- docs/deploy.md (an empty folder, the installed commands on PATH) -------------------------------
+    "docs/deploy.md#0-install": Spec(
+        expect=(r"Requirement already satisfied: uaap",), env={"PIP_NO_INDEX": "1"}, timeout=180
+    ),
+    "docs/deploy.md#0-install/2": Spec(timeout=120),
+    "docs/deploy.md#1-certificates-and-supernode-keys-once-by-the-federation-operator": Spec(
+        expect=(r"wrote certificates and keys",), timeout=60
+    ),
+    "docs/deploy.md#2-secure-aggregation-keys-once-by-the-data-owners": Spec(expect=(r"public\.ckks",), timeout=60),
+    "docs/deploy.md#3-start-the-server": Spec(
+        # the DP recipe learns: breast_cancer's majority class is 0.63 of the rows
+        expect=(r"round 2/2: 3/3 clients replied, [\d.]+s, accuracy 0\.(8|9)", r"run hospital-study-1 completed"),
+        env=ROUNDS,
+        background=True,
+        ready=r"Fleet API on 0\.0\.0\.0:9093",
+        timeout=900,
+        slow=True,
+    ),
+    "docs/deploy.md#4-start-each-client": Spec(
+        expect=(r"(?s)(run \S+ finished.*){3}",), joins=("docs/deploy.md#3-start-the-server",), timeout=900, slow=True
+    ),
+    "docs/deploy.md#the-final-model": Spec(
+        expect=(r"plaintext model: \S+model\.npz", r"hospital-study-1 \W+ completed"), timeout=120, slow=True
+    ),
+    "docs/deploy.md#6-mlflow-and-the-dashboard": Spec(
+        background=True,
+        ready=r"Uvicorn running|Listening at|Application startup complete",
+        stop="SIGINT",
+        rc=0,
+        settle=2.0,
+        timeout=180,
+        slow=True,
+    ),  # fmt: skip
+    "docs/deploy.md#6-mlflow-and-the-dashboard/2": Spec(
+        background=True, ready=r"URL: http://127\.0\.0\.1:8501", stop="SIGTERM", rc=143, timeout=120, slow=True
+    ),
+    "docs/deploy.md#7-everything-on-one-host-with-docker-compose": Spec(
+        skip="needs a Docker engine (`docker info`); tests/test_compose.py checks the file without one",
+        skip_unless="docker info",
+        timeout=1800,
+        slow=True,
+    ),
+}
+
+
+def _all_blocks() -> list[Block]:
+    return [b for doc in DOCS for b in blocks(doc)]
+
+
+def _slow(doc: str) -> bool:
+    return any(SPECS[b.key].slow for b in blocks(doc) if b.key in SPECS)
+
+
+# ---- the docs and the specs agree ------------------------------------------------------------------------
+
+
+def test_every_block_has_a_spec_and_every_spec_a_block() -> None:
+    keys = [b.key for b in _all_blocks()]
+    assert len(keys) == len(set(keys)), f"two blocks share a key: {sorted(k for k in keys if keys.count(k) > 1)}"
+    assert sorted(set(keys) - set(SPECS)) == [], "blocks without a spec in tests/test_docs.py (add one)"
+    assert sorted(set(SPECS) - set(keys)) == [], "specs whose block is gone (remove or rename them)"
+
+
+def test_scale_down_is_documented_under_each_block() -> None:
+    """The doc says, under the block, every variable and appended flag the tests use to make it shorter."""
+    missing = [
+        f"{b.key} (line {b.line}): {token!r}"
+        for b in _all_blocks()
+        for token in (SPECS[b.key].scale_tokens() if b.key in SPECS else ())
+        if token not in re.sub(r"\s+", " ", b.after.replace("`", ""))
+    ]
+    assert missing == []
+
+
+def test_no_command_hides_in_an_untagged_block() -> None:
+    assert [line for doc in DOCS for line in untagged_commands(doc)] == [], "tag these blocks ```bash"
+
+
+# ---- running them ----------------------------------------------------------------------------------------
+
+
+def _params() -> list[object]:
+    out: list[object] = []
+    for doc in DOCS:
+        marks = [pytest.mark.slow] if _slow(doc) else []
+        out.append(pytest.param(doc, marks=marks, id=doc))
+    return out
+
+
+@pytest.fixture
+def doc_session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DocSession]:
+    doc = request.node.callspec.params["doc"]
+    home = tmp_path / "home"
+    home.mkdir()
+    if doc == "README.md":
+        if not (REPO / ".venv" / "bin" / "python").exists():
+            pytest.skip("README blocks run from a checkout with its .venv (make install)")
+        cwd = checkout_copy(tmp_path / "checkout")
+        if (REPO / ".mypy_cache").is_dir():  # a warm cache, as in a checkout where make test ran before
+            shutil.copytree(REPO / ".mypy_cache", cwd / ".mypy_cache", dirs_exist_ok=True)
+        session = DocSession(cwd, home)
+    else:
+        cwd = tmp_path / "work"
+        cwd.mkdir()
+        session = DocSession(cwd, home, extra_path=str(Path(_venv_bin())))
+    yield session
+    strays = session.close()
+    assert strays == [], f"processes left running after the doc's blocks: {strays}"
+
+
+def _venv_bin() -> str:
+    import sys
+
+    return str(Path(sys.executable).parent)
+
+
+def _skip_reason(spec: Spec) -> str:
+    if not spec.skip:
+        return ""
+    probe = subprocess.run(spec.skip_unless, shell=True, capture_output=True, timeout=60)
+    return spec.skip if probe.returncode != 0 else ""
+
+
+@pytest.mark.parametrize("doc", _params())
+def test_doc_runs_as_written(doc: str, doc_session: DocSession, record_property: Callable[[str, object], None]) -> None:
+    """Every block of ``doc`` in order: exit code, key lines, nothing left behind; times go to the report."""
+    failures: list[str] = []
+    timings: list[str] = []
+    only = {k.strip() for k in os.environ.get("DOCTEST_BLOCKS", "").split(",") if k.strip()}
+    unspecified = [f"{b.key} (line {b.line})" for b in blocks(doc) if b.key not in SPECS]
+    assert unspecified == [], "blocks without a spec in tests/test_docs.py: add one saying what each must print"
+    for block in blocks(doc):
+        spec = SPECS[block.key]
+        if only and block.key not in only:
+            continue
+        if reason := _skip_reason(spec):
+            timings.append(f"{block.key}: skipped ({reason})")
+            continue
+        result = doc_session.run(block, spec)
+        joined = [(key, doc_session.join(key)) for key in spec.joins]
+        for key, res in [(block.key, result), *joined]:
+            problem = _check(key, SPECS[key], res)
+            if res.rc is not None or not SPECS[key].background or SPECS[key].stop:
+                timings.append(f"{key}: {res.seconds:.0f}s" + (f" FAILED: {problem}" if problem else ""))
+            if problem:
+                failures.append(f"--- {key}: {problem}\n{res.output[-4000:]}")
+        if failures:
+            break  # later blocks build on this one
+    record_property("block_times", "; ".join(timings))
+    print("\n".join(timings))
+    assert not failures, "\n".join(failures)
+
+
+def _check(key: str, spec: Spec, result: Result) -> str:
+    if result.rc is None and spec.stop:
+        return f"did not stop within {spec.stop_within:g}s of {spec.stop}"
+    if result.rc is None and not spec.background:
+        return f"did not finish within {spec.timeout:g}s"
+    if spec.background and result.rc is None:
+        return ""  # still running: joined later
+    if result.rc != spec.rc:
+        return f"exit code {result.rc}, expected {spec.rc}"
+    missing = [p for p in spec.expect if not re.search(p, result.output)]
+    if missing:
+        return f"output lacks {missing}"
+    present = [p for p in spec.refuse if re.search(p, result.output)]
+    if present:
+        return f"output shows {present}"
+    if result.left_behind:
+        return f"left processes running: {result.left_behind}"
+    if spec.stop and "stopped by" in result.output:
+        took = float(re.findall(r"stopped by \w+ in ([\d.]+)s", result.output)[-1])
+        if took > spec.stop_within:
+            return f"took {took:.1f}s to stop ({spec.stop}), more than {spec.stop_within:g}s"
+    if re.search(r"^Traceback \(most recent call last\)", result.output, re.MULTILINE):
+        return "printed a traceback"
+    return ""
+
+
+def test_breaking_a_block_fails(tmp_path: Path) -> None:
+    """The harness notices a doc that drifted: a command with a flag nobody has fails its block."""
+    block = Block("broken.md", "broken", 1, 1, "uaap simulate --rounds-typo 2\n", "")
+    home = tmp_path / "home"
+    home.mkdir()
+    session = DocSession(tmp_path, home, extra_path=_venv_bin())
+    t0 = time.monotonic()
+    result = session.run(block, Spec(timeout=120))
+    assert session.close() == []
+    assert result.rc == 2 and "did you mean --rounds" in result.output, result.output
+    assert _check(block.key, Spec(), result).startswith("exit code 2"), time.monotonic() - t0
