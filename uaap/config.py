@@ -29,7 +29,7 @@ from uaap.errors import ConfigError
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "csv")
 TASKS = ("auto", "classification", "regression")
-IMPUTE = ("median", "mean", "constant")
+IMPUTE = ("median", "mean", "constant", "ffill", "knn", "iterative")
 OUTLIERS = ("clip-iqr", "clip-z", "none")
 ENCODINGS = ("onehot", "ordinal", "hashing")
 SCALINGS = ("standard", "minmax", "robust", "none")
@@ -151,8 +151,10 @@ class RunConfig(BaseModel):
     # ---- preprocessing (your table: dataset=csv; fitted from the clients' summed statistics) ----------
     impute: str = _setting(
         "median",
-        "value a missing number takes: the median (from summed histograms), the mean (from summed sums) or "
-        "fill-value; a missing category takes the most frequent one",
+        "value a missing number takes: the median (from summed histograms), the mean (from summed sums), "
+        "fill-value, or from each client's own rows (nothing merged): ffill (the previous row's value, for "
+        "time-ordered rows), knn (5 nearest rows), iterative (MICE), with the median where they leave a hole; a "
+        "missing category takes the most frequent one",
         group="preprocessing",
         scope=ANY,
         choices=IMPUTE,
@@ -194,6 +196,10 @@ class RunConfig(BaseModel):
         scope=ANY,
         choices=TEXT_COLUMNS,
     )
+    polynomial: bool = _setting(
+        False, "add the products of every pair of numeric columns and their squares (after scaling)",
+        group="preprocessing", scope=ANY,
+    )  # fmt: skip
     drop_columns: str = _setting(
         "", "columns of your table to leave out, comma-separated", group="preprocessing", scope=ANY,
         metavar="COL,COL",

@@ -67,7 +67,7 @@ PROFILES: Final = {
         only=(
             *("dataset", "data_path", "target", "task", "data_table", "data_query", "data_sep", "data_encoding"),
             *("data_decimal", "impute", "fill_value", "outliers", "encoding", "max_categories", "scaling"),
-            *("text_columns", "drop_columns", "test_fraction", "seed", "experiment", "run_id"),
+            *("text_columns", "polynomial", "drop_columns", "test_fraction", "seed", "experiment", "run_id"),
         ),
     ),
 }

@@ -264,3 +264,34 @@ def test_z_clipping_and_scaling_hold_for_values_far_from_zero() -> None:
     clipped = np.clip(x, plan.low["year"], plan.high["year"])
     assert plan.center["year"] == pytest.approx(clipped.mean(), rel=1e-13)
     assert plan.scale["year"] == pytest.approx(clipped.std(), rel=1e-9)
+
+
+def test_local_imputers_fill_from_each_partys_own_rows() -> None:
+    from sklearn.impute import KNNImputer
+
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, 200)
+    frame = pd.DataFrame({"a": a, "b": 2 * a + rng.normal(0, 0.1, 200)})  # b follows a: neighbours know it
+    frame.loc[[0, 5, 50, 51], "b"] = np.nan
+    plain = PreprocessOptions(outliers="none", scaling="none")
+    ffill = Preprocessor(PreprocessOptions(impute="ffill", outliers="none", scaling="none")).fit(frame)
+    out = ffill.transform(frame)
+    assert out[5, 1] == pytest.approx(frame["b"][4]) and out[51, 1] == pytest.approx(frame["b"][49])
+    assert out[0, 1] == pytest.approx(ffill.plan_[1].impute["b"])  # a leading hole: the federation's median
+    knn = Preprocessor(PreprocessOptions(impute="knn", outliers="none", scaling="none")).fit(frame)
+    reference = KNNImputer(n_neighbors=5).fit_transform(frame.to_numpy())
+    np.testing.assert_allclose(knn.transform(frame), reference, rtol=1e-6)
+    mice = Preprocessor(PreprocessOptions(impute="iterative", outliers="none", scaling="none")).fit(frame)
+    filled = mice.transform(frame)[[5, 50], 1]
+    np.testing.assert_allclose(filled, 2 * frame["a"][[5, 50]], atol=0.3)  # modelled from a, not a median
+    assert Preprocessor(plain).fit(frame).transform(frame)[5, 1] != pytest.approx(filled[0], abs=0.3)
+
+
+def test_polynomial_features_are_products_of_the_scaled_numbers() -> None:
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [0.0, 1.0, 0.0, 1.0], "c": list("abab")})
+    pre = Preprocessor(PreprocessOptions(polynomial=True, outliers="none")).fit(frame)
+    names = list(pre.get_feature_names_out())
+    assert names[-3:] == ["x^2", "x*y", "y^2"]
+    out = pre.transform(frame)
+    x, y = out[:, names.index("x")], out[:, names.index("y")]
+    np.testing.assert_allclose(out[:, -3:], np.column_stack([x * x, x * y, y * y]), rtol=1e-6)

@@ -46,7 +46,8 @@ from uaap.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-Impute = Literal["median", "mean", "constant"]
+Impute = Literal["median", "mean", "constant", "ffill", "knn", "iterative"]
+LOCAL_IMPUTE = ("ffill", "knn", "iterative")  # filled from a party's own rows: nothing to merge
 Outliers = Literal["clip-iqr", "clip-z", "none"]
 Encoding = Literal["onehot", "ordinal", "hashing"]
 Scaling = Literal["standard", "minmax", "robust", "none"]
@@ -79,6 +80,7 @@ class PreprocessOptions:
     categorical_max: int = 50  # a string column with more distinct values (at any party) is free text
     bins: int = 4096  # histogram bins for medians and quartiles
     drop: tuple[str, ...] = ()  # columns left out
+    polynomial: bool = False  # add the products of every pair of numeric columns (and their squares), scaled
 
     def __post_init__(self) -> None:
         for name, low in (("max_categories", 2), ("hash_buckets", 1), ("bins", 16), ("categorical_max", 1)):
@@ -154,6 +156,7 @@ def local_statistics(frame: pd.DataFrame, request: Mapping[str, Any]) -> Stats:
             out[f"{name}:m2"] = np.array([(x * x).sum()])
         return out
     if stage == "scaling":  # sums of the cleaned values, shifted by the raw mean for the same reason
+        numbers = local_impute(numbers, options)
         for plan in plans:
             for name in plan.numeric_names():
                 x = _impute_clip(numbers[name], plan, name)
@@ -410,6 +413,30 @@ def _datetime_parts(series: pd.Series, name: str) -> dict[str, np.ndarray]:
     }
 
 
+def local_impute(numbers: dict[str, np.ndarray], options: PreprocessOptions) -> dict[str, np.ndarray]:
+    """``impute`` = ffill, knn or iterative: fill holes from this party's own rows (nothing here merges across
+    clients, so each client fills its own; the docs say so). ffill carries the last value down in row order
+    (time-ordered rows); knn averages the 5 nearest rows (scikit-learn's KNNImputer); iterative models each
+    column from the others (IterativeImputer, MICE). What remains empty (a leading hole, a single row) takes the
+    federation's median."""
+    if options.impute not in LOCAL_IMPUTE or not numbers:
+        return numbers
+    names = list(numbers)
+    matrix = np.column_stack([numbers[n] for n in names])
+    if options.impute == "ffill":
+        import pandas as pd
+
+        matrix = pd.DataFrame(matrix).ffill().to_numpy(dtype=np.float64)
+    elif len(matrix) >= 2 and np.isnan(matrix).any():
+        from sklearn.experimental import enable_iterative_imputer  # noqa: F401 - makes IterativeImputer importable
+        from sklearn.impute import IterativeImputer, KNNImputer
+
+        complete = ~np.isnan(matrix).all(axis=0)  # a column empty in every row here stays for the median
+        imputer = KNNImputer(n_neighbors=5) if options.impute == "knn" else IterativeImputer(random_state=0)
+        matrix[:, complete] = imputer.fit_transform(matrix[:, complete])
+    return {n: matrix[:, i] for i, n in enumerate(names)}
+
+
 def _impute_clip(x: np.ndarray, plan: ColumnPlan, name: str) -> np.ndarray:
     x = np.where(np.isnan(x), plan.impute.get(name, 0.0), x)
     if name in plan.low:
@@ -445,7 +472,7 @@ class FederatedFit:
         o = self.options
         if o.outliers == "clip-z":
             wanted.append("spread")
-        if o.impute == "median" or o.outliers == "clip-iqr" or o.scaling == "robust":
+        if o.impute in ("median", *LOCAL_IMPUTE) or o.outliers == "clip-iqr" or o.scaling == "robust":
             wanted.append("quantiles")
         if o.scaling in ("standard", "minmax"):
             wanted.append("scaling")
@@ -592,7 +619,7 @@ class FederatedFit:
                 hist = np.asarray(stats[f"{name}:hist"], dtype=np.float64)
                 q1, median, q3 = (histogram_quantile(hist, low, high, q) for q in (0.25, 0.5, 0.75))
                 self.resolution[name] = (high - low) / o.bins
-                if o.impute == "median":
+                if o.impute in ("median", *LOCAL_IMPUTE):  # the local imputers' fallback too
                     plan.impute[name] = median
                 if o.outliers == "clip-iqr" and plan.kind == "numeric":
                     plan.low[name], plan.high[name] = q1 - o.iqr_k * (q3 - q1), q3 + o.iqr_k * (q3 - q1)
@@ -731,14 +758,17 @@ class Preprocessor:
                 f"it expects: {', '.join(self.input_columns)}"
             )
         o = self.options or PreprocessOptions()
-        numbers = _numeric_parts(X, self.plan_)
+        numbers = local_impute(_numeric_parts(X, self.plan_), o)
         blocks: list[np.ndarray] = []
+        scaled: list[np.ndarray] = []  # the numeric columns, for polynomial features
         for plan in self.plan_:
             if plan.kind in ("numeric", "datetime"):
                 for name in plan.numeric_names():
                     x = _impute_clip(numbers[name], plan, name)
                     x = (x - plan.center.get(name, 0.0)) / plan.scale.get(name, 1.0)
                     blocks.append(x[:, None])
+                    if plan.kind == "numeric":
+                        scaled.append(x)
                     if plan.kind == "datetime" and name.rsplit(".", 1)[1] in CYCLES:
                         period = CYCLES[name.rsplit(".", 1)[1]]
                         raw = _impute_clip(numbers[name], plan, name)
@@ -748,6 +778,10 @@ class Preprocessor:
                 blocks.append(self._categories(X[plan.name], plan, o))
             else:
                 blocks.append(_hash_words(X[plan.name], o.hash_buckets))
+        if o.polynomial and scaled:
+            i, j = np.triu_indices(len(scaled))
+            z = np.column_stack(scaled)
+            blocks.append(z[:, i] * z[:, j])
         if not blocks:
             return np.zeros((len(X), 0), dtype=np.float32)
         return np.hstack(blocks).astype(np.float32)
@@ -780,6 +814,10 @@ class Preprocessor:
                 names.append(plan.name)
             else:
                 names += [f"{plan.name}#{i}" for i in range(o.hash_buckets)]
+        numeric = [p.name for p in self.plan_ if p.kind == "numeric"]
+        if o.polynomial and numeric:
+            i, j = np.triu_indices(len(numeric))
+            names += [f"{numeric[a]}^2" if a == b else f"{numeric[a]}*{numeric[b]}" for a, b in zip(i, j, strict=True)]
         return names
 
     # ---- travelling with the model: JSON, never a pickle ----

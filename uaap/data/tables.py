@@ -96,6 +96,7 @@ def preprocess_options(cfg: RunConfig) -> PreprocessOptions:
         scaling=cfg.scaling,  # type: ignore[arg-type]
         text=cfg.text_columns,  # type: ignore[arg-type]
         drop=tuple(c.strip() for c in cfg.drop_columns.split(",") if c.strip()),
+        polynomial=cfg.polynomial,
     )
 
 
