@@ -84,30 +84,40 @@ def run_export(args: argparse.Namespace) -> int:
             trust_pickle=args.trust_pickle,
         )
     table = Table(title="edge export")
+    regression = any(r.manifest.get("parity", {}).get("task") == "regression" for r in results)
     columns = (
         "format",
         "status",
         "size",
         "rows",
-        "max |dp|",
-        "argmax agree",
-        "accuracy src -> export",
-        "src, all held-out",
+        "max |diff|" if regression else "max |dp|",
+        "max |diff| / target std" if regression else "argmax agree",
+        "R2 src -> export" if regression else "accuracy src -> export",
+        "src R2, all held-out" if regression else "src, all held-out",
     )
     for col in (*columns, "bundle"):
         table.add_column(col)
     for r in results:
         if r.status == "ok":
             par = r.manifest["parity"]
+            if par.get("task") == "regression":
+                full = par.get("metrics_source_full_heldout", {})
+                agree = f"{par['max_abs_diff_relative']:.2e}"
+                change = f"{par['metrics_source']['r2']:.4f} -> {par['metrics_export']['r2']:.4f}"
+                whole = f"{full['r2']:.4f}" if "r2" in full else "-"
+            else:
+                agree = f"{par['argmax_agreement']:.2%}"
+                change = f"{par['accuracy_source']:.4f} -> {par['accuracy_export']:.4f}"
+                whole = f"{par['accuracy_source_full_heldout']:.4f}" if "accuracy_source_full_heldout" in par else "-"
             table.add_row(
                 r.format,
                 "[green]ok[/]",
                 f"{r.manifest['size_bytes'] / 1024:.1f} KB",
                 f"{par['rows']}/{par.get('heldout_rows', par['rows'])}",
                 f"{par['max_abs_diff']:.2e}",
-                f"{par['argmax_agreement']:.2%}",
-                f"{par['accuracy_source']:.4f} -> {par['accuracy_export']:.4f}",
-                f"{par['accuracy_source_full_heldout']:.4f}" if "accuracy_source_full_heldout" in par else "-",
+                agree,
+                change,
+                whole,
                 r.path.name if r.path else "-",
             )
         else:

@@ -16,13 +16,26 @@ import numpy as np
 from uaap.errors import ConfigError, DataError
 
 CV_METHODS = ("stratified", "kfold", "timeseries")
-METRICS = {"accuracy": "max", "f1_macro": "max", "auc": "max", "loss": "min"}
+METRICS = {
+    "accuracy": "max",
+    "f1_macro": "max",
+    "auc": "max",
+    "loss": "min",
+    "r2": "max",
+    "rmse": "min",
+    "mae": "min",
+    "mse": "min",
+}
+REGRESSION_METRICS = ("r2", "rmse", "mae", "mse")
 
 Fold = tuple[np.ndarray, np.ndarray]
 
 
 def make_folds(y: np.ndarray, method: str = "stratified", k: int = 5, seed: int = 0) -> list[Fold]:
-    """``k`` (train, validation) index pairs; time-series folds train on the past and test on the future."""
+    """``k`` (train, validation) index pairs; time-series folds train on the past and test on the future.
+
+    Stratified folds of a real-valued target (regression) are stratified by its quantile bins.
+    """
     from sklearn.model_selection import KFold, StratifiedKFold, TimeSeriesSplit
 
     if method not in CV_METHODS:
@@ -32,6 +45,10 @@ def make_folds(y: np.ndarray, method: str = "stratified", k: int = 5, seed: int 
     n = len(y)
     if n < 2 * k:
         raise DataError(f"{n} training rows are too few for {k} folds; use fewer folds or more data")
+    if method == "stratified" and np.issubdtype(np.asarray(y).dtype, np.floating):
+        from uaap.data import quantile_bins
+
+        y = quantile_bins(y, k)
     if method == "stratified":
         counts = np.bincount(y)
         smallest = int(counts[counts > 0].min())
@@ -48,10 +65,16 @@ def make_folds(y: np.ndarray, method: str = "stratified", k: int = 5, seed: int 
 
 
 def score(metric: str, y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """Metrics of predicted probabilities (see :func:`uaap.training.classification_metrics`) incl. ``metric``."""
+    """Metrics of predicted probabilities (see :func:`uaap.training.classification_metrics`) incl. ``metric``;
+    a one-column ``proba`` holds a regression model's predictions (MSE, RMSE, MAE, R2: :mod:`uaap.metrics`)."""
+    from uaap.metrics import regression_metrics
     from uaap.training import classification_metrics
 
-    metrics = classification_metrics(y, proba)
+    if proba.ndim == 2 and proba.shape[1] == 1:
+        y = np.asarray(y, dtype=np.float64)
+        metrics = regression_metrics(y, proba[:, 0], center=float(y.mean()) if len(y) else 0.0)
+    else:
+        metrics = classification_metrics(y, proba)
     if metric not in metrics:
         raise ConfigError(
             f"metric={metric!r} is not available here (auc needs two classes); choose one of: {', '.join(metrics)}"
@@ -59,10 +82,22 @@ def score(metric: str, y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     return metrics
 
 
+def default_metric(n_classes: int) -> str:
+    """What a search optimises unless told: accuracy, or R2 for a regression target (one output)."""
+    return "r2" if n_classes == 1 else "accuracy"
+
+
 def check_metric(metric: str, n_classes: int) -> str:
-    """Validate the metric name; returns Tune's mode (``max`` or ``min``)."""
+    """Validate the metric name for the task (``n_classes`` 1: regression); returns Tune's mode (``max``/``min``)."""
     if metric not in METRICS:
         raise ConfigError(f"metric={metric!r} is not supported; choose one of: {', '.join(METRICS)}")
+    regression = n_classes == 1
+    if regression != (metric in REGRESSION_METRICS):
+        allowed = REGRESSION_METRICS if regression else tuple(m for m in METRICS if m not in REGRESSION_METRICS)
+        raise ConfigError(
+            f"metric={metric!r} does not score a {'regression' if regression else 'classification'} target; "
+            f"choose one of: {', '.join(allowed)}"
+        )
     if metric == "auc" and n_classes != 2:
         raise ConfigError(f"metric='auc' needs two classes; this data has {n_classes}: use accuracy or f1_macro")
     return METRICS[metric]

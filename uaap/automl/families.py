@@ -1,7 +1,9 @@
 """Model families AutoML searches over: their hyperparameter spaces, grids and estimators.
 
-Every family builds a scikit-learn-compatible classifier (``fit`` / ``predict_proba``), so cross-
-validation, refitting and saving are one code path. The torch MLP is the registry model
+Every family builds a scikit-learn-compatible classifier (``fit`` / ``predict_proba``), or for a regression
+target (``n_classes`` 1) a regressor (``fit`` / ``predict``), so cross-validation, refitting and saving are one
+code path. Classification searches logreg, random_forest, xgboost and mlp; regression ridge (linear least
+squares with an L2 penalty), random_forest, xgboost and mlp. The torch MLP is the registry model
 (:mod:`uaap.models` ``'mlp'``) trained by :func:`uaap.training.local_train`, wrapped as an estimator.
 
 Search-space names are ``<family>__<param>`` so one conditional (define-by-run) space can hold all
@@ -52,6 +54,12 @@ FAMILIES: dict[str, Family] = {
         grid={"C": (0.01, 0.1, 0.3, 1.0, 3.0, 10.0)},
         defaults={"C": 1.0},
     ),
+    "ridge": Family(
+        "ridge",
+        (Param("alpha", "float", 1e-3, 1e3, log=True),),
+        grid={"alpha": (0.01, 0.1, 1.0, 10.0, 100.0)},
+        defaults={"alpha": 1.0},
+    ),
     "random_forest": Family(
         "random_forest",
         (
@@ -88,6 +96,22 @@ FAMILIES: dict[str, Family] = {
         defaults={"learning_rate": 0.05, "epochs": 30, "batch_size": 32, "optimizer": "sgd"},
     ),
 }
+
+
+CLASSIFICATION_FAMILIES = ("logreg", "random_forest", "xgboost", "mlp")
+REGRESSION_FAMILIES = ("ridge", "random_forest", "xgboost", "mlp")
+
+
+def task_families(families: tuple[str, ...], regression: bool) -> tuple[str, ...]:
+    """``families`` (all of the task's when empty), refusing one that does not fit the task."""
+    allowed = REGRESSION_FAMILIES if regression else CLASSIFICATION_FAMILIES
+    if not families:
+        return allowed
+    wrong = [f for f in families if f not in allowed]
+    if wrong:
+        task = "regression" if regression else "classification"
+        raise ConfigError(f"model family {wrong[0]!r} does not fit a {task} target; choose from: {', '.join(allowed)}")
+    return families
 
 
 def check_families(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -160,17 +184,19 @@ def family_params(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     return family, params
 
 
-def family_defaults(families: tuple[str, ...], n_features: int) -> list[dict[str, Any]]:
+def family_defaults(families: tuple[str, ...], n_features: int, regression: bool = False) -> list[dict[str, Any]]:
     """The default configuration of each family: every search tries them, and the winner is reported against
     them on the held-out split (a tuned winner that loses to a default there has found nothing real).
 
     Logistic regression and random forests take scikit-learn's own defaults (``max_features`` of sqrt(n) / n
-    is what ``'sqrt'`` means), XGBoost its library defaults, the MLP the settings ``uaap train`` uses.
+    is what ``'sqrt'`` means), XGBoost its library defaults, the MLP the settings ``uaap train`` uses. For
+    regression: ``Ridge()`` and the regression forest's default of every feature per split.
     """
-    return [c for c in warm_start_points(families, n_features) if c != {"family": "logreg", "logreg__C": 0.1}]
+    extra = ({"family": "logreg", "logreg__C": 0.1}, {"family": "ridge", "ridge__alpha": 10.0})
+    return [c for c in warm_start_points(families, n_features, regression) if c not in extra]
 
 
-def warm_start_points(families: tuple[str, ...], n_features: int) -> list[dict[str, Any]]:
+def warm_start_points(families: tuple[str, ...], n_features: int, regression: bool = False) -> list[dict[str, Any]]:
     """Known-good starting candidates, cheapest first (as FLAML and auto-sklearn warm-start their searches).
 
     They are each family's defaults (:func:`family_defaults`) plus a more regularised logistic regression, so
@@ -181,6 +207,8 @@ def warm_start_points(families: tuple[str, ...], n_features: int) -> list[dict[s
     candidates: list[dict[str, Any]] = [
         {"family": "logreg", "logreg__C": 1.0},
         {"family": "logreg", "logreg__C": 0.1},
+        {"family": "ridge", "ridge__alpha": 1.0},
+        {"family": "ridge", "ridge__alpha": 10.0},
         {
             "family": "mlp",
             "mlp__learning_rate": 0.01,
@@ -201,7 +229,7 @@ def warm_start_points(families: tuple[str, ...], n_features: int) -> list[dict[s
             "family": "random_forest",
             "random_forest__n_estimators": 100,
             "random_forest__max_depth": 32,
-            "random_forest__max_features": sqrt_share,
+            "random_forest__max_features": 1.0 if regression else sqrt_share,
             "random_forest__min_samples_leaf": 1,
         },
     ]
@@ -215,8 +243,13 @@ def check_point(point: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build_estimator(family: str, params: Mapping[str, Any], *, n_classes: int, seed: int = 0) -> Any:
-    """A fresh, unfitted classifier of ``family`` with ``params`` (missing ones take family defaults)."""
+    """A fresh, unfitted classifier of ``family`` with ``params`` (missing ones take family defaults); a regressor
+    when ``n_classes`` is 1 (a regression target)."""
     values = {**FAMILIES[family].defaults, **params} if family in FAMILIES else dict(params)
+    if n_classes == 1:
+        return _regressor(family, values, seed)
+    if family == "ridge":
+        raise ConfigError("model family 'ridge' fits regression targets; for classes use logreg")
     if family == "logreg":
         from sklearn.linear_model import LogisticRegression
 
@@ -254,11 +287,49 @@ def build_estimator(family: str, params: Mapping[str, Any], *, n_classes: int, s
     raise ConfigError(f"model family {family!r} is not supported; choose from: {', '.join(FAMILIES)}")
 
 
-def baseline_estimators(seed: int = 0) -> dict[str, Any]:
-    """scikit-learn's defaults the search has to beat: ``LogisticRegression()`` and ``RandomForestClassifier()``."""
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
+def _regressor(family: str, values: dict[str, Any], seed: int) -> Any:
+    if family == "ridge":
+        from sklearn.linear_model import Ridge
 
+        return Ridge(alpha=float(values["alpha"]), random_state=seed)
+    if family == "random_forest":
+        from sklearn.ensemble import RandomForestRegressor
+
+        return RandomForestRegressor(
+            n_estimators=int(values["n_estimators"]),
+            max_depth=int(values["max_depth"]),
+            max_features=float(values["max_features"]),
+            min_samples_leaf=int(values["min_samples_leaf"]),
+            n_jobs=1,
+            random_state=seed,
+        )
+    if family == "xgboost":
+        from xgboost import XGBRegressor
+
+        return XGBRegressor(**values, tree_method="hist", n_jobs=1, random_state=seed, verbosity=0)
+    if family == "mlp":
+        return TorchMLPRegressor(
+            epochs=int(values["epochs"]),
+            batch_size=int(values["batch_size"]),
+            learning_rate=float(values["learning_rate"]),
+            optimizer=str(values["optimizer"]),
+            seed=seed,
+        )
+    raise ConfigError(f"model family {family!r} does not fit a regression target; choose from: ridge, "
+                      "random_forest, xgboost, mlp")  # fmt: skip
+
+
+def baseline_estimators(seed: int = 0, regression: bool = False) -> dict[str, Any]:
+    """scikit-learn's defaults the search has to beat: ``LogisticRegression()`` and ``RandomForestClassifier()``
+    (regression: ``LinearRegression()`` and ``RandomForestRegressor()``)."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    if regression:
+        return {
+            "default LinearRegression": LinearRegression(),
+            "default RandomForest": RandomForestRegressor(random_state=seed),
+        }
     return {
         "default LogisticRegression": LogisticRegression(),
         "default RandomForest": RandomForestClassifier(random_state=seed),
@@ -266,7 +337,10 @@ def baseline_estimators(seed: int = 0) -> dict[str, Any]:
 
 
 def aligned_proba(estimator: Any, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``predict_proba`` with one column per class 0..n_classes-1 (a fold may lack a class)."""
+    """``predict_proba`` with one column per class 0..n_classes-1 (a fold may lack a class); for a regression
+    target (``n_classes`` 1) the predictions, as one column."""
+    if n_classes == 1:
+        return np.asarray(estimator.predict(X), dtype=np.float64).reshape(len(X), 1)
     proba = np.asarray(estimator.predict_proba(X), dtype=np.float64)
     classes = np.asarray(getattr(estimator, "classes_", np.arange(proba.shape[1])), dtype=np.int64)
     if proba.shape[1] == n_classes and np.array_equal(classes, np.arange(n_classes)):
@@ -384,3 +458,86 @@ class TorchMLPClassifier:
         from uaap.models import get_weights
 
         return get_weights(self.model_)
+
+
+class TorchMLPRegressor(TorchMLPClassifier):
+    """The registry's torch MLP as a scikit-learn-style regressor: MSE on the targets standardised with the training
+    rows' mean and std (:func:`uaap.data.target_scaling`), predictions mapped back to the target's units."""
+
+    _estimator_type = "regressor"
+
+    def __init__(
+        self,
+        epochs: int = 30,
+        batch_size: int = 32,
+        learning_rate: float = 0.05,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        n_classes: int | None = 1,
+        model: str = "mlp",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(epochs, batch_size, learning_rate, optimizer, momentum, 1, model, seed)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> TorchMLPRegressor:
+        """Train a freshly seeded one-output registry model on ``X``, ``y`` (real-valued targets)."""
+        import torch
+
+        from uaap.data import Dataset, target_scaling
+        from uaap.models import build_model
+        from uaap.training import TrainConfig, local_train
+
+        if self.epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise ConfigError(
+                f"mlp needs epochs >= 1, batch_size >= 1 and learning_rate > 0; got epochs={self.epochs}, "
+                f"batch_size={self.batch_size}, learning_rate={self.learning_rate}"
+            )
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.float32)
+        mean, std = target_scaling(y)
+        names = tuple(f"f{i}" for i in range(X.shape[1]))
+        data = Dataset("automl", X, y, 1, names, task="regression", target_mean=mean, target_std=std)
+        net = build_model(self.model, X.shape[1], 1, seed=self.seed)
+        cfg = TrainConfig(
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            lr=float(self.learning_rate),
+            optimizer=str(self.optimizer),
+            momentum=float(self.momentum),
+            seed=int(self.seed),
+        )
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            result = local_train(net, data, cfg)
+        finally:
+            torch.set_num_threads(threads)
+        if not np.isfinite(result.loss):
+            raise ConfigError(
+                f"mlp training diverged (loss {result.loss}) with learning_rate={self.learning_rate}; "
+                "lower the learning rate"
+            )
+        self.model_ = net
+        self.n_classes_ = 1
+        self.n_features_in_ = X.shape[1]
+        self.target_mean_, self.target_std_ = mean, std
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Not defined for a regressor."""
+        raise AttributeError("TorchMLPRegressor predicts values: use predict")
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predictions in the target's units."""
+        from uaap.training import predict_values
+
+        return predict_values(
+            self.model_, np.ascontiguousarray(X, dtype=np.float32), self.target_mean_, self.target_std_
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        """As the classifier's, plus the target's scaling."""
+        state = super().__getstate__()
+        if hasattr(self, "model_"):
+            state |= {"target_mean_": self.target_mean_, "target_std_": self.target_std_}
+        return state

@@ -32,7 +32,16 @@ from typing import Any
 import numpy as np
 
 from uaap import workspace
-from uaap.automl.cv import CV_METHODS, Fold, check_metric, cross_validate, iter_cv, make_folds, score
+from uaap.automl.cv import (
+    CV_METHODS,
+    Fold,
+    check_metric,
+    cross_validate,
+    default_metric,
+    iter_cv,
+    make_folds,
+    score,
+)
 from uaap.automl.families import (
     FAMILIES,
     aligned_proba,
@@ -44,6 +53,7 @@ from uaap.automl.families import (
     family_defaults,
     family_params,
     grid_points,
+    task_families,
     warm_start_points,
 )
 from uaap.config import RunConfig
@@ -65,8 +75,8 @@ class AutoMLSettings:
     scheduler: str = "asha"
     cv: str = "stratified"
     folds: int = 5
-    metric: str = "accuracy"
-    families: tuple[str, ...] = tuple(FAMILIES)
+    metric: str = ""  # empty: the task's (accuracy, or R2 for a regression target)
+    families: tuple[str, ...] = ()  # empty: the task's (logreg or ridge, random_forest, xgboost, mlp)
     time_budget_s: float | None = 120.0
     num_trials: int = 0
     concurrency: int = 0
@@ -82,7 +92,8 @@ class AutoMLSettings:
             raise ConfigError(f"scheduler={self.scheduler!r} is not supported; choose one of: {', '.join(SCHEDULERS)}")
         if self.cv not in CV_METHODS:
             raise ConfigError(f"cv={self.cv!r} is not supported; choose one of: {', '.join(CV_METHODS)}")
-        object.__setattr__(self, "families", check_families(self.families))
+        if self.families:
+            object.__setattr__(self, "families", check_families(self.families))
         if self.folds < 2:
             raise ConfigError(f"folds={self.folds}; cross-validation needs at least 2 folds")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
@@ -95,13 +106,30 @@ class AutoMLSettings:
         if self.search != "grid" and self.time_budget_s is None and self.num_trials == 0:
             raise ConfigError("give a time budget (--time-budget SECONDS) or a trial budget (--trials N), or both")
         points = tuple(check_point(p) for p in self.points)
-        unknown = [p["family"] for p in points if p["family"] not in self.families]
+        unknown = [p["family"] for p in points if self.families and p["family"] not in self.families]
         if unknown:
             raise ConfigError(
                 f"a point uses family {unknown[0]!r}, which is not searched; add it to --families "
                 f"({', '.join(self.families)})"
             )
         object.__setattr__(self, "points", points)
+
+    def for_task(self, n_classes: int) -> AutoMLSettings:
+        """These settings with the task's metric and families filled in (``n_classes`` 1: regression), checked."""
+        import dataclasses
+
+        regression = n_classes == 1
+        metric = self.metric or default_metric(n_classes)
+        check_metric(metric, n_classes)
+        families = task_families(self.families, regression)
+        settings = dataclasses.replace(self, metric=metric, families=families)
+        unknown = [p["family"] for p in settings.points if p["family"] not in families]
+        if unknown:
+            raise ConfigError(
+                f"a point uses family {unknown[0]!r}, which is not searched; add it to --families "
+                f"({', '.join(families)})"
+            )
+        return settings
 
 
 @dataclass
@@ -309,11 +337,11 @@ def run_automl(
     ``experiment`` and optionally ``run_id``. Ray is started (or attached to ``ray_address`` /
     ``RAY_ADDRESS``) and shut down afterwards only if this call started it.
     """
-    settings = settings or AutoMLSettings()
     stage = on_stage or (lambda text: None)
-    split = load_data(cfg, settings.cv)
+    split = load_data(cfg, (settings or AutoMLSettings()).cv)
     train, test = split.train, split.test
     n_classes = train.n_classes
+    settings = (settings or AutoMLSettings()).for_task(n_classes)
     mode = check_metric(settings.metric, n_classes)
     folds = make_folds(train.y, settings.cv, settings.folds, cfg.seed)
     rd = workspace.run_dir(cfg.run_id or workspace.new_run_id("automl"))
@@ -341,7 +369,8 @@ def run_automl(
 
     started = False
     try:
-        stage("baselines: default LogisticRegression and RandomForest on the same folds")
+        linear = "LinearRegression" if train.regression else "LogisticRegression"
+        stage(f"baselines: default {linear} and RandomForest on the same folds")
         baselines = _baselines(train, test, folds, settings.metric, cfg.seed)
         for name, b in baselines.items():
             key = name.split()[-1].lower()
@@ -421,7 +450,7 @@ def _defaults_on_test(
 ) -> dict[str, dict[str, Any]]:
     """Each family's default configuration fitted on the training split and scored on the held-out split."""
     out: dict[str, dict[str, Any]] = {}
-    for point in family_defaults(settings.families, train.n_features):
+    for point in family_defaults(settings.families, train.n_features, train.regression):
         family, params = family_params(point)
         as_trial = next((r for r in board if r["family"] == family and r["params"] == params), None)
         with warnings.catch_warnings():
@@ -462,7 +491,7 @@ def _baselines(train: Any, test: Any, folds: list[Fold], metric: str, seed: int)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # default LogisticRegression may stop at max_iter=100: that is the default
-        for name, est in baseline_estimators(seed).items():
+        for name, est in baseline_estimators(seed, regression=train.regression).items():
             scores = cross_validate(functools.partial(clone, est), train.X, train.y, folds, train.n_classes, metric)
             fitted = clone(est).fit(train.X, train.y)
             test_metrics = score(metric, test.y, aligned_proba(fitted, test.X, train.n_classes))
@@ -493,9 +522,9 @@ def _search(
     concurrency = settings.concurrency or cluster_cpus()
     points = list(settings.points)
     # each family's default configuration is always a trial; warm starting adds a few more known-good points
-    starts = family_defaults(settings.families, train.n_features)
+    starts = family_defaults(settings.families, train.n_features, train.regression)
     if settings.warm_start and settings.search != "grid":
-        starts = warm_start_points(settings.families, train.n_features)
+        starts = warm_start_points(settings.families, train.n_features, train.regression)
     points += [p for p in starts if p not in points]
     search_alg, param_space, num_samples = _search_algorithm(settings, cfg.seed, mode, points)
     scheduler = _scheduler(settings, mode)
@@ -718,7 +747,10 @@ def _save(rd: workspace.RunDir, estimator: Any, best: dict[str, Any], cfg: RunCo
         "data_path": cfg.data_path,
         "target": cfg.target,
         "run_id": rd.run_id,
+        "task": train.task,
     }
+    if best["family"] == "mlp" and train.regression:  # saved like `uaap train` saves a regression model
+        meta |= {"target_mean": estimator.target_mean_, "target_std": estimator.target_std_}
     if best["family"] == "mlp":
         return workspace.save_model(
             rd.model_file,

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from uaap.automl.cv import CV_METHODS, METRICS
-    from uaap.automl.families import FAMILIES
+    from uaap.automl.families import CLASSIFICATION_FAMILIES, REGRESSION_FAMILIES
     from uaap.automl.search import SCHEDULERS, SEARCHES
     from uaap.commands.common import add_config_flags
 
@@ -38,9 +38,14 @@ def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     search.add_argument("--trials", type=int, default=0, help="trial budget (0 = as many as the time allows)")
     search.add_argument("--cv", choices=CV_METHODS, default="stratified", help="cross-validation (default stratified)")
     search.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    search.add_argument("--metric", choices=tuple(METRICS), default="accuracy", help="what to optimise")
     search.add_argument(
-        "--families", default=",".join(FAMILIES), help=f"comma-separated model families (default {','.join(FAMILIES)})"
+        "--metric", choices=tuple(METRICS), default="", help="what to optimise (default accuracy; regression: r2)"
+    )
+    search.add_argument(
+        "--families",
+        default="",
+        help=f"comma-separated model families (default {','.join(CLASSIFICATION_FAMILIES)}; regression: "
+        f"{','.join(REGRESSION_FAMILIES)})",
     )
     search.add_argument(
         "--point",
@@ -68,6 +73,7 @@ def run_automl_command(args: argparse.Namespace) -> int:
     """Search, print the leaderboard beside the default baselines, save the best model."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from uaap.automl.cv import METRICS
     from uaap.automl.search import AutoMLSettings, leaderboard_table, run_automl, verdict
     from uaap.commands.common import config_from_args
 
@@ -80,7 +86,7 @@ def run_automl_command(args: argparse.Namespace) -> int:
         cv=args.cv,
         folds=args.folds,
         metric=args.metric,
-        families=tuple(args.families.split(",")),
+        families=tuple(f for f in args.families.split(",") if f.strip()),
         time_budget_s=time_budget,
         num_trials=args.trials,
         concurrency=args.concurrency,
@@ -105,11 +111,13 @@ def run_automl_command(args: argparse.Namespace) -> int:
     def on_trial(rec: Any) -> None:
         state["done"] += 1
         state["errors"] += rec.status == "error"
-        scores = rec.fold_scores(settings.metric)
+        metric = settings.metric or ("r2" if rec.folds and "r2" in rec.folds[0] else "accuracy")
+        scores = rec.fold_scores(metric)
         value = f"{sum(scores) / len(scores):.4f}" if scores else "-"
         if rec.status == "completed" and scores:
             mean = sum(scores) / len(scores)
-            state["best"] = mean if state["best"] is None else max(state["best"], mean)
+            better = max if METRICS[metric] == "max" else min
+            state["best"] = mean if state["best"] is None else better(state["best"], mean)
         if args.verbose:
             extra = f" ({rec.error[:80]})" if rec.error else ""
             console.print(
