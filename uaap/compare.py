@@ -7,6 +7,12 @@ evaluation and AutoML winners score on the same held-out test split of their dat
 table says when seeds or test fractions differ. An encrypted federated run has no server-side evaluation (the
 server never holds the plaintext model): its value is the clients' validation accuracy, and the table's
 "measured on" column says so.
+
+Regression runs have no accuracy: unless a metric is asked for, each run is compared on its task's headline
+(accuracy, or R2 for a regression target: :data:`uaap.metrics.HEADLINE`), the column is named for what it holds
+(``accuracy``, ``r2``, or ``accuracy | r2`` with each value prefixed when the tasks mix), and regression runs also
+show their RMSE in the target's units. Lower-is-better metrics (``rmse``, ``mae``, ``mse``, ``loss``) sort
+ascending.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ VALIDATION = "clients' validation"
 RUN_TAG = "uaap.run_id"
 KIND_TAG = "uaap.kind"
 PARENT_TAG = "mlflow.parentRunId"
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class RunRow:
     split: str
     curve: list[tuple[int, float]] = field(default_factory=list)
     measured_on: str = TEST  # what ``value`` was measured on: TEST or VALIDATION
+    metric: str = "accuracy"  # what ``value`` is (the asked metric, or the run's task's headline)
+    rmse: float | None = None  # a regression run's final RMSE, in the target's units
 
 
 def _final_key(kind: str, metric: str) -> list[str]:
@@ -86,10 +95,12 @@ def collect_runs(
     experiment: str | None = None,
     kinds: Sequence[str] = (),
     dataset: str | None = None,
-    metric: str = "accuracy",
+    metric: str = "",
     limit: int = 50,
 ) -> list[RunRow]:
-    """Top-level UAAP runs from MLflow (newest first), filtered by id, experiment, kind and dataset."""
+    """Top-level UAAP runs from MLflow (newest first), filtered by id, experiment, kind and dataset.
+
+    ``metric`` empty: each run's task's headline (accuracy, or R2 for regression)."""
     import mlflow
 
     from uaap.tracking import tracking_uri
@@ -139,10 +150,15 @@ def _row(
 ) -> RunRow:
     metrics = dict(run.data.metrics)
     value, curve_key = None, None
+    regression = any(k in metrics for k in _final_key(kind, "r2")) and not any(
+        k in metrics for k in _final_key(kind, "accuracy")
+    )
+    metric = metric or ("r2" if regression else "accuracy")
     for key in _final_key(kind, metric):
         if key in metrics:
             value, curve_key = float(metrics[key]), key
             break
+    rmse = next((float(metrics[k]) for k in _final_key(kind, "rmse") if k in metrics), None) if regression else None
     curve: list[tuple[int, float]] = []
     if curve_key is not None and kind in ("central", "federated"):
         history = client.get_metric_history(run.info.run_id, curve_key)
@@ -167,29 +183,42 @@ def _row(
         split=f"seed {params.get('seed', '?')}, test {params.get('test-fraction', '?')}",
         curve=curve,
         measured_on=VALIDATION if curve_key and curve_key.startswith("fed_") else TEST,
+        metric=metric,
+        rmse=rmse,
     )
 
 
-def compare_table(rows: Sequence[RunRow], metric: str = "accuracy") -> Any:
+def metric_name(rows: Sequence[RunRow], metric: str = "") -> str:
+    """What the value column holds: ``metric``, or the rows' metrics (``accuracy``, ``r2``, ``accuracy | r2``)."""
+    return metric or " | ".join(sorted({r.metric for r in rows})) or "accuracy"
+
+
+def compare_table(rows: Sequence[RunRow], metric: str = "") -> Any:
     """A rich table, best first within each dataset."""
     from rich.table import Table
 
-    table = Table(title=f"runs compared on their final {metric}")
-    columns = ("run", "kind", "dataset", "what", "privacy", metric, "measured on", "epsilon", "rounds/epochs")
-    for col in (*columns, "seconds", "split"):
+    name = metric_name(rows, metric)
+    mixed = " | " in name
+    with_rmse = any(r.rmse is not None for r in rows) and name != "rmse"
+    table = Table(title=f"runs compared on their final {name}")
+    columns = ("run", "kind", "dataset", "what", "privacy", name, *(("rmse",) if with_rmse else ()), "measured on")
+    for col in (*columns, "epsilon", "rounds/epochs", "seconds", "split"):
         table.add_column(
             col,
-            justify="right" if col in (metric, "epsilon", "rounds/epochs", "seconds") else "left",
+            justify="right" if col in (name, "rmse", "epsilon", "rounds/epochs", "seconds") else "left",
             no_wrap=col == "run",
         )
     for row in sort_rows(rows):
+        value = "-" if row.value is None else (f"{row.metric} " if mixed else "") + f"{row.value:.4f}"
+        rmse = ("-" if row.rmse is None else f"{row.rmse:.4g}",) if with_rmse else ()
         table.add_row(
             row.run_id,
             row.kind,
             row.dataset,
             row.label,
             row.privacy,
-            "-" if row.value is None else f"{row.value:.4f}",
+            value,
+            *rmse,
             "-" if row.value is None else row.measured_on,
             "-" if row.epsilon is None else f"{row.epsilon:.3f}",
             str(row.steps or "-"),
@@ -211,11 +240,16 @@ def compare_table(rows: Sequence[RunRow], metric: str = "accuracy") -> Any:
 
 
 def sort_rows(rows: Sequence[RunRow]) -> list[RunRow]:
-    """Grouped by dataset, best value first (runs without a value last)."""
-    return sorted(rows, key=lambda r: (r.dataset, r.value is None, -(r.value or 0.0)))
+    """Grouped by dataset, best value first (runs without a value last; lower first for an error or a loss)."""
+
+    def key(r: RunRow) -> tuple[str, bool, float]:
+        sign = 1.0 if r.metric in LOWER_IS_BETTER else -1.0
+        return (r.dataset, r.value is None, sign * (r.value or 0.0))
+
+    return sorted(rows, key=key)
 
 
-def compare_plot(rows: Sequence[RunRow], out: Path | None = None, metric: str = "accuracy") -> Path:
+def compare_plot(rows: Sequence[RunRow], out: Path | None = None, metric: str = "") -> Path:
     """PNG: final test metric per run (bars, coloured by kind) and per-round/epoch curves."""
     import matplotlib
 
@@ -224,6 +258,7 @@ def compare_plot(rows: Sequence[RunRow], out: Path | None = None, metric: str = 
 
     from uaap import workspace
 
+    metric = metric_name(rows, metric)
     out = out or workspace.home() / "compare.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     ordered = sort_rows(rows)
@@ -241,7 +276,11 @@ def compare_plot(rows: Sequence[RunRow], out: Path | None = None, metric: str = 
     for y, v in zip(ypos, values, strict=True):
         bars.text(0.01 if math.isnan(v) else v, y, " n/a" if math.isnan(v) else f" {v:.3f}", va="center", fontsize=8)
     bars.set_yticks(ypos, names, fontsize=8)
-    bars.set_xlim(0, 1.08 if metric != "loss" else max([v for v in values if not math.isnan(v)] or [1]) * 1.15)
+    finite = [v for v in values if not math.isnan(v)]
+    if metric in LOWER_IS_BETTER:  # errors and losses have no upper bound
+        bars.set_xlim(0, max(finite or [1]) * 1.15)
+    else:  # accuracy and R2 reach 1; R2 can be negative
+        bars.set_xlim(min([0.0, *finite]) * 1.1, 1.08)
     bars.set_xlabel(f"final {metric} (test split; clients' validation where the name says so)")
     bars.set_title("final result per run")
     for kind, color in colors.items():

@@ -183,7 +183,10 @@ def _register_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--kind", default="", help="only these kinds, e.g. central,federated,automl,tune-federated")
     p.add_argument("--dataset", default=None, help="only runs on this dataset")
     p.add_argument(
-        "--metric", default="accuracy", help="final metric to compare (default accuracy; the table says where measured)"
+        "--metric",
+        default="",
+        help="final metric to compare (default each run's: accuracy, or r2 for regression; the table says where "
+        "measured)",
     )
     p.add_argument("--out", default=None, help="PNG path (default: <workspace>/compare.png)")
     p.add_argument("--limit", type=int, default=50, help="at most this many runs, newest first (default 50)")
