@@ -93,3 +93,28 @@ def test_epsilon_after_peeks_one_more_release_with_the_accountants_own_mechanism
     assert peeked == Accountant(mechanism, [(1.0, 0.1, 50)]).epsilon(1e-5)
     reference = setting["rdp_epsilon"] if mechanism == "rdp" else setting["pld_epsilon"]
     assert peeked == pytest.approx(reference, rel=0.01)
+
+
+def test_the_noise_search_takes_its_bounds_mechanism_and_default_exactly():
+    import warnings
+
+    # one full-batch step (q = 1) keeps the search instant; RDP is the default mechanism
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sigma = noise_multiplier(4.0, 1e-5, 1.0, 1)  # the search passes sigmas whose best RDP order is the largest
+    assert not [w for w in caught if str(w.message).startswith("Optimal order")], "Opacus' search noise is silenced"
+    assert sigma == noise_multiplier(4.0, 1e-5, 1.0, 1, "rdp")
+    assert 3.99 <= epsilon_of([(sigma, 1.0, 1)], 1e-5) <= 4.0
+    assert epsilon_of([(noise_multiplier(1.0, 1e-5, 1.0, 6), 1.0, 6)], 1e-5) <= 1.0  # a target of exactly 1
+    prv = noise_multiplier(4.0, 1e-5, 1.0, 6, "prv")
+    assert prv < noise_multiplier(4.0, 1e-5, 1.0, 6, "rdp"), "PRV's tighter analysis needs less noise"
+    assert 3.99 <= epsilon_of([(prv, 1.0, 6)], 1e-5, "prv") <= 4.0
+    for target, steps, message in (
+        (0.0, 6, "dp-target-epsilon=0.0 must be > 0"),
+        (4.0, 0, "planned steps=0 must be >= 1 to calibrate DP-SGD noise"),
+        (1e-6, 6, "dp-target-epsilon=1e-06 cannot be reached with q=1 over 6 steps at delta=1e-05 (noise multiplier "
+         "would exceed 1e6); raise the target epsilon or train fewer steps"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            noise_multiplier(target, 1e-5, 1.0, steps)
+        assert str(err.value) == message

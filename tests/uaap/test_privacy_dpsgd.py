@@ -115,8 +115,11 @@ def test_batchnorm_models_are_fixed_the_same_way_on_both_sides():
 
     engine = DPSGD(1.0, 1.0, generator=torch.Generator().manual_seed(0))
     raw = with_bn()
-    with pytest.raises(ConfigError, match="make_dp_compatible"):
+    with pytest.raises(ConfigError, match="make_dp_compatible") as err:
         local_train(raw, _data(32), TrainConfig(epochs=1, batch_size=8), privacy=engine)
+    assert str(err.value).startswith("model is not DP-SGD compatible (") and str(err.value).endswith(
+        "); build it through uaap.privacy.dpsgd.make_dp_compatible on both the server and the clients"
+    )
     server, client = make_dp_compatible(with_bn()), make_dp_compatible(with_bn())
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in server.modules())
     assert [(k, v.shape) for k, v in server.state_dict().items()] == [
@@ -200,3 +203,27 @@ def test_the_clients_dpsgd_state_lives_in_context_state_and_once_a_round_in_its_
         "this client's DP-SGD history was accounted with 'prv', the run now asks for dp-accountant='rdp'; "
         "resume with the original accountant"
     )
+
+
+def test_dpsgd_refuses_negative_noise_and_a_clip_norm_that_is_not_positive_word_for_word():
+    for noise, clip in ((-0.5, 1.0), (1.0, 0.0), (1.0, -1.0)):
+        with pytest.raises(ConfigError) as err:
+            DPSGD(noise, clip)
+        assert str(err.value) == f"DP-SGD needs noise multiplier >= 0 and clip norm > 0; got {noise} and {clip}"
+    assert DPSGD(0.0, 1e-9).noise_multiplier == 0.0
+
+
+def test_sampling_and_noise_follow_the_engines_generator_never_torchs_global_seed():
+    # Same secret generator: the same Poisson batches and noise whatever torch's global seed (Opacus is given it).
+    # No generator: a fresh OS-seeded one, so re-seeding torch's global generator does not replay the noise.
+    def train(generator: torch.Generator | None, global_seed: int) -> list[np.ndarray]:
+        torch.manual_seed(global_seed)
+        model = build_model("logreg", 6, 3, seed=1)
+        engine = DPSGD(1.0, 0.5, generator=generator)
+        local_train(model, _data(64), TrainConfig(epochs=1, batch_size=16, momentum=0.0), privacy=engine)
+        return get_weights(model)
+
+    same = [train(torch.Generator().manual_seed(7), seed) for seed in (0, 1)]
+    assert all(np.array_equal(a, b) for a, b in zip(*same, strict=True))
+    fresh = [train(None, 0) for _ in range(2)]
+    assert not all(np.array_equal(a, b) for a, b in zip(*fresh, strict=True))
