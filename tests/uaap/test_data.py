@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_csv_with_unencodable_text_column_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     rows = "\n".join(f"note number {i},{i % 2}" for i in range(60))
     path.write_text("note,y\n" + rows + "\n")
-    with pytest.raises(DataError, match="column 'note' holds free text or identifiers.*--text hashing"):
+    with pytest.raises(DataError, match="column 'note' holds free text or identifiers.*--text-columns hashing"):
         load_table(path, "y")
 
 
@@ -110,3 +111,30 @@ def test_parquet_input(tmp_path: Path) -> None:
     pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0], "y": ["a", "b", "a", "b"]}).to_parquet(path)
     data = load_table(path, "y")
     assert data.X.shape == (4, 1) and list(data.y) == [0, 1, 0, 1]
+
+
+def test_bad_tables_fail_before_training_with_what_to_do_and_leave_nothing(
+    uaap_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from uaap.cli import main
+
+    def table(name: str, text: str) -> str:
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    rows = "".join(f"{i},{i % 3},{'yes' if i % 2 else 'no'},note {i} of many\n" for i in range(80))
+    cases = [
+        (["--data", str(tmp_path / "nope.csv"), "--target", "y"], "does not exist"),
+        (["--data", table("head.csv", "a,b,y\n"), "--target", "y"], "has a header but no rows"),
+        (["--data", table("t.csv", "a,b,y,n\n" + rows), "--target", "label"], "target column 'label' is not in"),
+        (["--data", table("one.csv", "a,y\n1,x\n2,x\n3,x\n"), "--target", "y"], "single class 'x'"),
+        (["--data", table("e.csv", "a,e,y\n1,,x\n3,,y\n5,,x\n7,,y\n"), "--target", "y"], "--drop-columns e"),
+        (["--data", str(tmp_path / "t.csv"), "--target", "y"], "'n' holds free text.*--text-columns hashing"),
+        (["--data", str(tmp_path / "t.csv"), "--target", "y", "--task", "regression"], "holds text.*--task"),
+        (["--data", table("t.xml", "<t/>"), "--target", "y"], "suffix '.xml'"),
+    ]
+    for args, message in cases:
+        assert main(["train", *args, "--epochs", "1"]) == 2, args
+        err = capsys.readouterr().err
+        assert re.search(message, err), (args, err)
+    assert not (uaap_home / "runs").exists() or not any((uaap_home / "runs").iterdir())  # nothing half-written

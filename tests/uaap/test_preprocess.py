@@ -108,7 +108,8 @@ def test_datetimes_expand_into_calendar_parts_and_cycles() -> None:
 
 
 def test_free_text_is_refused_hashed_or_dropped(table: pd.DataFrame) -> None:
-    with pytest.raises(DataError, match=r"column 'notes' holds free text.*--text hashing.*drop-columns=notes"):
+    refused = r"column 'notes' holds free text.*--text-columns hashing.*--drop-columns notes"
+    with pytest.raises(DataError, match=refused):
         Preprocessor().fit(table[FEATURES])
     hashed = Preprocessor(PreprocessOptions(text="hashing", hash_buckets=8)).fit(table[FEATURES])
     words = hashed.transform(pd.DataFrame([{**table[FEATURES].iloc[0], "notes": "pain pain fever"}]))[0, -8:]
@@ -119,7 +120,7 @@ def test_free_text_is_refused_hashed_or_dropped(table: pd.DataFrame) -> None:
 
 def test_bad_columns_get_clear_errors() -> None:
     frame = pd.DataFrame({"x": [1.0, 2.0, 3.0], "empty": [None, None, None]})
-    with pytest.raises(DataError, match=r"column 'empty' is empty in all 3 rows; drop it"):
+    with pytest.raises(DataError, match=r"'empty' is empty in all 3 rows; leave it out \(--drop-columns empty\)"):
         Preprocessor().fit(frame)
     with pytest.raises(DataError, match=r"drop names 'nope'"):
         Preprocessor(PreprocessOptions(drop=("nope",))).fit(frame)

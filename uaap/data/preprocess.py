@@ -557,7 +557,9 @@ class FederatedFit:
         for name in self.columns:
             rows, present, numeric, datetime = (float(v) for v in stats[f"{name}:schema"])
             if present == 0:
-                raise DataError(f"column {name!r} is empty in all {int(rows)} rows; drop it (drop-columns) or fill it")
+                raise DataError(
+                    f"column {name!r} is empty in all {int(rows)} rows; leave it out (--drop-columns {name}) or fill it"
+                )
             if numeric == present:
                 kind = "numeric"
             elif datetime == present:
@@ -571,8 +573,7 @@ class FederatedFit:
             else:
                 raise DataError(
                     f"column {name!r} holds free text or identifiers (over {o.categorical_max} distinct values "
-                    f"at one party): hash its words (text=hashing, --text hashing) or leave it out "
-                    f"(drop-columns={name})"
+                    f"at one party): hash its words (--text-columns hashing) or leave it out (--drop-columns {name})"
                 )
             self.plans.append(ColumnPlan(name, kind))
 

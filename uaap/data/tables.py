@@ -121,7 +121,14 @@ def split_rows(raw: RawTable, test_fraction: float, seed: int, task: str) -> tup
 
     labels = strata(raw, task)
     counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 else None
+    n_test = int(np.ceil(test_fraction * len(raw)))
+    if len(raw) - n_test < 2 or n_test < 1:
+        raise DataError(
+            f"{len(raw)} rows cannot give a train and a test part (test-fraction={test_fraction:g}); "
+            "give more rows or another test-fraction"
+        )
+    stratified = counts[counts > 0].min() >= 2 and n_test >= (counts > 0).sum() <= len(raw) - n_test
+    stratify = labels if stratified else None  # plain random when a class is too small to stratify
     tr, te = train_test_split(np.arange(len(raw)), test_size=test_fraction, random_state=seed, stratify=stratify)
     return np.sort(tr), np.sort(te)
 
