@@ -50,23 +50,27 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from uaap import workspace
+    from uaap.metrics import headline
 
-    table = Table(title=f"runs in {workspace.home()}")
-    for col in ("run", "state", "rounds", "accuracy", "measured on"):
-        table.add_column(col, justify="right" if col in ("rounds", "accuracy") else "left")
+    lines = []
     for run_id in workspace.list_runs():
         rd = workspace.run_dir(run_id)
         events = rd.events()
         rounds = [e for e in events if e["kind"] in ("round", "epoch")]
         last = rounds[-1] if rounds else {}
-        central, fed = last.get("central", {}).get("accuracy"), last.get("evaluate", {}).get("accuracy")
-        acc, where = (central, "server's test split") if central is not None else (fed, "clients' validation")
-        table.add_row(
-            run_id,
-            run_state(events),
-            str(last.get("round", last.get("epoch", 0))),
-            "-" if acc is None else f"{acc:.4f}",
-            "-" if acc is None else where,
-        )
+        central, fed = last.get("central", {}), last.get("evaluate", {})
+        name, value = headline(central)  # accuracy, or R2 for a regression run
+        where = "server's test split"
+        if value is None:
+            (name, value), where = headline(fed), "clients' validation"
+        lines.append((run_id, run_state(events), str(last.get("round", last.get("epoch", 0))), name, value, where))
+    names = sorted({line[3] for line in lines if line[4] is not None}) or ["accuracy"]
+    metric = " | ".join(names)  # the column holds what its header says: accuracy, r2, or both
+    table = Table(title=f"runs in {workspace.home()}")
+    for col in ("run", "state", "rounds", metric, "measured on"):
+        table.add_column(col, justify="right" if col in ("rounds", metric) else "left")
+    for run_id, state, rounds_done, name, value, where in lines:
+        shown = "-" if value is None else (f"{name} " if len(names) > 1 else "") + f"{value:.4f}"
+        table.add_row(run_id, state, rounds_done, shown, "-" if value is None else where)
     Console().print(table)
     return 0
