@@ -34,6 +34,7 @@ BASE = RunConfig(
 RUNS = {
     "plain": BASE,
     "he": BASE.replace(secure_aggregation="ckks"),
+    "fedprox": BASE.replace(strategy="fedprox", proximal_mu=0.1),
     "dp-local": BASE.replace(dp_local=True, dp_target_epsilon=8.0),
     "dp-central": BASE.replace(dp_central=True, dp_noise_multiplier=0.5, central_eval=True),
 }
@@ -97,6 +98,13 @@ def test_ckks_regression_equals_the_plaintext_federation_within_ckks_precision(r
     ref, _ = workspace.load_model(plain.model_file)
     drift = max(float(np.abs(a - b).max()) for a, b in zip(get_weights(model), get_weights(ref), strict=True))
     assert drift <= 1e-5, f"HE and plaintext global models differ by {drift:.3g}"
+
+
+@pytest.mark.slow
+def test_fedprox_regression_learns_with_its_proximal_term_in_the_local_objective(runs: dict) -> None:
+    prox, plain = _last(runs["fedprox"]), _last(runs["plain"])
+    assert prox["central"]["r2"] > 0.4
+    assert prox["central"]["r2"] != plain["central"]["r2"], "mu > 0 changed the local objective"
 
 
 @pytest.mark.slow
