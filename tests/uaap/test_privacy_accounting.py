@@ -118,3 +118,12 @@ def test_the_noise_search_takes_its_bounds_mechanism_and_default_exactly():
         with pytest.raises(ConfigError) as err:
             noise_multiplier(target, 1e-5, 1.0, steps)
         assert str(err.value) == message
+
+
+def test_an_accountant_from_a_partial_state_falls_back_to_rdp_and_no_history():
+    empty = Accountant.from_state({})  # a state written before mechanism and history were stored
+    assert (empty.mechanism, empty.history, empty.epsilon(1e-5)) == ("rdp", [], 0.0)
+    prv = Accountant.from_state({"mechanism": "prv", "history": [[1.0, 0.5, 2], [1.0, 0.5, 3]]})
+    assert (prv.mechanism, prv.history) == ("prv", [(1.0, 0.5, 5)])
+    only_history = Accountant.from_state({"history": [[2.0, 0.1, 4]]})
+    assert (only_history.mechanism, only_history.history) == ("rdp", [(2.0, 0.1, 4)])
