@@ -56,6 +56,8 @@ def export(source: Source, folder: Path, quantize: str | None = None) -> list[Pa
     """Write ``model.mlpackage`` (fp32, fp16 compute, or int8 weights) into ``folder``."""
     from edge.trees import TREE_FAMILIES
 
+    if source.family in TREE_FAMILIES and source.regression:
+        raise NotApplicable(f"Core ML export of {source.family!r} regressors is not written yet; export them to onnx")
     if source.family in TREE_FAMILIES:
         if quantize:
             raise NotApplicable(f"--quantize {quantize} applies to neural and linear models, not {source.family!r}")

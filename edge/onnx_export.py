@@ -162,8 +162,11 @@ def _register_xgboost() -> None:
     try:
         from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
         from skl2onnx import update_registered_converter
-        from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
-        from xgboost import XGBClassifier
+        from skl2onnx.common.shape_calculator import (
+            calculate_linear_classifier_output_shapes,
+            calculate_linear_regressor_output_shapes,
+        )
+        from xgboost import XGBClassifier, XGBRegressor
     except ImportError:
         return
     update_registered_converter(
@@ -172,6 +175,9 @@ def _register_xgboost() -> None:
         calculate_linear_classifier_output_shapes,
         convert_xgboost,
         options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
+    update_registered_converter(
+        XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
     )
     _REGISTERED = True
 

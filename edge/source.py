@@ -66,8 +66,15 @@ class Source:
 
     @property
     def target_scale(self) -> float:
-        """What regression parity is measured against: the target's standard deviation (1.0 when unknown)."""
-        return float(self.meta.get("target_std") or 1.0) if self.regression else 1.0
+        """What regression parity is measured against: the target's standard deviation (the model's training
+        scaling, else the train split's or the held-out rows' spread; 1.0 for classification)."""
+        if not self.regression:
+            return 1.0
+        if self.meta.get("target_std"):
+            return float(self.meta["target_std"])
+        rows = self.train if self.train is not None and len(self.train.y) > 1 else self.full_heldout
+        std = float(np.std(np.asarray(rows.y, dtype=np.float64))) if len(rows.y) > 1 else 0.0
+        return std if std > 0 else 1.0
 
     @property
     def full_heldout(self) -> Dataset:

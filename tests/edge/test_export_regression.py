@@ -81,17 +81,27 @@ def test_regression_exports_agree_with_the_source_model(saved: dict[str, Path], 
         assert "uaap_predict(const float *x, float *y)" in (tmp_path / "c" / "model.h").read_text()
 
 
-def test_a_tree_regressor_is_not_applicable_for_c_and_says_where_to_go(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["decision_tree", "xgboost"])
+def test_tree_regressors_export_to_onnx_and_say_where_to_go_for_c_and_core_ml(tmp_path: Path, family: str) -> None:
     from sklearn.tree import DecisionTreeRegressor
+    from xgboost import XGBRegressor
 
     from uaap import workspace
     from uaap.data import load_split
 
     split = load_split(RunConfig(dataset="friedman"))
-    tree = DecisionTreeRegressor(max_depth=3, random_state=0).fit(split.train.X, split.train.y)
-    meta = {"dataset": "friedman", "task": "regression", "n_features": 10, "n_classes": 1}
-    source = load_source(workspace.save_estimator(tmp_path / "tree.skops", tree, meta))
-    assert source.family == "decision_tree" and source.regression
-    result = export_one(source, "c", tmp_path)
-    assert result.status == "not applicable" and "onnx" in result.reason
-    assert export_one(source, "onnx", tmp_path).status == "ok"
+    est = (
+        DecisionTreeRegressor(max_depth=3, random_state=0)
+        if family == "decision_tree"
+        else XGBRegressor(n_estimators=20, max_depth=3, n_jobs=1, random_state=0)
+    ).fit(split.train.X, split.train.y)
+    meta = {"dataset": "friedman", "n_features": 10, "n_classes": 1}  # no task: told by the estimator itself
+    source = load_source(workspace.save_estimator(tmp_path / f"{family}.skops", est, meta))
+    assert source.family == family and source.regression
+    assert source.target_scale == pytest.approx(float(np.std(split.train.y.astype(np.float64))))
+    for fmt in ("c", "coreml"):
+        result = export_one(source, fmt, tmp_path)
+        assert result.status == "not applicable" and "onnx" in result.reason
+    result = export_one(source, "onnx", tmp_path)
+    assert result.status == "ok", result.reason
+    assert result.manifest["parity"]["max_abs_diff_relative"] <= verify.REGRESSION_TOLERANCE
