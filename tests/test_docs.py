@@ -91,6 +91,38 @@ SPECS: dict[str, Spec] = {
     "docs/configuration.md#configuration-reference": Spec(
         expect=(r"seed = 7 +# --seed", r"run\.toml: valid"), timeout=120
     ),
+    # ---- docs/data.md (an empty folder) ------------------------------------------------------------------
+    "docs/data.md#1-a-table-and-its-profile": Spec(
+        expect=(
+            r"wrote visits\.csv: 1200 rows",
+            r"target 'label': classification, 2 classes",
+            r"(?m)^│ notes .*high cardinality",
+            r"report: \S+/\.uaap/profiles/visits-\S+\.html",
+        ),
+        timeout=120,
+    ),
+    "docs/data.md#2-train-on-it-centrally-and-federated": Spec(
+        expect=(
+            r"test: loss [\d.]+, accuracy 0\.[6-9]",  # yes/no is 0.51 at best without learning
+            r"(?s)run visits\b.*(?m:^ +3 +3 .* 0\.[6-9]\d{3} +- +[\d.]+$)",  # round 3's test accuracy
+            r"(?s)run visits-cost\b.*(?m:^round +clients +loss +loss +R2 )",  # the cost target is a regression
+            r"(?s)(3 clients, fedprox .* 3/3 completed.*){2}",
+        ),
+        refuse=NOISE,
+        timeout=900,
+        slow=True,
+    ),
+    "docs/data.md#3-export-what-a-device-runs": Spec(
+        expect=(
+            r"(?m)^│ onnx +│ ok ",
+            r"(?m)^│ c +│ ok ",
+            r"bundles in: \S+/runs/visits/exports",
+            r"(?m)^│ visits +│ completed",
+        ),
+        refuse=NOISE,
+        timeout=300,
+        slow=True,
+    ),
     # ---- docs/deploy.md (an empty folder, the installed commands on PATH) -------------------------------
     "docs/deploy.md#0-install": Spec(
         expect=(r"Requirement already satisfied: uaap",), env={"PIP_NO_INDEX": "1"}, timeout=180
@@ -242,6 +274,8 @@ def test_doc_runs_as_written(doc: str, doc_session: DocSession, record_property:
     record_property("block_times", "; ".join(timings))
     print("\n".join(timings))
     assert not failures, "\n".join(failures)
+    # MLflow's default artifact store is ./mlruns of whatever folder a command runs in: the workspace holds it
+    assert not (doc_session.cwd / "mlruns").exists(), "MLflow wrote artifacts outside the workspace (./mlruns)"
 
 
 def _check(key: str, spec: Spec, result: Result) -> str:
