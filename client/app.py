@@ -14,6 +14,7 @@ One round on the client::
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from client.policy import ClientPolicy, check_spent, enforce
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.data import Split, client_data, load_split
-from uaap.errors import ConfigError, DataError
+from uaap.errors import ConfigError
 from uaap.models import build_model, from_record, get_weights, set_weights, to_record
 from uaap.privacy import dpsgd
 from uaap.privacy.clip import clip_update
@@ -63,6 +64,7 @@ from uaap.protocol import (
 )
 from uaap.training import PrivacyEngineLike, TrainConfig, evaluate_counts, local_train
 
+log = logging.getLogger("uaap.client")
 torch.set_num_threads(1)  # one thread per simulated client: actors share the machine's cores
 
 app = ClientApp()
@@ -84,8 +86,9 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, Split, int]:
     """The run config as this client runs it and its data, through the federation's preprocessing plan."""
     cfg = _run_config(msg, context)
     plan = str(msg.content.config_records[CONFIG].get(PREPROCESSOR, ""))
-    if cfg.dataset == "csv" and not plan:
-        raise DataError("the server sent no preprocessing plan for this table; the server's UAAP is too old")
+    if cfg.dataset == "csv" and not plan:  # a server that fits no plan (its own data is bundled, or it is older)
+        log.warning("the server sent no preprocessing plan: this client fits one on its own rows, which other "
+                    "clients do not share; give the server the table's schema (flower-server --data)")  # fmt: skip
     pid = int(context.node_config.get(NODE_PARTITION_ID, 0))
     if context.node_config.get(NODE_DATA_PATH):
         return cfg, load_split(cfg, plan), pid  # split locally into train/validation, the federation's plan

@@ -198,11 +198,14 @@ def test_export_of_a_label_sorted_table_verifies_every_class(uaap_home, tmp_path
         assert par["accuracy_source_full_heldout"] == pytest.approx(test_accuracy, abs=1e-12)
     assert manifests["onnx"]["parity"]["parity_class_counts"] == manifests["c"]["parity"]["parity_class_counts"]
 
-    # --data/--target: a label-sorted verification file is sampled the same way
-    from uaap.data import load_split
+    # --data/--target: a label-sorted verification file of raw held-out rows is sampled the same way
+    from uaap.data.tables import read_config_table, split_rows
 
-    test = load_split(rd.read_config()).test
-    rows = _label_sorted_csv(tmp_path / "heldout.csv", test.X, test.y, "label")
+    cfg = rd.read_config()
+    raw = read_config_table(cfg)
+    heldout = raw.subset(split_rows(raw, cfg.test_fraction, cfg.seed, cfg.task)[1]).frame
+    rows = tmp_path / "heldout.csv"
+    heldout.sort_values("label", kind="stable").to_csv(rows, index=False)  # raw rows: the model's plan encodes them
     out = tmp_path / "bundles"
     assert (
         main(
