@@ -204,3 +204,5 @@ def test_times_are_stamped_when_missing_and_a_resumed_budget_keeps_its_creation_
     # write-ahead logging: the dashboard and `uaap privacy report` read while the server writes
     with closing(sqlite3.connect(uaap_home / "ledger.db")) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    with ledger.engine.connect() as conn:  # and a writer waits up to 30 s for another's lock (sqlite's default: 5)
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
