@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from uaap.commands.common import add_config_flags, config_from_args
 from uaap.config import RunConfig
+from uaap.metrics import SEARCHABLE
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -149,7 +150,12 @@ def register_tune_federated(sub: argparse._SubParsersAction[Any]) -> None:
         help="comma-separated parameters to search (default: learning-rate, local-epochs, proximal-mu, "
         "clients-per-round, plus the clip norm when DP is on)",
     )
-    p.add_argument("--metric", choices=("accuracy", "loss"), default="accuracy", help="final central test metric")
+    p.add_argument(
+        "--metric",
+        choices=SEARCHABLE,
+        default=None,
+        help="final central test metric to optimise (default: accuracy, or r2 for a regression)",
+    )
     p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs per simulated client (default 1)")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
     p.set_defaults(func=run_tune_federated)
@@ -160,6 +166,7 @@ def run_tune_federated(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from simulations.tuning import TuneFederatedSettings, leaderboard_table, tune_federated
+    from uaap.data import describe
 
     # Leaderboards are wide: do not fold them to 80 columns when the output is a file or a pipe.
     console = Console() if sys.stdout.isatty() else Console(width=160)
@@ -169,14 +176,14 @@ def run_tune_federated(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget,
         search=args.search,
         params=tuple(p for p in args.tune.split(",") if p.strip()) if args.tune else (),
-        metric=args.metric,
+        metric=args.metric or ("r2" if describe(base).regression else "accuracy"),
         client_cpus=args.client_cpus,
     )
 
     def on_trial(row: dict[str, Any]) -> None:
         value = row.get("score")
         shown = "-" if value is None else f"{value:.4f}"
-        console.print(f"  trial {row['trial']:<12} {row['status']:<9} {args.metric} {shown} {row.get('error', '')}")
+        console.print(f"  trial {row['trial']:<12} {row['status']:<9} {settings.metric} {shown} {row.get('error', '')}")
 
     result = tune_federated(
         base,

@@ -41,6 +41,8 @@ from uaap import workspace
 from uaap.automl.search import inert_callback
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, UaapError
+from uaap.metrics import HIGHER_IS_BETTER
+from uaap.metrics import SEARCHABLE as METRICS
 
 # name -> (kind, low, high, log); "clients_per_round" maps onto fraction_train.
 SPACE: dict[str, tuple[str, float, float, bool]] = {
@@ -78,8 +80,8 @@ class TuneFederatedSettings:
             raise ConfigError(f"time budget {self.time_budget_s} s must be positive: it bounds a stuck trial")
         if self.search not in ("tpe", "random", "grid"):
             raise ConfigError(f"search={self.search!r} is not supported; choose one of: tpe, random, grid")
-        if self.metric not in ("accuracy", "loss"):
-            raise ConfigError(f"metric={self.metric!r} is not supported; choose one of: accuracy, loss")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric={self.metric!r} is not supported; choose one of: {', '.join(METRICS)}")
         if not self.client_cpus > 0:
             raise ConfigError(f"client-cpus={self.client_cpus} must be positive")
         names = tuple(p.strip().replace("-", "_") for p in self.params if p.strip())
@@ -225,7 +227,7 @@ def _recorder(rows: dict[str, dict[str, Any]], tracker: Any, on_trial: Callable[
             row = rows[trial.trial_id]
             row.update(
                 score=float(result["score"]),
-                metrics={k: float(result[k]) for k in ("accuracy", "loss", "rounds") if k in result},
+                metrics={k: float(result[k]) for k in (*METRICS, "rounds") if k in result},
                 sim_run_id=str(result.get("sim_run_id", "")),
             )
             tracker.log_child(row["child"], row["metrics"], step=int(row["metrics"].get("rounds", 0)))
@@ -287,7 +289,7 @@ def tune_federated(
             f"clients-per-round cannot vary with num-clients={base.num_clients} and min-clients={base.min_clients}; "
             "add clients or lower min-clients"
         )
-    mode = "max" if settings.metric == "accuracy" else "min"
+    mode = "max" if settings.metric in HIGHER_IS_BETTER else "min"
     default = _default_point(base, names)
     apply(base, default)  # the base configuration must be valid before Ray starts
     rd = workspace.run_dir(base.run_id or workspace.new_run_id("tunefed"))

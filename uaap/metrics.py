@@ -59,6 +59,9 @@ from uaap.protocol import (
     Y_SUM,
 )
 
+# final test metrics a search can optimise: classification (accuracy, f1_macro, loss), regression (r2, rmse, mae, mse)
+SEARCHABLE = (ACCURACY, F1_MACRO, LOSS, R2, RMSE, MAE, MSE)
+HIGHER_IS_BETTER = (ACCURACY, F1_MACRO, R2)
 AUC_BINS = 1000
 AUC_ERROR = "auc-error-bound"
 EPS = 1e-12

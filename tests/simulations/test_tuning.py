@@ -23,6 +23,9 @@ def test_space_and_settings():
         TuneFederatedSettings(params=("momentum",))
     with pytest.raises(ConfigError, match="time budget"):
         TuneFederatedSettings(time_budget_s=0)
+    assert TuneFederatedSettings(metric="r2").metric == "r2"  # a regression search optimises R2 (or an error)
+    with pytest.raises(ConfigError, match="metric='auc' is not supported; choose one of: accuracy, f1_macro, loss, r2"):
+        TuneFederatedSettings(metric="auc")
 
 
 @pytest.mark.slow
