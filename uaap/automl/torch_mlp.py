@@ -47,9 +47,23 @@ class TorchMLPClassifier:
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchMLPClassifier:
         """Train a freshly seeded registry model on ``X``, ``y`` (one torch thread: one CPU per trial)."""
+        from uaap.data import Dataset
+
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        y = np.asarray(y, dtype=np.int64)
+        n_classes = int(self.n_classes or int(y.max()) + 1)
+        net = self._train(Dataset("automl", X, y, n_classes, _names(X)))
+        self.model_ = net
+        self.n_classes_ = n_classes
+        self.classes_ = np.arange(n_classes)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _train(self, data: Any) -> Any:
+        """A freshly seeded registry model trained on ``data`` with one torch thread (one CPU per trial; the refit
+        uses the same setting, so results match); refuses bad settings and a diverged loss."""
         import torch
 
-        from uaap.data import Dataset
         from uaap.models import build_model
         from uaap.training import TrainConfig, local_train
 
@@ -58,12 +72,7 @@ class TorchMLPClassifier:
                 f"mlp needs epochs >= 1, batch_size >= 1 and learning_rate > 0; got epochs={self.epochs}, "
                 f"batch_size={self.batch_size}, learning_rate={self.learning_rate}"
             )
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        y = np.asarray(y, dtype=np.int64)
-        n_classes = int(self.n_classes or int(y.max()) + 1)
-        names = tuple(f"f{i}" for i in range(X.shape[1]))
-        data = Dataset("automl", X, y, n_classes, names)
-        net = build_model(self.model, X.shape[1], n_classes, seed=self.seed)
+        net = build_model(self.model, data.n_features, data.n_classes, seed=self.seed)
         cfg = TrainConfig(
             epochs=int(self.epochs),
             batch_size=int(self.batch_size),
@@ -73,7 +82,7 @@ class TorchMLPClassifier:
             seed=int(self.seed),
         )
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # trials get one CPU each; the refit uses the same setting, so results match
+        torch.set_num_threads(1)
         try:
             result = local_train(net, data, cfg)
         finally:
@@ -83,11 +92,7 @@ class TorchMLPClassifier:
                 f"mlp training diverged (loss {result.loss}) with learning_rate={self.learning_rate}; "
                 "lower the learning rate"
             )
-        self.model_ = net
-        self.n_classes_ = n_classes
-        self.classes_ = np.arange(n_classes)
-        self.n_features_in_ = X.shape[1]
-        return self
+        return net
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities (softmax of the logits)."""
@@ -145,42 +150,12 @@ class TorchMLPRegressor(TorchMLPClassifier):
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchMLPRegressor:
         """Train a freshly seeded one-output registry model on ``X``, ``y`` (real-valued targets)."""
-        import torch
-
         from uaap.data import Dataset, target_scaling
-        from uaap.models import build_model
-        from uaap.training import TrainConfig, local_train
 
-        if self.epochs < 1 or self.batch_size < 1 or not self.learning_rate > 0:
-            raise ConfigError(
-                f"mlp needs epochs >= 1, batch_size >= 1 and learning_rate > 0; got epochs={self.epochs}, "
-                f"batch_size={self.batch_size}, learning_rate={self.learning_rate}"
-            )
         X = np.ascontiguousarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.float32)
         mean, std = target_scaling(y)
-        names = tuple(f"f{i}" for i in range(X.shape[1]))
-        data = Dataset("automl", X, y, 1, names, task="regression", target_mean=mean, target_std=std)
-        net = build_model(self.model, X.shape[1], 1, seed=self.seed)
-        cfg = TrainConfig(
-            epochs=int(self.epochs),
-            batch_size=int(self.batch_size),
-            lr=float(self.learning_rate),
-            optimizer=str(self.optimizer),
-            momentum=float(self.momentum),
-            seed=int(self.seed),
-        )
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            result = local_train(net, data, cfg)
-        finally:
-            torch.set_num_threads(threads)
-        if not np.isfinite(result.loss):
-            raise ConfigError(
-                f"mlp training diverged (loss {result.loss}) with learning_rate={self.learning_rate}; "
-                "lower the learning rate"
-            )
+        net = self._train(Dataset("automl", X, y, 1, _names(X), task="regression", target_mean=mean, target_std=std))
         self.model_ = net
         self.n_classes_ = 1
         self.n_features_in_ = X.shape[1]
@@ -205,3 +180,7 @@ class TorchMLPRegressor(TorchMLPClassifier):
         if hasattr(self, "model_"):
             state |= {"target_mean_": self.target_mean_, "target_std_": self.target_std_}
         return state
+
+
+def _names(X: np.ndarray) -> tuple[str, ...]:
+    return tuple(f"f{i}" for i in range(X.shape[1]))
