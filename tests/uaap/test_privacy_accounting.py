@@ -127,3 +127,15 @@ def test_an_accountant_from_a_partial_state_falls_back_to_rdp_and_no_history():
     assert (prv.mechanism, prv.history) == ("prv", [(1.0, 0.5, 5)])
     only_history = Accountant.from_state({"history": [[2.0, 0.1, 4]]})
     assert (only_history.mechanism, only_history.history) == ("rdp", [(2.0, 0.1, 4)])
+
+
+def test_one_release_by_default_and_another_mechanisms_state_refused_word_for_word():
+    acc = Accountant()
+    acc.step(1.0, 0.5)
+    assert acc.history == [(1.0, 0.5, 1)] and acc.steps == 1
+    with pytest.raises(ConfigError) as err:
+        Accountant("prv").load_state_dict(acc.state_dict())
+    assert str(err.value) == (
+        "accountant state was written by mechanism 'rdp', this run uses dp-accountant='prv'; "
+        "resume with the run's original dp-accountant"
+    )

@@ -217,10 +217,10 @@ def test_sampling_and_noise_follow_the_engines_generator_never_torchs_global_see
     # Same secret generator: the same Poisson batches and noise whatever torch's global seed (Opacus is given it).
     # No generator: a fresh OS-seeded one, so re-seeding torch's global generator does not replay the noise.
     def train(generator: torch.Generator | None, global_seed: int) -> list[np.ndarray]:
-        torch.manual_seed(global_seed)
         model = build_model("logreg", 6, 3, seed=1)
         engine = DPSGD(1.0, 0.5, generator=generator)
-        local_train(model, _data(64), TrainConfig(epochs=1, batch_size=16, momentum=0.0), privacy=engine)
+        cfg = TrainConfig(epochs=1, batch_size=16, momentum=0.0, seed=global_seed)  # local_train seeds torch with it
+        local_train(model, _data(64), cfg, privacy=engine)
         return get_weights(model)
 
     same = [train(torch.Generator().manual_seed(7), seed) for seed in (0, 1)]
