@@ -206,3 +206,15 @@ def test_times_are_stamped_when_missing_and_a_resumed_budget_keeps_its_creation_
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     with ledger.engine.connect() as conn:  # and a writer waits up to 30 s for another's lock (sqlite's default: 5)
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+def test_a_ledger_that_cannot_be_opened_is_named_without_its_password():
+    import pytest
+
+    from uaap.errors import WorkspaceError
+
+    with pytest.raises(WorkspaceError) as err:
+        Ledger("mysql+mysqldb://ledger:s3cr3t@db.example/privacy")  # no MySQL driver here
+    shown = str(err.value)
+    assert shown.startswith("cannot open the privacy ledger at 'mysql+mysqldb://ledger:***@db.example/privacy': ")
+    assert shown.endswith("; check UAAP_LEDGER_URL") and "s3cr3t" not in shown

@@ -29,3 +29,21 @@ def test_the_ratio_counts_fractional_clients_and_a_one_parameter_model() -> None
     assert central_noise_ratio(1.0, 0.5, 100) == 20.0  # half a client per round on average doubles the noise
     assert central_noise_ratio(2.0, 4.0, 1) == 0.5  # sqrt(1) = 1
     assert central_noise_ratio(1.0, 0.0, 4) == 2e12  # no client per round: the floor 1e-12, not 1
+
+
+def test_the_warning_starts_just_above_a_ratio_of_one_and_says_what_would_work() -> None:
+    at_one = RunConfig(num_clients=10, dp_central=True, dp_noise_multiplier=1.0)  # 1 x sqrt(100) / 10 = 1
+    assert hopeless_noise_warning(at_one, 100) is None
+    above = at_one.replace(dp_noise_multiplier=1.5)  # 1.5 x 10 / 10 = 1.5
+    assert hopeless_noise_warning(above, 100) == (
+        "client-level DP noise is about 1.5x the largest update the clients can make together (noise multiplier "
+        "1.5, 100 parameters, 10 clients per round): the model will not learn. It needs about 15 clients per round "
+        "at this noise multiplier, a smaller --dp-noise-multiplier (a larger epsilon), or example-level DP on the "
+        "clients (--dp-local true)"
+    )
+
+
+def test_a_cnns_size_comes_from_its_image_shape() -> None:
+    # by hand for 1x8x8 images and 10 classes: conv 1->16 (3x3) 160, conv 16->32 4640, dense 32*4*4->64 32832,
+    # dense 64->10 650
+    assert model_size(RunConfig(model="cnn"), 64, 10, (1, 8, 8)) == 160 + 4640 + 32832 + 650
