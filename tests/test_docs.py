@@ -58,6 +58,7 @@ SPECS: dict[str, Spec] = {
             r"runs in \S+\.uaap",
             r"best: \w+ CV accuracy",
             r"held-out test: best \(\w+\) [\d.]+; family defaults",
+            r"2 simulations of 4 clients",
             r"best [\d.]+ vs default [\d.]+; 2 trials",
             r"runs compared on",
             r"fingerprint: +[0-9a-f]{64}",
@@ -66,7 +67,11 @@ SPECS: dict[str, Spec] = {
         ),
         refuse=NOISE,
         env={**ROUNDS, "UAAP_LOCAL_EPOCHS": "1"},
-        append={"uaap train": "--epochs 3", "uaap automl": "--time-budget 20", "uaap tune-federated": "--trials 2"},
+        append={
+            "uaap train": "--epochs 3",
+            "uaap automl": "--time-budget 20",
+            "uaap tune-federated": "--trials 2 --num-clients 4",
+        },
         timeout=1500,
         slow=True,
     ),
@@ -149,11 +154,13 @@ SPECS: dict[str, Spec] = {
     ),
     "docs/deploy.md#6-mlflow-and-the-dashboard": Spec(
         background=True,
-        ready=r"Uvicorn running|Listening at|Application startup complete",
+        # each of MLflow's 4 uvicorn workers says so once it serves; a Ctrl-C while one is still importing MLflow
+        # (its parent's "Uvicorn running" comes 20 s earlier on a busy machine) waits for that import to end
+        ready=r"(?s)(Application startup complete.*){4}",
         stop="SIGINT",
         rc=0,
-        settle=2.0,
-        timeout=180,
+        settle=1.0,
+        timeout=240,
         slow=True,
     ),  # fmt: skip
     "docs/deploy.md#6-mlflow-and-the-dashboard/2": Spec(
