@@ -174,8 +174,21 @@ def _announce(grid: Grid, run_id: str, status: str, reason: str, timeout: float 
             )
             for node in grid.get_node_ids()
         ]
-        replies = exchange(grid, messages, timeout)
-        log.info("run %s: %d of %d clients acknowledged its end", run_id, len(replies), len(messages))
+        # Flower's pull can block without a bound once the clients are gone (seen: 3 min 22 s after a completed
+        # run); the acknowledgements are waited for in a daemon thread for at most ``timeout`` seconds
+        done: list[list[Message]] = []
+
+        def wait() -> None:
+            try:
+                done.append(exchange(grid, messages, timeout))
+            except Exception as exc:  # the run is over either way
+                log.warning("could not tell the clients that run %s ended: %s", run_id, exc)
+
+        waiter = threading.Thread(target=wait, daemon=True, name="uaap-run-end")
+        waiter.start()
+        waiter.join(timeout + 5.0)
+        acknowledged = len(done[0]) if done else 0
+        log.info("run %s: %d of %d clients acknowledged its end", run_id, acknowledged, len(messages))
     except Exception as exc:  # the run is over either way
         log.warning("could not tell the clients that run %s ended: %s", run_id, exc)
 
