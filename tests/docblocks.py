@@ -31,8 +31,13 @@ DOCS = ("README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").g
 COMMAND_TAGS = ("bash", "sh", "shell")
 MARKER = "UAAP_DOCTEST_SESSION"
 BLOCK_MARKER = "UAAP_DOCTEST_BLOCK"
-# What a newcomer's shell does not have: settings, tracking servers and Flower connections of the caller.
-CLEARED = ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "FLWR_HOME", "VIRTUAL_ENV", "PYTEST_ADDOPTS")
+# What a newcomer's shell does not have: settings, tracking servers and Flower connections of the caller, and the
+# outer make's variables (`make test PYTEST_ARGS=...` would reach the README's own `make test` through MAKEFLAGS
+# and run the whole suite inside itself).
+CLEARED = (
+    *("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "FLWR_HOME", "VIRTUAL_ENV", "PYTEST_ADDOPTS"),
+    *("MAKEFLAGS", "MFLAGS", "MAKELEVEL"),
+)
 # A line in an untagged block that looks like a command someone would paste (it must then be tagged bash).
 COMMANDISH = re.compile(r"^\s*(\$\s+)?(uaap|flower-server|flower-client|flwr|make|pip|python\S*|docker|mlflow)\s")
 
