@@ -765,14 +765,13 @@ class Preprocessor:
         for plan in self.plan_:
             if plan.kind in ("numeric", "datetime"):
                 for name in plan.numeric_names():
-                    x = _impute_clip(numbers[name], plan, name)
-                    x = (x - plan.center.get(name, 0.0)) / plan.scale.get(name, 1.0)
+                    raw = _impute_clip(numbers[name], plan, name)
+                    x = (raw - plan.center.get(name, 0.0)) / plan.scale.get(name, 1.0)
                     blocks.append(x[:, None])
                     if plan.kind == "numeric":
                         scaled.append(x)
-                    if plan.kind == "datetime" and name.rsplit(".", 1)[1] in CYCLES:
+                    if plan.kind == "datetime" and name.rsplit(".", 1)[1] in CYCLES:  # cycles of the unscaled part
                         period = CYCLES[name.rsplit(".", 1)[1]]
-                        raw = _impute_clip(numbers[name], plan, name)
                         blocks.append(np.sin(2 * np.pi * raw / period)[:, None])
                         blocks.append(np.cos(2 * np.pi * raw / period)[:, None])
             elif plan.kind == "categorical":
