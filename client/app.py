@@ -13,6 +13,7 @@ One round on the client::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from uaap.protocol import (
     HE_WEIGHT,
     METRICS,
     NODE_DATA_PATH,
+    NODE_DATA_TABLE,
     NODE_NUM_PARTITIONS,
     NODE_PARTITION_ID,
     NODE_STATUS_FILE,
@@ -139,11 +141,22 @@ def local_privacy(cfg: RunConfig, data: Split, context: Context) -> PrivacyEngin
     """The DP-SGD session for this client when example-level DP is on (accountant kept in ``context.state``)."""
     if not cfg.dp_local:
         return None
-    return dpsgd.client_engine(cfg, len(data.train.y), context.state, _dp_key(context))
+    return dpsgd.client_engine(cfg, len(data.train.y), context.state, dp_state_key(context))
 
 
-def _dp_key(context: Context) -> str:
-    return f"partition-{int(context.node_config.get(NODE_PARTITION_ID, 0))}"  # the server's ledger name for us
+def dp_state_key(context: Context) -> str:
+    """The name this client's DP-SGD history is kept under (``$UAAP_HOME/clients/<run-id>/<key>/``).
+
+    A data owner's budget belongs to its table: the key hashes the table's source (path or URL, table,
+    target), so clients sharing a workspace never read each other's history, and a restarted client finds
+    its own whatever node id it comes back with. The hash keeps a database URL's password out of the path.
+    A simulated client is its partition.
+    """
+    node = context.node_config
+    if node.get(NODE_DATA_PATH):
+        source = "\n".join(str(node.get(k, "")) for k in (NODE_DATA_PATH, NODE_DATA_TABLE, NODE_TARGET))
+        return "data-" + hashlib.sha256(source.encode()).hexdigest()[:16]
+    return f"partition-{int(node.get(NODE_PARTITION_ID, 0))}"
 
 
 def prepare_update(
@@ -161,7 +174,7 @@ def prepare_update(
     """
     extra: dict[str, float] = {}
     if cfg.dp_local:  # this round's DP-SGD release (sigma, q, steps) and the example-level epsilon so far
-        extra = dpsgd.client_report(cfg, context.state, _dp_key(context))
+        extra = dpsgd.client_report(cfg, context.state, dp_state_key(context))
         check_spent(float(extra.get(DP_EPSILON, 0.0)), ClientPolicy.from_node_config(context.node_config))
     if cfg.dp_central:  # client-level DP: bound this client's contribution before it leaves (and before HE)
         new = clip_update(new, start, cfg.dp_central_clip_norm)

@@ -43,3 +43,34 @@ def test_setup_uses_node_data_path(tmp_path):
     )
     cfg2, data2, _ = _setup(msg, ctx2)
     assert cfg2.dataset == "breast_cancer" and data2.train.n_features == 30
+
+
+def test_clients_sharing_a_workspace_keep_their_own_dpsgd_history(uaap_home):
+    """Three flower-clients on one machine (docs/deploy.md) once all kept their budget under partition-0."""
+    import torch
+
+    from client.app import dp_state_key
+    from uaap.config import RunConfig
+    from uaap.privacy.dpsgd import client_engine, client_report
+
+    def deployed(node_id: int, table: str, target: str = "label") -> Context:
+        node = {"data-path": table, "target": target}
+        return Context(run_id=1, node_id=node_id, node_config=node, state=RecordDict(), run_config={})
+
+    a, b = deployed(11, "/data/hospital-0.csv"), deployed(12, "/data/hospital-1.csv")
+    assert dp_state_key(a) != dp_state_key(b)
+    assert dp_state_key(deployed(99, "/data/hospital-0.csv")) == dp_state_key(a), "a rejoining node keeps its budget"
+    assert dp_state_key(deployed(11, "/data/hospital-0.csv", "other")) != dp_state_key(a)
+    url = "postgresql://owner:s3cret@db/clinic"
+    assert "s3cret" not in dp_state_key(deployed(13, url)), "the key names a folder: no password in it"
+    sim = Context(run_id=1, node_id=5, node_config={"partition-id": 4}, state=RecordDict(), run_config={})
+    assert dp_state_key(sim) == "partition-4"
+
+    cfg = RunConfig(num_rounds=2, batch_size=16, dp_local=True, dp_target_epsilon=4.0, run_id="shared")
+    engine = client_engine(cfg, 64, a.state, dp_state_key(a), generator=torch.Generator().manual_seed(0))
+    engine.sample_rate, engine.round_steps = 0.25, 4
+    engine.accountant.step(engine.noise_multiplier, 0.25, 4)
+    engine.on_step(engine)
+    assert client_report(cfg, a.state, dp_state_key(a))["dp-total-steps"] == 4  # written to the shared workspace
+    later = client_engine(cfg, 64, b.state, dp_state_key(b))  # b starts its first round after a's reply
+    assert later.accountant.history == [], "b must not inherit a's spent budget"
