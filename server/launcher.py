@@ -663,6 +663,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
     """
     from uaap.data import federated
 
+    cfg.check_family("federated")
     if cfg.secure:
         from uaap.crypto import server_context
 

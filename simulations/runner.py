@@ -69,6 +69,7 @@ def simulate(
     from uaap.tracking import ensure_experiment
 
     cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id()).with_absolute_paths()
+    cfg.check_family("federated")
     cfg = ensure_simulation_keys(cfg)  # CKKS keys under <UAAP_HOME>/keys/<run-id>/ when HE is on without key paths
     meta = federated(cfg, cfg.num_clients)[1]  # bad data fails here, before Ray starts
     size = model_size(cfg, meta.n_features, meta.n_classes, meta.image_shape)

@@ -43,6 +43,7 @@ def train_central(
         raise ConfigError(f"workers={workers} must be 0 (in-process) or a positive number of Ray Train workers")
     if epochs < 1:
         raise ConfigError(f"epochs={epochs} must be at least 1")
+    cfg.check_family("central")
     if cfg.dataset == "synthetic":
         raise ConfigError(
             "dataset='synthetic' is generated per client; central training needs a bundled table (digits, "

@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from uaap.errors import ConfigError
+from uaap.models.registry import check_combination
+from uaap.models.registry import names as model_names
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "csv")
 TASKS = ("auto", "classification", "regression")
@@ -34,11 +36,11 @@ OUTLIERS = ("clip-iqr", "clip-z", "none")
 ENCODINGS = ("onehot", "ordinal", "hashing")
 SCALINGS = ("standard", "minmax", "robust", "none")
 TEXT_COLUMNS = ("error", "hashing", "drop")
-MODELS = ("logreg", "mlp", "cnn")
 STRATEGIES = ("fedavg", "fedprox")
 PARTITIONS = ("iid", "dirichlet", "pathological")
 OPTIMIZERS = ("sgd", "adam")
 SECURE_AGGREGATION = ("none", "ckks")
+MODELS = model_names()  # uaap.models.registry: `uaap models` prints where each runs
 ACCOUNTANTS = ("rdp", "prv")
 
 # The groups, in the order help, files and docs show them.
@@ -206,7 +208,11 @@ class RunConfig(BaseModel):
     )  # fmt: skip
     # ---- model ----------------------------------------------------------------------------------
     model: str = _setting(
-        "mlp", "model family (cnn needs 8x8 images such as digits)", group="model", scope=ANY, choices=MODELS
+        "mlp",
+        "model family (`uaap models` shows where each runs; cnn needs image data such as digits)",
+        group="model",
+        scope=ANY,
+        choices=MODELS,
     )
     # ---- training -------------------------------------------------------------------------------
     local_epochs: int = _setting(5, "epochs each client trains per round", group="training", ge=1)
@@ -338,6 +344,7 @@ class RunConfig(BaseModel):
                 f"data-path={self.data_path!r} is read only with dataset=csv, not dataset={self.dataset!r}: "
                 "drop one of them (a data file alone implies dataset=csv)"
             )
+        self.check_family("any")  # what the family can do; the strategy is checked where a federation starts
         for name in ("min_clients", "min_contributors"):
             if getattr(self, name) > self.num_clients:
                 key = name.replace("_", "-")
@@ -401,6 +408,18 @@ class RunConfig(BaseModel):
                 comment = note(s.name) if note else ""
                 lines.append(f"{line:<40} # {comment}" if comment else line)
         return "\n".join(lines) + "\n"
+
+    def check_family(self, where: str) -> None:
+        """Refuse a run the model family cannot do ``where`` ("central", "federated" or "any"), before it starts."""
+        check_combination(
+            self.model,
+            task=self.task,
+            where=where,
+            strategy=self.strategy,
+            secure_aggregation=self.secure_aggregation,
+            dp_local=self.dp_local,
+            dp_central=self.dp_central,
+        )
 
     @property
     def secure(self) -> bool:

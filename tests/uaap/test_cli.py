@@ -21,6 +21,7 @@ COMMANDS = [
     "train",
     "data",
     "config",
+    "models",
     "runs",
     "privacy",
     "dashboard",

@@ -1,0 +1,70 @@
+"""The torch networks of the registry (families whose federation averages weights), built by name.
+
+No BatchNorm anywhere: every network here is DP-SGD (Opacus) compatible as built, so clients and
+the server always hold the same architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from uaap.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def _logreg(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(n_features, n_classes))
+
+
+def _mlp(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(n_features, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, n_classes)
+    )
+
+
+def _cnn(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
+    from torch import nn
+
+    if image_shape is None:
+        raise ConfigError(
+            "model='cnn' needs image data (channels x height x width, e.g. digits 1x8x8); this data set is a "
+            "table: use model='mlp' or 'logreg'"
+        )
+    c, h, w = image_shape
+    return nn.Sequential(
+        nn.Unflatten(1, image_shape),
+        nn.Conv2d(c, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        # any height and width: an odd edge keeps its last row/column (even shapes export as they always did)
+        nn.MaxPool2d(2, ceil_mode=bool(h % 2 or w % 2)),
+        nn.Flatten(),
+        nn.Linear(32 * ((h + 1) // 2) * ((w + 1) // 2), 64),
+        nn.ReLU(),
+        nn.Linear(64, n_classes),
+    )
+
+
+ModelFactory = Callable[[int, int, "tuple[int, int, int] | None"], "nn.Module"]
+MODELS: dict[str, ModelFactory] = {"logreg": _logreg, "mlp": _mlp, "cnn": _cnn}
+
+
+def build_model(
+    name: str, n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None = None, seed: int = 0
+) -> nn.Module:
+    """Build a freshly initialised model by registry name; ``seed`` fixes the initial weights."""
+    import torch
+
+    if name not in MODELS:
+        raise ConfigError(f"model={name!r} is not in the registry; choose one of: {', '.join(MODELS)}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return MODELS[name](n_features, n_classes, image_shape)

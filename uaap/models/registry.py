@@ -1,0 +1,160 @@
+"""Every model family a user can pick, and where each runs: one table that the CLI checks before starting.
+
+A family is a name, a one-line summary and its :class:`Capabilities`: the tasks it serves, whether it trains
+centrally, how it federates (``weights``: FedAvg/FedProx over parameters; ``boosting``: Flower's XGBoost
+strategies; ``trees``: an ensemble of trees grown on each client; ``statistics``: exact, from summed sufficient
+statistics), which strategies, secure aggregation (CKKS) and differential privacy apply, and the export
+formats. ``uaap models`` prints the table; :func:`check_combination` refuses a run the family cannot do, naming
+the combinations that exist, before Ray or Flower start.
+
+This module is data only (no torch, no scikit-learn): :mod:`uaap.config` imports it to validate a run.
+The estimators themselves are built by :func:`uaap.models.estimators.build`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from uaap.errors import ConfigError
+
+# How a family federates, in the words `uaap models` uses.
+FEDERATION = {
+    "weights": "FedAvg/FedProx over the parameters",
+    "boosting": "XGBoost trees added round by round (Flower's FedXgbBagging / FedXgbCyclic)",
+    "trees": "an ensemble of the trees each client grows",
+    "statistics": "exact: the server sums each client's sufficient statistics",
+    "": "central only",
+}
+WEIGHT_STRATEGIES = ("fedavg", "fedprox")
+EDGE_FORMATS = ("onnx", "tflite", "coreml", "c")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """Where a family runs. ``federated`` is one of :data:`FEDERATION`'s keys ("" for central only)."""
+
+    tasks: tuple[str, ...]
+    central: bool = True
+    federated: str = ""
+    strategies: tuple[str, ...] = ()
+    secure_aggregation: bool = False
+    dp: bool = False
+    export: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One family of the registry."""
+
+    name: str
+    summary: str
+    capabilities: Capabilities
+
+
+def _torch(name: str, summary: str, tasks: tuple[str, ...]) -> ModelFamily:
+    caps = Capabilities(
+        tasks, federated="weights", strategies=WEIGHT_STRATEGIES, secure_aggregation=True, dp=True, export=EDGE_FORMATS
+    )
+    return ModelFamily(name, summary, caps)
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    f.name: f
+    for f in (
+        _torch(
+            "logreg",
+            "linear model: logistic regression, or linear regression for a numeric target",
+            ("classification", "regression"),
+        ),  # fmt: skip
+        _torch("mlp", "feed-forward network, two hidden layers of 64", ("classification", "regression")),
+        _torch("cnn", "convolutional network for images of any shape (channels x height x width)", ("classification",)),
+    )
+}
+
+
+def family(name: str) -> ModelFamily:
+    """The family called ``name``; an unknown name is refused with the ones that exist."""
+    if name not in FAMILIES:
+        raise ConfigError(f"model={name!r} is not a model family; choose one of: {', '.join(FAMILIES)} (uaap models)")
+    return FAMILIES[name]
+
+
+def names() -> tuple[str, ...]:
+    """Every family name, in the table's order."""
+    return tuple(FAMILIES)
+
+
+def check_combination(
+    model: str,
+    *,
+    task: str = "auto",
+    where: str = "any",
+    strategy: str = "fedavg",
+    secure_aggregation: str = "none",
+    dp_local: bool = False,
+    dp_central: bool = False,
+) -> None:
+    """Refuse a run ``model`` cannot do, naming what it can (or which families can).
+
+    ``where`` is "central" (``uaap train``), "federated" (a simulation or a deployment: the strategy is checked
+    too) or "any" (the run config alone, which does not know yet where it will run).
+    """
+    caps = family(model).capabilities
+    if task in ("classification", "regression") and task not in caps.tasks:
+        able = [f.name for f in FAMILIES.values() if task in f.capabilities.tasks]
+        raise ConfigError(
+            f"model={model!r} does not do {task}; it does {', '.join(caps.tasks)}. For {task}: {', '.join(able)}"
+        )
+    if secure_aggregation != "none" and not caps.secure_aggregation:
+        able = [f.name for f in FAMILIES.values() if f.capabilities.secure_aggregation]
+        raise ConfigError(
+            f"model={model!r} cannot run under secure-aggregation={secure_aggregation!r}: what its clients send is "
+            f"not a sum the server could add as ciphertexts. Families with secure aggregation: {', '.join(able)}; "
+            "or use --secure-aggregation none"
+        )
+    if (dp_local or dp_central) and not caps.dp:
+        flag = "--dp-local" if dp_local else "--dp-central"
+        able = [f.name for f in FAMILIES.values() if f.capabilities.dp]
+        raise ConfigError(
+            f"model={model!r} has no differential privacy ({flag} true); families with DP: {', '.join(able)}; "
+            f"or drop {flag}"
+        )
+    if where == "central" and not caps.central:
+        raise ConfigError(f"model={model!r} trains only federated; run it with `uaap simulate` or flower-server")
+    if where != "federated":
+        return
+    if not caps.federated:
+        able = [f.name for f in FAMILIES.values() if f.capabilities.federated]
+        raise ConfigError(
+            f"model={model!r} trains only centrally (uaap train, uaap automl); federated families: {', '.join(able)}"
+        )
+    if strategy not in caps.strategies:
+        raise ConfigError(
+            f"model={model!r} federates as {FEDERATION[caps.federated]} and takes strategy "
+            f"{' or '.join(caps.strategies)}, not strategy={strategy!r}"
+        )
+
+
+def capability_table() -> list[dict[str, str]]:
+    """One row per family, as `uaap models` prints it (Y / - for the yes-no columns)."""
+
+    def yes(flag: bool) -> str:
+        return "Y" if flag else "-"
+
+    rows = []
+    for f in FAMILIES.values():
+        c = f.capabilities
+        rows.append(
+            {
+                "family": f.name,
+                "tasks": ", ".join(c.tasks),
+                "central": yes(c.central),
+                "federated": c.federated or "-",
+                "strategies": ", ".join(c.strategies) or "-",
+                "secure aggregation": yes(c.secure_aggregation),
+                "dp": yes(c.dp),
+                "export": ", ".join(c.export) or "-",
+                "summary": f.summary,
+            }
+        )
+    return rows
