@@ -22,7 +22,7 @@ import numpy as np
 from edge.errors import ExportError, NotApplicable
 from edge.source import Source
 
-TORCH_ONLY = "pruning and distillation apply to torch registry models (logreg, mlp, cnn), not {family!r}"
+TORCH_ONLY = "pruning and distillation apply to torch registry models (logreg, svm, mlp, cnn), not {family!r}"
 
 
 def _accuracy(source: Source, model: Any) -> float:

@@ -13,7 +13,7 @@ import numpy as np
 
 from uaap.config import RunConfig
 
-TORCH_MODELS = ("logreg", "mlp", "cnn")
+TORCH_MODELS = ("logreg", "svm", "mlp", "cnn")
 ESTIMATORS = ("logistic_regression", "decision_tree", "random_forest", "xgboost")
 
 

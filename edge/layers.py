@@ -14,7 +14,7 @@ import numpy as np
 
 from edge.errors import NotApplicable
 
-NEURAL_FAMILIES = ("logreg", "mlp", "cnn", "logistic_regression", "linear_regression")
+NEURAL_FAMILIES = ("logreg", "svm", "mlp", "cnn", "logistic_regression", "linear_regression")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def network(model: Any, family: str) -> list[Layer]:
     """The layer list of a torch ``nn.Sequential`` or a fitted scikit-learn ``LogisticRegression``."""
     if family in ("logistic_regression", "linear_regression"):
         return [_linear_estimator(model)]
-    if family in ("logreg", "mlp", "cnn") or hasattr(model, "named_children"):
+    if family in ("logreg", "svm", "mlp", "cnn") or hasattr(model, "named_children"):
         return _torch_sequential(model)
     raise NotApplicable(f"model family {family!r} is not a neural or linear model; it has no layer form")
 

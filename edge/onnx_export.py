@@ -43,7 +43,7 @@ def export(source: Source, folder: Path, quantize: str | None = None) -> list[Pa
     else:
         _estimator(source, path)
     if quantize:
-        if source.family not in ("logreg", "mlp", "cnn", "logistic_regression"):
+        if source.family not in ("logreg", "svm", "mlp", "cnn", "logistic_regression"):
             raise NotApplicable(f"--quantize {quantize} applies to neural and linear models, not {source.family!r}")
         _quantize(path, quantize)
     return [path]

@@ -110,14 +110,26 @@ def make_loader(data: Dataset, batch_size: int, seed: int, shuffle: bool = True)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (with momentum) or Adam, as configured."""
+    """SGD (with momentum) or Adam, as configured; a model's own L2 penalty (the SVM's) as weight decay."""
     import torch
 
+    decay = float(getattr(model, "uaap_weight_decay", 0.0))
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=decay)
     raise ConfigError(f"optimizer={cfg.optimizer!r} is not supported; choose one of: sgd, adam")
+
+
+def criterion_for(model: nn.Module, data: Dataset) -> nn.Module:
+    """The training loss: MSE for regression, the multi-class hinge loss for an SVM, else cross-entropy."""
+    import torch
+
+    if data.regression:
+        return torch.nn.MSELoss()
+    if getattr(model, "uaap_loss", "") == "hinge":
+        return torch.nn.MultiMarginLoss()
+    return torch.nn.CrossEntropyLoss()
 
 
 def add_proximal_gradient(model: nn.Module, global_params: Sequence[torch.Tensor], mu: float) -> None:
@@ -156,11 +168,11 @@ def local_train(
     model.train()
     loader = make_loader(data, cfg.batch_size, cfg.seed)
     optimizer = make_optimizer(model, cfg)
+    criterion = criterion_for(model, data)  # before Opacus wraps the model (the wrapper hides its attributes)
     if privacy is not None:
         model, optimizer, loader = privacy.make_private(model, optimizer, loader)
     if cfg.proximal_mu > 0.0 and global_params is None:
         global_params = [p.detach().clone() for p in model.parameters()]
-    criterion: nn.Module = torch.nn.MSELoss() if data.regression else torch.nn.CrossEntropyLoss()
     steps, seen, loss_sum = 0, 0, 0.0
     budget = cfg.max_steps if cfg.max_steps is not None else float("inf")
     for epoch in range(cfg.epochs):

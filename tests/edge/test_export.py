@@ -12,7 +12,7 @@ from edge import bundle, c_export, coreml_export, trees, verify
 from edge.pipeline import export_one
 from edge.source import load_source
 
-TORCH = ("logreg", "mlp", "cnn")
+TORCH = ("logreg", "svm", "mlp", "cnn")
 ESTIMATORS = ("logistic_regression", "decision_tree", "random_forest", "xgboost")
 TREES = ("decision_tree", "random_forest", "xgboost", "xgboost_bc")
 

@@ -74,7 +74,7 @@ def test_new_federation_fields() -> None:
             "dataset='mnist' is not supported; choose one of: digits, breast_cancer, wine, diabetes, friedman, "
             "synthetic",
         ),
-        ({"model": "resnet"}, "choose one of: logreg, mlp, cnn"),
+        ({"model": "resnet"}, "choose one of: logreg, svm, mlp, cnn"),
         ({"strategy": "fedprx"}, "(did you mean fedprox?); choose one of: fedavg, fedprox"),
         ({"fraction_train": 0.0}, "fraction-train=0.0 is outside (0, 1]; pick a value in that range"),
         ({"fraction_train": 1.5}, "fraction-train=1.5 is outside (0, 1]"),

@@ -14,11 +14,28 @@ from uaap.errors import ConfigError
 if TYPE_CHECKING:
     from torch import nn
 
+SVM_WEIGHT_DECAY = 1e-3  # the linear SVM's L2 penalty (lambda/2 ||w||^2 per step, through the optimizer)
+
 
 def _logreg(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
     from torch import nn
 
     return nn.Sequential(nn.Flatten(), nn.Linear(n_features, n_classes))
+
+
+def _svm(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
+    """A linear SVM: one linear layer of class scores, trained on the multi-class hinge loss (Weston-Watkins).
+
+    The soft margin comes from the optimizer's weight decay (:data:`SVM_WEIGHT_DECAY`), which acts after
+    DP-SGD's clipping and noise, so it costs no privacy. Scores go through softmax where probabilities are
+    asked for: their argmax is the SVM's decision, their values are not calibrated probabilities.
+    """
+    from torch import nn
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(n_features, n_classes))
+    net.uaap_loss = "hinge"  # read by uaap.training.criterion_for before Opacus wraps the model
+    net.uaap_weight_decay = SVM_WEIGHT_DECAY
+    return net
 
 
 def _mlp(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
@@ -54,7 +71,7 @@ def _cnn(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | No
 
 
 ModelFactory = Callable[[int, int, "tuple[int, int, int] | None"], "nn.Module"]
-MODELS: dict[str, ModelFactory] = {"logreg": _logreg, "mlp": _mlp, "cnn": _cnn}
+MODELS: dict[str, ModelFactory] = {"logreg": _logreg, "svm": _svm, "mlp": _mlp, "cnn": _cnn}
 
 
 def build_model(

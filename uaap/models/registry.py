@@ -66,6 +66,11 @@ FAMILIES: dict[str, ModelFamily] = {
             "linear model: logistic regression, or linear regression for a numeric target",
             ("classification", "regression"),
         ),  # fmt: skip
+        _torch(
+            "svm",
+            "linear support vector machine: the multi-class hinge loss with an L2 margin term",
+            ("classification",),
+        ),  # fmt: skip
         _torch("mlp", "feed-forward network, two hidden layers of 64", ("classification", "regression")),
         _torch("cnn", "convolutional network for images of any shape (channels x height x width)", ("classification",)),
     )
