@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from uaap.errors import ConfigError
-from uaap.models.registry import check_combination
+from uaap.models.registry import SUM_STRATEGIES, check_combination
 from uaap.models.registry import names as model_names
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "csv")
@@ -36,7 +36,7 @@ OUTLIERS = ("clip-iqr", "clip-z", "none")
 ENCODINGS = ("onehot", "ordinal", "hashing")
 SCALINGS = ("standard", "minmax", "robust", "none")
 TEXT_COLUMNS = ("error", "hashing", "drop")
-STRATEGIES = ("fedavg", "fedprox")
+STRATEGIES = ("fedavg", "fedprox") + SUM_STRATEGIES
 PARTITIONS = ("iid", "dirichlet", "pathological")
 OPTIMIZERS = ("sgd", "adam")
 SECURE_AGGREGATION = ("none", "ckks")
@@ -214,6 +214,14 @@ class RunConfig(BaseModel):
         scope=ANY,
         choices=MODELS,
     )
+    n_clusters: int = _setting(
+        8, "clusters of model=kmeans (its centroids are seeded by k-means++ on the server's held-out rows)",
+        group="model", scope=ANY, ge=1,
+    )  # fmt: skip
+    n_components: int = _setting(
+        2, "principal components model=pca keeps (at most the number of features)", group="model", scope=ANY,
+        ge=1,
+    )  # fmt: skip
     # ---- training -------------------------------------------------------------------------------
     local_epochs: int = _setting(5, "epochs each client trains per round", group="training", ge=1)
     batch_size: int = _setting(16, "examples per gradient step", group="training", scope=ANY, ge=1)
@@ -223,7 +231,11 @@ class RunConfig(BaseModel):
     seed: int = _setting(42, "seed of data splits, model initialisation and sampling", group="training", scope=ANY)
     # ---- federation -----------------------------------------------------------------------------
     strategy: str = _setting(
-        "fedprox", "aggregation algorithm (fedprox adds a proximal term)", group="federation", choices=STRATEGIES
+        "fedprox",
+        "aggregation algorithm (fedprox adds a proximal term); fedstats sums the statistics of model=kmeans and pca "
+        "(exact, also under secure aggregation)",
+        group="federation",
+        choices=STRATEGIES,
     )
     proximal_mu: float = _setting(
         0.01, "weight of FedProx's proximal term (0 behaves like fedavg)", group="federation", ge=0.0
@@ -419,6 +431,7 @@ class RunConfig(BaseModel):
             secure_aggregation=self.secure_aggregation,
             dp_local=self.dp_local,
             dp_central=self.dp_central,
+            num_rounds=self.num_rounds,
         )
 
     @property

@@ -27,6 +27,8 @@ FEDERATION = {
 }
 WEIGHT_STRATEGIES = ("fedavg", "fedprox")
 EDGE_FORMATS = ("onnx", "tflite", "coreml", "c")
+# Families fitted from summed sufficient statistics: the server adds the clients' statistics (strategies.statistics).
+SUM_STRATEGIES = ("fedstats",)
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Capabilities:
     secure_aggregation: bool = False
     dp: bool = False
     export: tuple[str, ...] = ()
+    rounds: int = 0  # 0: any number of rounds; else exactly this many (PCA's statistics are complete after one)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,13 @@ def _torch(name: str, summary: str, tasks: tuple[str, ...]) -> ModelFamily:
     return ModelFamily(name, summary, caps)
 
 
+def _summed(tasks: tuple[str, ...], rounds: int = 0) -> Capabilities:
+    """Exact from summed statistics, in the clear or under CKKS; federated only (`uaap explore` runs them centrally)."""
+    return Capabilities(
+        tasks, central=False, federated="statistics", strategies=SUM_STRATEGIES, secure_aggregation=True, rounds=rounds
+    )
+
+
 FAMILIES: dict[str, ModelFamily] = {
     f.name: f
     for f in (
@@ -73,6 +83,16 @@ FAMILIES: dict[str, ModelFamily] = {
         ),  # fmt: skip
         _torch("mlp", "feed-forward network, two hidden layers of 64", ("classification", "regression")),
         _torch("cnn", "convolutional network for images of any shape (channels x height x width)", ("classification",)),
+        ModelFamily(
+            "kmeans",
+            "K-Means clustering (n-clusters): one Lloyd iteration per round from summed per-centroid sums and counts",
+            _summed(("clustering",)),
+        ),
+        ModelFamily(
+            "pca",
+            "principal components (n-components) from the summed rows, column sums and X^T X: the pooled covariance",
+            _summed(("decomposition",), rounds=1),
+        ),
     )
 }
 
@@ -98,6 +118,7 @@ def check_combination(
     secure_aggregation: str = "none",
     dp_local: bool = False,
     dp_central: bool = False,
+    num_rounds: int = 0,
 ) -> None:
     """Refuse a run ``model`` cannot do, naming what it can (or which families can).
 
@@ -137,6 +158,11 @@ def check_combination(
         raise ConfigError(
             f"model={model!r} federates as {FEDERATION[caps.federated]} and takes strategy "
             f"{' or '.join(caps.strategies)}, not strategy={strategy!r}"
+        )
+    if caps.rounds and num_rounds and num_rounds != caps.rounds:
+        raise ConfigError(
+            f"model={model!r} is exact after {caps.rounds} round(s) and takes num-rounds={caps.rounds}, not "
+            f"num-rounds={num_rounds}: pass --num-rounds {caps.rounds}"
         )
 
 
