@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flwr.serverapp.strategy import Strategy
 
-from strategies.wrapper import StrategyWrapper
+from strategies.stragglers import DropStragglers
+from strategies.wrapper import StrategyWrapper, find_layer
 from uaap import crypto
 from uaap.metrics import AUC_BINS
 from uaap.protocol import (
@@ -270,11 +271,13 @@ class ValidateReplies(StrategyWrapper):
         if not good:
             log.warning("round %d: no valid training replies (%d rejected, %d lost)", server_round, bad, len(lost))
         arrays, metrics = self.strategy.aggregate_train(server_round, good + lost)
-        if arrays is not None and len(good) < self.min_contributors and not self.central:
+        dropper = find_layer(self.strategy, DropStragglers)
+        contributors = len(good) - (dropper.last_dropped if dropper is not None else 0)
+        if arrays is not None and contributors < self.min_contributors and not self.central:
             log.warning(
                 "round %d: %d accepted replies, fewer than min-contributors=%d; the aggregate is not released",
                 server_round,
-                len(good),
+                contributors,
                 self.min_contributors,
             )
             arrays = None

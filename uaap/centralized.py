@@ -17,6 +17,7 @@ from uaap.config import RunConfig
 from uaap.data import Split, load_split, target_meta
 from uaap.errors import ConfigError
 from uaap.models import build_model, get_weights, set_weights
+from uaap.threads import torch_threads
 from uaap.training import TrainConfig, evaluate, local_train
 
 log = logging.getLogger("uaap.train")
@@ -100,10 +101,12 @@ def _train_in_process(
         cfg.model, split.train.n_features, split.train.n_classes, split.train.image_shape, seed=cfg.seed
     )
     tcfg = TrainConfig.from_run(cfg, epochs=epochs, proximal_mu=0.0)
-    local_train(
-        model,
-        split.train,
-        tcfg,
-        on_epoch=lambda epoch, loss: report(epoch + 1, {"train_loss": loss, **evaluate(model, split.test)}),
-    )
+    with torch_threads() as threads:  # the CPUs other processes leave free, not torch's core count (uaap.threads)
+        log.info("training in-process with %d torch thread(s)", threads)
+        local_train(
+            model,
+            split.train,
+            tcfg,
+            on_epoch=lambda epoch, loss: report(epoch + 1, {"train_loss": loss, **evaluate(model, split.test)}),
+        )
     return get_weights(model)

@@ -26,7 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from uaap.errors import ConfigError
-from uaap.models.registry import SUM_STRATEGIES, check_combination
+from uaap.models.registry import (
+    MEAN_STRATEGIES,
+    ROBUST_STRATEGIES,
+    SUM_STRATEGIES,
+    WEIGHT_STRATEGIES,
+    check_combination,
+)
 from uaap.models.registry import names as model_names
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "csv")
@@ -36,7 +42,9 @@ OUTLIERS = ("clip-iqr", "clip-z", "none")
 ENCODINGS = ("onehot", "ordinal", "hashing")
 SCALINGS = ("standard", "minmax", "robust", "none")
 TEXT_COLUMNS = ("error", "hashing", "drop")
-STRATEGIES = ("fedavg", "fedprox") + SUM_STRATEGIES
+STRATEGIES = WEIGHT_STRATEGIES + SUM_STRATEGIES  # over parameters, and fedstats (uaap.models.registry)
+STRAGGLER_POLICIES = ("auto", "drop", "partial")
+ATTACKS = ("sign-flip", "scaled", "noise")
 PARTITIONS = ("iid", "dirichlet", "pathological")
 OPTIMIZERS = ("sgd", "adam")
 SECURE_AGGREGATION = ("none", "ckks")
@@ -232,13 +240,33 @@ class RunConfig(BaseModel):
     # ---- federation -----------------------------------------------------------------------------
     strategy: str = _setting(
         "fedprox",
-        "aggregation algorithm (fedprox adds a proximal term); fedstats sums the statistics of model=kmeans and pca "
-        "(exact, also under secure aggregation)",
+        "aggregation algorithm, Flower's own: fedavg, fedprox (adds a proximal term); server optimisers fedadam, "
+        "fedyogi, fedadagrad, fedavgm; robust aggregators fedmedian, fedtrimmedavg, krum, multikrum, bulyan "
+        "(plaintext only: secure aggregation and dp-central take fedavg or fedprox); fedstats sums the statistics "
+        "of model=kmeans and pca (exact, also under secure aggregation)",
         group="federation",
         choices=STRATEGIES,
     )
     proximal_mu: float = _setting(
         0.01, "weight of FedProx's proximal term (0 behaves like fedavg)", group="federation", ge=0.0
+    )
+    server_learning_rate: float = _setting(
+        0.0,
+        "server step size of fedadam, fedyogi, fedadagrad (eta) and fedavgm (0: Flower's default, 0.1 and 1.0)",
+        group="federation",
+        ge=0.0,
+    )
+    server_momentum: float = _setting(0.9, "server momentum of fedavgm", group="federation", ge=0.0, le=1.0)
+    trim_fraction: float = _setting(
+        0.2, "share of the updates fedtrimmedavg cuts from each end, per coordinate (Flower's beta)",
+        group="federation", ge=0.0, le=0.49,
+    )  # fmt: skip
+    byzantine_clients: int = _setting(
+        0,
+        "malicious clients per round that krum, multikrum and bulyan tolerate (f; bulyan needs at least 4f + 3 "
+        "clients per round, multikrum averages the n - f updates it selects)",
+        group="federation",
+        ge=0,
     )
     num_rounds: int = _setting(10, "federated rounds", group="federation", ge=1, aliases=("--rounds",))
     num_clients: int = _setting(
@@ -259,11 +287,35 @@ class RunConfig(BaseModel):
     )
     straggler_fraction: float = _setting(
         0.0,
-        "share of clients that stop early each round (partial work, as in FedProx)",
+        "share of clients that stop early each round (a random number of steps short of local-epochs, as in the "
+        "FedProx paper); straggler-policy says what the server does with their work",
         group="federation",
         ge=0.0,
         le=1.0,
     )
+    straggler_policy: str = _setting(
+        "auto",
+        "drop: stragglers' replies are left out of the aggregate (the FedProx paper's FedAvg); partial: their "
+        "partial work is aggregated (FedProx); auto: partial under fedprox, drop under every other strategy",
+        group="federation",
+        choices=STRAGGLER_POLICIES,
+    )
+    malicious_fraction: float = _setting(
+        0.0,
+        "share of the simulated clients that poison every update they send (testing robust strategies; `uaap "
+        "simulate` only: deployed clients ignore it)",
+        group="federation",
+        ge=0.0,
+        le=0.99,
+    )
+    attack: str = _setting(
+        "sign-flip",
+        "what a malicious client sends: sign-flip (-k times its update), scaled (k times its update) or noise "
+        "(Gaussian noise k times its update's scale), k = attack-scale",
+        group="federation",
+        choices=ATTACKS,
+    )
+    attack_scale: float = _setting(4.0, "k of the attack", group="federation", gt=0.0)
     round_timeout: float = _setting(
         600.0,
         "seconds the server waits for a round's replies (and for min-clients); a client whose node went offline is "
@@ -357,6 +409,7 @@ class RunConfig(BaseModel):
                 "drop one of them (a data file alone implies dataset=csv)"
             )
         self.check_family("any")  # what the family can do; the strategy is checked where a federation starts
+        self.check_strategy()
         for name in ("min_clients", "min_contributors"):
             if getattr(self, name) > self.num_clients:
                 key = name.replace("_", "-")
@@ -433,6 +486,46 @@ class RunConfig(BaseModel):
             dp_central=self.dp_central,
             num_rounds=self.num_rounds,
         )
+
+    def check_strategy(self) -> None:
+        """Refuse a strategy that cannot run with this run's secure aggregation, central DP or clients per round."""
+        if self.strategy not in MEAN_STRATEGIES + SUM_STRATEGIES and self.secure:
+            raise ValueError(
+                f"strategy={self.strategy!r} cannot run under secure-aggregation='ckks': the server only adds "
+                "ciphertexts, which computes a weighted mean and nothing else; "
+                + ("a robust aggregator needs each plaintext update" if self.strategy in ROBUST_STRATEGIES else
+                   "a server optimiser multiplies the aggregate by its learning rate and momentum (fedadam, fedyogi "
+                   "and fedadagrad also square it and take square roots), which the add-only CKKS chain cannot "
+                   "compute and the server, holding no key, cannot decrypt")
+                + ". Use strategy fedavg or fedprox, or secure-aggregation none"
+            )  # fmt: skip
+        if self.strategy not in MEAN_STRATEGIES and self.dp_central:
+            raise ValueError(
+                f"strategy={self.strategy!r} cannot run with dp-central: central DP releases its own noisy mean of "
+                "the clipped updates (its guarantee is for that sum), so the strategy's aggregate would be "
+                "silently replaced. Use strategy fedavg or fedprox with dp-central, or dp-local (DP-SGD on the "
+                "clients composes with every strategy)"
+            )
+        per_round = max(int(self.num_clients * self.fraction_train), self.min_clients)
+        if self.strategy == "bulyan" and per_round < 4 * self.byzantine_clients + 3:
+            raise ValueError(
+                f"strategy='bulyan' with byzantine-clients={self.byzantine_clients} needs at least "
+                f"{4 * self.byzantine_clients + 3} clients per round (4f + 3); this run samples {per_round}: add "
+                "clients, raise fraction-train or lower byzantine-clients"
+            )
+        if self.strategy in ("krum", "multikrum") and per_round <= 2 * self.byzantine_clients + 2:
+            raise ValueError(
+                f"strategy={self.strategy!r} with byzantine-clients={self.byzantine_clients} needs more than "
+                f"{2 * self.byzantine_clients + 2} clients per round (2f + 2); this run samples {per_round}: add "
+                "clients, raise fraction-train or lower byzantine-clients"
+            )
+
+    @property
+    def drops_stragglers(self) -> bool:
+        """Whether stragglers' replies are left out of the aggregate (straggler-policy, auto resolved)."""
+        if self.straggler_policy == "auto":
+            return self.strategy != "fedprox"
+        return self.straggler_policy == "drop"
 
     @property
     def secure(self) -> bool:

@@ -81,6 +81,7 @@ DP_RELEASE: Final = frozenset({DP_SIGMA, DP_Q, DP_STEPS, DP_TOTAL_STEPS, DP_EPSI
 HE_WEIGHT: Final = "he-weight"
 # server-side round metrics (aggregated train metrics)
 REJECTED_REPLIES: Final = "rejected-replies"
+STRAGGLERS_DROPPED: Final = "stragglers-dropped"  # straggler-policy drop (strategies.stragglers)
 HE_CLIENTS: Final = "he-clients"
 HE_REJECTED: Final = "he-rejected"
 # (the round's total weight is reported under HE_TOTAL_WEIGHT, the same name as in the record)

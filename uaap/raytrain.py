@@ -60,10 +60,11 @@ def _worker_loop(config: dict[str, Any]) -> None:
     from ray.train.torch import prepare_model
 
     from uaap.models import build_model, get_weights
+    from uaap.threads import size_torch_threads
     from uaap.training import TrainConfig, evaluate, local_train
 
     block_tensorflow()
-    torch.set_num_threads(1)  # one thread per worker: the workers share the machine's cores
+    size_torch_threads()  # the CPUs Ray reserved for this worker (resources_per_worker), not the machine's
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = RunConfig.from_json(config["cfg"])

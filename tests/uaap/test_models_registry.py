@@ -44,9 +44,12 @@ def test_run_configs_are_refused_before_they_start_naming_what_exists(monkeypatc
     ):
         check_combination("trees", dp_central=True)
     check_combination("trees", where="central")  # what it can do passes
-    with pytest.raises(ConfigError, match="model='mlp' federates as FedAvg/FedProx over the parameters and takes "
-                                          "strategy fedavg or fedprox, not strategy='krum'"):  # fmt: skip
-        check_combination("mlp", where="federated", strategy="krum")
+    with pytest.raises(ConfigError, match="model='mlp' federates as FedAvg/FedProx, a server optimiser or a robust "
+                                          "aggregator over the parameters and takes strategy fedavg or fedprox or "
+                                          "fedadam or .* or bulyan, not strategy='qfedavg'"):  # fmt: skip
+        check_combination("mlp", where="federated", strategy="qfedavg")
+    for strategy in ("fedavgm", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"):
+        check_combination("mlp", where="federated", strategy=strategy)  # Flower's, wrapped (strategies.base)
     with pytest.raises(ConfigError, match="model='resnet' is not a model family; choose one of: logreg, svm, mlp, cnn"):
         check_combination("resnet")
 

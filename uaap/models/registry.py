@@ -19,13 +19,19 @@ from uaap.errors import ConfigError
 
 # How a family federates, in the words `uaap models` uses.
 FEDERATION = {
-    "weights": "FedAvg/FedProx over the parameters",
+    "weights": "FedAvg/FedProx, a server optimiser or a robust aggregator over the parameters",
     "boosting": "XGBoost trees added round by round (Flower's FedXgbBagging / FedXgbCyclic)",
     "trees": "an ensemble of the trees each client grows",
     "statistics": "exact: the server sums each client's sufficient statistics",
     "": "central only",
 }
-WEIGHT_STRATEGIES = ("fedavg", "fedprox")
+# Flower's strategies over parameters (flwr.serverapp.strategy, wrapped by strategies.base.build_strategy): the
+# weighted means first (the only ones a CKKS sum or central DP's noisy sum can compute), then the server
+# optimisers, then the robust aggregators.
+MEAN_STRATEGIES = ("fedavg", "fedprox")
+SERVER_OPTIMIZERS = ("fedadam", "fedyogi", "fedadagrad", "fedavgm")
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+WEIGHT_STRATEGIES = MEAN_STRATEGIES + SERVER_OPTIMIZERS + ROBUST_STRATEGIES
 EDGE_FORMATS = ("onnx", "tflite", "coreml", "c")
 # Families fitted from summed sufficient statistics: the server adds the clients' statistics (strategies.statistics).
 SUM_STRATEGIES = ("fedstats",)
