@@ -43,7 +43,7 @@ from uaap import workspace
 from uaap.config import RunConfig
 from uaap.data import Dataset, describe, federated, target_meta
 from uaap.errors import RunFailedError, UaapError
-from uaap.models import build_model, from_record, get_weights, to_record
+from uaap.models import build_model, family, from_record, get_weights, to_record
 from uaap.privacy.utility import hopeless_noise_warning, model_size
 from uaap.protocol import CONFIG, NUM_EXAMPLES, PREPROCESSOR, RUN_CONFIG, RUN_END, RUN_END_REASON, RUN_END_RUN
 from uaap.training import evaluate
@@ -84,8 +84,17 @@ def _metrics(record: MetricRecord | None) -> dict[str, float]:
 def initial_arrays(cfg: RunConfig, meta: Dataset | None = None) -> ArrayRecord:
     """The seeded initial global model, as Flower arrays (``meta``: any split carrying the data's shape)."""
     meta = meta if meta is not None else describe(cfg)
+    if summed(cfg):  # the statistics' layout; K-Means seeds its centroids from these rows (server/statistics.py)
+        from server.statistics import initial_totals
+
+        return initial_totals(cfg, meta)
     model = build_model(cfg.model, meta.n_features, meta.n_classes, meta.image_shape, seed=cfg.seed)
     return to_record(get_weights(model))
+
+
+def summed(cfg: RunConfig) -> bool:
+    """Whether the run's family is fitted from summed statistics (K-Means, PCA), not from weights."""
+    return family(cfg.model).capabilities.federated == "statistics"
 
 
 def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> Any:
@@ -95,6 +104,10 @@ def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> An
     from uaap.models import set_weights
 
     _, test = federated(cfg, num_partitions, plan)
+    if summed(cfg):  # inertia, silhouette, explained variance of the totals' model (server/statistics.py)
+        from server.statistics import evaluator
+
+        return evaluator(cfg, test)
     model = build_model(cfg.model, test.n_features, test.n_classes, test.image_shape)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -279,7 +292,12 @@ def _federate(
             tracker.set_tags({"uaap.status": "failed", "uaap.stop_reason": reason})
             tracker.finish("FAILED")
         raise RunFailedError(f"run {rd.run_id} failed: {reason}")
-    if not encrypted:
+    model_file = rd.model_file
+    if not encrypted and summed(cfg):  # a scikit-learn estimator in model.skops (server/statistics.py)
+        from server.statistics import save_final
+
+        model_file = save_final(rd, cfg, arrays, ran[-1].round if ran else start - 1, meta)
+    elif not encrypted:
         workspace.save_model(
             rd.model_file,
             cfg.model,
@@ -293,7 +311,7 @@ def _federate(
     if tracker:
         tracker.set_tags({"uaap.status": status, "uaap.stop_reason": reason})
         if not encrypted:
-            tracker.log_artifact(str(rd.model_file))
+            tracker.log_artifact(str(model_file))
         tracker.finish()
     return rd
 

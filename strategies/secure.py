@@ -131,9 +131,11 @@ class SecureAggregation(StrategyWrapper):
 
 
 def check_linear(strategy: Strategy) -> None:
-    """Refuse a strategy whose aggregation is not FedAvg's weighted mean (a ciphertext sum cannot do it)."""
+    """Refuse a strategy whose aggregation is neither FedAvg's weighted mean nor a plain sum (a ciphertext sum
+    computes only those)."""
     base = innermost(strategy)
-    if isinstance(base, FedAvg) and type(base).aggregate_train is FedAvg.aggregate_train:
+    summing = bool(getattr(type(base), "sums_replies", False))  # a plain sum (strategies.statistics.FedStats)
+    if summing or (isinstance(base, FedAvg) and type(base).aggregate_train is FedAvg.aggregate_train):
         between = [type(x).__name__ for x in layers(strategy) if x is not base and not _passes_sum(x)]
         if not between:
             return

@@ -37,8 +37,11 @@ def hopeless_noise_warning(cfg: RunConfig, num_params: int) -> str | None:
 
 
 def model_size(cfg: RunConfig, n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> int:
-    """The number of trainable parameters of ``cfg.model`` for data of this shape."""
-    from uaap.models import build_model
+    """The number of trainable parameters of ``cfg.model`` for data of this shape (0 for a family without a
+    network: statistics have no weights to noise, and such families refuse DP)."""
+    from uaap.models import MODELS, build_model
 
+    if cfg.model not in MODELS:
+        return 0
     model = build_model(cfg.model, n_features, n_classes, image_shape)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
