@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.policy import ClientPolicy, check_spent, enforce
-from uaap import crypto
+from uaap import attacks, crypto
 from uaap.config import RunConfig
 from uaap.data import Split, client_data, load_split
 from uaap.errors import ConfigError
@@ -64,10 +64,11 @@ from uaap.protocol import (
     as_float,
     as_int,
 )
+from uaap.threads import client_threads, size_torch_threads
 from uaap.training import PrivacyEngineLike, TrainConfig, evaluate_counts, local_train
 
 log = logging.getLogger("uaap.client")
-torch.set_num_threads(1)  # one thread per simulated client: actors share the machine's cores
+torch.set_num_threads(1)  # until a message sizes it from the client's reservation (uaap.threads.client_threads)
 
 app = ClientApp()
 
@@ -116,6 +117,20 @@ def straggler_steps(cfg: RunConfig, server_round: int, pid: int, full_steps: int
     if rng.random() >= cfg.straggler_fraction:
         return None
     return int(rng.integers(1, full_steps))
+
+
+def maybe_poison(
+    cfg: RunConfig, new: list[np.ndarray], start: list[np.ndarray], server_round: int, pid: int, context: Context
+) -> list[np.ndarray]:
+    """A simulated malicious client's poisoned weights (uaap.attacks), else ``new`` unchanged.
+
+    Only partitions of a simulation attack: a deployed client (its own table) never does, whatever the run says.
+    """
+    if cfg.malicious_fraction <= 0 or context.node_config.get(NODE_DATA_PATH):
+        return new
+    if pid not in attacks.malicious_partitions(cfg):
+        return new
+    return attacks.poison(cfg.attack, new, start, cfg.attack_scale, attacks.attack_rng(cfg, server_round, pid))
 
 
 def receive_global(cfg: RunConfig, content: RecordDict, context: Context, like: list[np.ndarray]) -> list[np.ndarray]:
@@ -198,6 +213,7 @@ def prepare_update(
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on local data; reply with the update and metrics."""
+    size_torch_threads(client_threads())  # a simulated client's Ray reservation (--client-cpus), else one
     cfg, data, pid = _setup(msg, context)
     if cfg.strategy == "fedstats":  # K-Means, PCA: this client's sufficient statistics (client/statistics.py)
         from client.statistics import train_statistics
@@ -222,7 +238,7 @@ def train(msg: Message, context: Context) -> Message:
     denominator = msg.content.config_records[CONFIG].get(DP_DENOMINATOR)
     arrays, extra = prepare_update(
         cfg,
-        get_weights(model),
+        maybe_poison(cfg, get_weights(model), start, server_round, pid, context),
         start,
         result.num_examples,
         context,
@@ -260,6 +276,7 @@ def run_end(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local validation split."""
+    size_torch_threads(client_threads())
     cfg, data, pid = _setup(msg, context)
     model = build_model(cfg.model, data.test.n_features, data.test.n_classes, data.test.image_shape)
     set_weights(model, receive_global(cfg, msg.content, context, like=get_weights(model)))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from uaap.config import RunConfig
+from uaap.errors import ConfigError
 
 if TYPE_CHECKING:
     from flwr.app import Message, MetricRecord, RecordDict
@@ -18,21 +19,20 @@ if TYPE_CHECKING:
 def build_strategy(
     cfg: RunConfig, num_nodes: int | None = None, n_classes: int | None = None, task: str = "classification"
 ) -> Strategy:
-    """Flower's FedAvg or FedProx, wrapped as the run asks.
+    """The Flower strategy the run names (:func:`flower_strategy`), wrapped as the run asks.
 
     From the inside out: secure aggregation when ``secure-aggregation = "ckks"``, central DP noise when
-    ``dp-central`` is on, privacy accounting (ledger, budget stop) when any DP is on, and reply validation
-    outermost, so that no layer parses, accounts or sums a reply it has not accepted. Evaluation metrics are
-    computed from the clients' summed counts (:func:`summed_metrics`), never averaged; ``n_classes`` (the
-    server's model) fixes the size of the confusion matrices replies may carry; ``task="regression"`` makes
-    evaluation replies carry regression sums instead (MSE, RMSE, MAE and R2 from their totals).
+    ``dp-central`` is on, dropping stragglers' replies under ``straggler-policy`` drop, privacy accounting
+    (ledger, budget stop) when any DP is on, and reply validation outermost, so that no layer parses, accounts
+    or sums a reply it has not accepted. Evaluation metrics are computed from the clients' summed counts
+    (:func:`summed_metrics`), never averaged; ``n_classes`` (the server's model) fixes the size of the
+    confusion matrices replies may carry; ``task="regression"`` makes evaluation replies carry regression sums
+    instead (MSE, RMSE, MAE and R2 from their totals).
     """
     if cfg.strategy == "fedstats":  # K-Means, PCA: exact sums of the clients' statistics (strategies.statistics)
         from strategies.statistics import build_statistics_strategy
 
         return build_statistics_strategy(cfg, num_nodes)
-    from flwr.serverapp.strategy import FedAvg, FedProx
-
     from strategies.secure import SecureAggregation, wrap_secure
     from strategies.validation import ValidateReplies
     from strategies.wrapper import find_layer
@@ -45,7 +45,8 @@ def build_strategy(
         "min_available_nodes": cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
         "evaluate_metrics_aggr_fn": summed_metrics,
     }
-    inner = FedProx(proximal_mu=cfg.proximal_mu, **common) if cfg.strategy == "fedprox" else FedAvg(**common)
+    sampled = max(int((num_nodes or cfg.num_clients) * cfg.fraction_train), cfg.min_clients)
+    inner = flower_strategy(cfg, common, sampled)
     stack = wrap_privacy(cfg, wrap_secure(cfg, inner))
     secure = find_layer(stack, SecureAggregation)
     return ValidateReplies(
@@ -61,6 +62,40 @@ def build_strategy(
     )
 
 
+def flower_strategy(cfg: RunConfig, common: dict[str, Any], sampled: int) -> Strategy:
+    """The Flower strategy ``cfg.strategy`` names (``flwr.serverapp.strategy``), as Flower ships it.
+
+    ``common``: the sampling and metric settings every strategy takes; ``sampled``: clients per round, from
+    which MultiKrum selects the ``n - f`` updates it averages. Combinations that cannot work (a robust or
+    optimising server under CKKS or central DP) were refused by :meth:`RunConfig.check_strategy`.
+    """
+    from flwr.serverapp import strategy as fl
+
+    eta = cfg.server_learning_rate
+    f = cfg.byzantine_clients
+    optimiser = {"eta": eta} if eta > 0 else {}
+    build: dict[str, Any] = {
+        "fedavg": lambda: fl.FedAvg(**common),
+        "fedprox": lambda: fl.FedProx(proximal_mu=cfg.proximal_mu, **common),
+        "fedadam": lambda: fl.FedAdam(**common, **optimiser),
+        "fedyogi": lambda: fl.FedYogi(**common, **optimiser),
+        "fedadagrad": lambda: fl.FedAdagrad(**common, **optimiser),
+        "fedavgm": lambda: fl.FedAvgM(
+            **common, server_learning_rate=eta if eta > 0 else 1.0, server_momentum=cfg.server_momentum
+        ),
+        "fedmedian": lambda: fl.FedMedian(**common),
+        "fedtrimmedavg": lambda: fl.FedTrimmedAvg(**common, beta=cfg.trim_fraction),
+        "krum": lambda: fl.Krum(**common, num_malicious_nodes=f),
+        "multikrum": lambda: fl.MultiKrum(**common, num_malicious_nodes=f, num_nodes_to_select=max(1, sampled - f)),
+        "bulyan": lambda: fl.Bulyan(**common, num_malicious_nodes=f),
+    }
+    if cfg.strategy not in build:
+        raise ConfigError(
+            f"strategy={cfg.strategy!r} is not a strategy over parameters; choose one of: {', '.join(build)}"
+        )
+    return build[cfg.strategy]()
+
+
 def summed_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
     """Flower's ``evaluate_metrics_aggr_fn``: sum the replies' counts, then compute the metrics once."""
     from flwr.app import MetricRecord
@@ -73,12 +108,18 @@ def summed_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRe
 
 
 def wrap_privacy(cfg: RunConfig, strategy: Strategy, *, rng: np.random.Generator | None = None) -> Strategy:
-    """``strategy`` under central DP noise (``dp-central``) and privacy accounting (any DP), else unchanged."""
+    """``strategy`` under central DP noise (``dp-central``) and privacy accounting (any DP), else unchanged.
+
+    Under ``straggler-policy`` drop, :class:`strategies.stragglers.DropStragglers` goes between the two: the noise
+    sums only the kept replies, and the accounting still sees every reply that reached the server.
+    """
     from strategies.dp_accounting import PrivacyAccounting
     from strategies.dp_noise import CentralDPNoise
+    from strategies.stragglers import DropStragglers
 
+    drop = cfg.drops_stragglers and cfg.straggler_fraction > 0  # only simulated stragglers say they are
     if not (cfg.dp_central or cfg.dp_local):
-        return strategy
+        return DropStragglers(strategy) if drop else strategy
     if cfg.dp_central:
         strategy = CentralDPNoise(
             strategy,
@@ -87,6 +128,8 @@ def wrap_privacy(cfg: RunConfig, strategy: Strategy, *, rng: np.random.Generator
             sample_rate=cfg.fraction_train,
             rng=rng,
         )
+    if drop:
+        strategy = DropStragglers(strategy)
     return PrivacyAccounting(
         strategy,
         run_id=cfg.run_id,
