@@ -6,7 +6,7 @@ stress-like loop, niced like the run). "torch default" forces ``UAAP_TORCH_THREA
 machine's cores: what every fit used before), "sized" leaves the choice to :func:`uaap.threads.reserved_threads`.
 Wall seconds, median of ``--repeats``; the machine is shared, so read the ratios.
 
-    python benchmarks/threads.py [--rows 6000] [--epochs 5] [--repeats 1] [--busy 1]
+    python benchmarks/threads.py [--rows 6000] [--epochs 30] [--repeats 1] [--busy 1]
 """
 
 from __future__ import annotations
@@ -56,12 +56,22 @@ def run_train(table: Path, home: Path, epochs: int, threads: str | None) -> floa
     return time.perf_counter() - t0
 
 
+def last_threads(home: Path) -> str:
+    """The torch threads the newest `uaap train` run chose (its ``threads`` event)."""
+    import json
+
+    runs = sorted((home / "runs").glob("central-*/metrics.jsonl"), key=lambda p: p.stat().st_mtime)
+    events = [json.loads(line) for line in runs[-1].read_text().splitlines()] if runs else []
+    return ", ".join(str(e["torch"]) for e in events if e.get("kind") == "threads") or "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=6000)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--busy", type=int, default=1, help="extra processes spinning a core each")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds the spinners run before a measurement")
     args = parser.parse_args(argv)
     import torch
 
@@ -76,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                 p.start()
                 os.setpriority(os.PRIO_PROCESS, p.pid, os.getpriority(os.PRIO_PROCESS, 0))
             try:
+                time.sleep(args.settle if spinners else 0)  # let the spinners show in the idle measurement
                 for name, threads in ((f"torch default ({default})", default), ("sized", None)):
                     times = [run_train(table, Path(tmp) / "home", args.epochs, threads) for _ in range(args.repeats)]
+                    if threads is None:
+                        name = f"sized ({last_threads(Path(tmp) / 'home')})"
                     results[(load, name)] = statistics.median(times)
                     print(f"{load:>12} | {name:<20} | {results[(load, name)]:7.1f} s "
                           f"(load {os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip

@@ -71,7 +71,7 @@ def train_central(
 
             weights = train_on_ray(cfg, split, epochs=epochs, workers=workers, address=ray_address, report=report)
         else:
-            weights = _train_in_process(cfg, split, epochs, report)
+            weights = _train_in_process(cfg, split, epochs, report, rd)
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -95,7 +95,11 @@ def train_central(
 
 
 def _train_in_process(
-    cfg: RunConfig, split: Split, epochs: int, report: Callable[[int, dict[str, float]], None]
+    cfg: RunConfig,
+    split: Split,
+    epochs: int,
+    report: Callable[[int, dict[str, float]], None],
+    rd: workspace.RunDir,
 ) -> list[np.ndarray]:
     model = build_model(
         cfg.model, split.train.n_features, split.train.n_classes, split.train.image_shape, seed=cfg.seed
@@ -103,6 +107,7 @@ def _train_in_process(
     tcfg = TrainConfig.from_run(cfg, epochs=epochs, proximal_mu=0.0)
     with torch_threads() as threads:  # the CPUs other processes leave free, not torch's core count (uaap.threads)
         log.info("training in-process with %d torch thread(s)", threads)
+        rd.log_event("threads", torch=threads)
         local_train(
             model,
             split.train,
