@@ -20,6 +20,7 @@ COMMANDS = [
     "simulate",  # simulations/commands.py
     "train",
     "data",
+    "explore",
     "config",
     "models",
     "runs",
