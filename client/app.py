@@ -219,6 +219,10 @@ def train(msg: Message, context: Context) -> Message:
         from client.statistics import train_statistics
 
         return train_statistics(cfg, data, pid, msg, context)
+    if cfg.strategy.startswith("fedxgb-"):  # XGBoost: trees, not weights (client/boosting.py)
+        from client.boosting import train_boosting
+
+        return train_boosting(cfg, data, pid, msg)
     server_round = as_int(msg.content.config_records[CONFIG].get(SERVER_ROUND), SERVER_ROUND)
     model = build_model(cfg.model, data.train.n_features, data.train.n_classes, data.train.image_shape)
     start = receive_global(cfg, msg.content, context, like=get_weights(model))
@@ -278,6 +282,10 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local validation split."""
     size_torch_threads(client_threads())
     cfg, data, pid = _setup(msg, context)
+    if cfg.strategy.startswith("fedxgb-"):  # XGBoost: the booster's counts (client/boosting.py)
+        from client.boosting import evaluate_boosting
+
+        return evaluate_boosting(cfg, data, pid, msg)
     model = build_model(cfg.model, data.test.n_features, data.test.n_classes, data.test.image_shape)
     set_weights(model, receive_global(cfg, msg.content, context, like=get_weights(model)))
     metrics = MetricRecord(evaluate_counts(model, data.test))  # sums: the server computes the metrics of the total

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from server.boosting import boosted, initial_booster, save_booster
+from server.boosting import evaluator as boosting_evaluator
 from strategies import build_strategy, sort_replies
 from strategies.wrapper import BudgetGate, RoundReporter, Stateful, innermost, is_encrypted, layers
 from uaap import workspace
@@ -84,6 +86,8 @@ def _metrics(record: MetricRecord | None) -> dict[str, float]:
 def initial_arrays(cfg: RunConfig, meta: Dataset | None = None) -> ArrayRecord:
     """The seeded initial global model, as Flower arrays (``meta``: any split carrying the data's shape)."""
     meta = meta if meta is not None else describe(cfg)
+    if boosted(cfg):  # no booster yet: the first clients start it (server/boosting.py)
+        return initial_booster()
     if summed(cfg):  # the statistics' layout; K-Means seeds its centroids from these rows (server/statistics.py)
         from server.statistics import initial_totals
 
@@ -104,6 +108,8 @@ def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> An
     from uaap.models import set_weights
 
     _, test = federated(cfg, num_partitions, plan)
+    if boosted(cfg):  # the global booster's metrics from counts (server/boosting.py)
+        return boosting_evaluator(cfg, test)
     if summed(cfg):  # inertia, silhouette, explained variance of the totals' model (server/statistics.py)
         from server.statistics import evaluator
 
@@ -231,7 +237,9 @@ def _federate(
     if warning := hopeless_noise_warning(cfg.replace(num_clients=nodes), size):
         log.warning(warning)
         rd.log_event("warning", text=warning)
-    strategy = strategy or build_strategy(cfg, num_nodes=nodes, n_classes=meta.n_classes, task=meta.task)
+    strategy = strategy or build_strategy(
+        cfg, num_nodes=nodes, n_classes=meta.n_classes, task=meta.task, n_features=meta.n_features
+    )
 
     ckpt = rd.latest_checkpoint()
     committed: dict[str, Any] | None = None
@@ -293,7 +301,9 @@ def _federate(
             tracker.finish("FAILED")
         raise RunFailedError(f"run {rd.run_id} failed: {reason}")
     model_file = rd.model_file
-    if not encrypted and summed(cfg):  # a scikit-learn estimator in model.skops (server/statistics.py)
+    if not encrypted and boosted(cfg):  # an XGBClassifier in model.skops (server/boosting.py)
+        model_file = save_booster(rd, cfg, arrays, meta) or model_file
+    elif not encrypted and summed(cfg):  # a scikit-learn estimator in model.skops (server/statistics.py)
         from server.statistics import save_final
 
         model_file = save_final(rd, cfg, arrays, ran[-1].round if ran else start - 1, meta)

@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
 
 def build_strategy(
-    cfg: RunConfig, num_nodes: int | None = None, n_classes: int | None = None, task: str = "classification"
+    cfg: RunConfig,
+    num_nodes: int | None = None,
+    n_classes: int | None = None,
+    task: str = "classification",
+    n_features: int | None = None,
 ) -> Strategy:
     """The Flower strategy the run names (:func:`flower_strategy`), wrapped as the run asks.
 
@@ -33,6 +37,14 @@ def build_strategy(
         from strategies.statistics import build_statistics_strategy
 
         return build_statistics_strategy(cfg, num_nodes)
+    if cfg.strategy.startswith("fedxgb-"):  # XGBoost through Flower's FedXgbBagging / FedXgbCyclic
+        from strategies.boosting import build_boosting_strategy
+
+        if n_features is None or n_classes is None:
+            raise ConfigError("an XGBoost federation needs the data's n_features and n_classes to check boosters")
+        return build_boosting_strategy(
+            cfg, n_features=n_features, n_classes=n_classes, metrics=summed_metrics, num_nodes=num_nodes
+        )
     from strategies.secure import SecureAggregation, wrap_secure
     from strategies.validation import ValidateReplies
     from strategies.wrapper import find_layer

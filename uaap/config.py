@@ -27,6 +27,8 @@ from pydantic_core import PydanticCustomError
 
 from uaap.errors import ConfigError
 from uaap.models.registry import (
+    BOOSTING_STRATEGIES,
+    FAMILIES,
     MEAN_STRATEGIES,
     ROBUST_STRATEGIES,
     SUM_STRATEGIES,
@@ -42,7 +44,8 @@ OUTLIERS = ("clip-iqr", "clip-z", "none")
 ENCODINGS = ("onehot", "ordinal", "hashing")
 SCALINGS = ("standard", "minmax", "robust", "none")
 TEXT_COLUMNS = ("error", "hashing", "drop")
-STRATEGIES = WEIGHT_STRATEGIES + SUM_STRATEGIES  # over parameters, and fedstats (uaap.models.registry)
+# over parameters, fedstats, and Flower's XGBoost strategies (uaap.models.registry)
+STRATEGIES = WEIGHT_STRATEGIES + SUM_STRATEGIES + BOOSTING_STRATEGIES
 STRAGGLER_POLICIES = ("auto", "drop", "partial")
 ATTACKS = ("sign-flip", "scaled", "noise")
 PARTITIONS = ("iid", "dirichlet", "pathological")
@@ -236,6 +239,13 @@ class RunConfig(BaseModel):
     learning_rate: float = _setting(0.05, "optimizer step size", group="training", scope=ANY, gt=0.0)
     optimizer: str = _setting("sgd", "local optimizer", group="training", scope=ANY, choices=OPTIMIZERS)
     momentum: float = _setting(0.9, "SGD momentum (ignored by adam)", group="training", scope=ANY, ge=0.0, le=1.0)
+    xgb_local_rounds: int = _setting(
+        1, "boosting rounds each client adds per federated round (model=xgboost)", group="training", ge=1, le=100
+    )
+    xgb_max_depth: int = _setting(4, "depth of each tree (model=xgboost)", group="training", ge=1, le=12)
+    xgb_eta: float = _setting(
+        0.3, "shrinkage of each tree, XGBoost's learning rate (model=xgboost)", group="training", gt=0.0, le=1.0
+    )
     seed: int = _setting(42, "seed of data splits, model initialisation and sampling", group="training", scope=ANY)
     # ---- federation -----------------------------------------------------------------------------
     strategy: str = _setting(
@@ -398,6 +408,18 @@ class RunConfig(BaseModel):
         if choices and value not in choices:
             raise PydanticCustomError("choice", "not one of the choices", {"choices": choices})
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_strategy(cls, values: Any) -> Any:
+        """A family that federates by boosting gets its own first strategy when the run names none (the default,
+        fedprox, is a strategy over weights); a strategy named explicitly is kept, and checked where a federation
+        starts."""
+        if isinstance(values, dict) and "strategy" not in values:
+            fam = FAMILIES.get(str(values.get("model", "")))
+            if fam is not None and fam.capabilities.federated == "boosting":
+                return {**values, "strategy": fam.capabilities.strategies[0]}
+        return values
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

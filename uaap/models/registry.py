@@ -35,6 +35,8 @@ WEIGHT_STRATEGIES = MEAN_STRATEGIES + SERVER_OPTIMIZERS + ROBUST_STRATEGIES
 EDGE_FORMATS = ("onnx", "tflite", "coreml", "c")
 # Families fitted from summed sufficient statistics: the server adds the clients' statistics (strategies.statistics).
 SUM_STRATEGIES = ("fedstats",)
+# Flower's XGBoost strategies (flwr.serverapp.strategy, wrapped by strategies.boosting): trees, not weights.
+BOOSTING_STRATEGIES = ("fedxgb-bagging", "fedxgb-cyclic")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,18 @@ FAMILIES: dict[str, ModelFamily] = {
         ),  # fmt: skip
         _torch("mlp", "feed-forward network, two hidden layers of 64", ("classification", "regression")),
         _torch("cnn", "convolutional network for images of any shape (channels x height x width)", ("classification",)),
+        ModelFamily(
+            "xgboost",
+            "gradient-boosted trees (XGBoost): each round the clients add trees, appended together (bagging) or "
+            "one client after the other (cyclic)",
+            Capabilities(
+                ("classification",),
+                central=False,
+                federated="boosting",
+                strategies=BOOSTING_STRATEGIES,
+                export=("onnx", "c"),
+            ),
+        ),
         ModelFamily(
             "kmeans",
             "K-Means clustering (n-clusters): one Lloyd iteration per round from summed per-centroid sums and counts",
