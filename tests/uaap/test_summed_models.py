@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, DataError
 from uaap.models import check_combination
-from uaap.models.kmeans import FederatedKMeans, centroids_from, local_statistics
+from uaap.models.kmeans import FederatedKMeans, assign, centroids_from, local_statistics, squared_distances
 from uaap.models.pca import FederatedPCA
 from uaap.models.summed import FAMILIES
 
@@ -39,6 +39,8 @@ def test_kmeans_is_scikit_learns_lloyd_and_its_statistics_add_up_over_parts(wine
     assert np.array_equal(ours.predict(X), theirs.predict(X)) and ours.score(X) == pytest.approx(theirs.score(X))
     np.testing.assert_allclose(ours.transform(X), theirs.transform(X), atol=1e-10)
     assert ours.evaluate(X, y)["adjusted_rand"] > 0.8  # wine's three cultivars
+    d2 = squared_distances(X, ours.cluster_centers_)  # the fast assignment is the argmin of the differences
+    assert np.array_equal(assign(X, ours.cluster_centers_)[1], d2.min(axis=1))
 
     parts = [local_statistics(part, start) for part in np.array_split(X, 4)]  # four clients' statistics, summed
     pooled = local_statistics(X, start)
@@ -53,6 +55,9 @@ def test_an_empty_cluster_keeps_its_centroid_and_a_decrypted_count_is_read_as_ro
     counts = np.array([2.0 + 1e-9, 1e-9, 1.0 - 1e-9])  # CKKS: whole numbers within ~1e-9
     out = centroids_from(sums, counts, previous)
     np.testing.assert_allclose(out, [[1.0, 2.0], [5.0, 5.0], [9.0, 9.0]], atol=1e-8)
+    ties = np.array([[0.5, 0.0], [1.0, 0.0], [0.5, 3.0]])  # equidistant rows: the expanded form cannot tell
+    labels, d2 = assign(ties, np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]]))
+    assert labels.tolist() == [0, 1, 0] and d2.tolist() == [0.25, 0.0, 9.25]  # differences decide: the lower index
     far = np.array([[0.0, 0.0], [100.0, 100.0]])
     model = FederatedKMeans(2, max_iter=3, init=far).fit(np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]))
     assert model.cluster_centers_[1].tolist() == [100.0, 100.0]  # no row chose it: it stays

@@ -20,7 +20,8 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 from uaap.errors import ConfigError, DataError
 
-BLOCK = 4096  # rows per distance block: block x k x d float64 values in memory at once
+BLOCK = 16384  # rows per block of expanded distances (block x k float64 values at once)
+DIFFERENCES = 2**22  # float64 differences held at once by squared_distances (32 MB)
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,43 @@ def squared_distances(X: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     c = np.asarray(centroids, dtype=np.float64)
     out = np.empty((len(X), len(c)))
-    for start in range(0, len(X), BLOCK):
-        block = X[start : start + BLOCK]
-        out[start : start + BLOCK] = ((block[:, None, :] - c[None, :, :]) ** 2).sum(axis=2)
+    step = max(1, DIFFERENCES // max(1, c.size))  # rows x k x d differences at once
+    for start in range(0, len(X), step):
+        block = X[start : start + step]
+        out[start : start + step] = ((block[:, None, :] - c[None, :, :]) ** 2).sum(axis=2)
     return out
 
 
 def assign(X: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's nearest centroid (lowest index on a tie) and its squared distance to it."""
-    d2 = squared_distances(X, centroids)
-    labels = d2.argmin(axis=1)
-    return labels, d2[np.arange(len(labels)), labels]
+    """Each row's nearest centroid (lowest index on a tie) and its squared distance to it.
+
+    The same labels as :func:`squared_distances`' argmin, faster: distances are first expanded as
+    ``|x|^2 - 2 x.c + |c|^2`` (a matrix product); rows whose two nearest centroids are closer than that form's
+    rounding bound are decided again by differences, and every row's distance is taken by differences.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)
+    c2 = (c**2).sum(axis=1)
+    labels = np.empty(len(X), dtype=np.int64)
+    with _one_blas_thread():  # thin products: more BLAS threads only contend (scikit-learn's K-Means limits them too)
+        for start in range(0, len(X), BLOCK):
+            block = X[start : start + BLOCK]
+            x2 = (block**2).sum(axis=1)
+            approx = x2[:, None] - 2.0 * (block @ c.T) + c2[None, :]
+            nearest = approx.argmin(axis=1)
+            if len(c) > 1:
+                two = np.partition(approx, 1, axis=1)[:, :2]
+                unsure = two[:, 1] - two[:, 0] <= 1e-9 * (x2 + c2.max()) + 1e-300
+                if unsure.any():
+                    nearest[unsure] = squared_distances(block[unsure], c).argmin(axis=1)
+            labels[start : start + BLOCK] = nearest
+    return labels, ((X - c[labels]) ** 2).sum(axis=1)
+
+
+def _one_blas_thread() -> Any:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def local_statistics(X: Any, centroids: np.ndarray) -> KMeansStatistics:
