@@ -3,7 +3,7 @@
 The loop (``server/federation.py``) asks here for round 1's arrays, the held-out evaluation of a plaintext
 run's totals, and the final model, which is saved as a scikit-learn estimator (``model.skops``, as AutoML's
 are) with the data's metadata. Under secure aggregation the totals stay ciphertext in the checkpoints: a key
-holder derives the model (:func:`model_from_checkpoint`).
+holder makes the model with ``uaap keys decrypt-model``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from uaap import workspace
-from uaap.data import target_meta
 from uaap.models import from_record, to_record
-from uaap.models.summed import as_arrays, decrypt_totals, evaluate, rounds_of
+from uaap.models.summed import as_arrays, evaluate, rounds_of, save_model
 from uaap.protocol import NUM_EXAMPLES
 
 if TYPE_CHECKING:
@@ -66,30 +65,4 @@ def _labels(data: Dataset) -> np.ndarray | None:
 
 def save_final(rd: workspace.RunDir, cfg: RunConfig, arrays: ArrayRecord, rounds: int, meta: Dataset) -> Path:
     """Save the final model of a plaintext run as ``model.skops`` in the run folder; returns its path."""
-    model = model_from_totals(cfg, arrays, rounds)
-    info = {
-        "family": cfg.model,
-        "run_id": rd.run_id,
-        "dataset": cfg.dataset,
-        "n_features": meta.n_features,
-        "n_classes": meta.n_classes,
-        "feature_names": list(meta.feature_names),
-        **target_meta(meta),
-    }
-    return workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, model, info)
-
-
-def model_from_checkpoint(rd: workspace.RunDir, cfg: RunConfig, secret_context: str = "") -> Any:
-    """The model of a run's last checkpoint; an encrypted one is decrypted with ``secret_context`` (key holders)."""
-    from flwr.app import Array, ArrayRecord
-
-    from uaap import crypto
-
-    ckpt = rd.latest_checkpoint()
-    if ckpt is None:
-        raise workspace.WorkspaceError(f"run {rd.run_id} has no checkpoint yet")
-    record = ArrayRecord({k: Array(v) for k, v in ckpt.arrays.items()})
-    if not crypto.is_encrypted(record):
-        return model_from_totals(cfg, record, ckpt.round)
-    values = decrypt_totals(record, crypto.load_context(secret_context or cfg.he_secret_context))
-    return model_from_totals(cfg, values, ckpt.round)
+    return save_model(rd, cfg, from_record(arrays), rounds, meta)

@@ -5,6 +5,7 @@ the pooled computation written independently here (plain Lloyd iterations; sciki
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
 
 from server.federation import run_federation
-from server.statistics import model_from_checkpoint
 from tests.flower_helpers import LocalGrid
 from uaap import crypto, workspace
+from uaap.cli import main
 from uaap.config import RunConfig
 from uaap.data import federated
 from uaap.models.kmeans import FederatedKMeans, kmeans_plus_plus
@@ -75,6 +76,14 @@ def _lloyd(X: np.ndarray, centers: np.ndarray, iterations: int) -> tuple[np.ndar
     return centers, inertias, labels
 
 
+def _decrypted(cfg: RunConfig, rd: workspace.RunDir) -> Any:
+    """The model a key holder makes from the last round's encrypted totals (`uaap keys decrypt-model`)."""
+    assert main(["keys", "decrypt-model", rd.run_id, "--secret-context", cfg.he_secret_context]) == 0
+    model, meta = workspace.load_estimator(rd.path / workspace.ESTIMATOR_FILE)
+    assert meta["family"] == cfg.model and meta["decrypted_from_round"] == cfg.num_rounds
+    return model
+
+
 def _matched(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     """``ours`` with each component's sign flipped to agree with ``theirs`` (components are defined up to sign)."""
     return ours * np.sign((ours * theirs).sum(axis=1))[:, None]
@@ -111,7 +120,7 @@ def test_federated_kmeans_is_pooled_lloyd_from_the_same_centroids_in_the_clear_a
     assert not (he_rd.path / workspace.ESTIMATOR_FILE).exists()  # the server holds ciphertext totals only
     last = he_rd.latest_checkpoint()
     assert last is not None and crypto.is_encrypted(ArrayRecord({k: Array(v) for k, v in last.arrays.items()}))
-    he_model = model_from_checkpoint(he_rd, he_cfg)  # a key holder decrypts the last round's totals
+    he_model = _decrypted(he_cfg, he_rd)
     he_diff = float(np.abs(he_model.cluster_centers_ - reference).max())
     assert he_diff <= 1e-5, he_diff
     he_rounds = [e for e in he_rd.events("round") if e["round"] > 0]
@@ -142,7 +151,7 @@ def test_federated_pca_is_pooled_pca_in_the_clear_and_under_ckks(runs: dict) -> 
 
     he_cfg, he_rd = runs["pca-he"]
     assert not (he_rd.path / workspace.ESTIMATOR_FILE).exists()
-    he = model_from_checkpoint(he_rd, he_cfg)
+    he = _decrypted(he_cfg, he_rd)
     he_diffs = {
         "components": np.abs(_matched(he.components_, reference.components_) - reference.components_).max(),
         "explained variance": np.abs(he.explained_variance_ - reference.explained_variance_).max(),

@@ -26,7 +26,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     insp.add_argument("--json", action="store_true", help="print JSON")
     insp.set_defaults(func=run_inspect)
 
-    dec = keys.add_parser("decrypt-model", help="decrypt an HE run's last checkpoint into runs/<id>/model.npz")
+    dec = keys.add_parser(
+        "decrypt-model",
+        help="decrypt an HE run's last checkpoint into runs/<id>/model.npz (or model.skops)",
+    )
     dec.add_argument("run_id", metavar="RUN", help="run id (see `uaap runs`)")
     dec.add_argument("--secret-context", required=True, metavar="FILE", help="the federation's secret.ckks")
     dec.set_defaults(func=run_decrypt_model)
@@ -66,12 +69,14 @@ def run_decrypt_model(args: argparse.Namespace) -> int:
 
 
 def decrypt_model(run_id: str, secret_context: str | Path) -> Path:
-    """Decrypt the last checkpoint of an HE run into ``runs/<id>/model.npz`` (for a key holder)."""
+    """Decrypt the last checkpoint of an HE run into ``runs/<id>/model.npz`` (``model.skops`` for K-Means and PCA,
+    whose checkpoint holds summed statistics), for a key holder."""
     from flwr.app import Array, ArrayRecord
 
     from uaap import crypto, workspace
     from uaap.data import describe, target_meta
     from uaap.errors import KeyMaterialError, WorkspaceError
+    from uaap.models.summed import rounds_of
 
     rd = workspace.existing_run(run_id)
     ckpt = rd.latest_checkpoint()
@@ -89,9 +94,15 @@ def decrypt_model(run_id: str, secret_context: str | Path) -> Path:
             f"run {run_id!r} was encrypted under key fingerprint {theirs[:16]}, but {secret_context} has "
             f"{hctx.short}: use the secret context of that federation (see the run's he-secret-context)"
         )
-    weights = crypto.decrypt_global(record, hctx)
     cfg = rd.read_config()
     meta = describe(cfg)
+    if rounds_of(cfg.model) is not None:  # K-Means, PCA: the decrypted totals give a scikit-learn estimator
+        from uaap.models.summed import decrypt_totals
+        from uaap.models.summed import save_model as save_summed
+
+        fields = {"decrypted_from_round": ckpt.round, "he_fingerprint": hctx.fingerprint}
+        return save_summed(rd, cfg, decrypt_totals(record, hctx), ckpt.round, meta, **fields)
+    weights = crypto.decrypt_global(record, hctx)
     return workspace.save_model(
         rd.model_file,
         cfg.model,

@@ -29,10 +29,14 @@ from uaap.models.pca import FederatedPCA
 from uaap.models.pca import local_statistics as pca_statistics
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from flwr.app import ArrayRecord
 
     from uaap.config import RunConfig
     from uaap.crypto import HEContext
+    from uaap.data import Dataset
+    from uaap.workspace import RunDir
 
 Arrays = dict[str, np.ndarray]
 
@@ -123,6 +127,29 @@ def decrypt_totals(record: ArrayRecord, hctx: HEContext) -> list[np.ndarray]:
         values.append(flat[pos : pos + size].reshape(tuple(int(d) for d in shape)))
         pos += size
     return values
+
+
+def save_model(rd: RunDir, cfg: RunConfig, values: list[np.ndarray], rounds: int, meta: Dataset, **extra: Any) -> Path:
+    """The estimator a run's plaintext totals give, saved as ``model.skops`` in its run folder (returns the path)."""
+    from uaap import workspace
+    from uaap.data import target_meta
+
+    family = rounds_of(cfg.model)
+    if family is None:
+        raise ConfigError(f"model={cfg.model!r} is not fitted from summed statistics (kmeans, pca)")
+    model = family.estimator(cfg, as_arrays(family, values), rounds)
+    info = {
+        "family": cfg.model,
+        "run_id": rd.run_id,
+        "dataset": cfg.dataset,
+        "n_features": meta.n_features,
+        "n_classes": meta.n_classes,
+        "feature_names": list(meta.feature_names),
+        "rounds": rounds,
+        **target_meta(meta),
+        **extra,
+    }
+    return workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, model, info)
 
 
 def evaluate(model: Any, X: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:
