@@ -55,9 +55,12 @@ def fmt_epsilon(value: float | None) -> str:
 
 
 def score(rows: list[dict[str, Any]]) -> tuple[str, str]:
-    """The headline metric of a run's rounds and its short name: R2 for a regression, else accuracy."""
-    regression = any("r2" in r.get(part, {}) for r in rows for part in ("evaluate", "central"))
-    return ("r2", "R2") if regression else ("accuracy", "acc.")
+    """The headline metric of a run's rounds and its short name: R2 for a regression, the silhouette of K-Means
+    clusters, the held-out explained variance of PCA, else accuracy."""
+    for key, short in (("r2", "R2"), ("silhouette", "sil."), ("explained_variance", "var.")):
+        if any(key in r.get(part, {}) for r in rows for part in ("evaluate", "central")):
+            return key, short
+    return ("accuracy", "acc.")
 
 
 def summary_table(rd: RunDir, central_accuracy: float | None = None) -> Any:
@@ -112,7 +115,8 @@ def comparison_table(rows: list[tuple[str, str, float, float | None, float | Non
 
 
 def accuracy_plot(rd: RunDir, out: Path | None = None, central_accuracy: float | None = None) -> Path:
-    """PNG of federated and central-test accuracy (R2 for a regression) per round (and the central baseline)."""
+    """PNG of federated and central-test accuracy (R2, silhouette, explained variance: :func:`score`) per round
+    (and the central baseline)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,11 +135,12 @@ def accuracy_plot(rd: RunDir, out: Path | None = None, central_accuracy: float |
     if central_accuracy is not None:
         ax.axhline(central_accuracy, linestyle="--", color="grey", label="central training")
     ax.set_xlabel("round")
-    ax.set_ylabel("R2" if key == "r2" else "accuracy")
+    ax.set_ylabel({"r2": "R2"}.get(key, key.replace("_", " ")))
     lowest = min([v for _, v in cen + fed] + [0.0])
     ax.set_ylim(max(lowest, -1.0), 1.0)  # R2 can be negative: the first rounds of a regression often are
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    if cen or fed or central_accuracy is not None:  # a CKKS run of K-Means or PCA has no plaintext metric to draw
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{rd.run_id}")
     fig.tight_layout()
     fig.savefig(out)

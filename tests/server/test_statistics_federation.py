@@ -4,6 +4,7 @@ the pooled computation written independently here (plain Lloyd iterations; sciki
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from uaap.config import RunConfig
 from uaap.data import federated
 from uaap.models.kmeans import FederatedKMeans, kmeans_plus_plus
 from uaap.models.pca import FederatedPCA
+from uaap.report import accuracy_plot, round_rows, score
 
 BASE = RunConfig(
     dataset="digits",
@@ -115,6 +117,7 @@ def test_federated_kmeans_is_pooled_lloyd_from_the_same_centroids_in_the_clear_a
     assert central["inertia"] == pytest.approx(((test_X - model.cluster_centers_[test_labels]) ** 2).sum(), rel=1e-9)
     assert central["silhouette"] == pytest.approx(silhouette_score(test_X, test_labels), rel=1e-9)
     assert central["adjusted_rand"] > 0.4  # digits' clusters follow the digits (ARI against the true labels)
+    assert score(round_rows(rd)) == ("silhouette", "sil.")  # what `uaap simulate` tabulates and plots per round
 
     he_cfg, he_rd = runs["kmeans-he"]
     assert not (he_rd.path / workspace.ESTIMATOR_FILE).exists()  # the server holds ciphertext totals only
@@ -126,6 +129,9 @@ def test_federated_kmeans_is_pooled_lloyd_from_the_same_centroids_in_the_clear_a
     he_rounds = [e for e in he_rd.events("round") if e["round"] > 0]
     np.testing.assert_allclose([e["train"]["inertia"] for e in he_rounds], inertias, rtol=1e-9)
     assert all(e["train"]["he-clients"] == 3 and e["central"] == {} for e in he_rounds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing in the clear to draw: an empty plot, no legend warning
+        assert accuracy_plot(he_rd).is_file()
     print(f"K-Means vs pooled Lloyd, max |centroid diff|: plain {plain_diff:.3g}, CKKS {he_diff:.3g}")
 
 
@@ -148,6 +154,7 @@ def test_federated_pca_is_pooled_pca_in_the_clear_and_under_ckks(runs: dict) -> 
     kept = reference.inverse_transform(reference.transform(test_X)) - model.mean_
     expected = 1 - ((test_X - model.mean_ - kept) ** 2).sum() / ((test_X - model.mean_) ** 2).sum()
     assert rd.events("round")[-1]["central"]["explained_variance"] == pytest.approx(expected, rel=1e-8)
+    assert score(round_rows(rd)) == ("explained_variance", "var.")
 
     he_cfg, he_rd = runs["pca-he"]
     assert not (he_rd.path / workspace.ESTIMATOR_FILE).exists()
