@@ -18,7 +18,8 @@ import numpy as np
 from flwr.serverapp.strategy import FedAvg
 
 from uaap.config import RunConfig
-from uaap.errors import ConfigError
+from uaap.errors import ConfigError, UaapError
+from uaap.models.summed import KMeansRounds, PCARounds, as_arrays, rounds_of
 from uaap.protocol import NUM_EXAMPLES, TRAIN_LOSS
 
 if TYPE_CHECKING:
@@ -50,8 +51,21 @@ class FedStats(FedAvg):
 
     sums_replies = True  # secure aggregation may replace aggregate_train by a ciphertext sum
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, family: KMeansRounds | PCARounds, **kwargs: Any) -> None:
         super().__init__(train_metrics_aggr_fn=summed_train_metrics, **kwargs)
+        self.family = family
+        self.sent: dict[str, np.ndarray] | None = None  # this round's plaintext totals, to check replies against
+        self.last_rejected: list[tuple[int, str]] = []  # (node id, reason) of the last aggregate_train
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the round's totals (the server's own arrays), then sample as FedAvg does."""
+        from uaap import crypto
+        from uaap.models import from_record
+
+        self.sent = None if crypto.is_encrypted(arrays) else as_arrays(self.family, from_record(arrays))
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -60,6 +74,7 @@ class FedStats(FedAvg):
         from flwr.app import Array, ArrayRecord
 
         valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        valid = self._consistent(server_round, valid)
         if not valid:
             return None, None
         totals: dict[str, np.ndarray] = {}
@@ -70,6 +85,26 @@ class FedStats(FedAvg):
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         log.info("round %d: summed the statistics of %d clients", server_round, len(valid))
         return ArrayRecord({k: Array(v) for k, v in totals.items()}), metrics
+
+    def _consistent(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """The replies whose statistics their rows could give (uaap.models.summed's ``check``); the rest are logged
+        and left out. Reply validation has checked names, shapes and finite values already."""
+        from uaap.models import from_record
+
+        kept, self.last_rejected = [], []
+        for msg in replies:
+            try:
+                stats = as_arrays(self.family, from_record(next(iter(msg.content.array_records.values()))))
+                rows = int(next(iter(msg.content.metric_records.values()))[NUM_EXAMPLES])
+                if self.sent is not None:
+                    self.family.check(stats, rows, self.sent)
+            except (UaapError, KeyError, ValueError, TypeError) as exc:
+                node = int(msg.metadata.src_node_id)
+                self.last_rejected.append((node, str(exc)))
+                log.error("round %d: left the statistics of node %d out: %s", server_round, node, exc)
+                continue
+            kept.append(msg)
+        return kept
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -86,7 +121,11 @@ def build_statistics_strategy(cfg: RunConfig, num_nodes: int | None = None) -> S
 
     if cfg.strategy != "fedstats":
         raise ConfigError(f"model={cfg.model!r} is fitted from summed statistics: use strategy 'fedstats'")
+    family = rounds_of(cfg.model)
+    if family is None:
+        raise ConfigError(f"strategy 'fedstats' sums the statistics of model kmeans or pca, not model={cfg.model!r}")
     inner = FedStats(
+        family,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=1.0,  # never used: configure_evaluate sends nothing
         min_train_nodes=cfg.min_clients,

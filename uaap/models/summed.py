@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from uaap.errors import ConfigError
+from uaap.errors import ConfigError, DataError
 from uaap.models.kmeans import FederatedKMeans, centroids_from, kmeans_plus_plus
 from uaap.models.kmeans import local_statistics as kmeans_statistics
 from uaap.models.pca import FederatedPCA
@@ -71,6 +71,20 @@ class KMeansRounds:
         out = {"sums": stats.sums, "counts": stats.counts, "centroids": centers, "clients": np.ones(1)}
         return out, stats.inertia / len(X)
 
+    def check(self, stats: Arrays, rows: int, totals: Arrays) -> None:
+        """Refuse statistics that ``rows`` rows cannot give for the centroids ``totals`` give (plaintext replies)."""
+        counts = stats["counts"]
+        if not (np.all(counts >= 0) and np.array_equal(counts, np.rint(counts)) and counts.sum() == rows):
+            raise DataError(
+                f"counts {counts.tolist()[:10]} are not whole numbers >= 0 adding up to num-examples={rows}"
+            )
+        if np.any(stats["sums"][counts == 0] != 0):
+            raise DataError("a centroid no row chose has a non-zero sum")
+        if stats["clients"].tolist() != [1.0]:
+            raise DataError(f"'clients' is {stats['clients'].tolist()[:3]}; one client sends [1]")
+        if not np.array_equal(stats["centroids"], self.centroids(totals)):
+            raise DataError("the centroids sent back are not those of this round's totals")
+
     def estimator(self, cfg: RunConfig, totals: Arrays, rounds: int) -> FederatedKMeans:
         """The fitted model after ``rounds`` Lloyd iterations."""
         return FederatedKMeans.from_centers(self.centroids(totals), n_iter=rounds)
@@ -94,6 +108,18 @@ class PCARounds:
             raise ConfigError(f"the server expects {totals['sum'].shape} sums; this client has {X.shape[1]} features")
         s = pca_statistics(X)
         return {"n": np.array([s.n]), "sum": s.sum, "xtx": s.xtx}, 0.0
+
+    def check(self, stats: Arrays, rows: int, totals: Arrays) -> None:
+        """Refuse statistics that ``rows`` real rows cannot give: ``n`` must be ``rows``, X^T X symmetric with a
+        non-negative diagonal, and each column sum within Cauchy-Schwarz's bound ``sum^2 <= n * sum of squares``."""
+        if stats["n"].tolist() != [float(rows)]:
+            raise DataError(f"n={stats['n'].tolist()[:3]} differs from num-examples={rows}")
+        xtx, diag = stats["xtx"], np.diag(stats["xtx"])
+        scale = float(np.abs(diag).max()) if diag.size else 0.0
+        if np.any(diag < 0) or float(np.abs(xtx - xtx.T).max(initial=0.0)) > 1e-9 * scale:
+            raise DataError("X^T X is not symmetric with a non-negative diagonal")
+        if np.any(stats["sum"] ** 2 > rows * diag * (1 + 1e-9) + 1e-12):
+            raise DataError("a column sum exceeds what its sum of squares allows (sum^2 <= n * sum x^2)")
 
     def estimator(self, cfg: RunConfig, totals: Arrays, rounds: int) -> FederatedPCA:
         """The fitted model from the totals."""
