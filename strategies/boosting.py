@@ -13,7 +13,8 @@ The stack, from the inside out:
   training the global trees unchanged in front. A bad reply is rejected and counted, never fatal.
 
 Under cyclic training each round's model is one client's booster: ``min-contributors`` cannot apply (there is one
-contributor per round by design) and is lowered to 1, with a warning when the run asked for more.
+contributor per round by design) and is lowered to 1 (logged): choose bagging where no one client's model may
+be released.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def build_boosting_strategy(
             evaluate_metrics_aggr_fn=metrics,
         )
         if cfg.min_contributors > 1:
-            log.warning(
+            log.info(
                 "fedxgb-cyclic: each round's model is one client's booster; min-contributors=%d does not apply",
                 cfg.min_contributors,
             )

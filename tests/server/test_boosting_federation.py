@@ -108,6 +108,8 @@ def test_what_xgboost_cannot_do_is_refused_before_a_run_starts_naming_what_exist
         RunConfig(model="xgboost", secure_aggregation="ckks")
     with pytest.raises(ConfigError, match=r"no differential privacy \(--dp-local true\); families with DP: logreg"):
         RunConfig(model="xgboost", dp_local=True)
+    with pytest.raises(ConfigError, match=r"no differential privacy \(--dp-central true\)"):
+        RunConfig(model="xgboost", dp_central=True)
     with pytest.raises(ConfigError, match="model='mlp' .* not strategy='fedxgb-cyclic'"):
         RunConfig(model="mlp", strategy="fedxgb-cyclic").check_family("federated")
     with pytest.raises(ConfigError, match="trains only federated"):
