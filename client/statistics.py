@@ -61,7 +61,7 @@ def train_statistics(cfg: RunConfig, data: Split, pid: int, msg: Message, contex
     X = np.asarray(data.train.X, dtype=np.float64)
     stats, loss = family.local(cfg, X, received_totals(cfg, msg.content, context))
     values = [stats[name] for name in family.names]
-    metrics = {NUM_EXAMPLES: len(X), TRAIN_LOSS: float(loss), STEPS: 0, STRAGGLER: 0}
+    metrics = MetricRecord({NUM_EXAMPLES: len(X), TRAIN_LOSS: float(loss), STEPS: 0, STRAGGLER: 0})
     arrays: ArrayRecord
     if cfg.secure:
         hctx = crypto.client_context(cfg, context.node_config)
@@ -69,7 +69,5 @@ def train_statistics(cfg: RunConfig, data: Split, pid: int, msg: Message, contex
         metrics[HE_WEIGHT] = 1.0
     else:
         arrays = to_record(values)
-    content = RecordDict(
-        {ARRAYS: arrays, METRICS: MetricRecord(metrics), CLIENT_INFO: ConfigRecord({PARTITION_ID: pid})}
-    )
+    content = RecordDict({ARRAYS: arrays, METRICS: metrics, CLIENT_INFO: ConfigRecord({PARTITION_ID: pid})})
     return Message(content=content, reply_to=msg)

@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, UaapError
 from uaap.models.summed import KMeansRounds, PCARounds, as_arrays, rounds_of
-from uaap.protocol import NUM_EXAMPLES, TRAIN_LOSS
+from uaap.protocol import NUM_EXAMPLES, TRAIN_LOSS, as_float, as_int
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -39,11 +39,13 @@ def summed_train_metrics(contents: list[RecordDict], weighted_by_key: str) -> Me
     rows, total = 0, 0.0
     for content in contents:
         metrics = next(iter(content.metric_records.values()))
-        n = int(metrics[NUM_EXAMPLES])
+        n = as_int(metrics[NUM_EXAMPLES], NUM_EXAMPLES)
         rows += n
-        total += float(metrics[TRAIN_LOSS]) * n
-    out: dict[str, int | float] = {NUM_EXAMPLES: rows, TRAIN_LOSS: total / rows if rows else 0.0}
-    return MetricRecord(out | ({INERTIA: total} if total > 0 else {}))
+        total += as_float(metrics[TRAIN_LOSS], TRAIN_LOSS) * n
+    out = MetricRecord({NUM_EXAMPLES: rows, TRAIN_LOSS: total / rows if rows else 0.0})
+    if total > 0:
+        out[INERTIA] = total
+    return out
 
 
 class FedStats(FedAvg):
@@ -95,7 +97,7 @@ class FedStats(FedAvg):
         for msg in replies:
             try:
                 stats = as_arrays(self.family, from_record(next(iter(msg.content.array_records.values()))))
-                rows = int(next(iter(msg.content.metric_records.values()))[NUM_EXAMPLES])
+                rows = as_int(next(iter(msg.content.metric_records.values()))[NUM_EXAMPLES], NUM_EXAMPLES)
                 if self.sent is not None:
                     self.family.check(stats, rows, self.sent)
             except (UaapError, KeyError, ValueError, TypeError) as exc:

@@ -84,7 +84,7 @@ def explore(
     OpenMP and BLAS threads are limited to the CPUs other processes leave free (:func:`uaap.threads.free_cpus`):
     t-SNE with a thread per core took 9.5 s on a busy 2-core machine, and 0.8 s with one thread.
     """
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     from uaap.threads import free_cpus
 
@@ -110,19 +110,23 @@ def _explore(
     if X.ndim != 2 or len(X) < 3 or X.shape[1] < 2:
         raise DataError(f"exploring needs at least 3 rows of 2 or more features; got {X.shape}")
     labels = None if y is None else np.asarray(y)
-    by_label = (labels, "label") if labels is not None else (None, "")
+    by_label = "label" if labels is not None else ""
     if method == "pca":
         pca = FederatedPCA(2).fit(X)
         ratio = pca.explained_variance_ratio_
-        return Exploration(method, pca.transform(X), *by_label, {"explained_variance_ratio": float(ratio.sum())},
-                           (f"PC1 ({ratio[0]:.0%})", f"PC2 ({ratio[1]:.0%})"))  # fmt: skip
+        axes = (f"PC1 ({ratio[0]:.0%})", f"PC2 ({ratio[1]:.0%})")
+        return Exploration(
+            method, pca.transform(X), labels, by_label, {"explained_variance_ratio": float(ratio.sum())}, axes
+        )
     if method == "tsne":
         from sklearn.manifold import TSNE
 
         if not 0 < perplexity < len(X):
             raise ConfigError(f"perplexity={perplexity:g} must be above 0 and below the {len(X)} rows")
         tsne = TSNE(2, perplexity=perplexity, random_state=seed, init="pca")
-        return Exploration(method, tsne.fit_transform(X), *by_label, {"kl_divergence": float(tsne.kl_divergence_)})
+        return Exploration(
+            method, tsne.fit_transform(X), labels, by_label, {"kl_divergence": float(tsne.kl_divergence_)}
+        )
     if method == "umap":
         try:
             import umap  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -131,7 +135,7 @@ def _explore(
                 f"method='umap' needs umap-learn, which is not installed: run `{UMAP_INSTALL}`, or use --method tsne "
                 "(the same kind of map, in scikit-learn)"
             ) from None
-        return Exploration(method, umap.UMAP(random_state=seed).fit_transform(X), *by_label)
+        return Exploration(method, umap.UMAP(random_state=seed).fit_transform(X), labels, by_label)
     if method == "kmeans":
         from uaap.models.kmeans import FederatedKMeans
 

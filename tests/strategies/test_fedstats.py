@@ -4,15 +4,20 @@ theirs; its totals are the pooled rows' statistics. Real Flower messages, no fed
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
 from flwr.app import MetricRecord, RecordDict
 from sklearn.datasets import load_wine
 from sklearn.preprocessing import StandardScaler
 
+from strategies.secure import SecureAggregation
 from strategies.statistics import FedStats
 from tests.flower_helpers import configure, reply_from
+from uaap import crypto
 from uaap.config import RunConfig
+from uaap.errors import ConfigError
 from uaap.models import from_record, to_record
 from uaap.models.kmeans import local_statistics
 from uaap.models.pca import local_statistics as pca_statistics
@@ -82,3 +87,17 @@ def test_pca_totals_are_the_pooled_statistics_without_the_liars() -> None:
     reasons = [reason for _, reason in strategy.last_rejected]
     assert "sum^2 <= n * sum x^2" in reasons[0]
     assert "differs from num-examples=60" in reasons[1]
+
+
+def test_secure_aggregation_takes_fedstats_because_its_aggregate_is_a_plain_sum(tmp_path: Path) -> None:
+    keys = crypto.generate_keys(tmp_path / "keys")
+    family = rounds_of("kmeans")
+    assert family is not None
+    secure = SecureAggregation(FedStats(family), crypto.server_context(keys.public))
+    assert secure.encrypted and isinstance(secure.strategy, FedStats)
+
+    class Averaging(FedStats):
+        sums_replies = False  # an aggregate that is not a plain sum: a ciphertext sum cannot compute it
+
+    with pytest.raises(ConfigError, match="secure aggregation cannot run Averaging"):
+        SecureAggregation(Averaging(family), crypto.server_context(keys.public))

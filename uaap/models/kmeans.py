@@ -33,8 +33,8 @@ class KMeansStatistics:
     inertia: float  # the sum of the rows' squared distances to their nearest centroid
 
 
-def _rows(X: Any) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
+def _rows(table: Any) -> np.ndarray:
+    X: np.ndarray = np.asarray(table, dtype=np.float64)
     if X.ndim != 2 or not len(X):
         raise DataError(f"K-Means needs a 2-D table with rows; got an array of shape {X.shape}")
     if not np.isfinite(X).all():
@@ -81,7 +81,7 @@ def assign(X: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _one_blas_thread() -> Any:
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     return threadpool_limits(limits=1, user_api="blas")
 
@@ -133,7 +133,7 @@ def kmeans_plus_plus(X: Any, n_clusters: int, seed: int = 0) -> np.ndarray:
     return np.array(centers)
 
 
-class FederatedKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
+class FederatedKMeans(ClusterMixin, TransformerMixin, BaseEstimator):  # type: ignore[misc]  # sklearn: untyped
     """Lloyd's K-Means from summed statistics (scikit-learn compatible).
 
     ``init`` is "k-means++" (seeded by ``random_state``) or an (n_clusters, n_features) array; ``max_iter`` Lloyd
@@ -191,7 +191,7 @@ class FederatedKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> np.ndarray:
         """Each row's Euclidean distance to every centroid."""
-        return np.sqrt(squared_distances(self._check(X), self.cluster_centers_))
+        return np.asarray(np.sqrt(squared_distances(self._check(X), self.cluster_centers_)))
 
     def score(self, X: Any, y: Any = None) -> float:
         """Minus the inertia of ``X`` (scikit-learn's convention: higher is better)."""
@@ -211,10 +211,10 @@ class FederatedKMeans(ClusterMixin, TransformerMixin, BaseEstimator):
             out["adjusted_rand"] = float(adjusted_rand_score(np.asarray(y), labels))
         return out
 
-    def _check(self, X: Any) -> np.ndarray:
+    def _check(self, table: Any) -> np.ndarray:
         if not hasattr(self, "cluster_centers_"):
             raise ConfigError("this FederatedKMeans is not fitted yet: call fit (or from_centers) first")
-        X = _rows(X)
+        X = _rows(table)
         if X.shape[1] != self.n_features_in_:
             raise DataError(f"rows have {X.shape[1]} features; the centroids have {self.n_features_in_}")
         return X

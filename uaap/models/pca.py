@@ -27,8 +27,8 @@ class PCAStatistics:
     xtx: np.ndarray  # (d, d)
 
 
-def _rows(X: Any) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
+def _rows(table: Any) -> np.ndarray:
+    X: np.ndarray = np.asarray(table, dtype=np.float64)
     if X.ndim != 2:
         raise DataError(f"PCA needs a 2-D table; got an array of shape {X.shape}")
     if not np.isfinite(X).all():
@@ -42,7 +42,7 @@ def local_statistics(X: Any) -> PCAStatistics:
     return PCAStatistics(float(len(X)), X.sum(axis=0), X.T @ X)
 
 
-class FederatedPCA(TransformerMixin, BaseEstimator):
+class FederatedPCA(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # sklearn: untyped
     """Principal component analysis from summed statistics (scikit-learn compatible).
 
     Fitted like scikit-learn's PCA: ``mean_``, ``components_`` (n_components, d; each row's largest entry in
@@ -98,11 +98,11 @@ class FederatedPCA(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> np.ndarray:
         """Project rows onto the principal axes."""
-        return (self._check(X) - self.mean_) @ self.components_.T
+        return np.asarray((self._check(X) - self.mean_) @ self.components_.T)
 
     def inverse_transform(self, Z: Any) -> np.ndarray:
         """Rows back in feature space from their projections."""
-        return np.asarray(Z, dtype=np.float64) @ self.components_ + self.mean_
+        return np.asarray(np.asarray(Z, dtype=np.float64) @ self.components_ + self.mean_)
 
     def evaluate(self, X: Any, y: Any = None) -> dict[str, float]:
         """The share of ``X``'s variance (about the fitted mean) its projection keeps, and the fitted explained
@@ -114,10 +114,10 @@ class FederatedPCA(TransformerMixin, BaseEstimator):
         kept = 1.0 - float((residual**2).sum()) / total if total > 0 else 0.0
         return {"explained_variance": kept, "explained_variance_ratio": float(self.explained_variance_ratio_.sum())}
 
-    def _check(self, X: Any) -> np.ndarray:
+    def _check(self, table: Any) -> np.ndarray:
         if not hasattr(self, "components_"):
             raise ConfigError("this FederatedPCA is not fitted yet: call fit (or from_statistics) first")
-        X = _rows(X)
+        X = _rows(table)
         if X.shape[1] != self.n_features_in_:
             raise DataError(f"rows have {X.shape[1]} features; the model has {self.n_features_in_}")
         return X
