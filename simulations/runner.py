@@ -78,6 +78,13 @@ def simulate(
     ensure_experiment(cfg.experiment)  # schema + experiment before any worker exists
     rd = workspace.run_dir(cfg.run_id)
     rd.write_config(cfg)
+    if cfg.malicious_fraction > 0:  # a test of robust aggregation: say who attacks (uaap.attacks)
+        from uaap.attacks import malicious_partitions
+
+        attackers = sorted(malicious_partitions(cfg))
+        rd.log_event("attack", partitions=attackers, attack=cfg.attack, scale=cfg.attack_scale)
+        print(f"uaap: testing: partitions {attackers} poison their updates ({cfg.attack}, k={cfg.attack_scale:g})",
+              file=sys.stderr, flush=True)  # fmt: skip
     res = resources or ClientResources()
     if not verbose:
         for name in ("flwr", "ray"):
