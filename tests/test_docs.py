@@ -128,6 +128,18 @@ SPECS: dict[str, Spec] = {
         timeout=300,
         slow=True,
     ),
+    # ---- docs/unsupervised.md ----------------------------------------------------------------------------
+    "docs/unsupervised.md#1-look-at-a-table-first-central": Spec(
+        expect=(
+            r"silhouette: 0\.\d+",
+            r"adjusted_rand: 0\.[89]",  # wine's three cultivars
+            r"plot: \S*wine-kmeans\.png",
+            r"kl_divergence: \d",
+            r"plot: \S*wine-tsne\.png",
+        ),
+        refuse=NOISE,
+        timeout=120,
+    ),
     # ---- docs/deploy.md (an empty folder, the installed commands on PATH) -------------------------------
     "docs/deploy.md#0-install": Spec(
         expect=(r"Requirement already satisfied: uaap",), env={"PIP_NO_INDEX": "1"}, timeout=180
