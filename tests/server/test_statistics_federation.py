@@ -155,6 +155,8 @@ def test_federated_pca_is_pooled_pca_in_the_clear_and_under_ckks(runs: dict) -> 
     expected = 1 - ((test_X - model.mean_ - kept) ** 2).sum() / ((test_X - model.mean_) ** 2).sum()
     assert rd.events("round")[-1]["central"]["explained_variance"] == pytest.approx(expected, rel=1e-8)
     assert score(round_rows(rd)) == ("explained_variance", "var.")
+    logged = [p.read_bytes() for p in (rd.path.parents[1] / "mlartifacts").rglob("model.skops")]  # MLflow's copies
+    assert len(logged) == 2 and (rd.path / workspace.ESTIMATOR_FILE).read_bytes() in logged  # the plaintext runs'
 
     he_cfg, he_rd = runs["pca-he"]
     assert not (he_rd.path / workspace.ESTIMATOR_FILE).exists()
