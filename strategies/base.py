@@ -10,6 +10,7 @@ import numpy as np
 
 from uaap.config import RunConfig
 from uaap.errors import ConfigError
+from uaap.models.registry import SERVER_OPTIMIZERS
 
 if TYPE_CHECKING:
     from flwr.app import Message, MetricRecord, RecordDict
@@ -59,6 +60,10 @@ def build_strategy(
     }
     sampled = max(int((num_nodes or cfg.num_clients) * cfg.fraction_train), cfg.min_clients)
     inner = flower_strategy(cfg, common, sampled)
+    if cfg.strategy in SERVER_OPTIMIZERS:  # their moments go into the run's checkpoints, for a resume
+        from strategies.optimizer_state import ServerOptimizerState
+
+        inner = ServerOptimizerState(inner)
     stack = wrap_privacy(cfg, wrap_secure(cfg, inner))
     secure = find_layer(stack, SecureAggregation)
     return ValidateReplies(

@@ -203,3 +203,35 @@ def test_dropped_stragglers_still_have_their_dp_sgd_release_accounted(uaap_home:
     assert accounting is not None
     assert metrics["stragglers-dropped"] == 2
     assert len(accounting.ledger.releases(run_id="drop-dp")) == 3  # the server saw all three releases
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedavgm"])
+def test_a_resumed_server_optimiser_goes_on_with_its_moments(name: str) -> None:
+    import json
+
+    from strategies.optimizer_state import ServerOptimizerState
+    from strategies.wrapper import Stateful, find_layer
+
+    cfg = _cfg(name, server_learning_rate=0.5)
+
+    def round_of(strategy: object, server_round: int, start: ArrayRecord, seed: int) -> ArrayRecord:
+        list(strategy.configure_train(server_round, start, ConfigRecord({}), FakeGrid(NODES)))  # type: ignore[attr-defined]
+        replies = [
+            reply_from(node, RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in u.items()}),
+                                         "metrics": MetricRecord(train_metrics(n))}))
+            for node, u, n in zip(NODES, _updates(seed), N_EXAMPLES, strict=True)
+        ]  # fmt: skip
+        return strategy.aggregate_train(server_round, replies)[0]  # type: ignore[attr-defined]
+
+    zeros = ArrayRecord({k: Array(np.zeros(s, dtype=np.float32)) for k, s in SHAPES.items()})
+    running = build_strategy(cfg, num_nodes=7)
+    after_one = round_of(running, 1, zeros, seed=1)
+    layer = find_layer(running, ServerOptimizerState)
+    assert isinstance(layer, Stateful)
+    saved = json.loads(json.dumps(layer.state_dict()))  # what a checkpoint keeps
+    resumed = build_strategy(cfg, num_nodes=7)
+    find_layer(resumed, ServerOptimizerState).load_state_dict(saved)  # type: ignore[union-attr]
+    fresh = build_strategy(cfg, num_nodes=7)  # a resume that forgot the moments
+    two = [_flat(round_of(s, 2, after_one, seed=2)) for s in (running, resumed, fresh)]
+    np.testing.assert_array_equal(two[1], two[0])
+    assert not np.allclose(two[2], two[0]), "the moments change round 2: without them a resume differs"
