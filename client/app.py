@@ -219,6 +219,10 @@ def train(msg: Message, context: Context) -> Message:
         from client.statistics import train_statistics
 
         return train_statistics(cfg, data, pid, msg, context)
+    if cfg.strategy == "fedtrees":  # random forest: this client's trees (client/forest.py)
+        from client.forest import train_trees
+
+        return train_trees(cfg, data, pid, msg)
     if cfg.strategy.startswith("fedxgb-"):  # XGBoost: trees, not weights (client/boosting.py)
         from client.boosting import train_boosting
 
@@ -282,6 +286,10 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local validation split."""
     size_torch_threads(client_threads())
     cfg, data, pid = _setup(msg, context)
+    if cfg.strategy == "fedtrees":  # random forest: the global forest's counts (client/forest.py)
+        from client.forest import evaluate_trees
+
+        return evaluate_trees(data, pid, msg)
     if cfg.strategy.startswith("fedxgb-"):  # XGBoost: the booster's counts (client/boosting.py)
         from client.boosting import evaluate_boosting
 

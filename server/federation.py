@@ -39,6 +39,8 @@ import numpy as np
 
 from server.boosting import boosted, initial_booster, save_booster
 from server.boosting import evaluator as boosting_evaluator
+from server.forest import evaluator as forest_evaluator
+from server.forest import grows_trees, initial_forest, save_forest
 from strategies import build_strategy, sort_replies
 from strategies.wrapper import BudgetGate, RoundReporter, Stateful, innermost, is_encrypted, layers
 from uaap import workspace
@@ -88,6 +90,8 @@ def initial_arrays(cfg: RunConfig, meta: Dataset | None = None) -> ArrayRecord:
     meta = meta if meta is not None else describe(cfg)
     if boosted(cfg):  # no booster yet: the first clients start it (server/boosting.py)
         return initial_booster()
+    if grows_trees(cfg):  # a forest of no trees (server/forest.py)
+        return initial_forest(meta)
     if summed(cfg):  # the statistics' layout; K-Means seeds its centroids from these rows (server/statistics.py)
         from server.statistics import initial_totals
 
@@ -110,6 +114,8 @@ def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> An
     _, test = federated(cfg, num_partitions, plan)
     if boosted(cfg):  # the global booster's metrics from counts (server/boosting.py)
         return boosting_evaluator(cfg, test)
+    if grows_trees(cfg):  # the global forest's metrics from counts (server/forest.py)
+        return forest_evaluator(test)
     if summed(cfg):  # inertia, silhouette, explained variance of the totals' model (server/statistics.py)
         from server.statistics import evaluator
 
@@ -303,6 +309,8 @@ def _federate(
     model_file = rd.model_file
     if not encrypted and boosted(cfg):  # an XGBClassifier in model.skops (server/boosting.py)
         model_file = save_booster(rd, cfg, arrays, meta) or model_file
+    elif not encrypted and grows_trees(cfg):  # a scikit-learn forest in model.skops (server/forest.py)
+        model_file = save_forest(rd, cfg, arrays, meta) or model_file
     elif not encrypted and summed(cfg):  # a scikit-learn estimator in model.skops (server/statistics.py)
         from server.statistics import save_final
 

@@ -38,6 +38,12 @@ def build_strategy(
         from strategies.statistics import build_statistics_strategy
 
         return build_statistics_strategy(cfg, num_nodes)
+    if cfg.strategy == "fedtrees":  # random forest: every client's trees kept (strategies.forest)
+        from strategies.forest import build_trees_strategy
+
+        if n_features is None or n_classes is None:
+            raise ConfigError("a forest federation needs the data's n_features and n_classes to check trees")
+        return build_trees_strategy(cfg, num_nodes, n_features, n_classes, task)
     if cfg.strategy.startswith("fedxgb-"):  # XGBoost through Flower's FedXgbBagging / FedXgbCyclic
         from strategies.boosting import build_boosting_strategy
 

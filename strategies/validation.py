@@ -229,9 +229,11 @@ class ValidateReplies(StrategyWrapper):
         min_contributors: int = 1,
         n_classes: int | None = None,
         task: str = "classification",
+        check_arrays: Callable[[ArrayRecord], None] | None = None,
     ) -> None:
         super().__init__(strategy)
         self.run_id = run_id
+        self.check_arrays = check_arrays  # a family whose arrays have no fixed layout (a forest) checks its own
         self.he_context = he_context
         self.central = central
         self.min_contributors = min_contributors
@@ -301,6 +303,11 @@ class ValidateReplies(StrategyWrapper):
             enc = crypto.parse_record(record, self.he_context, shapes=self.he_shapes)
             if not math.isclose(enc.weight, as_float(metrics[HE_WEIGHT], HE_WEIGHT), rel_tol=1e-12):
                 raise InvalidReply(f"metric {HE_WEIGHT}={metrics[HE_WEIGHT]} differs from its record's {enc.weight}")
+        elif self.check_arrays is not None:
+            try:
+                self.check_arrays(record)
+            except ValueError as exc:
+                raise InvalidReply(str(exc)) from exc
         elif self.layout is None:
             raise InvalidReply("the global model is ciphertext but this server runs without secure aggregation")
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from uaap import workspace
 from uaap.config import RunConfig
 from uaap.data import Split, load_split, target_meta
 from uaap.errors import ConfigError
-from uaap.models import build_model, get_weights, set_weights
+from uaap.models import build_model, family, get_weights, set_weights
 from uaap.threads import torch_threads
 from uaap.training import TrainConfig, evaluate, local_train
 
@@ -65,6 +66,8 @@ def train_central(
         if on_epoch is not None:
             on_epoch(epoch, metrics)
 
+    if family(cfg.model).capabilities.federated != "weights":  # not a torch network: a fitted estimator
+        return _fit_estimator(cfg, split, rd, tracker, workers)
     try:
         if workers > 0:
             from uaap.raytrain import train_on_ray
@@ -115,3 +118,39 @@ def _train_in_process(
             on_epoch=lambda epoch, loss: report(epoch + 1, {"train_loss": loss, **evaluate(model, split.test)}),
         )
     return get_weights(model)
+
+
+def _fit_estimator(cfg: RunConfig, split: Split, rd: workspace.RunDir, tracker: Any, workers: int) -> CentralResult:
+    """Fit an estimator family (:mod:`uaap.models.estimators`) on the pooled rows; metrics from the same counts."""
+    from uaap.metrics import metrics_from_counts
+    from uaap.models.estimators import central_estimator, evaluate_counts
+
+    if workers > 0:
+        raise ConfigError(f"workers={workers}: Ray Train runs the torch families; model={cfg.model!r} fits in-process")
+    train, test = split.train, split.test
+    try:
+        estimator = central_estimator(cfg, train.n_classes).fit(train.X, train.y)
+        final = metrics_from_counts(evaluate_counts(estimator, test.X, test.y, test.n_classes, test.target_mean))
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    info = {
+        "family": cfg.model,
+        "params": {k: v for k, v in estimator.get_params().items() if isinstance(v, (int, float, str))},
+        "n_features": train.n_features,
+        "n_classes": train.n_classes,
+        "feature_names": list(train.feature_names),
+        "dataset": cfg.dataset,
+        "data_path": cfg.data_path,
+        "target": cfg.target,
+        "run_id": rd.run_id,
+        **target_meta(train),
+    }
+    path = workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, estimator, info)
+    rd.log_event("epoch", epoch=1, central=final)
+    tracker.log_metrics({f"central_{k}": v for k, v in final.items()}, step=1)
+    rd.log_event("end", status="completed", central=final)
+    tracker.log_artifact(str(path))
+    tracker.set_tags({"uaap.status": "completed"})
+    tracker.finish()
+    return CentralResult(rd, final)

@@ -32,6 +32,7 @@ from uaap.models.registry import (
     MEAN_STRATEGIES,
     ROBUST_STRATEGIES,
     SUM_STRATEGIES,
+    TREE_STRATEGIES,
     WEIGHT_STRATEGIES,
     check_combination,
 )
@@ -45,7 +46,7 @@ ENCODINGS = ("onehot", "ordinal", "hashing")
 SCALINGS = ("standard", "minmax", "robust", "none")
 TEXT_COLUMNS = ("error", "hashing", "drop")
 # over parameters, fedstats, and Flower's XGBoost strategies (uaap.models.registry)
-STRATEGIES = WEIGHT_STRATEGIES + SUM_STRATEGIES + BOOSTING_STRATEGIES
+STRATEGIES = WEIGHT_STRATEGIES + SUM_STRATEGIES + BOOSTING_STRATEGIES + TREE_STRATEGIES
 STRAGGLER_POLICIES = ("auto", "drop", "partial")
 ATTACKS = ("sign-flip", "scaled", "noise")
 PARTITIONS = ("iid", "dirichlet", "pathological")
@@ -233,6 +234,18 @@ class RunConfig(BaseModel):
         2, "principal components model=pca keeps (at most the number of features)", group="model", scope=ANY,
         ge=1,
     )  # fmt: skip
+    trees_per_client: int = _setting(
+        20, "trees each client grows per round (model=random_forest; the global forest keeps every client's)",
+        group="model", scope=ANY, ge=1, le=1000,
+    )  # fmt: skip
+    tree_max_depth: int = _setting(
+        8, "depth limit of each tree (model=random_forest; bounds how narrow a region one leaf describes)",
+        group="model", scope=ANY, ge=1, le=64,
+    )  # fmt: skip
+    tree_min_samples_leaf: int = _setting(
+        5, "rows every leaf describes at least (model=random_forest; no leaf speaks of fewer of a client's rows)",
+        group="model", scope=ANY, ge=1,
+    )  # fmt: skip
     # ---- training -------------------------------------------------------------------------------
     local_epochs: int = _setting(5, "epochs each client trains per round", group="training", ge=1)
     batch_size: int = _setting(16, "examples per gradient step", group="training", scope=ANY, ge=1)
@@ -253,7 +266,8 @@ class RunConfig(BaseModel):
         "aggregation algorithm, Flower's own: fedavg, fedprox (adds a proximal term); server optimisers fedadam, "
         "fedyogi, fedadagrad, fedavgm; robust aggregators fedmedian, fedtrimmedavg, krum, multikrum, bulyan "
         "(plaintext only: secure aggregation and dp-central take fedavg or fedprox); fedstats sums the statistics "
-        "of model=kmeans and pca (exact, also under secure aggregation)",
+        "of model=kmeans and pca (exact, also under secure aggregation); fedtrees keeps every client's trees "
+        "(model=random_forest)",
         group="federation",
         choices=STRATEGIES,
     )
@@ -412,14 +426,26 @@ class RunConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _family_strategy(cls, values: Any) -> Any:
-        """A family that federates by boosting gets its own first strategy when the run names none (the default,
-        fedprox, is a strategy over weights); a strategy named explicitly is kept, and checked where a federation
-        starts."""
+        """A family that federates by boosting or by trees gets its own first strategy when the run names none (the
+        default, fedprox, is a strategy over weights); a strategy named explicitly is kept, and checked where a
+        federation starts."""
         if isinstance(values, dict) and "strategy" not in values:
             fam = FAMILIES.get(str(values.get("model", "")))
-            if fam is not None and fam.capabilities.federated == "boosting":
+            if fam is not None and fam.capabilities.federated in ("boosting", "trees"):
                 return {**values, "strategy": fam.capabilities.strategies[0]}
         return values
+
+    @model_validator(mode="before")
+    @classmethod
+    def _summed_defaults(cls, values: Any) -> Any:
+        """K-Means and PCA, fitted from summed statistics, take their strategy (fedstats) when the run names none,
+        and PCA, complete after one round, one round; what the run names is kept, and checked where a federation
+        starts."""
+        fam = FAMILIES.get(str(values.get("model", ""))) if isinstance(values, dict) else None
+        if fam is None or fam.capabilities.federated != "statistics":
+            return values
+        rounds = {"num_rounds": fam.capabilities.rounds} if fam.capabilities.rounds else {}
+        return {"strategy": fam.capabilities.strategies[0], **rounds, **values}
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -37,6 +37,8 @@ EDGE_FORMATS = ("onnx", "tflite", "coreml", "c")
 SUM_STRATEGIES = ("fedstats",)
 # Flower's XGBoost strategies (flwr.serverapp.strategy, wrapped by strategies.boosting): trees, not weights.
 BOOSTING_STRATEGIES = ("fedxgb-bagging", "fedxgb-cyclic")
+# Families grown as trees on each client and ensembled on the server (strategies.forest).
+TREE_STRATEGIES = ("fedtrees",)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,17 @@ FAMILIES: dict[str, ModelFamily] = {
                 strategies=BOOSTING_STRATEGIES,
                 export=("onnx", "c"),
             ),
+        ),
+        ModelFamily(
+            "random_forest",
+            "random forest: each round every client grows trees-per-client trees on its own rows; the global "
+            "forest keeps them all (tree-max-depth and tree-min-samples-leaf bound what a tree reveals)",
+            Capabilities(
+                ("classification", "regression"),
+                federated="trees",
+                strategies=TREE_STRATEGIES,
+                export=("onnx", "c"),
+            ),  # fmt: skip
         ),
         ModelFamily(
             "kmeans",

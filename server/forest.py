@@ -1,0 +1,83 @@
+"""The server's side of a federated random forest: the empty first forest, central evaluation, the final model.
+
+The round loop (``server/federation.py``) is the same as for any family: ``strategies.forest.FedTrees`` turns
+replies into the next global forest and the loop checkpoints it like any ArrayRecord. The final forest is saved
+as a fitted scikit-learn ``RandomForestClassifier``/``RandomForestRegressor`` in ``model.skops`` (data, no
+pickle), which ``uaap export RUN`` converts like any central forest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from uaap import workspace
+from uaap.config import RunConfig
+from uaap.models import family, forest
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord, MetricRecord
+
+    from uaap.data import Dataset
+
+
+def grows_trees(cfg: RunConfig) -> bool:
+    """Whether the run's family federates by ensembling the clients' trees."""
+    return family(cfg.model).capabilities.federated == "trees"
+
+
+def outputs(meta: Dataset) -> int:
+    """Leaf-value columns: the classes, or 1 for a regression target."""
+    return 1 if meta.regression else meta.n_classes
+
+
+def initial_forest(meta: Dataset) -> ArrayRecord:
+    """Round 1's global model: a forest of no trees."""
+    return forest.to_record(forest.empty(outputs(meta)))
+
+
+def evaluator(test: Dataset) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """``evaluate_fn(round, arrays)``: the global forest's metrics on the server's held-out rows, from counts."""
+    from flwr.app import MetricRecord
+
+    from uaap.metrics import metrics_from_counts
+    from uaap.protocol import NUM_EXAMPLES
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        trees = forest.from_record(arrays)
+        if not trees.n_trees:
+            return MetricRecord({NUM_EXAMPLES: 0})
+        model = forest.to_sklearn(trees, test.n_features, outputs(test))
+        return MetricRecord({**metrics_from_counts(forest.evaluate_counts(model, test)), NUM_EXAMPLES: len(test.y)})
+
+    return evaluate_fn
+
+
+def save_forest(rd: workspace.RunDir, cfg: RunConfig, arrays: ArrayRecord, meta: Dataset) -> Path | None:
+    """The final forest as a scikit-learn estimator in ``model.skops`` (None when no round grew a tree)."""
+    from uaap.data import target_meta
+
+    trees = forest.from_record(arrays)
+    if not trees.n_trees:
+        return None
+    info: dict[str, Any] = {
+        "family": "random_forest",
+        "params": {
+            "trees_per_client": cfg.trees_per_client,
+            "max_depth": cfg.tree_max_depth,
+            "min_samples_leaf": cfg.tree_min_samples_leaf,
+            "strategy": cfg.strategy,
+        },  # fmt: skip
+        "n_features": meta.n_features,
+        "n_classes": meta.n_classes,
+        "feature_names": list(meta.feature_names),
+        "dataset": cfg.dataset,
+        "data_path": cfg.data_path,
+        "target": cfg.target,
+        "run_id": rd.run_id,
+        "trees": trees.n_trees,
+        **target_meta(meta),
+    }
+    model = forest.to_sklearn(trees, meta.n_features, outputs(meta))
+    return workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, model, info)

@@ -1,0 +1,246 @@
+"""Random forests federated by ensembling: each client grows trees on its own rows, the server keeps them all.
+
+A forest travels as six flat arrays (:class:`ForestArrays`): per-node children, split feature, threshold,
+leaf value and cover, and per-tree node offsets, so merging clients' forests is a concatenation and checking a
+reply is a handful of vectorised comparisons; nothing is pickled. :func:`to_sklearn` rebuilds a genuine
+scikit-learn ``RandomForestClassifier``/``RandomForestRegressor``, so prediction, SHAP's TreeExplainer and the
+edge exporters take it as they take a central forest.
+
+What a tree reveals about its client's rows: each split threshold lies between two of the client's values of
+that feature (scikit-learn splits at the midpoint of neighbouring sorted values), each leaf value is the class
+frequencies (or the mean target) of the rows that reach it, and each node's cover counts those rows.
+``min_samples_leaf`` bounds the smallest group a leaf describes (no leaf speaks of fewer rows) and ``max_depth``
+bounds how many thresholds a path combines, i.e. how narrow a region of feature space a leaf can single out.
+Trees are not sums, so they cannot travel under CKKS, and no DP mechanism applies to them here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from uaap.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
+
+    from uaap.data import Dataset
+
+FIELDS = ("offsets", "children", "feature", "threshold", "value", "cover")
+MAX_NODES = 1 << 22  # a reply describing more nodes than this is refused (about 200 MB of node arrays)
+
+
+@dataclass(frozen=True)
+class ForestArrays:
+    """A forest as flat arrays: ``offsets`` (trees + 1), and per node ``children`` (n, 2; -1 at a leaf; indices
+    local to the node's tree),
+    ``feature`` and ``threshold`` (the split; -2 / nan at a leaf), ``value`` (n, outputs: class frequencies or the
+    mean target) and ``cover`` (rows that reach the node)."""
+
+    offsets: np.ndarray
+    children: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    value: np.ndarray
+    cover: np.ndarray
+
+    @property
+    def n_trees(self) -> int:
+        """Number of trees."""
+        return len(self.offsets) - 1
+
+    def tree(self, k: int) -> ForestArrays:
+        """Tree ``k`` alone (node indices local to it)."""
+        a, b = int(self.offsets[k]), int(self.offsets[k + 1])
+        return ForestArrays(
+            np.array([0, b - a], dtype=np.int64), self.children[a:b], self.feature[a:b], self.threshold[a:b],
+            self.value[a:b], self.cover[a:b],
+        )  # fmt: skip
+
+
+def empty(n_outputs: int) -> ForestArrays:
+    """A forest of no trees (the global model before the first round)."""
+    return ForestArrays(
+        np.zeros(1, dtype=np.int64), np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64),
+        np.zeros(0), np.zeros((0, n_outputs)), np.zeros(0),
+    )  # fmt: skip
+
+
+def from_sklearn(forest: Any) -> ForestArrays:
+    """The arrays of a fitted scikit-learn forest (or a list of fitted decision trees)."""
+    trees = getattr(forest, "estimators_", forest)
+    parts = []
+    for est in trees:
+        t = est.tree_
+        nodes = t.__getstate__()["nodes"]
+        value = np.asarray(t.value, dtype=np.float64)[:, 0, :]  # (nodes, classes) or (nodes, 1)
+        parts.append(
+            (
+                np.stack([nodes["left_child"], nodes["right_child"]], axis=1).astype(np.int64),
+                nodes["feature"].astype(np.int64),
+                np.where(nodes["left_child"] < 0, np.nan, nodes["threshold"]).astype(np.float64),
+                value,
+                nodes["weighted_n_node_samples"].astype(np.float64),
+            )
+        )
+    if not parts:
+        raise ConfigError("the forest has no trees")
+    sizes = [len(p[1]) for p in parts]
+    return ForestArrays(
+        np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        *(np.concatenate([p[i] for p in parts]) for i in range(5)),
+    )
+
+
+def merge(forests: list[ForestArrays]) -> ForestArrays:
+    """One forest holding every tree of ``forests``, in order."""
+    kept = [f for f in forests if f.n_trees]
+    if not kept:
+        raise ConfigError("no client sent a tree")
+    starts = np.cumsum([0] + [int(f.offsets[-1]) for f in kept])
+    offsets = np.concatenate([[0]] + [f.offsets[1:] + s for f, s in zip(kept, starts, strict=False)])
+    return ForestArrays(
+        offsets.astype(np.int64),
+        *(np.concatenate([getattr(f, name) for f in kept]) for name in FIELDS[1:]),
+    )
+
+
+def check(
+    arrays: ForestArrays, n_features: int, n_outputs: int, *, regression: bool, max_nodes: int = MAX_NODES
+) -> None:
+    """Refuse a forest that is not a well-formed set of binary trees over ``n_features`` inputs.
+
+    Every tree's children point forward inside that tree (so no cycle, no node shared between trees), leaves
+    have no split and splits a finite threshold on an existing feature, and leaf values are finite (class
+    frequencies in [0, 1] summing to 1 for a classifier). Raises ``ValueError`` naming the first problem.
+    """
+    off, ch, feat, thr = arrays.offsets, arrays.children, arrays.feature, arrays.threshold
+    n = int(off[-1]) if off.ndim == 1 and len(off) else -1
+    if off.ndim != 1 or len(off) < 2 or off[0] != 0 or np.any(np.diff(off) < 1):
+        raise ValueError("offsets must start at 0 and grow by at least one node per tree")
+    if n > max_nodes:
+        raise ValueError(f"{n} nodes exceed the limit of {max_nodes}")
+    if ch.shape != (n, 2) or feat.shape != (n,) or thr.shape != (n,) or arrays.cover.shape != (n,):
+        raise ValueError(f"node arrays must hold {n} nodes: children (n, 2), feature, threshold, cover (n,)")
+    if arrays.value.shape != (n, n_outputs):
+        raise ValueError(f"value has shape {arrays.value.shape}; expected ({n}, {n_outputs})")
+    tree_of = np.repeat(np.arange(len(off) - 1), np.diff(off))
+    sizes, index = np.diff(off)[tree_of], np.arange(n) - off[:-1][tree_of]  # node indices are local to a tree
+    leaf = ch[:, 0] < 0
+    if np.any(leaf != (ch[:, 1] < 0)):
+        raise ValueError("a node has exactly one child")
+    inner = ~leaf
+    if np.any((ch[inner] <= index[inner, None]) | (ch[inner] >= sizes[inner, None])):
+        raise ValueError("a child points outside its tree or backwards")
+    if np.any((feat[inner] < 0) | (feat[inner] >= n_features)) or not np.all(np.isfinite(thr[inner])):
+        raise ValueError(f"a split uses a feature outside 0..{n_features - 1} or a non-finite threshold")
+    if not np.all(np.isfinite(arrays.value)) or not np.all(np.isfinite(arrays.cover)) or np.any(arrays.cover < 0):
+        raise ValueError("values and covers must be finite (covers non-negative)")
+    if not regression and (np.any(arrays.value < 0) or not np.allclose(arrays.value.sum(1), 1.0, atol=1e-6)):
+        raise ValueError("a classifier's node values must be class frequencies summing to 1")
+
+
+def to_record(arrays: ForestArrays) -> ArrayRecord:
+    """The forest as a Flower ``ArrayRecord`` (one array per field)."""
+    from flwr.app import Array, ArrayRecord
+
+    return ArrayRecord({name: Array(np.ascontiguousarray(getattr(arrays, name))) for name in FIELDS})
+
+
+def from_record(record: ArrayRecord) -> ForestArrays:
+    """Inverse of :func:`to_record`; a record without exactly these fields raises ``ValueError``."""
+    if sorted(record.keys()) != sorted(FIELDS):
+        raise ValueError(f"a forest record holds {sorted(FIELDS)}; got {sorted(record.keys())}")
+    types = {"offsets": np.int64, "children": np.int64, "feature": np.int64}
+    return ForestArrays(**{k: record[k].numpy().astype(types.get(k, np.float64), copy=False) for k in FIELDS})
+
+
+def to_sklearn(arrays: ForestArrays, n_features: int, n_classes: int) -> Any:
+    """A fitted scikit-learn random forest holding these trees (``n_classes`` 1: a regressor)."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+    from sklearn.tree._tree import NODE_DTYPE, Tree
+
+    regression = n_classes == 1
+    classes = np.arange(n_classes)
+    trees = []
+    for k in range(arrays.n_trees):
+        t = arrays.tree(k)
+        n = int(t.offsets[-1])
+        nodes = np.zeros(n, dtype=NODE_DTYPE)
+        nodes["left_child"], nodes["right_child"] = t.children[:, 0], t.children[:, 1]
+        nodes["feature"] = np.where(t.children[:, 0] < 0, -2, t.feature)
+        nodes["threshold"] = np.where(t.children[:, 0] < 0, -2.0, t.threshold)
+        if not regression:  # Gini impurity follows from the class frequencies: gain importances work
+            nodes["impurity"] = 1.0 - np.sum(t.value**2, axis=1)
+        nodes["n_node_samples"] = np.rint(t.cover).astype(np.int64)
+        nodes["weighted_n_node_samples"] = t.cover
+        depth = _depth(t.children)
+        tree = Tree(n_features, np.array([1 if regression else n_classes], dtype=np.intp), 1)
+        tree.__setstate__({"max_depth": depth, "node_count": n, "nodes": nodes, "values": t.value[:, None, :].copy()})
+        est = DecisionTreeRegressor() if regression else DecisionTreeClassifier()
+        est.tree_, est.n_features_in_, est.n_outputs_, est.max_features_ = tree, n_features, 1, n_features
+        if not regression:
+            est.classes_, est.n_classes_ = classes, n_classes
+        trees.append(est)
+    forest = RandomForestRegressor() if regression else RandomForestClassifier()
+    forest.estimators_, forest.n_features_in_, forest.n_outputs_ = trees, n_features, 1
+    forest.estimator_ = DecisionTreeRegressor() if regression else DecisionTreeClassifier()
+    forest.n_estimators = len(trees)
+    if not regression:
+        forest.classes_, forest.n_classes_ = classes, n_classes
+    return forest
+
+
+def _depth(children: np.ndarray) -> int:
+    depth = np.zeros(len(children), dtype=np.int64)
+    for i in range(len(children)):  # children point forward: a parent's depth is final before its children's
+        if children[i, 0] >= 0:
+            depth[children[i]] = depth[i] + 1
+    return int(depth.max()) if len(depth) else 0
+
+
+def local_forest(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    n_estimators: int,
+    max_depth: int,
+    min_samples_leaf: int,
+    seed: int,
+) -> ForestArrays:
+    """This client's trees, grown on its own rows (every class of the federation a column of the leaf values)."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    common = {
+        "n_estimators": n_estimators,
+        "max_depth": max_depth or None,
+        "min_samples_leaf": min_samples_leaf,
+        "random_state": seed,
+        "n_jobs": 1,
+    }
+    if n_classes == 1:
+        return from_sklearn(RandomForestRegressor(**common).fit(X, y))
+    forest = RandomForestClassifier(**common).fit(X, y)
+    arrays = from_sklearn(forest)
+    full = np.zeros((len(arrays.value), n_classes))  # a client may lack classes: place its columns
+    full[:, forest.classes_.astype(np.int64)] = arrays.value
+    return ForestArrays(arrays.offsets, arrays.children, arrays.feature, arrays.threshold, full, arrays.cover)
+
+
+def predictions(model: object, data: Dataset) -> np.ndarray:
+    """Class probabilities, or predicted targets, of a scikit-learn forest on ``data``'s rows."""
+    X = np.asarray(data.X, dtype=np.float32)
+    return model.predict(X) if data.regression else model.predict_proba(X)  # type: ignore[attr-defined]
+
+
+def evaluate_counts(model: object, data: Dataset) -> dict[str, object]:
+    """The summable evaluation counts of ``model`` on ``data`` (what the server adds up)."""
+    from uaap.metrics import classification_counts, regression_counts
+
+    if data.regression:
+        return regression_counts(data.y, predictions(model, data), center=data.target_mean)
+    return classification_counts(data.y, predictions(model, data))
