@@ -92,7 +92,10 @@ def test_kmeans_and_pca_are_refused_what_they_cannot_do_before_a_run_starts() ->
         RunConfig(model="kmeans").check_family("central")
     with pytest.raises(ConfigError, match="model='kmeans' federates as exact: .* takes strategy fedstats, not "
                                           "strategy='fedprox'"):  # fmt: skip
-        RunConfig(model="kmeans").check_family("federated")
+        RunConfig(model="kmeans", strategy="fedprox").check_family("federated")
+    pca = RunConfig(model="pca")  # named no strategy and no rounds: fedstats, and PCA's one round
+    assert (RunConfig(model="kmeans").strategy, pca.strategy, pca.num_rounds) == ("fedstats", "fedstats", 1)
+    pca.check_family("federated")
     with pytest.raises(ConfigError, match="model='mlp' .* not strategy='fedstats'"):
         RunConfig(model="mlp", strategy="fedstats").check_family("federated")
     with pytest.raises(ConfigError, match="model='pca' is exact after 1 round.* pass --num-rounds 1"):
