@@ -53,9 +53,10 @@ class FedStats(FedAvg):
 
     sums_replies = True  # secure aggregation may replace aggregate_train by a ciphertext sum
 
-    def __init__(self, family: KMeansRounds | PCARounds, **kwargs: Any) -> None:
+    def __init__(self, family: KMeansRounds | PCARounds, min_contributors: int = 1, **kwargs: Any) -> None:
         super().__init__(train_metrics_aggr_fn=summed_train_metrics, **kwargs)
         self.family = family
+        self.min_contributors = min_contributors  # counted after this layer's own checks (reply validation's before)
         self.sent: dict[str, np.ndarray] | None = None  # this round's plaintext totals, to check replies against
         self.last_rejected: list[tuple[int, str]] = []  # (node id, reason) of the last aggregate_train
 
@@ -77,7 +78,14 @@ class FedStats(FedAvg):
 
         valid, _ = self._check_and_log_replies(list(replies), is_train=True)
         valid = self._consistent(server_round, valid)
-        if not valid:
+        if len(valid) < max(1, self.min_contributors):
+            if valid:
+                log.warning(
+                    "round %d: %d consistent statistics, fewer than min-contributors=%d; the totals are not released",
+                    server_round,
+                    len(valid),
+                    self.min_contributors,
+                )
             return None, None
         totals: dict[str, np.ndarray] = {}
         for msg in valid:
@@ -128,6 +136,7 @@ def build_statistics_strategy(cfg: RunConfig, num_nodes: int | None = None) -> S
         raise ConfigError(f"strategy 'fedstats' sums the statistics of model kmeans or pca, not model={cfg.model!r}")
     inner = FedStats(
         family,
+        min_contributors=cfg.min_contributors,
         fraction_train=cfg.fraction_train,
         fraction_evaluate=1.0,  # never used: configure_evaluate sends nothing
         min_train_nodes=cfg.min_clients,

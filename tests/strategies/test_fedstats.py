@@ -29,26 +29,30 @@ PARTS = np.array_split(X, 3)
 Tamper = Callable[[dict[str, np.ndarray]], None]
 
 
-def _round(model: str, liars: dict[str, Tamper]) -> tuple[FedStats, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One round of 3 honest clients (nodes 1-3) and one liar per entry of ``liars`` (nodes 4, 5, ...): the strategy,
-    the totals it returns and the totals it sent."""
+def _round(
+    model: str, liars: dict[str, Tamper], honest: int = 3, min_contributors: int = 1
+) -> tuple[FedStats, dict[str, np.ndarray] | None, dict[str, np.ndarray]]:
+    """One round of ``honest`` clients (nodes 1, 2, ...) and one liar per entry of ``liars`` (the next nodes): the
+    strategy, the totals it returns (None: withheld) and the totals it sent."""
     cfg = RunConfig(model=model, strategy="fedstats", n_clusters=3, n_components=2, num_rounds=1)
     family = rounds_of(model)
     assert family is not None
-    strategy = FedStats(family, min_train_nodes=1, min_available_nodes=1)
+    strategy = FedStats(family, min_contributors, min_train_nodes=1, min_available_nodes=1)
     initial = family.initial(cfg, X)
     sent = to_record([initial[name] for name in family.names])
-    configure(strategy, 1, sent, list(range(1, 4 + len(liars))))
+    configure(strategy, 1, sent, list(range(1, 1 + honest + len(liars))))
     replies = []
-    for node, part in enumerate([*PARTS, *[PARTS[0]] * len(liars)], start=1):
+    for node, part in enumerate([*PARTS[:honest], *[PARTS[0]] * len(liars)], start=1):
         stats, loss = family.local(cfg, part, as_arrays(family, from_record(sent)))
-        if node > 3:
-            list(liars.values())[node - 4](stats)
+        if node > honest:
+            list(liars.values())[node - honest - 1](stats)
         metrics = {NUM_EXAMPLES: len(part), TRAIN_LOSS: loss, STEPS: 0, STRAGGLER: 0}
         content = RecordDict({ARRAYS: to_record([stats[n] for n in family.names]), METRICS: MetricRecord(metrics)})
         replies.append(reply_from(node, content))
     arrays, summed = strategy.aggregate_train(1, replies)
-    assert arrays is not None and summed is not None and summed[NUM_EXAMPLES] == len(X)
+    if arrays is None:
+        return strategy, None, as_arrays(family, from_record(sent))
+    assert summed is not None and summed[NUM_EXAMPLES] == sum(len(p) for p in PARTS[:honest])
     return strategy, as_arrays(family, from_record(arrays)), as_arrays(family, from_record(sent))
 
 
@@ -62,6 +66,7 @@ def _move_centroid(stats: dict[str, np.ndarray]) -> None:
 
 def test_kmeans_totals_are_the_pooled_statistics_without_the_liars() -> None:
     strategy, totals, sent = _round("kmeans", {"more rows": _double_counts, "other centroids": _move_centroid})
+    assert totals is not None
     pooled = local_statistics(X, sent["centroids"])  # round 1's centroids
     np.testing.assert_allclose(totals["sums"], pooled.sums, atol=1e-12)
     assert np.array_equal(totals["counts"], pooled.counts) and totals["clients"].tolist() == [3.0]
@@ -80,6 +85,7 @@ def _claim_rows(stats: dict[str, np.ndarray]) -> None:
 
 def test_pca_totals_are_the_pooled_statistics_without_the_liars() -> None:
     strategy, totals, _ = _round("pca", {"impossible sums": _inflate_sum, "more rows": _claim_rows})
+    assert totals is not None
     pooled = pca_statistics(X)
     assert totals["n"].tolist() == [pooled.n]
     np.testing.assert_allclose(totals["sum"], pooled.sum, atol=1e-10)
@@ -101,3 +107,9 @@ def test_secure_aggregation_takes_fedstats_because_its_aggregate_is_a_plain_sum(
 
     with pytest.raises(ConfigError, match="secure aggregation cannot run Averaging"):
         SecureAggregation(Averaging(family), crypto.server_context(keys.public))
+
+
+def test_a_lone_consistent_client_is_not_released_when_the_liars_are_left_out() -> None:
+    """Reply validation counted 3 contributors; after the liars are left out one remains, below min-contributors."""
+    strategy, totals, _ = _round("kmeans", {"a": _double_counts, "b": _move_centroid}, honest=1, min_contributors=2)
+    assert totals is None and len(strategy.last_rejected) == 2
