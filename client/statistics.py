@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from uaap import crypto
 from uaap.errors import ConfigError
 from uaap.models import from_record, to_record
-from uaap.models.summed import Arrays, KMeansRounds, PCARounds, as_arrays, decrypt_totals, rounds_of
+from uaap.models.summed import Arrays, KMeansRounds, PCARounds, as_arrays, check_ckks_range, decrypt_totals, rounds_of
 from uaap.protocol import (
     ARRAYS,
     CLIENT_INFO,
@@ -64,6 +64,7 @@ def train_statistics(cfg: RunConfig, data: Split, pid: int, msg: Message, contex
     metrics = MetricRecord({NUM_EXAMPLES: len(X), TRAIN_LOSS: float(loss), STEPS: 0, STRAGGLER: 0})
     arrays: ArrayRecord
     if cfg.secure:
+        check_ckks_range(cfg.model, values, cfg.num_clients)
         hctx = crypto.client_context(cfg, context.node_config)
         arrays = crypto.encrypt_weights(values, 1.0, hctx, max_summands=cfg.num_clients)
         metrics[HE_WEIGHT] = 1.0

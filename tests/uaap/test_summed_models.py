@@ -20,7 +20,8 @@ from uaap.errors import ConfigError, DataError
 from uaap.models import check_combination
 from uaap.models.kmeans import FederatedKMeans, assign, centroids_from, local_statistics, squared_distances
 from uaap.models.pca import FederatedPCA
-from uaap.models.summed import FAMILIES
+from uaap.models.pca import local_statistics as pca_statistics
+from uaap.models.summed import FAMILIES, check_ckks_range
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,12 @@ def test_kmeans_and_pca_are_refused_what_they_cannot_do_before_a_run_starts() ->
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "model='kmeans' has no differential privacy (--dp-local true)" in out.stderr
     assert "ray" not in out.stderr.lower()  # refused before Ray or Flower started
+
+
+def test_statistics_too_large_for_the_ckks_range_are_refused_with_what_to_do() -> None:
+    rows = np.full((3000, 2), 10.0)  # X^T X peaks at 300000 for one client alone
+    stats = [pca_statistics(rows).xtx]
+    check_ckks_range("pca", [np.ones((2, 2))], 10)  # far inside the range
+    with pytest.raises(ConfigError, match=r"model='pca': this client's statistics peak at 3e\+05; summed over 3 "
+                                          r"clients under CKKS they must stay below 262144"):  # fmt: skip
+        check_ckks_range("pca", stats, 3)

@@ -178,6 +178,20 @@ def save_model(rd: RunDir, cfg: RunConfig, values: list[np.ndarray], rounds: int
     return workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, model, info)
 
 
+def check_ckks_range(model: str, values: list[np.ndarray], summands: int) -> None:
+    """Refuse statistics whose total over ``summands`` clients could leave the CKKS range (a sum grows with the rows:
+    counts, sums and X^T X are not bounded like model weights), with what to do instead."""
+    from uaap.crypto import MAX_ABS_SUM
+
+    peak = max((float(np.abs(v).max()) for v in values if np.size(v)), default=0.0)
+    if not np.isfinite(peak) or peak * max(1, summands) >= MAX_ABS_SUM:
+        raise ConfigError(
+            f"model={model!r}: this client's statistics peak at {peak:.4g}; summed over {summands} clients under CKKS "
+            f"they must stay below {MAX_ABS_SUM:g} (2**18). Give each client fewer rows, scale the features down "
+            "(scaling=standard), or run with --secure-aggregation none"
+        )
+
+
 def evaluate(model: Any, X: np.ndarray, y: np.ndarray | None = None) -> dict[str, float]:
     """The model's metrics on rows ``X`` (clustering: inertia, silhouette, adjusted Rand against ``y``;
     PCA: explained variance)."""
