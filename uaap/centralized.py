@@ -130,7 +130,7 @@ def _fit_estimator(cfg: RunConfig, split: Split, rd: workspace.RunDir, tracker: 
     train, test = split.train, split.test
     try:
         estimator = central_estimator(cfg, train.n_classes).fit(train.X, train.y)
-        final = metrics_from_counts(evaluate_counts(estimator, test.X, test.y, test.n_classes, test.target_mean))
+        final = metrics_from_counts(evaluate_counts(estimator, test.X, test.y, test.n_classes))
     except BaseException:
         tracker.finish("FAILED")
         raise

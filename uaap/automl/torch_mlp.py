@@ -30,6 +30,7 @@ class TorchMLPClassifier:
         n_classes: int | None = None,
         model: str = "mlp",
         seed: int = 0,
+        image_shape: tuple[int, int, int] | None = None,
     ) -> None:
         self.epochs = epochs
         self.batch_size = batch_size
@@ -39,10 +40,12 @@ class TorchMLPClassifier:
         self.n_classes = n_classes
         self.model = model
         self.seed = seed
+        self.image_shape = image_shape  # channels x height x width, for model="cnn"
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor parameters (scikit-learn protocol)."""
-        names = ("epochs", "batch_size", "learning_rate", "optimizer", "momentum", "n_classes", "model", "seed")
+        names = ("epochs", "batch_size", "learning_rate", "optimizer", "momentum", "n_classes", "model", "seed",
+                 "image_shape")  # fmt: skip
         return {k: getattr(self, k) for k in names}
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchMLPClassifier:
@@ -72,7 +75,7 @@ class TorchMLPClassifier:
                 f"mlp needs epochs >= 1, batch_size >= 1 and learning_rate > 0; got epochs={self.epochs}, "
                 f"batch_size={self.batch_size}, learning_rate={self.learning_rate}"
             )
-        net = build_model(self.model, data.n_features, data.n_classes, seed=self.seed)
+        net = build_model(self.model, data.n_features, data.n_classes, self.image_shape, seed=self.seed)
         cfg = TrainConfig(
             epochs=int(self.epochs),
             batch_size=int(self.batch_size),
@@ -118,7 +121,8 @@ class TorchMLPClassifier:
         if weights is not None:
             from uaap.models import build_model, set_weights
 
-            self.model_ = build_model(self.model, int(self.n_features_in_), int(self.n_classes_), seed=self.seed)
+            shape = getattr(self, "image_shape", None)  # absent from files written before it existed
+            self.model_ = build_model(self.model, int(self.n_features_in_), int(self.n_classes_), shape, seed=self.seed)
             set_weights(self.model_, [np.asarray(w) for w in weights])
             self.classes_ = np.arange(int(self.n_classes_))
 

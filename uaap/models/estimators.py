@@ -1,8 +1,18 @@
-"""Families trained centrally as scikit-learn-compatible estimators (``uaap train --model random_forest``).
+"""One estimator contract for every family: ``estimator(family, task)`` and ``fit`` / ``predict`` / ``evaluate``.
 
-The torch families train through :mod:`uaap.training`; the others are estimators fitted on the pooled training
-rows with the run's own settings, so a central run is the reference its federated twin is compared with: a
-central forest grows ``trees-per-client x num-clients`` trees, as many as one federated round keeps.
+Each family of the registry (:mod:`uaap.models.registry`) is a scikit-learn-compatible estimator: ``__init__``
+stores parameters, ``fit`` returns self, fitted state ends in ``_``, ``predict`` (and ``predict_proba`` for a
+classifier, ``transform`` for a decomposition), and ``evaluate(X, y) -> dict`` with the task's metrics. A
+classifier's and a regressor's metrics come from the same summable counts the federated clients send
+(:mod:`uaap.metrics`), so a central number and a federated one mean the same thing; clustering reports inertia,
+silhouette and (with labels) the adjusted Rand index, decomposition the explained variance.
+
+The torch families are the registry's networks trained by :func:`uaap.training.local_train`
+(:class:`uaap.automl.torch_mlp.TorchMLPClassifier`); the tree families are scikit-learn's and XGBoost's own
+estimators with :class:`Evaluates` mixed in; K-Means and PCA are :mod:`uaap.models.kmeans` and :mod:`uaap.models.pca`.
+This module imports scikit-learn and XGBoost: import it where an estimator is built, not at package import.
+``central_estimator(cfg, n_classes)`` builds the family a run config names with that run's settings (``uaap train``):
+a central forest grows ``trees-per-client x num-clients`` trees, as many as one federated round keeps.
 """
 
 from __future__ import annotations
@@ -10,39 +20,116 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import xgboost
+from sklearn import ensemble
 
+from uaap.automl.torch_mlp import TorchMLPClassifier, TorchMLPRegressor
 from uaap.config import RunConfig
 from uaap.errors import ConfigError
 
-ESTIMATOR_FAMILIES = ("random_forest",)
+
+class Evaluates:
+    """``evaluate(X, y)`` for a fitted scikit-learn-style classifier or regressor, from summable counts."""
+
+    def evaluate(self, X: Any, y: Any) -> dict[str, float]:
+        """The task's metrics of this estimator on rows ``X`` with true targets ``y`` (as :mod:`uaap.metrics`)."""
+        from uaap.metrics import metrics_from_counts
+
+        return metrics_from_counts(evaluate_counts(self, np.asarray(X), np.asarray(y)))
+
+
+def evaluate_counts(estimator: Any, X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> dict[str, Any]:
+    """The summable counts of a fitted classifier or regressor on rows ``X`` (what a federated client sends).
+
+    A classifier's probability columns are placed at its ``classes_`` (integer labels 0..k-1), so one trained
+    without some class still scores all ``n_classes`` (default: its classes and ``y``'s).
+    """
+    from uaap.metrics import classification_counts, regression_counts
+
+    regressor = getattr(estimator, "_estimator_type", "") == "regressor" or not hasattr(estimator, "predict_proba")
+    if n_classes == 1 or regressor:
+        pred = np.asarray(estimator.predict(X), dtype=np.float64)
+        return regression_counts(y, pred, center=float(np.mean(y)) if len(y) else 0.0)
+    classes = np.asarray(estimator.classes_, dtype=np.int64)
+    k = n_classes or int(max(classes.max(), np.max(y) if len(y) else 0)) + 1
+    proba = np.zeros((len(X), k))
+    proba[:, classes] = estimator.predict_proba(X)
+    return classification_counts(np.asarray(y, dtype=np.int64), proba)
+
+
+class RandomForestClassifier(Evaluates, ensemble.RandomForestClassifier):  # type: ignore[misc]  # sklearn: untyped
+    """scikit-learn's random forest classifier, with :meth:`Evaluates.evaluate`."""
+
+
+class RandomForestRegressor(Evaluates, ensemble.RandomForestRegressor):  # type: ignore[misc]
+    """scikit-learn's random forest regressor, with :meth:`Evaluates.evaluate`."""
+
+
+class XGBClassifier(Evaluates, xgboost.XGBClassifier):  # type: ignore[misc]
+    """XGBoost's classifier, with :meth:`Evaluates.evaluate`."""
+
+
+class XGBRegressor(Evaluates, xgboost.XGBRegressor):  # type: ignore[misc]
+    """XGBoost's regressor, with :meth:`Evaluates.evaluate`."""
+
+
+class TorchClassifier(Evaluates, TorchMLPClassifier):
+    """A registry network (``model``: logreg, svm, mlp, cnn) trained by :func:`uaap.training.local_train`."""
+
+
+class TorchRegressor(Evaluates, TorchMLPRegressor):
+    """A registry network with one output, trained on standardised targets."""
+
+
+CLASSES: dict[str, type] = {
+    "random_forest/classification": RandomForestClassifier,
+    "random_forest/regression": RandomForestRegressor,
+    "xgboost/classification": XGBClassifier,
+    "xgboost/regression": XGBRegressor,
+    "torch/classification": TorchClassifier,
+    "torch/regression": TorchRegressor,
+}
+
+
+def estimator(name: str, task: str = "classification", **params: Any) -> Any:
+    """The unfitted estimator of family ``name`` for ``task`` (its own parameters in ``params``)."""
+    from uaap.models.registry import family
+
+    caps = family(name).capabilities
+    if task not in caps.tasks:
+        raise ConfigError(f"model={name!r} does not do {task}; it does {', '.join(caps.tasks)}")
+    if name == "kmeans":
+        from uaap.models.kmeans import FederatedKMeans
+
+        return FederatedKMeans(**params)
+    if name == "pca":
+        from uaap.models.pca import FederatedPCA
+
+        return FederatedPCA(**params)
+    kind = "torch" if caps.federated == "weights" else name
+    key = f"{kind}/{'regression' if task == 'regression' else 'classification'}"
+    if key not in CLASSES:
+        raise ConfigError(f"model={name!r} has no estimator for {task} yet")
+    if kind == "torch":
+        params = {"model": name, **params}
+    return CLASSES[key](**params)
 
 
 def central_estimator(cfg: RunConfig, n_classes: int) -> Any:
-    """The unfitted estimator ``cfg.model`` names (``n_classes`` 1: a regressor)."""
+    """The unfitted estimator ``cfg.model`` names, with the run's settings (``n_classes`` 1: a regressor)."""
+    task = "regression" if n_classes == 1 else "classification"
     if cfg.model == "random_forest":
-        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-
-        kind = RandomForestRegressor if n_classes == 1 else RandomForestClassifier
-        return kind(
+        return estimator(
+            "random_forest",
+            task,
             n_estimators=cfg.trees_per_client * cfg.num_clients,
             max_depth=cfg.tree_max_depth,
             min_samples_leaf=cfg.tree_min_samples_leaf,
             random_state=cfg.seed,
             n_jobs=1,
         )
-    raise ConfigError(
-        f"model={cfg.model!r} has no central estimator; estimator families: {', '.join(ESTIMATOR_FAMILIES)}"
-    )
+    from uaap.models import central
 
-
-def evaluate_counts(
-    estimator: Any, X: np.ndarray, y: np.ndarray, n_classes: int, center: float = 0.0
-) -> dict[str, Any]:
-    """The summable counts of a fitted estimator on rows ``X`` (the same the federated clients send)."""
-    from uaap.metrics import classification_counts, regression_counts
-
-    if n_classes == 1:
-        return regression_counts(y, np.asarray(estimator.predict(X), dtype=np.float64), center=center)
-    proba = np.zeros((len(X), n_classes))
-    proba[:, np.asarray(estimator.classes_, dtype=np.int64)] = estimator.predict_proba(X)
-    return classification_counts(y, proba)
+    if cfg.model in central.FAMILIES:  # LightGBM, CatBoost, kernel SVM: the libraries' own estimators
+        return central.from_run(cfg, n_classes)
+    raise ConfigError(f"model={cfg.model!r} has no central estimator in uaap train yet")
