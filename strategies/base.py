@@ -43,7 +43,7 @@ def build_strategy(
 
         if n_features is None or n_classes is None:
             raise ConfigError("a forest federation needs the data's n_features and n_classes to check trees")
-        return build_trees_strategy(cfg, num_nodes, n_features, n_classes, task)
+        return build_trees_strategy(cfg, num_nodes, n_features, n_classes, task, summed_metrics)
     if cfg.strategy.startswith("fedxgb-"):  # XGBoost through Flower's FedXgbBagging / FedXgbCyclic
         from strategies.boosting import build_boosting_strategy
 

@@ -53,9 +53,11 @@ class FedTrees(FedAvg):
         return forest.to_record(merged), metrics
 
 
-def build_trees_strategy(cfg: RunConfig, num_nodes: int | None, n_features: int, n_classes: int, task: str) -> Strategy:
-    """FedTrees inside reply validation (which checks each reply's forest against the data's shape)."""
-    from strategies.base import summed_metrics
+def build_trees_strategy(
+    cfg: RunConfig, num_nodes: int | None, n_features: int, n_classes: int, task: str, metrics_fn: Any
+) -> Strategy:
+    """FedTrees inside reply validation (which checks each reply's forest against the data's shape);
+    ``metrics_fn`` sums the evaluation replies' counts (``strategies.base.summed_metrics``)."""
     from strategies.validation import ValidateReplies
 
     n_outputs = 1 if task == "regression" else n_classes
@@ -69,7 +71,7 @@ def build_trees_strategy(cfg: RunConfig, num_nodes: int | None, n_features: int,
         min_train_nodes=cfg.min_clients,
         min_evaluate_nodes=cfg.min_clients if cfg.fraction_evaluate > 0 else 0,
         min_available_nodes=cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
-        evaluate_metrics_aggr_fn=summed_metrics,
+        evaluate_metrics_aggr_fn=metrics_fn,
     )
     return ValidateReplies(
         inner,
