@@ -13,7 +13,7 @@ XGBoost example set-up doing the same work.
   same ``run_simulation`` call and the same Ray set-up, repeats interleaved; median of the gaps between consecutive
   round ends, round 1 excluded. Target ratio ours / plain <= 1.2.
 
-Writes ``artifacts/boosting.json``.
+Writes ``artifacts/boosting.json`` (``boosting-<partition>-<alpha>.json`` for another split).
 
     python benchmarks/boosting.py [--bagging-rounds 20] [--cyclic-rounds 100] [--timing-rounds 10] [--repeats 2]
 """
@@ -83,8 +83,10 @@ def accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
                 num_rounds=rounds,
                 xgb_max_depth=args.max_depth,
                 xgb_eta=args.eta,
+                partition=args.partition,
+                dirichlet_alpha=args.alpha,
                 experiment="bench-boosting",
-                run_id=f"acc-{dataset}-{strategy}",
+                run_id=f"acc-{dataset}-{strategy}-{args.partition}-{args.alpha:g}",
             )
             t0 = time.perf_counter()
             rd = run_federation(LocalGrid(CLIENTS), cfg, num_partitions=CLIENTS)
@@ -200,6 +202,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-depth", type=int, default=4)
     parser.add_argument("--eta", type=float, default=0.3)
+    parser.add_argument("--partition", default="dirichlet", help="accuracy runs' split (iid, dirichlet)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet alpha of the accuracy runs (non-IID: 0.5)")
     parser.add_argument("--skip", choices=("accuracy", "timing"), default=None)
     parser.add_argument("--out", default=str(REPO / "artifacts"))
     args = parser.parse_args()
@@ -211,8 +215,13 @@ def main() -> None:
         result["timing"] = timing(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "boosting.json").write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out / 'boosting.json'}")
+    name = (
+        "boosting.json"
+        if (args.partition, args.alpha) == ("dirichlet", 0.5)
+        else f"boosting-{args.partition}-{args.alpha:g}.json"
+    )
+    (out / name).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out / name}")
     for row in result.get("accuracy", []):
         print(
             f"{row['dataset']:<14} {row['strategy']:<15} fed {row['federated']:.4f}  central pooled "
