@@ -86,15 +86,20 @@ def test_a_booster_is_checked_against_the_run_and_the_round() -> None:
         boosting.check_booster(b"\x00garbage", settings, trees=3)
 
 
-def test_flowers_bagging_keeps_every_class_tree_only_with_whole_rounds() -> None:
-    # Round 2 of a 3-class bagging federation: two clients each add one round (3 trees, one per class) to the global
-    # booster. The aggregate's margin must be the global margin plus each client's added margin, class by class.
-    settings = _settings(3)
-    X = _data(3, seed=9).X
-    global_raw, _ = boosting.local_boost(b"", _data(3, seed=0), settings, new_only=False)
-    new = [boosting.local_boost(global_raw, _data(3, seed=s), settings, new_only=True)[0] for s in (1, 2)]
-    base = np.full((len(X), 3), 0.5)  # the fixed intercept, counted once
-    expected = _margin(global_raw, settings, X) + sum(_margin(raw, settings, X) - base for raw in new)
+@pytest.mark.parametrize(("classes", "rounds", "base"), [(3, 1, 0.5), (2, 2, 0.0)])
+def test_flowers_bagging_keeps_every_tree_of_a_round_only_with_whole_rounds(
+    classes: int, rounds: int, base: float
+) -> None:
+    # Round 2 of a bagging federation: two clients each add their local rounds (one tree per class per round) to the
+    # global booster. The aggregate's margin must be the global margin plus each client's added margin, class by
+    # class. ``base``: the fixed intercept's margin (softprob takes 0.5 as a margin, logistic as a probability).
+    settings = _settings(classes, local_rounds=rounds)
+    per_client = classes * rounds if classes > 2 else rounds
+    X = _data(classes, seed=9).X
+    global_raw, _ = boosting.local_boost(b"", _data(classes, seed=0), settings, new_only=False)
+    new = [boosting.local_boost(global_raw, _data(classes, seed=s), settings, new_only=True)[0] for s in (1, 2)]
+    offset = np.full((len(X), 1 if classes == 2 else classes), base)  # counted once, in the global model
+    expected = _margin(global_raw, settings, X) + sum(_margin(raw, settings, X) - offset for raw in new)
 
     def aggregate(strategy: Any) -> bytes:
         strategy.configure_train(2, boosting.to_record(global_raw), ConfigRecord({}), FakeGrid([1, 2]))
@@ -104,10 +109,10 @@ def test_flowers_bagging_keeps_every_class_tree_only_with_whole_rounds() -> None
 
     ours = aggregate(WholeRounds(FedXgbBagging(min_train_nodes=2, min_available_nodes=2), settings))
     np.testing.assert_allclose(_margin(ours, settings, X), expected, rtol=1e-5, atol=1e-5)
-    boosting.check_booster(ours, settings, trees=9)
-    # Flower alone appends one tree per reply and files it under class 0: classes 1 and 2 lose the clients' work
+    boosting.check_booster(ours, settings, trees=3 * per_client)
+    # Flower alone appends one tree per reply (filed under class 0): the rest of the clients' work is lost
     flower = aggregate(FedXgbBagging(min_train_nodes=2, min_available_nodes=2))
-    assert boosting.count_trees(flower) == 5
+    assert boosting.count_trees(flower) == per_client + 2
     assert not np.allclose(_margin(flower, settings, X), expected, atol=1e-3)
 
 

@@ -12,12 +12,13 @@ global model's trees unchanged in front of the new ones.
 
 Two choices the federation needs, that plain XGBoost does not:
 
-* the intercept is fixed (``base_score`` 0.5, i.e. margin 0 for every class): XGBoost 3 estimates it from the
-  labels by default, and under bagging the first client's local estimate (of its skewed labels) would become the
-  global one;
-* Flower's ``aggregate_bagging`` appends ``num_parallel_tree`` trees per reply and marks them as class 0, which is
-  right for one output (binary) only. For K classes a round adds K trees, one per class: :func:`as_one_group` makes a
-  reply say so before Flower appends it, and :func:`restore_classes` gives the aggregate back its per-class layout.
+* the intercept is fixed (``base_score`` 0.5: margin 0 for two classes, the same margin for every class of K, which
+  softmax ignores): XGBoost 3 estimates it from the labels by default, and under bagging the first client's local
+  estimate (of its skewed labels) would become the global one;
+* Flower's ``aggregate_bagging`` appends ``num_parallel_tree`` trees per reply and files them under class 0, which is
+  right for one output and one local round only. A reply of R local rounds over K classes holds K x R trees:
+  :func:`as_one_group` makes it say so before Flower appends it, and :func:`restore_classes` gives the aggregate
+  back XGBoost's layout (one tree per class per round).
 
 Evaluation is from summed counts (:func:`uaap.metrics.classification_counts`), as for every family.
 """
@@ -360,12 +361,12 @@ def _no_constant(name: str) -> None:
 
 
 def as_one_group(raw: bytes, settings: BoostSettings) -> bytes:
-    """A bagging reply that tells Flower's ``aggregate_bagging`` to append all its trees (K per round).
+    """A bagging reply that tells Flower's ``aggregate_bagging`` to append all its trees (K per round, R rounds).
 
-    Flower appends ``num_parallel_tree`` trees from each reply: for K classes the reply says K, so a round's
-    K trees (one per class) are all kept. :func:`restore_classes` undoes it on the aggregate.
+    Flower appends ``num_parallel_tree`` trees from each reply: the reply says K x R, so every tree of its local
+    rounds (one per class each) is kept. :func:`restore_classes` undoes it on the aggregate.
     """
-    if settings.groups == 1:
+    if settings.groups * settings.local_rounds == 1:
         return raw
     doc = json.loads(raw)
     _model(doc)["gbtree_model_param"]["num_parallel_tree"] = str(settings.groups * settings.local_rounds)
@@ -375,7 +376,7 @@ def as_one_group(raw: bytes, settings: BoostSettings) -> bytes:
 def restore_classes(raw: bytes, settings: BoostSettings) -> bytes:
     """The aggregate of :func:`as_one_group` replies in XGBoost's layout: trees cycle through the classes, one
     tree per class per round."""
-    if settings.groups == 1 or not raw:
+    if settings.groups * settings.local_rounds == 1 or not raw:
         return raw
     doc = json.loads(raw)
     model = _model(doc)
