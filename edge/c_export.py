@@ -300,6 +300,9 @@ def emit_ensemble(ens: Ensemble, note: str) -> tuple[str, str]:
     bias = ens.bias
     if ens.link == "none":
         lines.append(f"    for (int k = 0; k < {ens.n_classes}; ++k) proba[k] = acc[k] / (float)N_TREES;")
+    elif ens.link == "l1":  # class scores over their sum (a federated forest's class-weighted vote)
+        lines.append(f"    float s = 0.0f;\n    for (int k = 0; k < {ens.n_classes}; ++k) s += acc[k];")
+        lines.append(f"    for (int k = 0; k < {ens.n_classes}; ++k) proba[k] = acc[k] / s;")
     elif ens.link == "sigmoid":
         lines.append(f"    float p = 1.0f / (1.0f + expf(-(acc[0] + {lit(bias[0])})));")
         lines.append("    proba[0] = 1.0f - p;\n    proba[1] = p;")

@@ -93,6 +93,9 @@ def _estimator(source: Source, path: Path) -> None:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
+    if source.family == "federated_forest":
+        _federated_forest(source, path)
+        return
     _register_xgboost()
     est = source.model
     try:
@@ -105,6 +108,38 @@ def _estimator(source: Source, path: Path) -> None:
         )
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError for unknown models
         raise ExportError(f"skl2onnx cannot convert {type(est).__name__}: {exc}") from exc
+    _rename_output(onx, source.output_name)
+    path.write_bytes(onx.SerializeToString())
+
+
+def _federated_forest(source: Source, path: Path) -> None:
+    """A federated forest's class-weighted vote: skl2onnx's multi-output forest regressor over the weighted leaves
+    (the class scores), then each row divided by its sum (``uaap.models.forest.FederatedForestClassifier``)."""
+    from onnx import TensorProto, helper
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    weighted = source.model.weighted_trees()
+    onx = convert_sklearn(
+        weighted,
+        initial_types=[("input", FloatTensorType([None, source.n_features]))],
+        target_opset={"": 17, "ai.onnx.ml": ML_OPSET},
+    )
+    graph = onx.graph
+    (scores,) = [o.name for o in graph.output]
+    for node in graph.node:  # the forest's output becomes internal: the normalised scores take its place
+        node.output[:] = ["uaap_scores" if n == scores else n for n in node.output]
+        node.input[:] = ["uaap_scores" if n == scores else n for n in node.input]
+    out = helper.make_tensor_value_info("normalised", TensorProto.FLOAT, [None, source.n_classes])
+    graph.initializer.append(helper.make_tensor("uaap_axes", TensorProto.INT64, [1], [1]))
+    graph.node.extend(
+        [
+            helper.make_node("ReduceSum", ["uaap_scores", "uaap_axes"], ["uaap_total"], keepdims=1),
+            helper.make_node("Div", ["uaap_scores", "uaap_total"], [out.name]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(out)
     _rename_output(onx, source.output_name)
     path.write_bytes(onx.SerializeToString())
 

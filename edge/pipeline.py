@@ -212,7 +212,7 @@ def _write(fmt: str, source: Source, staging: Path, work: Path, quantize: str | 
         note = f"UAAP {source.family}: {source.n_features} features -> {what}"
         if source.family in trees.TREE_FAMILIES and source.regression:
             raise NotApplicable(f"C export of {source.family!r} regressors is not written yet; export them to onnx")
-        if source.family in trees.TREE_FAMILIES:
+        if source.family in trees.C_TREE_FAMILIES:
             head, body = c_export.emit_ensemble(trees.ensemble(source.model, source.family, source.heldout.X), note)
         else:
             head, body = c_export.emit_network(

@@ -149,6 +149,7 @@ def estimator_family(estimator: Any) -> str:
         "XGBRegressor": "xgboost",
         "DecisionTreeClassifier": "decision_tree",
         "RandomForestClassifier": "random_forest",
+        "FederatedForestClassifier": "federated_forest",
         "ExtraTreesClassifier": "extra_trees",
         "XGBClassifier": "xgboost",
     }

@@ -9,7 +9,7 @@ get this wrong near a split). XGBoost already splits with ``x < t`` in float32.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,8 @@ import numpy as np
 from edge.errors import ExportError, NotApplicable
 
 TREE_FAMILIES = ("decision_tree", "random_forest", "extra_trees", "xgboost")
+FEDERATED_FOREST = "federated_forest"  # uaap.models.forest.FederatedForestClassifier: a class-weighted vote
+C_TREE_FAMILIES = (*TREE_FAMILIES, FEDERATED_FOREST)  # what the C exporter writes (Core ML: the library's own)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Ensemble:
     n_features: int
     n_classes: int
     aggregate: str  # "mean" (average of class vectors) or "sum" (margins, then link)
-    link: str  # "none", "sigmoid" (binary margin) or "softmax"
+    link: str  # "none", "sigmoid" (binary margin), "softmax" or "l1" (class scores divided by their sum)
     bias: np.ndarray  # added to the summed margins
 
     @property
@@ -71,6 +73,8 @@ class Ensemble:
         if self.link == "softmax":
             e = np.exp(m - m.max(axis=1, keepdims=True))
             return e / e.sum(axis=1, keepdims=True)
+        if self.link == "l1":
+            return m / m.sum(axis=1, keepdims=True)
         return m
 
 
@@ -102,6 +106,11 @@ def ensemble(model: Any, family: str, X: np.ndarray | None = None) -> Ensemble:
         return _sklearn([model], model.n_features_in_, len(model.classes_))
     if family in ("random_forest", "extra_trees"):
         return _sklearn(list(model.estimators_), model.n_features_in_, len(model.classes_))
+    if family == FEDERATED_FOREST:  # leaves carry trees x weight x frequency; the class scores are normalised
+        plain = _sklearn(list(model.estimators_), model.n_features_in_, len(model.classes_))
+        n = len(plain.trees)
+        weighted = [replace(t, value=t.value * (n * w)) for t, w in zip(plain.trees, model.class_weight_, strict=True)]
+        return Ensemble(weighted, plain.n_features, plain.n_classes, "mean", "l1", plain.bias)
     if family == "xgboost":
         if X is None:
             raise ExportError("an XGBoost export needs sample rows to pin its intercept (base_score)")

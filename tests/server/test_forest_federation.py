@@ -29,21 +29,25 @@ CLS = RunConfig(
 REG = CLS.replace(dataset="diabetes", partition="iid")
 
 
-def test_a_forest_survives_the_wire_exactly_and_a_merged_forest_averages_its_clients_trees():
+def test_a_forest_survives_the_wire_exactly_and_a_merged_forest_votes_each_class_by_the_trees_that_saw_it():
     X, y = load_breast_cancer(return_X_y=True)
     ref = RandomForestClassifier(n_estimators=4, max_depth=5, random_state=0).fit(X, y)
     arrays = forest.from_sklearn(ref)
     back = forest.to_sklearn(forest.from_record(forest.to_record(arrays)), 30, 2)
-    assert np.array_equal(back.predict_proba(X), ref.predict_proba(X))
+    assert np.array_equal(back.forest_.predict_proba(X), ref.predict_proba(X))  # the very trees
     np.testing.assert_allclose(back.feature_importances_, ref.feature_importances_, atol=1e-12)  # gain, from Gini
-    parts = [forest.local_forest(X[i::3], y[i::3], 2, n_estimators=3, max_depth=4, min_samples_leaf=2, seed=i)
-             for i in range(3)]  # fmt: skip
+    skewed = [(X[y == 0][:150], y[y == 0][:150]), (X[:300], y[:300]), (X[y == 1][:200], y[y == 1][:200])]
+    parts = [forest.local_forest(Xk, yk, 2, n_estimators=3, max_depth=4, min_samples_leaf=2, seed=i)
+             for i, (Xk, yk) in enumerate(skewed)]  # fmt: skip
     merged = forest.to_sklearn(forest.merge(parts), 30, 2)
-    each = [forest.to_sklearn(p, 30, 2).predict_proba(X) for p in parts]
-    np.testing.assert_allclose(merged.predict_proba(X), np.mean(each, axis=0), atol=1e-12)  # 3 trees each
-    one_class = forest.local_forest(X[y == 1][:40], y[y == 1][:40], 2, n_estimators=2, max_depth=3,
-                                    min_samples_leaf=2, seed=0)  # fmt: skip
-    assert np.all(one_class.value[:, 1] == 1.0) and np.all(one_class.value[:, 0] == 0.0)  # its class in its column
+    # by hand: each tree's class frequencies weighted by the rows of that class it was grown on, then normalised
+    trees = [est for p in parts for est in forest.to_sklearn(p, 30, 2).estimators_]
+    roots = np.array([est.tree_.value[0, 0] * est.tree_.weighted_n_node_samples[0] for est in trees])
+    scores = sum(est.predict_proba(X) * (r / roots.sum(axis=0)) for est, r in zip(trees, roots, strict=True))
+    np.testing.assert_allclose(merged.predict_proba(X), scores / scores.sum(axis=1, keepdims=True), atol=1e-12)
+    assert np.all(parts[0].value[:, 0] == 1.0) and np.all(parts[2].value[:, 1] == 1.0)  # its class in its column
+    plain = np.mean([est.predict_proba(X) for est in trees], axis=0)
+    assert (merged.predict(X) == y).mean() > (plain.argmax(1) == y).mean()  # one-class clients no longer outvote
 
 
 @pytest.mark.parametrize(
