@@ -239,6 +239,41 @@ def compare_table(rows: Sequence[RunRow], metric: str = "") -> Any:
     return table
 
 
+def family_rows(rows: Sequence[RunRow]) -> list[dict[str, Any]]:
+    """Central against federated for the same family and data: per (dataset, model, metric), each kind's best final
+    value on the test split, and federated minus central (a run measured on the clients' validation rows is left
+    out: its rows are not the central run's)."""
+    best: dict[tuple[str, str, str], dict[str, float]] = {}
+    for r in rows:
+        if r.value is None or r.measured_on != TEST:
+            continue
+        lower = r.metric in LOWER_IS_BETTER
+        kinds = best.setdefault((r.dataset, r.model, r.metric), {})
+        if r.kind not in kinds or (r.value < kinds[r.kind] if lower else r.value > kinds[r.kind]):
+            kinds[r.kind] = r.value
+    out = []
+    for (dataset, model, metric), kinds in sorted(best.items()):
+        central, fed = kinds.get("central"), kinds.get("federated")
+        gap = None if central is None or fed is None else fed - central
+        out.append({"dataset": dataset, "family": model, "metric": metric, "central": central, "federated": fed,
+                    "automl": kinds.get("automl"), "federated - central": gap})  # fmt: skip
+    return out
+
+
+def family_table(rows: Sequence[RunRow]) -> Any:
+    """A rich table of :func:`family_rows`: each family's central and federated result side by side."""
+    from rich.table import Table
+
+    table = Table(title="central vs federated, per family and data set (best run of each kind, test split)")
+    cols = ("dataset", "family", "metric", "central", "federated", "automl", "federated - central")
+    for col in cols:
+        table.add_column(col, justify="left" if col in cols[:3] else "right")
+    for row in family_rows(rows):
+        table.add_row(*(f"{v:+.4f}" if k == cols[-1] and v is not None else "-" if v is None else
+                        f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in row.items()))  # fmt: skip
+    return table
+
+
 def sort_rows(rows: Sequence[RunRow]) -> list[RunRow]:
     """Grouped by dataset, best value first (runs without a value last; lower first for an error or a loss)."""
 

@@ -197,7 +197,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     """Print the comparison table and write the plot."""
     from pathlib import Path
 
-    from uaap.compare import collect_runs, compare_plot, compare_table
+    from uaap.compare import collect_runs, compare_plot, compare_table, family_rows, family_table
 
     console = _console()
     kinds = tuple(k.strip() for k in args.kind.split(",") if k.strip())
@@ -210,6 +210,8 @@ def run_compare_command(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     console.print(compare_table(rows, args.metric))
+    if any(r["federated - central"] is not None for r in family_rows(rows)):
+        console.print(family_table(rows))
     out = compare_plot(rows, Path(args.out) if args.out else None, metric=args.metric)
     console.print(f"plot: {out}")
     return 0
