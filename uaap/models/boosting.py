@@ -103,7 +103,7 @@ class BoostSettings:
     @property
     def max_nodes(self) -> int:
         """Nodes a tree of ``max_depth`` can have."""
-        return 2 ** (self.max_depth + 1) - 1
+        return int(2 ** (self.max_depth + 1)) - 1
 
     def max_bytes(self, trees: int) -> int:
         """The largest JSON a booster of ``trees`` trees of this depth can need."""
@@ -251,7 +251,7 @@ def check_booster(
     if len(raw) > settings.max_bytes(trees):
         raise BoosterError(f"the booster is {len(raw)} bytes; {trees} trees of depth {settings.max_depth} need less")
     try:
-        doc = json.loads(raw, parse_constant=_no_constant)
+        doc: dict[str, Any] = json.loads(raw, parse_constant=_no_constant)
         learner = doc["learner"]
         param = learner["learner_model_param"]
         objective = learner["objective"]["name"]
