@@ -44,12 +44,22 @@ from server.forest import grows_trees, initial_forest, save_forest
 from strategies import build_strategy, sort_replies
 from strategies.wrapper import BudgetGate, RoundReporter, Stateful, innermost, is_encrypted, layers
 from uaap import workspace
+from uaap.anomaly import threshold_meta
 from uaap.config import RunConfig
 from uaap.data import Dataset, describe, federated, target_meta
 from uaap.errors import RunFailedError, UaapError
 from uaap.models import build_model, family, from_record, get_weights, to_record
 from uaap.privacy.utility import hopeless_noise_warning, model_size
-from uaap.protocol import CONFIG, NUM_EXAMPLES, PREPROCESSOR, RUN_CONFIG, RUN_END, RUN_END_REASON, RUN_END_RUN
+from uaap.protocol import (
+    CONFIG,
+    NUM_EXAMPLES,
+    PREPROCESSOR,
+    RUN_CONFIG,
+    RUN_END,
+    RUN_END_REASON,
+    RUN_END_RUN,
+    THRESHOLD,
+)
 from uaap.training import evaluate
 
 if TYPE_CHECKING:
@@ -122,9 +132,10 @@ def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> An
         return evaluator(cfg, test)
     model = build_model(cfg.model, test.n_features, test.n_classes, test.image_shape)
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        set_weights(model, from_record(arrays))
-        return MetricRecord({**evaluate(model, test), NUM_EXAMPLES: len(test.y)})
+    def evaluate_fn(server_round: int, arrays: ArrayRecord, threshold: float | None = None) -> MetricRecord:
+        set_weights(model, from_record(arrays))  # anomaly: the round's threshold, chosen on the clients' validation
+        metrics = evaluate(model, test, threshold=threshold, anomaly_quantile=cfg.anomaly_quantile)
+        return MetricRecord({**metrics, NUM_EXAMPLES: len(test.y)})
 
     return evaluate_fn
 
@@ -323,7 +334,7 @@ def _federate(
             n_features=meta.n_features,
             n_classes=meta.n_classes,
             image_shape=meta.image_shape,
-            extra={"run_id": rd.run_id, "dataset": cfg.dataset, **target_meta(meta)},
+            extra={"run_id": rd.run_id, "dataset": cfg.dataset, **target_meta(meta), **threshold_meta(rd, meta.task)},
         )
     rd.log_event("end", status=status, reason=reason, encrypted=encrypted)
     if tracker:
@@ -489,7 +500,8 @@ def _one_round(
         _warn_missing("evaluate", server_round, eval_msgs, eval_replies)
         entry.evaluate = _metrics(strategy.aggregate_evaluate(server_round, eval_replies))
     if evaluate_fn is not None:
-        entry.central = _metrics(evaluate_fn(server_round, arrays))
+        chosen = {"threshold": entry.evaluate[THRESHOLD]} if THRESHOLD in entry.evaluate else {}
+        entry.central = _metrics(evaluate_fn(server_round, arrays, **chosen))
     for layer in layers(strategy):
         if isinstance(layer, RoundReporter):
             entry.privacy |= layer.round_report(server_round)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ import numpy as np
 
 from uaap.config import RunConfig
 from uaap.errors import ConfigError
+from uaap.metrics import DEFAULT_ANOMALY_QUANTILE
 from uaap.models.registry import SERVER_OPTIMIZERS
 
 if TYPE_CHECKING:
@@ -62,7 +64,7 @@ def build_strategy(
         "min_train_nodes": cfg.min_clients,
         "min_evaluate_nodes": min(cfg.min_clients, 1 if cfg.fraction_evaluate == 0 else cfg.min_clients),
         "min_available_nodes": cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
-        "evaluate_metrics_aggr_fn": summed_metrics,
+        "evaluate_metrics_aggr_fn": functools.partial(summed_metrics, anomaly_quantile=cfg.anomaly_quantile),
     }
     sampled = max(int((num_nodes or cfg.num_clients) * cfg.fraction_train), cfg.min_clients)
     inner = flower_strategy(cfg, common, sampled)
@@ -119,15 +121,19 @@ def flower_strategy(cfg: RunConfig, common: dict[str, Any], sampled: int) -> Str
     return build[cfg.strategy]()
 
 
-def summed_metrics(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Flower's ``evaluate_metrics_aggr_fn``: sum the replies' counts, then compute the metrics once."""
+def summed_metrics(
+    contents: list[RecordDict], weighted_by_key: str, *, anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE
+) -> MetricRecord:
+    """Flower's ``evaluate_metrics_aggr_fn``: sum the replies' counts, then compute the metrics once (anomaly
+    detection: the threshold is ``anomaly_quantile`` of the summed normal error histogram)."""
     from flwr.app import MetricRecord
 
     from uaap.metrics import metrics_from_counts, sum_counts
     from uaap.protocol import NUM_EXAMPLES
 
     total = sum_counts(dict(next(iter(c.metric_records.values()))) for c in contents)
-    return MetricRecord({**metrics_from_counts(total), NUM_EXAMPLES: int(total[NUM_EXAMPLES])})
+    metrics = metrics_from_counts(total, anomaly_quantile=anomaly_quantile)
+    return MetricRecord({**metrics, NUM_EXAMPLES: int(total[NUM_EXAMPLES])})
 
 
 def wrap_privacy(cfg: RunConfig, strategy: Strategy, *, rng: np.random.Generator | None = None) -> Strategy:

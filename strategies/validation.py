@@ -6,7 +6,8 @@ round expects, from the server's own model and configuration, never from another
 
 * records: exactly ``arrays`` (training only), ``metrics`` and optionally ``client-info``;
 * evaluation counts: a confusion matrix of the server's model's classes (and AUC histograms that count the same
-  rows), or, for regression, sums that real rows can produce (:func:`check_regression_counts`);
+  rows), or, for regression, sums that real rows can produce (:func:`check_regression_counts`), or, for anomaly
+  detection, error histograms of the fixed bins that count the reply's rows (:func:`check_anomaly_counts`);
 * metrics: exactly the keys this run's clients send (:func:`train_rules`, :func:`evaluate_rules`), each of
   its type and in its range; ``num-examples`` and ``he-weight`` at most ``max_num_examples`` (a client cannot
   outweigh the federation by its claim), ``he-weight`` equal to the record's own total weight, and 1 under
@@ -37,7 +38,7 @@ from flwr.serverapp.strategy import Strategy
 from strategies.stragglers import DropStragglers
 from strategies.wrapper import StrategyWrapper, find_layer
 from uaap import crypto
-from uaap.metrics import AUC_BINS
+from uaap.metrics import AUC_BINS, ERROR_BINS, bin_upper_edge
 from uaap.protocol import (
     ARRAYS,
     CLIENT_INFO,
@@ -47,6 +48,9 @@ from uaap.protocol import (
     DP_SIGMA,
     DP_STEPS,
     DP_TOTAL_STEPS,
+    ERROR_HIST_ANOMALY,
+    ERROR_HIST_NORMAL,
+    ERROR_SUM,
     HE_WEIGHT,
     LOSS_SUM,
     METRICS,
@@ -127,6 +131,8 @@ def evaluate_rules(max_num_examples: int, task: str = "classification") -> dict[
     Regression replies carry only scalars (``uaap.metrics.regression_counts``): all of them are here.
     """
     n = Rule(whole=True, low=1, high=max_num_examples)
+    if task == "anomaly":  # the histograms beside these: check_anomaly_counts
+        return {NUM_EXAMPLES: n, ERROR_SUM: Rule(low=0.0)}
     if task == "regression":
         return {NUM_EXAMPLES: n, Y_SUM: Rule(), Y2_SUM: Rule(low=0.0), SSE: Rule(low=0.0), SAE: Rule(low=0.0)}
     return {NUM_EXAMPLES: n, LOSS_SUM: Rule(low=0.0)}
@@ -139,6 +145,9 @@ def check_counts(metrics: Mapping[str, Any], n_classes: int | None, task: str = 
     """
     if task == "regression":
         check_regression_counts(metrics)
+        return
+    if task == "anomaly":
+        check_anomaly_counts(metrics)
         return
     n = int(metrics[NUM_EXAMPLES])
     confusion = _counts(metrics[CONFUSION], CONFUSION)
@@ -192,6 +201,40 @@ def check_regression_counts(metrics: Mapping[str, Any]) -> None:
             f"{SAE}={sae:g} and {SSE}={sse:g} over {n} rows are inconsistent: real errors give "
             f"sqrt(SSE) <= SAE <= sqrt(n * SSE)"
         )
+
+
+def check_anomaly_counts(metrics: Mapping[str, Any]) -> None:
+    """Anomaly sums that ``n`` real rows could have produced (``uaap.metrics.anomaly_counts``).
+
+    Both error histograms have exactly :data:`ERROR_BINS` whole, non-negative entries and together count the
+    reply's ``num-examples``; ``error-sum`` is finite and lies between the sums of the rows' bin edges (each row's
+    error is at least its bin's lower edge and below its upper one), so a reply whose sum does not fit the bins its
+    rows claim is rejected.
+    """
+    try:
+        n = as_int(metrics.get(NUM_EXAMPLES), NUM_EXAMPLES)
+        total = as_float(metrics.get(ERROR_SUM), ERROR_SUM)
+    except ValueError as exc:
+        raise InvalidReply(str(exc)) from None
+    normal = _counts(metrics.get(ERROR_HIST_NORMAL), ERROR_HIST_NORMAL)
+    anomaly = _counts(metrics.get(ERROR_HIST_ANOMALY), ERROR_HIST_ANOMALY)
+    if len(normal) != ERROR_BINS or len(anomaly) != ERROR_BINS:
+        raise InvalidReply(f"error histograms have {len(normal)}/{len(anomaly)} bins; expected {ERROR_BINS}")
+    if sum(normal) + sum(anomaly) != n:
+        raise InvalidReply(f"error histograms count {sum(normal) + sum(anomaly)} rows; {NUM_EXAMPLES} says {n}")
+    if total < 0:
+        raise InvalidReply(f"{ERROR_SUM}={total:g}: squared errors cannot sum below 0")
+    rows = np.asarray(normal, dtype=np.float64) + np.asarray(anomaly, dtype=np.float64)
+    floor = float((rows * _LOWER_EDGES).sum())
+    ceiling = math.inf if rows[-1] else float((rows[:-1] * _UPPER_EDGES[:-1]).sum())  # the last bin has no top
+    if not floor * (1 - SUM_TOLERANCE) <= total <= ceiling * (1 + SUM_TOLERANCE):
+        raise InvalidReply(
+            f"{ERROR_SUM}={total:g} is outside [{floor:g}, {ceiling:g}], what rows in the histograms' bins sum to"
+        )
+
+
+_UPPER_EDGES = np.array([bin_upper_edge(i) for i in range(ERROR_BINS)])  # the last is infinite
+_LOWER_EDGES = np.concatenate(([0.0], _UPPER_EDGES[:-1]))  # the first bin also holds every smaller error
 
 
 def _counts(value: object, key: str) -> list[int]:
@@ -320,6 +363,15 @@ class ValidateReplies(StrategyWrapper):
         if self.task == "regression":  # scalars only: exactly the regression sums, then their consistency
             _check_metrics(metrics, self.eval_rules, {})
             check_counts(metrics, self.n_classes, self.task)
+            return
+        if self.task == "anomaly":  # the two error histograms beside exactly the anomaly scalars
+            hists = {ERROR_HIST_NORMAL, ERROR_HIST_ANOMALY}
+            unexpected = sorted(k[:40] for k in set(metrics.keys()) - set(self.eval_rules) - hists)[:10]
+            missing = sorted(hists - set(metrics.keys()))
+            if unexpected or missing:
+                raise InvalidReply(f"metrics missing {missing}, unexpected {unexpected}")
+            _check_metrics({k: v for k, v in metrics.items() if k not in hists}, self.eval_rules, {})
+            check_anomaly_counts(metrics)
             return
         scalars = {k: v for k, v in metrics.items() if k not in COUNT_KEYS}
         unexpected = sorted(k[:40] for k in set(metrics.keys()) - set(self.eval_rules) - COUNT_KEYS)[:10]

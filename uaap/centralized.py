@@ -15,9 +15,10 @@ import numpy as np
 
 from uaap import workspace
 from uaap.config import RunConfig
-from uaap.data import Split, load_split, target_meta
+from uaap.data import Dataset, Split, load_split, local_split, normal_rows, target_meta
 from uaap.errors import ConfigError
 from uaap.models import build_model, family, get_weights, set_weights
+from uaap.protocol import THRESHOLD
 from uaap.threads import torch_threads
 from uaap.training import TrainConfig, evaluate, local_train
 
@@ -68,19 +69,25 @@ def train_central(
 
     if family(cfg.model).capabilities.federated != "weights":  # not a torch network: a fitted estimator
         return _fit_estimator(cfg, split, rd, tracker, workers)
+    validation = None
+    if split.train.task == "anomaly":  # train on normal rows; the threshold comes from a validation part, not the test
+        inner = local_split(split.train, cfg.seed)
+        split, validation = Split(normal_rows(inner.train), split.test), inner.test
+    assess = _assessor(cfg, split.test, validation)
     try:
         if workers > 0:
             from uaap.raytrain import train_on_ray
 
             weights = train_on_ray(cfg, split, epochs=epochs, workers=workers, address=ray_address, report=report)
         else:
-            weights = _train_in_process(cfg, split, epochs, report, rd)
+            weights = _train_in_process(cfg, split, epochs, report, rd, assess)
     except BaseException:
         tracker.finish("FAILED")
         raise
     model = build_model(cfg.model, split.train.n_features, split.train.n_classes, split.train.image_shape)
     set_weights(model, weights)
-    final = evaluate(model, split.test)
+    final = assess(model)
+    chosen = {THRESHOLD: final[THRESHOLD]} if validation is not None else {}
     workspace.save_model(
         rd.model_file,
         cfg.model,
@@ -88,7 +95,7 @@ def train_central(
         n_features=split.train.n_features,
         n_classes=split.train.n_classes,
         image_shape=split.train.image_shape,
-        extra={"run_id": rd.run_id, "dataset": cfg.dataset, **target_meta(split.train)},
+        extra={"run_id": rd.run_id, "dataset": cfg.dataset, **target_meta(split.train), **chosen},
     )
     rd.log_event("end", status="completed", central=final)
     tracker.log_artifact(str(rd.model_file))
@@ -97,12 +104,25 @@ def train_central(
     return CentralResult(rd, final)
 
 
+def _assessor(cfg: RunConfig, test: Dataset, validation: Dataset | None) -> Callable[[Any], dict[str, float]]:
+    """The test metrics of a model; anomaly detection flags test rows above the threshold chosen on ``validation``."""
+
+    def assess(model: Any) -> dict[str, float]:
+        if validation is None:
+            return evaluate(model, test)
+        threshold = evaluate(model, validation, anomaly_quantile=cfg.anomaly_quantile)[THRESHOLD]
+        return evaluate(model, test, threshold=threshold)
+
+    return assess
+
+
 def _train_in_process(
     cfg: RunConfig,
     split: Split,
     epochs: int,
     report: Callable[[int, dict[str, float]], None],
     rd: workspace.RunDir,
+    assess: Callable[[Any], dict[str, float]],
 ) -> list[np.ndarray]:
     model = build_model(
         cfg.model, split.train.n_features, split.train.n_classes, split.train.image_shape, seed=cfg.seed
@@ -115,7 +135,7 @@ def _train_in_process(
             model,
             split.train,
             tcfg,
-            on_epoch=lambda epoch, loss: report(epoch + 1, {"train_loss": loss, **evaluate(model, split.test)}),
+            on_epoch=lambda epoch, loss: report(epoch + 1, {"train_loss": loss, **assess(model)}),
         )
     return get_weights(model)
 

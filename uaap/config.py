@@ -39,7 +39,7 @@ from uaap.models.registry import (
 from uaap.models.registry import names as model_names
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "csv")
-TASKS = ("auto", "classification", "regression")
+TASKS = ("auto", "classification", "regression", "anomaly")
 IMPUTE = ("median", "mean", "constant", "ffill", "knn", "iterative")
 OUTLIERS = ("clip-iqr", "clip-z", "none")
 ENCODINGS = ("onehot", "ordinal", "hashing")
@@ -125,7 +125,8 @@ class RunConfig(BaseModel):
         "auto",
         "what the model predicts: auto infers it from the target (numbers with many distinct values: regression, "
         "MSE loss, one output, metrics MSE/RMSE/MAE/R2; text or few distinct values: classification), or force "
-        "classification or regression",
+        "classification or regression; anomaly (model=autoencoder) takes a two-class target whose rarer class is "
+        "the anomaly",
         group="data",
         scope=ANY,
         choices=TASKS,
@@ -245,6 +246,11 @@ class RunConfig(BaseModel):
     tree_min_samples_leaf: int = _setting(
         5, "rows every leaf describes at least (model=random_forest; no leaf speaks of fewer of a client's rows)",
         group="model", scope=ANY, ge=1,
+    )  # fmt: skip
+    anomaly_quantile: float = _setting(
+        0.95, "task=anomaly: the threshold is this quantile of the normal validation rows' reconstruction errors "
+        "(summed histograms when federated), so about 1 - q of normal rows are flagged",
+        group="model", scope=ANY, gt=0.5, le=1.0,
     )  # fmt: skip
     # ---- training -------------------------------------------------------------------------------
     local_epochs: int = _setting(5, "epochs each client trains per round", group="training", ge=1)

@@ -24,6 +24,14 @@ SAE / n and R2 = 1 - SSE / SST with SST = y2-sum - y-sum^2 / n are computed once
 the pooled values up to float64 rounding (scikit-learn's ``r2_score`` is the reference in the tests).
 :func:`metrics_from_counts` tells the two kinds apart by their keys.
 
+Anomaly detection (an autoencoder's reconstruction error per row, :func:`anomaly_counts`) sends ``num-examples``,
+``error-sum`` and two histograms of the errors over :data:`ERROR_BINS` fixed bins of log10(error) (``error-hist-normal``
+for rows labelled normal, ``error-hist-anomaly`` for anomalies). :func:`anomaly_from_counts` takes the threshold
+from the summed normal histogram: the upper edge of the bin holding the ``q`` quantile (the ceil(q n)-th smallest
+normal error), so the threshold is a bin edge, lies within one bin above the pooled quantile, and the flags
+(error > threshold) of every row follow from the histograms exactly: precision, recall, F1 and accuracy of the flag
+equal the pooled ones, ROC AUC of the error has the same half-bin bound as above.
+
 What a server learns from these sums: each client's validation confusion matrix, hence its validation label
 counts (regression: its validation rows' target mean and spread, and its model's error); the README's threat
 model says so.
@@ -40,6 +48,10 @@ from uaap.protocol import (
     ACCURACY,
     AUC,
     CONFUSION,
+    ERROR_HIST_ANOMALY,
+    ERROR_HIST_NORMAL,
+    ERROR_SUM,
+    F1,
     F1_MACRO,
     F1_WEIGHTED,
     LOSS,
@@ -47,14 +59,17 @@ from uaap.protocol import (
     MAE,
     MSE,
     NUM_EXAMPLES,
+    PRECISION,
     PRECISION_MACRO,
     R2,
+    RECALL,
     RECALL_MACRO,
     RMSE,
     SAE,
     SCORE_HIST_NEG,
     SCORE_HIST_POS,
     SSE,
+    THRESHOLD,
     Y2_SUM,
     Y_SUM,
 )
@@ -67,7 +82,12 @@ AUC_ERROR = "auc-error-bound"
 EPS = 1e-12
 REGRESSION_KEYS = (NUM_EXAMPLES, Y_SUM, Y2_SUM, SSE, SAE)
 # The number a person looks at first, per task (tables, plots, `uaap compare`): higher is better for both.
-HEADLINE = {"classification": ACCURACY, "regression": R2}
+HEADLINE = {"classification": ACCURACY, "regression": R2, "anomaly": AUC}
+# Anomaly scores (reconstruction errors) are binned over log10(error) in [ERROR_LOG_LOW, ERROR_LOG_HIGH]: 2000 bins of
+# 0.005 decades (1.2% apart); errors outside land in the first or last bin.
+ERROR_BINS = 2000
+ERROR_LOG_LOW, ERROR_LOG_HIGH = -6.0, 4.0
+DEFAULT_ANOMALY_QUANTILE = 0.95
 
 
 def classification_counts(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
@@ -135,6 +155,91 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray, center: float = 0.0) -> 
     return regression_from_counts(regression_counts(y, pred, center))
 
 
+def error_bins(errors: np.ndarray) -> np.ndarray:
+    """The fixed bin (0..ERROR_BINS-1) of each reconstruction error: equal widths of log10(error)."""
+    logs = np.log10(np.maximum(np.asarray(errors, dtype=np.float64), 1e-300))
+    width = (ERROR_LOG_HIGH - ERROR_LOG_LOW) / ERROR_BINS
+    return np.clip(np.floor((logs - ERROR_LOG_LOW) / width), 0, ERROR_BINS - 1).astype(np.int64)
+
+
+def bin_upper_edge(index: int) -> float:
+    """The error at the top of bin ``index`` (infinite for the last bin, which holds every larger error)."""
+    if index >= ERROR_BINS - 1:
+        return float("inf")
+    return float(10.0 ** (ERROR_LOG_LOW + (index + 1) * (ERROR_LOG_HIGH - ERROR_LOG_LOW) / ERROR_BINS))
+
+
+def anomaly_counts(y: np.ndarray, errors: np.ndarray) -> dict[str, Any]:
+    """The summable statistics of reconstruction ``errors`` for anomaly labels ``y`` (1: anomaly, 0: normal)."""
+    y = np.asarray(y, dtype=np.int64).reshape(-1)
+    errors = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if y.shape != errors.shape:
+        raise ValueError(f"{len(errors)} reconstruction errors for {len(y)} labels")
+    bins = error_bins(errors)
+    return {
+        NUM_EXAMPLES: len(y),
+        ERROR_SUM: float(errors.sum()),
+        ERROR_HIST_NORMAL: [int(v) for v in np.bincount(bins[y == 0], minlength=ERROR_BINS)],
+        ERROR_HIST_ANOMALY: [int(v) for v in np.bincount(bins[y == 1], minlength=ERROR_BINS)],
+    }
+
+
+def threshold_bin(normal_hist: np.ndarray, quantile: float) -> int:
+    """The bin holding the ``quantile`` of the normal rows' errors: that of the ceil(q n)-th smallest error."""
+    n = int(np.asarray(normal_hist).sum())
+    if n == 0:
+        raise ValueError(
+            "no validation row is labelled normal (0): the anomaly threshold is a quantile of normal rows' "
+            "reconstruction errors; give the validation split normal rows"
+        )
+    rank = max(1, int(np.ceil(quantile * n - 1e-9)))
+    return int(np.searchsorted(np.cumsum(normal_hist), rank, side="left"))
+
+
+def anomaly_from_counts(
+    counts: Mapping[str, Any], quantile: float = DEFAULT_ANOMALY_QUANTILE, threshold: float | None = None
+) -> dict[str, float]:
+    """Threshold, loss (mean reconstruction error), accuracy, precision, recall, F1 and ROC AUC of the anomaly flag.
+
+    The threshold is ``threshold`` when given (a bin edge chosen on validation data, e.g. a saved model's), else
+    chosen here from the normal rows' summed histogram at ``quantile``. A row is flagged when its error exceeds it.
+    """
+    n = float(counts[NUM_EXAMPLES])
+    normal = np.asarray(counts[ERROR_HIST_NORMAL], dtype=np.float64)
+    anomaly = np.asarray(counts[ERROR_HIST_ANOMALY], dtype=np.float64)
+    if n <= 0 or len(normal) != ERROR_BINS or len(anomaly) != ERROR_BINS:
+        raise ValueError(f"anomaly counts of {n:g} rows with {len(normal)}/{len(anomaly)} bins; expected {ERROR_BINS}")
+    if threshold is None:
+        top = threshold_bin(normal, quantile)
+    else:  # the last bin whose upper edge is at or below the threshold: rows in higher bins exceed it
+        edges = np.array([bin_upper_edge(i) for i in range(ERROR_BINS)])
+        top = int(np.searchsorted(edges, threshold * (1 + 1e-9), side="right")) - 1
+    tp, fp = anomaly[top + 1 :].sum(), normal[top + 1 :].sum()
+    fn, tn = anomaly.sum() - tp, normal.sum() - fp
+    out = {
+        THRESHOLD: bin_upper_edge(top) if threshold is None else float(threshold),
+        LOSS: float(counts[ERROR_SUM]) / n,
+        ACCURACY: float((tp + tn) / n),
+        PRECISION: float(tp / (tp + fp)) if tp + fp > 0 else 0.0,
+        RECALL: float(tp / (tp + fn)) if tp + fn > 0 else 0.0,
+        F1: float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn > 0 else 0.0,
+    }
+    auc = histogram_auc(anomaly, normal)
+    if auc is not None:
+        out[AUC], out[AUC_ERROR] = auc
+    return out
+
+
+def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float] | None:
+    """ROC AUC from score histograms of the positive and negative rows, and its bound (None without both kinds)."""
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    pairs = pos.sum() * neg.sum()
+    if pairs <= 0:
+        return None
+    below = np.concatenate(([0.0], np.cumsum(neg)[:-1]))  # negatives in lower bins
+    return float(((pos * below).sum() + 0.5 * (pos * neg).sum()) / pairs), float(0.5 * (pos * neg).sum() / pairs)
+
+
 def headline(metrics: Mapping[str, float]) -> tuple[str, float | None]:
     """The metric a person reads first in ``metrics``: accuracy (classification) or R2 (regression)."""
     name = R2 if R2 in metrics and ACCURACY not in metrics else ACCURACY
@@ -158,13 +263,18 @@ def sum_counts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def metrics_from_counts(counts: Mapping[str, Any]) -> dict[str, float]:
+def metrics_from_counts(
+    counts: Mapping[str, Any], *, anomaly_quantile: float = DEFAULT_ANOMALY_QUANTILE, threshold: float | None = None
+) -> dict[str, float]:
     """Loss, accuracy, macro/weighted F1, macro precision and recall, and (two classes) ROC AUC from the sums.
 
-    Regression sums (no confusion matrix, an ``sq-error-sum``) give :func:`regression_from_counts` instead.
+    Regression sums (no confusion matrix, an ``sq-error-sum``) give :func:`regression_from_counts` instead, anomaly
+    sums (error histograms) :func:`anomaly_from_counts` with ``anomaly_quantile`` or a given ``threshold``.
     """
     if CONFUSION not in counts and SSE in counts:
         return regression_from_counts(counts)
+    if ERROR_HIST_NORMAL in counts:
+        return anomaly_from_counts(counts, anomaly_quantile, threshold)
     n = float(counts[NUM_EXAMPLES])
     confusion = np.asarray(counts[CONFUSION], dtype=np.float64)
     k = int(round(np.sqrt(confusion.size)))
@@ -185,11 +295,7 @@ def metrics_from_counts(counts: Mapping[str, Any]) -> dict[str, float]:
         RECALL_MACRO: float(recall.mean()),
     }
     if SCORE_HIST_POS in counts and SCORE_HIST_NEG in counts:
-        pos = np.asarray(counts[SCORE_HIST_POS], dtype=np.float64)
-        neg = np.asarray(counts[SCORE_HIST_NEG], dtype=np.float64)
-        pairs = pos.sum() * neg.sum()
-        if pairs > 0:
-            below = np.concatenate(([0.0], np.cumsum(neg)[:-1]))  # negatives in lower bins
-            out[AUC] = float(((pos * below).sum() + 0.5 * (pos * neg).sum()) / pairs)
-            out[AUC_ERROR] = float(0.5 * (pos * neg).sum() / pairs)
+        auc = histogram_auc(counts[SCORE_HIST_POS], counts[SCORE_HIST_NEG])
+        if auc is not None:
+            out[AUC], out[AUC_ERROR] = auc
     return out

@@ -70,6 +70,14 @@ MSE: Final = "mse"
 RMSE: Final = "rmse"
 MAE: Final = "mae"
 R2: Final = "r2"
+# anomaly detection: histograms of the rows' reconstruction errors over fixed log bins (uaap.metrics), per label
+ERROR_SUM: Final = "error-sum"  # sum of the rows' reconstruction errors (the loss's numerator)
+ERROR_HIST_NORMAL: Final = "error-hist-normal"  # rows labelled normal (0): their quantile is the threshold
+ERROR_HIST_ANOMALY: Final = "error-hist-anomaly"  # rows labelled anomalous (1)
+THRESHOLD: Final = "threshold"  # the reconstruction error above which a row is flagged
+PRECISION: Final = "precision"  # of the anomaly flag
+RECALL: Final = "recall"
+F1: Final = "f1"
 # example-level DP-SGD: this round's release, as the client reports it (uaap.privacy.dpsgd.client_report)
 DP_SIGMA: Final = "dp-sigma"
 DP_Q: Final = "dp-q"

@@ -8,6 +8,11 @@ gradients, which would silently drop a loss-side term. One code path serves both
 Classification trains with cross-entropy on the labels; regression (``Dataset.task``) with MSE on the targets
 standardised by the Dataset's ``target_mean``/``target_std``, so the same learning rates work for any target
 unit. :func:`predict` maps the model's output back, and every metric is in the target's own units.
+
+Anomaly detection (``task="anomaly"``, an autoencoder) trains on the MSE of the reconstruction against the input
+(the targets are the rows themselves) in the same loop, so FedProx, DP-SGD and its accountant apply unchanged; a
+row's score is its reconstruction error (:func:`reconstruction_errors`), flagged above a threshold chosen on
+validation data (:mod:`uaap.metrics`).
 """
 
 from __future__ import annotations
@@ -93,7 +98,10 @@ class DPOptimizerLike(Protocol):
 
 
 def training_targets(data: Dataset) -> np.ndarray:
-    """What the loss compares the model's output with: labels, or standardised targets of shape (n, 1)."""
+    """What the loss compares the model's output with: labels, standardised targets of shape (n, 1), or (anomaly
+    detection) the rows themselves."""
+    if data.task == "anomaly":
+        return data.X
     if not data.regression:
         return data.y
     return ((np.asarray(data.y, dtype=np.float64) - data.target_mean) / data.target_std).astype(np.float32)[:, None]
@@ -122,9 +130,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def criterion_for(model: nn.Module, data: Dataset) -> nn.Module:
-    """The training loss: MSE for regression, the multi-class hinge loss for an SVM, else cross-entropy."""
+    """The training loss: MSE for regression and for an autoencoder's reconstruction, the multi-class hinge loss
+    for an SVM, else cross-entropy."""
     import torch
 
+    if getattr(model, "uaap_loss", "") == "reconstruction" or data.task == "anomaly":
+        if getattr(model, "uaap_loss", "") != "reconstruction" or data.task != "anomaly":
+            raise ConfigError(
+                f"task={data.task!r} with a {getattr(model, 'uaap_loss', '') or 'label'}-trained model: anomaly "
+                "detection is model=autoencoder with task=anomaly, both or neither"
+            )
+        return torch.nn.MSELoss()
     if data.regression:
         return torch.nn.MSELoss()
     if getattr(model, "uaap_loss", "") == "hinge":
@@ -247,8 +263,29 @@ def predict_values(model: nn.Module, X: np.ndarray, mean: float, std: float, bat
     return out * std + mean
 
 
+def reconstruction_errors(model: nn.Module, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Each row's anomaly score: the mean squared error of an autoencoder's reconstruction (float64)."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(X[start : start + batch_size]))
+            outs.append(((model(xb) - xb.flatten(1)) ** 2).mean(dim=1).numpy())
+    return np.concatenate(outs).astype(np.float64) if outs else np.zeros(0)
+
+
+def flag_anomalies(model: nn.Module, X: np.ndarray, threshold: float) -> np.ndarray:
+    """1 for the rows whose reconstruction error exceeds ``threshold`` (a saved model's ``threshold``), else 0."""
+    return (reconstruction_errors(model, X) > threshold).astype(np.int64)
+
+
 def predict(model: nn.Module, data: Dataset) -> np.ndarray:
-    """What ``model`` says about ``data``'s rows: class probabilities, or targets in their own units."""
+    """What ``model`` says about ``data``'s rows: class probabilities, targets in their own units, or (anomaly
+    detection) reconstruction errors."""
+    if data.task == "anomaly":
+        return reconstruction_errors(model, data.X)
     if data.regression:
         return predict_values(model, data.X, data.target_mean, data.target_std)
     return predict_proba(model, data.X)
@@ -265,17 +302,26 @@ def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]
     return metrics_from_counts(classification_counts(y, proba))
 
 
-def evaluate(model: nn.Module, data: Dataset) -> dict[str, float]:
-    """Metrics of ``model`` on ``data`` (see :func:`classification_metrics`; regression: MSE, RMSE, MAE, R2)."""
-    from uaap.metrics import metrics_from_counts
+def evaluate(
+    model: nn.Module, data: Dataset, *, threshold: float | None = None, anomaly_quantile: float | None = None
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``data`` (see :func:`classification_metrics`; regression: MSE, RMSE, MAE, R2).
 
-    return metrics_from_counts(evaluate_counts(model, data))
+    Anomaly detection flags rows above ``threshold`` (chosen on validation data), else above the
+    ``anomaly_quantile`` of ``data``'s own normal rows' errors (a threshold chosen on the rows evaluated).
+    """
+    from uaap.metrics import DEFAULT_ANOMALY_QUANTILE, metrics_from_counts
+
+    q = DEFAULT_ANOMALY_QUANTILE if anomaly_quantile is None else anomaly_quantile
+    return metrics_from_counts(evaluate_counts(model, data), anomaly_quantile=q, threshold=threshold)
 
 
 def evaluate_counts(model: nn.Module, data: Dataset) -> dict[str, Any]:
     """The summable counts behind :func:`evaluate` (what a client sends instead of its own ratios)."""
-    from uaap.metrics import classification_counts, regression_counts
+    from uaap.metrics import anomaly_counts, classification_counts, regression_counts
 
+    if data.task == "anomaly":
+        return anomaly_counts(data.y, reconstruction_errors(model, data.X))
     if data.regression:
         return regression_counts(data.y, predict(model, data), center=data.target_mean)
     return classification_counts(data.y, predict_proba(model, data.X))

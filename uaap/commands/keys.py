@@ -74,6 +74,7 @@ def decrypt_model(run_id: str, secret_context: str | Path) -> Path:
     from flwr.app import Array, ArrayRecord
 
     from uaap import crypto, workspace
+    from uaap.anomaly import threshold_meta
     from uaap.data import describe, target_meta
     from uaap.errors import KeyMaterialError, WorkspaceError
     from uaap.models.summed import rounds_of
@@ -116,5 +117,6 @@ def decrypt_model(run_id: str, secret_context: str | Path) -> Path:
             "decrypted_from_round": ckpt.round,
             "he_fingerprint": hctx.fingerprint,
             **target_meta(meta),
+            **threshold_meta(rd, meta.task),  # anomaly: chosen in the clear from the clients' summed histograms
         },
     )

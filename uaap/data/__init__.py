@@ -57,6 +57,7 @@ __all__ = [  # the package's public names, those of uaap.data.core re-exported
     "federated",
     "friedman",
     "infer_task",
+    "anomaly_labels",
     "load_bundled",
     "load_config_table",
     "load_data",
@@ -66,6 +67,7 @@ __all__ = [  # the package's public names, those of uaap.data.core re-exported
     "MAX_FLOAT_CLASSES",
     "MAX_INT_CLASSES",
     "MIN_PARTITION_SIZE",
+    "normal_rows",
     "partition_indices",
     "quantile_bins",
     "QUANTILE_BINS",
@@ -252,12 +254,45 @@ def scale(split: Split, dataset: str) -> Split:
     return Split(apply(split.train), apply(split.test))
 
 
+def anomaly_labels(data: Dataset) -> Dataset:
+    """A two-class data set as an anomaly task: the rarer class becomes label 1 (anomaly), the other 0 (normal)."""
+    if data.task != "classification" or data.n_classes != 2:
+        raise DataError(
+            f"task='anomaly' needs a two-class target (normal and anomalous rows); {data.name!r} is "
+            f"{'a regression data set' if data.regression else f'{data.n_classes} classes'}: use breast_cancer "
+            "(malignant rows are the anomalies)"
+        )
+    counts = np.bincount(np.asarray(data.y, dtype=np.int64), minlength=2)
+    rare = int(np.argmin(counts))  # a tie: class 0 is the anomaly
+    return replace(data, y=(data.y == rare).astype(np.int64), task="anomaly")
+
+
+def normal_rows(data: Dataset) -> Dataset:
+    """What an anomaly detector trains on: the rows labelled normal (0); other tasks' data unchanged.
+
+    The label is known, so the autoencoder learns what normal looks like from normal rows only (novelty
+    detection); validation and test splits keep every row, so the threshold and the metrics see anomalies too.
+    """
+    return data.subset(np.flatnonzero(data.y == 0)) if data.task == "anomaly" else data
+
+
+def _check_anomaly_source(cfg: RunConfig) -> None:
+    if cfg.task == "anomaly" and cfg.dataset not in BUNDLED:
+        raise DataError(
+            f"task='anomaly' runs on a bundled two-class data set (breast_cancer), not dataset={cfg.dataset!r} "
+            "yet: an anomaly label in your own table is not supported"
+        )
+
+
 def load_data(cfg: RunConfig) -> Dataset:
     """The configured (non-synthetic) dataset, unscaled, of the task the run asks for."""
+    _check_anomaly_source(cfg)
     if cfg.dataset == "csv":
         return load_config_table(cfg)
     if cfg.dataset in BUNDLED:
         data = load_bundled(cfg.dataset)
+        if cfg.task == "anomaly":
+            return anomaly_labels(data)
         if cfg.task not in ("auto", data.task):
             raise DataError(
                 f"task={cfg.task!r} does not fit dataset={cfg.dataset!r}, a {data.task} data set: use --task "
@@ -277,6 +312,7 @@ def load_split(cfg: RunConfig, preprocessor: str = "") -> Split:
     Your table (``dataset=csv``) goes through the preprocessing pipeline: ``preprocessor`` (a fitted plan as
     JSON, e.g. the federation's) or one fitted on the train rows.
     """
+    _check_anomaly_source(cfg)
     if cfg.dataset == "csv":
         from uaap.data.tables import table_split
 
@@ -292,6 +328,7 @@ def federated(cfg: RunConfig, num_partitions: int, preprocessor: str = "") -> tu
     split into raw rows per client, then preprocessed by ``preprocessor`` (the plan the federation fitted, as
     JSON) or, without one, by the plan these clients' rows give (:func:`uaap.data.tables.fit`: the same).
     """
+    _check_anomaly_source(cfg)
     if cfg.dataset == "csv":
         from uaap.data.tables import federated_split
 
@@ -313,7 +350,7 @@ def federated(cfg: RunConfig, num_partitions: int, preprocessor: str = "") -> tu
         seed=cfg.seed,
     )
     clients = tuple(local_split(split.train.subset(idx), cfg.seed + i) for i, idx in enumerate(indices))
-    return clients, split.test
+    return tuple(Split(normal_rows(c.train), c.test) for c in clients), split.test  # anomaly: train on normal rows
 
 
 def _concat(parts: list[Dataset]) -> Dataset:

@@ -15,7 +15,7 @@ from uaap.errors import DataError
 if TYPE_CHECKING:
     import pandas as pd
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "anomaly")
 MIN_PARTITION_SIZE = 4
 QUANTILE_BINS = 10  # regression targets are cut into this many equal-count bins to stratify and skew splits
 # A numeric target is regression when it has more distinct values than this (floats) or ...

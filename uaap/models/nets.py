@@ -70,8 +70,38 @@ def _cnn(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | No
     )
 
 
+def _autoencoder(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
+    """An autoencoder for anomaly detection: rows squeezed through a bottleneck of a quarter of the features
+    (2 to 16) and rebuilt; a row it rebuilds badly (high mean squared error) is unlike the normal training rows.
+
+    Its output is the reconstruction (``n_features`` wide, whatever ``n_classes`` says); it trains on the MSE of
+    output against input (``uaap_loss``), images included (rows are flattened).
+    """
+    from torch import nn
+
+    hidden, code = min(64, max(8, n_features)), min(16, max(2, n_features // 4))
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(n_features, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, code),
+        nn.ReLU(),
+        nn.Linear(code, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, n_features),
+    )
+    net.uaap_loss = "reconstruction"  # type: ignore[assignment]  # read by uaap.training.criterion_for
+    return net
+
+
 ModelFactory = Callable[[int, int, "tuple[int, int, int] | None"], "nn.Module"]
-MODELS: dict[str, ModelFactory] = {"logreg": _logreg, "svm": _svm, "mlp": _mlp, "cnn": _cnn}
+MODELS: dict[str, ModelFactory] = {
+    "logreg": _logreg,
+    "svm": _svm,
+    "mlp": _mlp,
+    "cnn": _cnn,
+    "autoencoder": _autoencoder,
+}
 
 
 def build_model(

@@ -64,9 +64,9 @@ class ModelFamily:
     capabilities: Capabilities
 
 
-def _torch(name: str, summary: str, tasks: tuple[str, ...]) -> ModelFamily:
+def _torch(name: str, summary: str, tasks: tuple[str, ...], export: tuple[str, ...] = EDGE_FORMATS) -> ModelFamily:
     caps = Capabilities(
-        tasks, federated="weights", strategies=WEIGHT_STRATEGIES, secure_aggregation=True, dp=True, export=EDGE_FORMATS
+        tasks, federated="weights", strategies=WEIGHT_STRATEGIES, secure_aggregation=True, dp=True, export=export
     )
     return ModelFamily(name, summary, caps)
 
@@ -93,6 +93,13 @@ FAMILIES: dict[str, ModelFamily] = {
         ),  # fmt: skip
         _torch("mlp", "feed-forward network, two hidden layers of 64", ("classification", "regression")),
         _torch("cnn", "convolutional network for images of any shape (channels x height x width)", ("classification",)),
+        _torch(
+            "autoencoder",
+            "autoencoder for anomaly detection (--task anomaly): trained on normal rows, a row is flagged when its "
+            "reconstruction error exceeds a quantile (anomaly-quantile) of the normal validation rows' errors",
+            ("anomaly",),
+            export=("onnx",),
+        ),
         ModelFamily(
             "xgboost",
             "gradient-boosted trees (XGBoost): each round the clients add trees, appended together (bagging) or "
@@ -159,10 +166,15 @@ def check_combination(
     too) or "any" (the run config alone, which does not know yet where it will run).
     """
     caps = family(model).capabilities
-    if task in ("classification", "regression") and task not in caps.tasks:
+    if task in ("classification", "regression", "anomaly") and task not in caps.tasks:
         able = [f.name for f in FAMILIES.values() if task in f.capabilities.tasks]
         raise ConfigError(
             f"model={model!r} does not do {task}; it does {', '.join(caps.tasks)}. For {task}: {', '.join(able)}"
+        )
+    if caps.tasks == ("anomaly",) and task != "anomaly":
+        raise ConfigError(
+            f"model={model!r} detects anomalies only, not task={task!r}: pass --task anomaly with a two-class "
+            "data set (the rarer class is the anomaly, e.g. breast_cancer's malignant rows)"
         )
     if secure_aggregation != "none" and not caps.secure_aggregation:
         able = [f.name for f in FAMILIES.values() if f.capabilities.secure_aggregation]
