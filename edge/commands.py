@@ -100,7 +100,11 @@ def run_export(args: argparse.Namespace) -> int:
     for r in results:
         if r.status == "ok":
             par = r.manifest["parity"]
-            if par.get("task") == "regression":
+            if par.get("task") == "anomaly":  # score parity relative to the threshold, flags' accuracy
+                agree = f"flags {par['flag_agreement']:.2%}"
+                change = f"{par['accuracy_source']:.4f} -> {par['accuracy_export']:.4f}"
+                whole = f"{par['accuracy_source_full_heldout']:.4f}" if "accuracy_source_full_heldout" in par else "-"
+            elif par.get("task") == "regression":
                 full = par.get("metrics_source_full_heldout", {})
                 agree = f"{par['max_abs_diff_relative']:.2e}"
                 change = f"{par['metrics_source']['r2']:.4f} -> {par['metrics_export']['r2']:.4f}"

@@ -2,8 +2,10 @@
 
 Every graph takes ``input`` (float32, ``[batch, n_features]``) and gives ``probabilities``
 (``[batch, n_classes]``); tree converters also give a ``label`` output. A regression model gives
-``prediction`` (``[batch, 1]``, in the target's units) instead. Compression: ``fp16``
-(weights and math in float16, float32 I/O) and ``int8`` (onnxruntime dynamic quantization of weights).
+``prediction`` (``[batch, 1]``, in the target's units) instead, an autoencoder ``anomaly_score`` (``[batch, 1]``,
+each row's mean squared reconstruction error; a row is an anomaly above the model's saved ``threshold``).
+Compression: ``fp16`` (weights and math in float16, float32 I/O) and ``int8`` (onnxruntime dynamic quantization
+of weights).
 
 Exporter choice: both torch exporters are exact on our models (max abs diff ~2e-7). We use the
 TorchScript ("legacy") exporter first: our registry models are static ``nn.Sequential`` stacks with no
@@ -54,7 +56,12 @@ def _torch(source: Source, path: Path) -> None:
     from torch import nn
 
     out = source.output_name
-    wrapped = source.model.eval() if source.regression else nn.Sequential(source.model, nn.Softmax(dim=1)).eval()
+    if source.task == "anomaly":  # the graph computes the anomaly score itself: mean squared reconstruction error
+        wrapped = reconstruction_error_module(source.model).eval()
+    elif source.regression:
+        wrapped = source.model.eval()
+    else:
+        wrapped = nn.Sequential(source.model, nn.Softmax(dim=1)).eval()
     sample = torch.from_numpy(np.ascontiguousarray(source.heldout.X[:2], dtype=np.float32))
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
@@ -87,6 +94,22 @@ def _torch(source: Source, path: Path) -> None:
             verbose=False,
         )
     program.save(str(path), external_data=False)
+
+
+def reconstruction_error_module(model: Any) -> Any:
+    """``model`` (an autoencoder) wrapped to output each row's mean squared reconstruction error, shape (batch, 1)."""
+    import torch
+    from torch import nn
+
+    class _Error(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return ((self.inner(x) - x.flatten(1)) ** 2).mean(dim=1, keepdim=True)
+
+    return _Error(model)
 
 
 def _estimator(source: Source, path: Path) -> None:
@@ -247,10 +270,11 @@ def _quantize(path: Path, mode: str) -> None:
 
 
 def predict(path: Path, X: np.ndarray) -> np.ndarray:
-    """Probabilities (or a regression model's predictions, as one column) from onnxruntime (CPU) for rows ``X``."""
+    """Probabilities (or a regression model's predictions, or an autoencoder's anomaly scores, as one column) from
+    onnxruntime (CPU) for rows ``X``."""
     sess = session(path)
     names = [o.name for o in sess.get_outputs()]
-    name = "probabilities" if "probabilities" in names else "prediction"
+    name = next((n for n in ("probabilities", "anomaly_score") if n in names), "prediction")
     out = sess.run([name], {"input": np.ascontiguousarray(X, dtype=np.float32)})[0]
     return np.asarray(out, dtype=np.float64).reshape(len(X), -1)
 

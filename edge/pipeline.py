@@ -121,7 +121,9 @@ def export_one(
         extra = _write(fmt, source, staging, work, quantize)
         X, y = source.heldout.X, source.heldout.y
         exported = verify.run(fmt, staging, X, source.n_classes, work)
-        if source.regression:
+        if source.task == "anomaly":  # an autoencoder's score and flags above its saved threshold
+            result = verify.parity_anomaly(source.predict_proba(X), exported, y, float(source.meta["threshold"]))
+        elif source.regression:
             result = verify.parity_regression(source.predict_proba(X), exported, y, source.target_scale)
         else:
             result = verify.parity(source.predict_proba(X), exported, y)
@@ -186,6 +188,12 @@ def _size(folder: Path) -> int:
 
 
 def _write(fmt: str, source: Source, staging: Path, work: Path, quantize: str | None) -> dict[str, Any]:
+    if source.task == "anomaly" and (fmt != "onnx" or quantize):
+        raise NotApplicable(
+            f"an anomaly detector (model {source.family!r}) exports to fp32 onnx only, not {fmt}"
+            + (f" --quantize {quantize}" if quantize else "")
+            + "; use --to onnx without --quantize"
+        )
     if fmt == "onnx":
         from edge import onnx_export
 
@@ -268,6 +276,16 @@ def _manifest(
 
 
 def _output(source: Source, labels: list[Any] | None) -> dict[str, Any]:
+    if source.task == "anomaly":
+        return {
+            "name": "anomaly_score",
+            "dtype": "float32",
+            "shape": [None, 1],
+            "task": "anomaly",
+            "units": "mean squared reconstruction error of the (scaled) row",
+            "threshold": source.meta.get("threshold"),
+            "note": "a row is an anomaly when anomaly_score > threshold (chosen on validation rows)",
+        }
     if source.regression:
         return {
             "name": "prediction",

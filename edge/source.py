@@ -61,7 +61,10 @@ class Source:
 
     @property
     def output_name(self) -> str:
-        """The exported graphs' output: ``probabilities``, or ``prediction`` for regression."""
+        """The exported graphs' output: ``probabilities``, ``prediction`` for regression, or ``anomaly_score`` (each
+        row's reconstruction error; flag it above ``meta["threshold"]``) for anomaly detection."""
+        if self.task == "anomaly":
+            return "anomaly_score"
         return "prediction" if self.regression else "probabilities"
 
     @property
@@ -86,6 +89,9 @@ class Source:
         source = self if model is None else replace(self, model=model)
         if not len(data.y):
             return 0.0
+        if self.task == "anomaly":  # the flags above the saved threshold against the anomaly labels
+            flags = source.predict_proba(data.X)[:, 0] > float(self.meta["threshold"])
+            return float(np.mean(flags == (data.y == 1)))
         if self.regression:
             from uaap.metrics import regression_metrics
 
@@ -119,6 +125,10 @@ class Source:
         """Reference class probabilities (float64) from the source framework; for regression the predictions
         in the target's units, as one column."""
         X = np.ascontiguousarray(X, dtype=np.float32)
+        if self.task == "anomaly":  # an autoencoder's anomaly score: the reconstruction error, as one column
+            from uaap.training import reconstruction_errors
+
+            return reconstruction_errors(self.model, X)[:, None]
         if self.regression:
             if self.kind == "torch":
                 from uaap.training import predict_values
@@ -224,12 +234,13 @@ def load_source(
             f"held-out rows have {full.n_features} features but the model takes {n_features}; "
             "pass --data/--target with the columns the model was trained on"
         )
-    idx = representative_rows(full.y, rows, seed, task=task)
+    by = "classification" if task == "anomaly" else task  # anomaly labels: stratified like two classes
+    idx = representative_rows(full.y, rows, seed, task=by)
     how = "spread over the target's range" if task == "regression" else "stratified by class"
     sample = {
         "seed": seed,
         "method": "all held-out rows" if len(idx) == len(full.y) else f"seeded random sample, {how}",
-        **describe(full.y, idx, task=task, n_classes=n_classes),
+        **describe(full.y, idx, task=by, n_classes=n_classes),
     }
     out_dir = (run_folder / "exports") if run_folder is not None else path.parent / f"{path.stem}-exports"
     return Source(

@@ -63,10 +63,38 @@ def parity_regression(reference: np.ndarray, exported: np.ndarray, y: np.ndarray
     }
 
 
+def parity_anomaly(reference: np.ndarray, exported: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Max abs difference of two anomaly scores (reconstruction errors), absolute and relative to ``threshold``
+    (the model's saved one), agreement of the flags (score > threshold) and both flags' accuracy on labels ``y``."""
+    reference = np.asarray(reference, dtype=np.float64).reshape(len(y), -1)
+    exported = np.asarray(exported, dtype=np.float64)
+    if exported.shape != reference.shape:
+        raise ExportError(f"export returned anomaly scores of shape {exported.shape}; expected {reference.shape}")
+    diff = float(np.abs(reference - exported).max()) if len(y) else 0.0
+    ref_flag, exp_flag = reference[:, 0] > threshold, exported[:, 0] > threshold
+    ref_acc, exp_acc = (float(np.mean(f == (y == 1))) if len(y) else 0.0 for f in (ref_flag, exp_flag))
+    return {
+        "rows": int(len(y)),
+        "task": "anomaly",
+        "threshold": threshold,
+        "max_abs_diff": diff,
+        "max_abs_diff_relative": diff / threshold if threshold > 0 else diff,
+        "flag_agreement": float(np.mean(ref_flag == exp_flag)) if len(y) else 1.0,
+        "accuracy_source": ref_acc,
+        "accuracy_export": exp_acc,
+        "accuracy_change": exp_acc - ref_acc,
+    }
+
+
 def passes(result: dict[str, Any], quantized: bool) -> tuple[bool, str]:
     """Whether a parity result meets the bar for its precision, and the bar in words."""
     if result["rows"] == 0:
         return False, "no held-out rows to verify on"
+    if result.get("task") == "anomaly":  # scores within the regression bar (relative to the threshold), same flags
+        bar = QUANT_REGRESSION_TOLERANCE if quantized else REGRESSION_TOLERANCE
+        agree = QUANT_AGREEMENT if quantized else 1.0
+        ok = result["max_abs_diff_relative"] <= bar and result["flag_agreement"] >= agree
+        return ok, f"max abs diff <= {bar:g} x the threshold and {agree:.0%} flag agreement"
     if result.get("task") == "regression":
         bar = QUANT_REGRESSION_TOLERANCE if quantized else REGRESSION_TOLERANCE
         return result["max_abs_diff_relative"] <= bar, f"max abs diff <= {bar:g} x the target's std"
