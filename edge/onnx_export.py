@@ -116,11 +116,15 @@ def _estimator(source: Source, path: Path) -> None:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
+    if source.family == "catboost":
+        _catboost(source, path)
+        return
     if source.family == "federated_forest":
         _federated_forest(source, path)
         return
     _register_xgboost()
-    est = source.model
+    _register_lightgbm()
+    est = _library_estimator(source.model)
     try:
         onx = convert_sklearn(
             est,
@@ -165,6 +169,52 @@ def _federated_forest(source: Source, path: Path) -> None:
     graph.output.append(out)
     _rename_output(onx, source.output_name)
     path.write_bytes(onx.SerializeToString())
+
+
+def _library_estimator(est: Any) -> Any:
+    """``est`` as the library class it extends (skl2onnx finds converters by exact type, so a subclass that only
+    adds methods, such as ``evaluate``, is converted as its base: same fitted attributes)."""
+    cls = next((c for c in type(est).__mro__ if not c.__module__.startswith("uaap.")), type(est))
+    if cls is type(est) or cls is object:
+        return est
+    plain = cls.__new__(cls)
+    plain.__dict__.update(est.__dict__)
+    return plain
+
+
+def _catboost(source: Source, path: Path) -> None:
+    """CatBoost's own ONNX-ML export, renamed to our interface: ``input`` in, ``probabilities`` as a
+    ``[batch, n_classes]`` tensor (its ZipMap removed) or ``prediction`` ``[batch, 1]`` out."""
+    import onnx
+    from catboost.utils import convert_to_onnx_object
+    from onnx import TensorProto, helper
+
+    try:
+        model = convert_to_onnx_object(source.model)
+    except Exception as exc:  # CatBoostError: categorical features, an unfitted model
+        raise ExportError(f"CatBoost cannot export this model to ONNX: {exc}") from exc
+    graph = model.graph
+    rename = {graph.input[0].name: "input"}
+    if source.regression:
+        rename[graph.output[0].name] = "prediction"
+        outputs = [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, [None, 1])]
+    else:
+        zipmap = next(n for n in graph.node if n.op_type == "ZipMap")
+        rename[zipmap.input[0]] = "probabilities"
+        graph.node.remove(zipmap)
+        outputs = [
+            helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, source.n_classes]),
+        ]
+    for node in graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, source.n_features]))
+    del graph.output[:]
+    graph.output.extend(outputs)
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
 
 
 def _rename_output(model: Any, name: str) -> None:
@@ -238,6 +288,41 @@ def _register_xgboost() -> None:
         XGBRegressor, "XGBoostXGBRegressor", calculate_linear_regressor_output_shapes, convert_xgboost
     )
     _REGISTERED = True
+
+
+_LIGHTGBM_REGISTERED = False
+
+
+def _register_lightgbm() -> None:
+    """onnxmltools' LightGBM converter for skl2onnx (LightGBM's scikit-learn estimators)."""
+    global _LIGHTGBM_REGISTERED
+    if _LIGHTGBM_REGISTERED:
+        return
+    try:
+        from lightgbm import LGBMClassifier, LGBMRegressor
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+        from skl2onnx import update_registered_converter
+        from skl2onnx.common.shape_calculator import (
+            calculate_linear_classifier_output_shapes,
+            calculate_linear_regressor_output_shapes,
+        )
+    except ImportError:
+        return
+    update_registered_converter(
+        LGBMClassifier,
+        "LightGbmLGBMClassifier",
+        calculate_linear_classifier_output_shapes,
+        convert_lightgbm,
+        options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )
+    update_registered_converter(
+        LGBMRegressor,
+        "LightGbmLGBMRegressor",
+        calculate_linear_regressor_output_shapes,
+        convert_lightgbm,
+        options={"split": None},
+    )
+    _LIGHTGBM_REGISTERED = True
 
 
 def _quantize(path: Path, mode: str) -> None:

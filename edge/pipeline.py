@@ -218,6 +218,11 @@ def _write(fmt: str, source: Source, staging: Path, work: Path, quantize: str | 
             raise NotApplicable(f"C export is float32 only; --quantize {quantize} applies to onnx, tflite and coreml")
         what = "one prediction (the target's units)" if source.regression else f"{source.n_classes} class probabilities"
         note = f"UAAP {source.family}: {source.n_features} features -> {what}"
+        if source.family not in trees.C_TREE_FAMILIES + layers.NEURAL_FAMILIES:
+            raise NotApplicable(
+                f"C export is written for neural, linear and scikit-learn/XGBoost tree models, not {source.family!r}; "
+                "export it to onnx"
+            )
         if source.family in trees.TREE_FAMILIES and source.regression:
             raise NotApplicable(f"C export of {source.family!r} regressors is not written yet; export them to onnx")
         if source.family in trees.C_TREE_FAMILIES:

@@ -39,7 +39,8 @@ class Source:
     """A model to export plus everything the exporters and verifiers need to know about it."""
 
     kind: str  # "torch" or "estimator"
-    family: str  # logreg | mlp | cnn | logistic_regression | decision_tree | random_forest | extra_trees | xgboost
+    family: str  # logreg | mlp | cnn | logistic_regression | decision_tree | random_forest | extra_trees | xgboost |
+    # lightgbm | catboost | kernel_svm
     model: Any
     meta: dict[str, Any]
     n_features: int
@@ -162,7 +163,16 @@ def estimator_family(estimator: Any) -> str:
         "FederatedForestClassifier": "federated_forest",
         "ExtraTreesClassifier": "extra_trees",
         "XGBClassifier": "xgboost",
+        "LGBMClassifier": "lightgbm",
+        "LGBMRegressor": "lightgbm",
+        "CatBoostClassifier": "catboost",
+        "CatBoostRegressor": "catboost",
+        "SVC": "kernel_svm",
+        "SVR": "kernel_svm",
     }
+    if name == "CalibratedClassifierCV":  # the kernel SVM classifier: an SVC with Platt scaling
+        name = type(getattr(estimator, "estimator", None)).__name__
+        return "kernel_svm" if name == "SVC" else f"calibrated_{families.get(name, name)}"
     return families.get(name, name)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from edge.errors import ExportError, NotApplicable
 from edge.layers import NEURAL_FAMILIES, network
 from edge.source import PARITY_SEED, Source
+from edge.trees import TREE_FAMILIES
 from uaap.sampling import representative_rows
 
 FILE = "model.tflite"
@@ -40,7 +41,11 @@ def keras_model(source: Source) -> Any:
     if source.family not in NEURAL_FAMILIES:
         raise NotApplicable(
             f"TFLite export supports neural and linear models ({', '.join(NEURAL_FAMILIES)}), not {source.family!r}: "
-            "TFLite has no tree-ensemble ops; export trees to onnx or c"
+            + (
+                "TFLite has no tree-ensemble ops; export trees to onnx or c"
+                if source.family in TREE_FAMILIES
+                else "TFLite has no tree-ensemble or kernel ops; export it to onnx"
+            )
         )
     _tf()
     import keras
@@ -85,8 +90,8 @@ def keras_model(source: Source) -> Any:
 
 def export(source: Source, folder: Path, quantize: str | None = None) -> list[Path]:
     """Write ``model.tflite`` (fp32, fp16 weights, or int8 with float I/O) into ``folder``."""
+    model = keras_model(source)  # first: a family TFLite cannot express is refused without importing TensorFlow
     tf = _tf()
-    model = keras_model(source)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     if quantize == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
