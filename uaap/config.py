@@ -51,6 +51,7 @@ STRAGGLER_POLICIES = ("auto", "drop", "partial")
 ATTACKS = ("sign-flip", "scaled", "noise")
 PARTITIONS = ("iid", "dirichlet", "pathological")
 OPTIMIZERS = ("sgd", "adam")
+SVM_KERNELS = ("rbf", "poly", "sigmoid", "linear")
 SECURE_AGGREGATION = ("none", "ckks")
 MODELS = model_names()  # uaap.models.registry: `uaap models` prints where each runs
 ACCOUNTANTS = ("rdp", "prv")
@@ -261,10 +262,25 @@ class RunConfig(BaseModel):
     xgb_local_rounds: int = _setting(
         1, "boosting rounds each client adds per federated round (model=xgboost)", group="training", ge=1, le=100
     )
-    xgb_max_depth: int = _setting(4, "depth of each tree (model=xgboost)", group="training", ge=1, le=12)
-    xgb_eta: float = _setting(
-        0.3, "shrinkage of each tree, XGBoost's learning rate (model=xgboost)", group="training", gt=0.0, le=1.0
+    xgb_max_depth: int = _setting(
+        4, "depth of each tree (model=xgboost, lightgbm, catboost)", group="training", scope=ANY, ge=1, le=12
     )
+    xgb_eta: float = _setting(
+        0.3, "shrinkage of each tree, the boosting learning rate (model=xgboost, lightgbm, catboost)",
+        group="training", scope=ANY, gt=0.0, le=1.0,
+    )  # fmt: skip
+    boost_rounds: int = _setting(
+        100, "boosting rounds uaap train grows (model=lightgbm, catboost: central only)", group="training",
+        scope=ANY, ge=1, le=5000,
+    )  # fmt: skip
+    svm_c: float = _setting(
+        1.0, "inverse regularisation C of the kernel SVM (model=kernel_svm)", group="training", scope=ANY, gt=0.0,
+        le=1e6,
+    )  # fmt: skip
+    svm_kernel: str = _setting(
+        "rbf", "kernel of the kernel SVM (model=kernel_svm; gamma 'scale')", group="training", scope=ANY,
+        choices=SVM_KERNELS,
+    )  # fmt: skip
     seed: int = _setting(42, "seed of data splits, model initialisation and sampling", group="training", scope=ANY)
     # ---- federation -----------------------------------------------------------------------------
     strategy: str = _setting(

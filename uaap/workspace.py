@@ -253,6 +253,16 @@ ESTIMATOR_FILE = "model.skops"
 LEGACY_ESTIMATOR_FILE = "model.joblib"  # pickle: loaded only with trust_pickle
 # What an estimator file may instantiate: skops rebuilds only these types, never an arbitrary callable.
 TRUSTED_MODULES = ("sklearn.", "xgboost.", "numpy.", "scipy.", "uaap.")
+# Types trusted one by one: LightGBM's and CatBoost's estimators rebuild their boosters from the library's own
+# model text / binary (their __setstate__), not from a pickle.
+TRUSTED_TYPES = (
+    "collections.OrderedDict",
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMClassifier",
+    "lightgbm.sklearn.LGBMRegressor",
+    "catboost.core.CatBoostClassifier",
+    "catboost.core.CatBoostRegressor",
+)
 
 
 def save_estimator(path: Path, estimator: Any, meta: dict[str, Any]) -> Path:
@@ -272,7 +282,8 @@ def save_estimator(path: Path, estimator: Any, meta: dict[str, Any]) -> Path:
 def load_estimator(path: Path, *, trust_pickle: bool = False) -> tuple[Any, dict[str, Any]]:
     """Inverse of :func:`save_estimator`: the estimator and its metadata.
 
-    A ``.skops`` file may hold only types from scikit-learn, XGBoost, NumPy, SciPy and UAAP; anything else is
+    A ``.skops`` file may hold only types from scikit-learn, XGBoost, NumPy, SciPy and UAAP (and the LightGBM and
+    CatBoost estimators of :data:`TRUSTED_TYPES`); anything else is
     refused before it is built. A ``.joblib`` file (written by UAAP before 0.2) is a pickle, which runs
     whatever code it holds when loaded: it is refused unless ``trust_pickle`` says the file is your own.
     """
@@ -297,10 +308,11 @@ def load_estimator(path: Path, *, trust_pickle: bool = False) -> tuple[Any, dict
             types = sio.get_untrusted_types(file=path)
         except Exception as exc:  # not a skops archive (zip) or a damaged one
             raise WorkspaceError(f"{path} is not a readable skops estimator file ({exc})") from exc
-        foreign = [t for t in types if not t.startswith(TRUSTED_MODULES)]
+        foreign = [t for t in types if not t.startswith(TRUSTED_MODULES) and t not in TRUSTED_TYPES]
         if foreign:
             raise WorkspaceError(
-                f"{path} would build types outside scikit-learn, XGBoost, NumPy, SciPy and UAAP: {foreign[:5]}; "
+                f"{path} would build types outside scikit-learn, XGBoost, LightGBM, CatBoost, NumPy, SciPy and UAAP: "
+                f"{foreign[:5]}; "
                 "refusing to load it (a crafted file can name any callable)"
             )
         payload = sio.load(path, trusted=types)

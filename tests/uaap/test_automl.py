@@ -274,6 +274,28 @@ def test_xgboost_winner_is_trained_on_ray_train_with_two_workers(ray_session):
     assert result.test_metrics["accuracy"] == pytest.approx(float(np.mean(pred == split.test.y)))
 
 
+@pytest.mark.slow
+def test_a_search_over_lightgbm_catboost_and_the_kernel_svm_scores_each_on_the_same_folds(ray_session):
+    """The central-only families in a real search: each family's default is a trial, and its score is what
+    scikit-learn's cross_val_score gives the same estimator on the same folds."""
+    from sklearn.model_selection import cross_val_score
+
+    from uaap.automl.search import AutoMLSettings, run_automl
+
+    families = ("lightgbm", "catboost", "kernel_svm")
+    settings = AutoMLSettings(search="random", scheduler="none", folds=2, families=families, num_trials=3)
+    result = run_automl(RunConfig(dataset="breast_cancer", seed=3), settings)
+    board = result.leaderboard
+    assert sorted(r["family"] for r in board) == sorted(families) and {r["status"] for r in board} == {"completed"}
+    assert set(result.defaults) == set(families) and result.test_metrics["accuracy"] > 0.9
+    split = load_split(RunConfig(dataset="breast_cancer", seed=3))
+    folds = make_folds(split.train.y, "stratified", 2, seed=3)
+    for row in board:
+        est = build_estimator(row["family"], row["params"], n_classes=2, seed=3)
+        scores = cross_val_score(est, split.train.X, split.train.y, cv=folds)
+        assert row["score"] == pytest.approx(float(np.mean(scores)), abs=1e-12)
+
+
 def test_a_winner_that_a_default_beats_on_the_held_out_split_is_reported():
     """As measured on breast_cancer with --time-budget 120: mlp won CV 0.9824 and scored 0.9737 on the held-out
     split, where the default logistic regression scored 0.9825."""

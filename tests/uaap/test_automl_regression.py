@@ -25,7 +25,9 @@ def test_regression_gets_its_own_families_metrics_and_defaults():
         check_metric("accuracy", 1)
     with pytest.raises(ConfigError, match="metric='r2' does not score a classification target"):
         check_metric("r2", 2)
-    assert task_families((), regression=True) == ("ridge", "random_forest", "xgboost", "mlp")
+    assert task_families((), regression=True) == (
+        "ridge", "random_forest", "xgboost", "lightgbm", "catboost", "kernel_svm", "mlp"
+    )  # fmt: skip
     with pytest.raises(ConfigError, match="'logreg' does not fit a regression target; choose from: ridge"):
         task_families(("logreg",), regression=True)
     with pytest.raises(ConfigError, match="'ridge' fits regression targets"):

@@ -35,7 +35,10 @@ COMMANDS = [
     "tune-federated",  # simulations/commands.py
 ]
 UPPER_FLOORS = {"server", "client", "strategies", "simulations", "edge", "serving"}
-HEAVY = ("ray", "flwr", "torch", "tensorflow", "mlflow", "tenseal", "opacus", "sklearn", "rich", "onnx")
+HEAVY = (
+    "ray", "flwr", "torch", "tensorflow", "mlflow", "tenseal", "opacus", "sklearn", "rich", "onnx", "lightgbm",
+    "catboost",
+)  # fmt: skip
 
 
 def _listed(help_text: str) -> list[str]:

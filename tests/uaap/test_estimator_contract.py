@@ -21,7 +21,7 @@ FAST = {
     "kmeans": {"n_clusters": 10},
     "pca": {"n_components": 5},
 }
-PENDING = {"autoencoder"}  # families whose estimator lands after their federated path (issue 13)
+PENDING = {"autoencoder", "lightgbm", "catboost", "kernel_svm"}  # estimator (evaluate) pending (issue 13)
 CASES = [
     pytest.param(
         name, task, marks=[pytest.mark.xfail(strict=True, reason="estimator pending")] if name in PENDING else []

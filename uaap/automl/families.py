@@ -2,9 +2,10 @@
 
 Every family builds a scikit-learn-compatible classifier (``fit`` / ``predict_proba``), or for a regression
 target (``n_classes`` 1) a regressor (``fit`` / ``predict``), so cross-validation, refitting and saving are one
-code path. Classification searches logreg, random_forest, xgboost and mlp; regression ridge (linear least
-squares with an L2 penalty), random_forest, xgboost and mlp. The torch MLP is the registry model
-(:mod:`uaap.models` ``'mlp'``) trained by :func:`uaap.training.local_train`, wrapped as an estimator.
+code path. Classification searches logreg, random_forest, xgboost, lightgbm, catboost, kernel_svm and mlp;
+regression ridge (linear least squares with an L2 penalty) and the same others. The kernel SVM's fit grows with
+the square of the rows: leave it out (--families) of a search over many thousands of rows. The torch MLP is the
+registry model (:mod:`uaap.models` ``'mlp'``) trained by :func:`uaap.training.local_train`, wrapped as an estimator.
 
 Search-space names are ``<family>__<param>`` so one conditional (define-by-run) space can hold all
 families without name clashes; :func:`family_params` strips the prefix again.
@@ -86,6 +87,38 @@ FAMILIES: dict[str, Family] = {
         grid={"n_estimators": (100, 300), "max_depth": (3, 6), "learning_rate": (0.05, 0.2)},
         defaults={"n_estimators": 100, "max_depth": 6, "learning_rate": 0.3, "subsample": 1.0},
     ),
+    "lightgbm": Family(
+        "lightgbm",
+        (
+            Param("n_estimators", "int", 50, 400, step=50),
+            Param("max_depth", "int", 2, 8),
+            Param("learning_rate", "float", 0.01, 0.5, log=True),
+            Param("min_child_samples", "int", 5, 50),
+            Param("reg_lambda", "float", 1e-3, 10.0, log=True),
+        ),
+        grid={"n_estimators": (100, 300), "max_depth": (3, 6), "learning_rate": (0.05, 0.2)},
+        defaults={"n_estimators": 100, "max_depth": 6, "learning_rate": 0.1, "min_child_samples": 20},
+    ),
+    "catboost": Family(
+        "catboost",
+        (
+            Param("n_estimators", "int", 50, 400, step=50),
+            Param("depth", "int", 2, 8),
+            Param("learning_rate", "float", 0.01, 0.5, log=True),
+            Param("l2_leaf_reg", "float", 1.0, 10.0, log=True),
+        ),
+        grid={"n_estimators": (100, 300), "depth": (4, 6), "learning_rate": (0.05, 0.2)},
+        defaults={"n_estimators": 100, "depth": 6, "learning_rate": 0.1, "l2_leaf_reg": 3.0},
+    ),
+    "kernel_svm": Family(
+        "kernel_svm",
+        (
+            Param("C", "float", 1e-2, 1e3, log=True),
+            Param("gamma", "float", 1e-4, 1.0, log=True),
+        ),
+        grid={"C": (0.3, 1.0, 3.0, 10.0, 30.0)},
+        defaults={"C": 1.0},  # gamma: scikit-learn's "scale" unless searched
+    ),
     "mlp": Family(
         "mlp",
         (
@@ -100,8 +133,8 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-CLASSIFICATION_FAMILIES = ("logreg", "random_forest", "xgboost", "mlp")
-REGRESSION_FAMILIES = ("ridge", "random_forest", "xgboost", "mlp")
+CLASSIFICATION_FAMILIES = ("logreg", "random_forest", "xgboost", "lightgbm", "catboost", "kernel_svm", "mlp")
+REGRESSION_FAMILIES = ("ridge", "random_forest", "xgboost", "lightgbm", "catboost", "kernel_svm", "mlp")
 
 
 def task_families(families: tuple[str, ...], regression: bool) -> tuple[str, ...]:
@@ -192,7 +225,9 @@ def family_defaults(families: tuple[str, ...], n_features: int, regression: bool
 
     Logistic regression and random forests take scikit-learn's own defaults (``max_features`` of sqrt(n) / n
     is what ``'sqrt'`` means), XGBoost its library defaults, the MLP the settings ``uaap train`` uses. For
-    regression: ``Ridge()`` and the regression forest's default of every feature per split.
+    regression: ``Ridge()`` and the regression forest's default of every feature per split. LightGBM and
+    CatBoost: their learning rate 0.1 and leaves, 100 trees (CatBoost's own 1000 cost ten times as much); the
+    kernel SVM: C 1 and scikit-learn's gamma "scale" (on standardised rows).
     """
     extra = ({"family": "logreg", "logreg__C": 0.1}, {"family": "ridge", "ridge__alpha": 10.0})
     return [c for c in warm_start_points(families, n_features, regression) if c not in extra]
@@ -226,6 +261,25 @@ def warm_start_points(families: tuple[str, ...], n_features: int, regression: bo
             "xgboost__subsample": 1.0,
             "xgboost__colsample_bytree": 1.0,
             "xgboost__reg_lambda": 1.0,
+        },
+        {
+            "family": "lightgbm",
+            "lightgbm__n_estimators": 100,
+            "lightgbm__max_depth": 5,  # 32 leaves: LightGBM's default is 31
+            "lightgbm__learning_rate": 0.1,
+            "lightgbm__min_child_samples": 20,
+        },
+        {
+            "family": "catboost",
+            "catboost__n_estimators": 100,
+            "catboost__depth": 6,
+            "catboost__learning_rate": 0.1,
+            "catboost__l2_leaf_reg": 3.0,
+        },
+        {  # gamma "scale" is 1 / (n_features x the features' variance), 1 / n_features on standardised rows
+            "family": "kernel_svm",
+            "kernel_svm__C": 1.0,
+            "kernel_svm__gamma": max(1e-4, min(1.0, 1.0 / n_features)),
         },
         {
             "family": "random_forest",
@@ -277,6 +331,8 @@ def build_estimator(family: str, params: Mapping[str, Any], *, n_classes: int, s
             random_state=seed,
             verbosity=0,
         )
+    if family in ("lightgbm", "catboost", "kernel_svm"):
+        return _central_family(family, values, seed, regression=False)
     if family == "mlp":
         return TorchMLPClassifier(
             epochs=int(values["epochs"]),
@@ -309,6 +365,8 @@ def _regressor(family: str, values: dict[str, Any], seed: int) -> Any:
         from xgboost import XGBRegressor
 
         return XGBRegressor(**values, tree_method="hist", n_jobs=1, random_state=seed, verbosity=0)
+    if family in ("lightgbm", "catboost", "kernel_svm"):
+        return _central_family(family, values, seed, regression=True)
     if family == "mlp":
         return TorchMLPRegressor(
             epochs=int(values["epochs"]),
@@ -317,8 +375,30 @@ def _regressor(family: str, values: dict[str, Any], seed: int) -> Any:
             optimizer=str(values["optimizer"]),
             seed=seed,
         )
-    raise ConfigError(f"model family {family!r} does not fit a regression target; choose from: ridge, "
-                      "random_forest, xgboost, mlp")  # fmt: skip
+    raise ConfigError(
+        f"model family {family!r} does not fit a regression target; choose from: {', '.join(REGRESSION_FAMILIES)}"
+    )
+
+
+def _central_family(family: str, values: dict[str, Any], seed: int, regression: bool) -> Any:
+    """LightGBM, CatBoost or a kernel SVM as :mod:`uaap.models.central` builds them, with the search's values on
+    top (one thread each: Tune runs trials side by side)."""
+    from uaap.models import central
+
+    if family == "kernel_svm":
+        gamma = values.get("gamma", "scale")
+        return central.kernel_svm(regression, C=float(values["C"]), kernel="rbf", gamma=gamma)
+    depth = int(values.get("max_depth", values.get("depth", 6)))
+    build = central.lightgbm if family == "lightgbm" else central.catboost
+    est = build(
+        regression,
+        n_estimators=int(values["n_estimators"]),
+        max_depth=depth,
+        learning_rate=float(values["learning_rate"]),
+        seed=seed,
+    )
+    rest = {k: v for k, v in values.items() if k not in ("n_estimators", "max_depth", "depth", "learning_rate")}
+    return est.set_params(**rest)
 
 
 def baseline_estimators(seed: int = 0, regression: bool = False) -> dict[str, Any]:

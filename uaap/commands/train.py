@@ -36,5 +36,7 @@ def run(args: argparse.Namespace) -> int:
             on_epoch=lambda epoch, m: progress.update(task, completed=epoch),
         )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    console.print(f"test: {metrics}\nmodel: {result.run_dir.model_file}")
+    rd = result.run_dir
+    estimator_file = rd.path / "model.skops"  # the estimator families (uaap.workspace.ESTIMATOR_FILE)
+    console.print(f"test: {metrics}\nmodel: {estimator_file if estimator_file.is_file() else rd.model_file}")
     return 0

@@ -39,6 +39,7 @@ SUM_STRATEGIES = ("fedstats",)
 BOOSTING_STRATEGIES = ("fedxgb-bagging", "fedxgb-cyclic")
 # Families grown as trees on each client and ensembled on the server (strategies.forest).
 TREE_STRATEGIES = ("fedtrees",)
+BOTH = ("classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,22 @@ FAMILIES: dict[str, ModelFamily] = {
                 strategies=TREE_STRATEGIES,
                 export=("onnx", "c"),
             ),  # fmt: skip
+        ),
+        ModelFamily(
+            "lightgbm",
+            "gradient-boosted trees (LightGBM), central only: boost-rounds trees of xgb-max-depth, shrinkage xgb-eta",
+            Capabilities(BOTH, export=("onnx",)),
+        ),
+        ModelFamily(
+            "catboost",
+            "gradient-boosted oblivious trees (CatBoost), central only: boost-rounds, xgb-max-depth, xgb-eta",
+            Capabilities(BOTH, export=("onnx",)),
+        ),
+        ModelFamily(
+            "kernel_svm",
+            "kernel support vector machine (scikit-learn SVC with Platt-scaled probabilities, SVR), central only: "
+            "svm-kernel, svm-c",
+            Capabilities(BOTH, export=("onnx",)),
         ),
         ModelFamily(
             "kmeans",
