@@ -141,7 +141,7 @@ def test_uaap_train_chooses_the_threshold_on_validation_rows_and_saves_it_with_t
     from uaap.data import load_split, local_split
     from uaap.training import reconstruction_errors
 
-    argv = ["train", "--dataset", "breast_cancer", "--model", "autoencoder", "--task", "anomaly", "--epochs", "20"]
+    argv = ["train", "--dataset", "breast_cancer", "--model", "autoencoder", "--task", "anomaly", "--epochs", "12"]
     assert main([*argv, "--optimizer", "adam", "--learning-rate", "0.005", "--experiment", "tests"]) == 0
     (run_id,) = workspace.list_runs()
     rd = workspace.existing_run(run_id)
