@@ -48,7 +48,9 @@ def train_trees(cfg: RunConfig, data: Split, pid: int, msg: Message) -> Message:
         seed=cfg.seed * 100_003 + server_round * 1_009 + pid,  # every client and round its own trees
     )
     own = forest.to_sklearn(grown, train.n_features, n_outputs)
-    metrics = {NUM_EXAMPLES: len(train.y), TRAIN_LOSS: _loss(own, train), STEPS: 0, STRAGGLER: 0}
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        NUM_EXAMPLES: len(train.y), TRAIN_LOSS: _loss(own, train), STEPS: 0, STRAGGLER: 0
+    }  # fmt: skip
     content = RecordDict(
         {
             ARRAYS: forest.to_record(grown),

@@ -98,7 +98,7 @@ def flower_strategy(cfg: RunConfig, common: dict[str, Any], sampled: int) -> Str
 
     eta = cfg.server_learning_rate
     f = cfg.byzantine_clients
-    optimiser = {"eta": eta} if eta > 0 else {}
+    optimiser: dict[str, Any] = {"eta": eta} if eta > 0 else {}
     build: dict[str, Any] = {
         "fedavg": lambda: fl.FedAvg(**common),
         "fedprox": lambda: fl.FedProx(proximal_mu=cfg.proximal_mu, **common),
@@ -118,7 +118,8 @@ def flower_strategy(cfg: RunConfig, common: dict[str, Any], sampled: int) -> Str
         raise ConfigError(
             f"strategy={cfg.strategy!r} is not a strategy over parameters; choose one of: {', '.join(build)}"
         )
-    return build[cfg.strategy]()
+    strategy: Strategy = build[cfg.strategy]()
+    return strategy
 
 
 def summed_metrics(

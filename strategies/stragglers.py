@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from strategies.wrapper import StrategyWrapper
-from uaap.protocol import STRAGGLER, STRAGGLERS_DROPPED
+from uaap.protocol import STRAGGLER, STRAGGLERS_DROPPED, as_int
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Message, MetricRecord
@@ -28,7 +28,9 @@ log = logging.getLogger("uaap.stragglers")
 
 def is_straggler(msg: Message) -> bool:
     """Whether a (validated) training reply says its client stopped early."""
-    return not msg.has_error() and any(int(rec.get(STRAGGLER, 0)) for rec in msg.content.metric_records.values())
+    return not msg.has_error() and any(
+        as_int(rec.get(STRAGGLER, 0), STRAGGLER) for rec in msg.content.metric_records.values()
+    )
 
 
 class DropStragglers(StrategyWrapper):

@@ -65,11 +65,11 @@ class RandomForestRegressor(Evaluates, ensemble.RandomForestRegressor):  # type:
     """scikit-learn's random forest regressor, with :meth:`Evaluates.evaluate`."""
 
 
-class XGBClassifier(Evaluates, xgboost.XGBClassifier):  # type: ignore[misc]
+class XGBClassifier(Evaluates, xgboost.XGBClassifier):
     """XGBoost's classifier, with :meth:`Evaluates.evaluate`."""
 
 
-class XGBRegressor(Evaluates, xgboost.XGBRegressor):  # type: ignore[misc]
+class XGBRegressor(Evaluates, xgboost.XGBRegressor):
     """XGBoost's regressor, with :meth:`Evaluates.evaluate`."""
 
 

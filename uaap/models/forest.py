@@ -237,7 +237,7 @@ class FederatedForestClassifier(ClassifierMixin, BaseEstimator):  # type: ignore
     @property
     def feature_importances_(self) -> np.ndarray:
         """Gain (mean decrease in Gini impurity) importances of the trees."""
-        return np.asarray(self.forest_.feature_importances_)
+        return np.asarray(self.forest_.feature_importances_, dtype=np.float64)
 
     def scores(self, X: Any) -> np.ndarray:
         """Unnormalised class scores: sum over trees of weight x leaf frequency."""
@@ -255,7 +255,8 @@ class FederatedForestClassifier(ClassifierMixin, BaseEstimator):  # type: ignore
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class."""
-        return np.asarray(self.classes_)[self.predict_proba(X).argmax(axis=1)]
+        classes: np.ndarray = np.asarray(self.classes_)
+        return np.asarray(classes[self.predict_proba(X).argmax(axis=1)])
 
     def evaluate(self, X: Any, y: Any) -> dict[str, float]:
         """The classification metrics (:mod:`uaap.metrics`) on rows ``X`` with labels ``y``."""
@@ -333,10 +334,11 @@ def local_forest(
 def predictions(model: object, data: Dataset) -> np.ndarray:
     """Class probabilities, or predicted targets, of a scikit-learn forest on ``data``'s rows."""
     X = np.asarray(data.X, dtype=np.float32)
-    return model.predict(X) if data.regression else model.predict_proba(X)  # type: ignore[attr-defined]
+    out = model.predict(X) if data.regression else model.predict_proba(X)  # type: ignore[attr-defined]
+    return np.asarray(out, dtype=np.float64)
 
 
-def evaluate_counts(model: object, data: Dataset) -> dict[str, object]:
+def evaluate_counts(model: object, data: Dataset) -> dict[str, Any]:
     """The summable evaluation counts of ``model`` on ``data`` (what the server adds up)."""
     from uaap.metrics import classification_counts, regression_counts
 

@@ -33,8 +33,10 @@ def _svm(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | No
     from torch import nn
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(n_features, n_classes))
-    net.uaap_loss = "hinge"  # read by uaap.training.criterion_for before Opacus wraps the model
-    net.uaap_weight_decay = SVM_WEIGHT_DECAY
+    # plain attributes (Module.__setattr__ is typed for tensors and modules only), read by uaap.training before
+    # Opacus wraps the model
+    object.__setattr__(net, "uaap_loss", "hinge")
+    object.__setattr__(net, "uaap_weight_decay", SVM_WEIGHT_DECAY)
     return net
 
 
