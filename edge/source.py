@@ -168,6 +168,7 @@ def estimator_family(estimator: Any) -> str:
         "CatBoostClassifier": "catboost",
         "CatBoostRegressor": "catboost",
         "SVC": "kernel_svm",
+        "KernelSVC": "kernel_svm",  # uaap.models.central: a Platt-calibrated SVC
         "SVR": "kernel_svm",
     }
     if name == "CalibratedClassifierCV":  # the kernel SVM classifier: an SVC with Platt scaling
