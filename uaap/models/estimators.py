@@ -106,6 +106,10 @@ def estimator(name: str, task: str = "classification", **params: Any) -> Any:
         from uaap.models.pca import FederatedPCA
 
         return FederatedPCA(**params)
+    if name in ("lightgbm", "catboost", "kernel_svm"):  # made on first use: their libraries are optional
+        from uaap.models import central
+
+        return central.estimator(name, task == "regression", **params)
     kind = "torch" if caps.federated == "weights" else name
     key = f"{kind}/{'regression' if task == 'regression' else 'classification'}"
     if key not in CLASSES:
