@@ -5,11 +5,12 @@ name, or a table with its preprocessing pipeline), and :func:`explore` maps them
 K-Means are the estimators a federation fits from summed statistics (:mod:`uaap.models.pca`,
 :mod:`uaap.models.kmeans`), here on pooled rows; DBSCAN, t-SNE and UMAP need every row at once, so they are
 central only. Clusters are drawn on the first two principal components. Points are coloured by cluster, else
-by the label column when there is one. UMAP needs ``umap-learn`` (not installed by default).
+by the label column when there is one. UMAP is umap-learn's (the ``explore`` extra).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from uaap.data import Dataset
 
 METHODS = ("pca", "tsne", "umap", "dbscan", "kmeans")
-UMAP_INSTALL = "pip install umap-learn"
+UMAP_INSTALL = "pip install 'uaap[explore]'"
 
 
 @dataclass(frozen=True)
@@ -128,14 +129,8 @@ def _explore(
             method, tsne.fit_transform(X), labels, by_label, {"kl_divergence": float(tsne.kl_divergence_)}
         )
     if method == "umap":
-        try:
-            import umap  # type: ignore[import-not-found,import-untyped,unused-ignore]
-        except ImportError:
-            raise ConfigError(
-                f"method='umap' needs umap-learn, which is not installed: run `{UMAP_INSTALL}`, or use --method tsne "
-                "(the same kind of map, in scikit-learn)"
-            ) from None
-        return Exploration(method, umap.UMAP(random_state=seed).fit_transform(X), labels, by_label)
+        reducer = _umap()(random_state=seed, n_jobs=1)
+        return Exploration(method, reducer.fit_transform(X), labels, by_label)
     if method == "kmeans":
         from uaap.models.kmeans import FederatedKMeans
 
@@ -198,3 +193,30 @@ def plot(result: Exploration, out: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _umap() -> Any:
+    """umap-learn's ``UMAP`` class, imported without TensorFlow.
+
+    umap-learn's package imports its ParametricUMAP, which imports TensorFlow when it is installed (the edge extra
+    installs it): 30 s and half a gigabyte on a busy 2-core machine for a class we never use. TensorFlow is
+    blocked for that one import (and only if nothing imported it before), so ParametricUMAP falls back to its stub.
+    """
+    import sys
+
+    blocked = "tensorflow" not in sys.modules
+    if blocked:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # None is how sys.modules blocks an import
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImportWarning)
+            import umap  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        raise ConfigError(
+            f"method='umap' needs umap-learn, which is not installed: run `{UMAP_INSTALL}`, or use --method tsne "
+            "(the same kind of map, in scikit-learn)"
+        ) from None
+    finally:
+        if blocked and sys.modules.get("tensorflow", 0) is None:
+            del sys.modules["tensorflow"]
+    return umap.UMAP
