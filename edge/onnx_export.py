@@ -135,6 +135,8 @@ def _estimator(source: Source, path: Path) -> None:
         )
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError for unknown models
         raise ExportError(f"skl2onnx cannot convert {type(est).__name__}: {exc}") from exc
+    if source.family == "lightgbm":
+        _lightgbm_thresholds(onx, est)
     _rename_output(onx, source.output_name)
     path.write_bytes(onx.SerializeToString())
 
@@ -180,6 +182,44 @@ def _library_estimator(est: Any) -> Any:
     plain = cls.__new__(cls)
     plain.__dict__.update(est.__dict__)
     return plain
+
+
+def _lightgbm_thresholds(model: Any, est: Any) -> None:
+    """Give each split of the converted trees the float32 threshold that decides as LightGBM does.
+
+    LightGBM splits on ``x <= t`` with a double ``t``; the converter stores ``float32(t)``, which rounds up past
+    ``t`` half the time, so a float32 ``x`` equal to the rounded value goes left in ONNX and right in LightGBM
+    (measured: diabetes, 100 trees of depth 4, one prediction off by 5.7). The largest float32 ``<= t`` gives
+    LightGBM's decision for every float32 ``x``. A split is matched to its double by feature and rounded value;
+    one that would match two different corrections (never seen) is left as converted.
+    """
+    corrected: dict[tuple[int, float], set[float]] = {}
+
+    def walk(node: dict[str, Any]) -> None:
+        if "split_index" not in node:
+            return
+        if node.get("decision_type") == "<=":
+            t = float(node["threshold"])
+            v = np.float32(t)
+            good = v if float(v) <= t else np.nextafter(v, np.float32(-np.inf))
+            corrected.setdefault((int(node["split_feature"]), float(v)), set()).add(float(good))
+        walk(node["left_child"])
+        walk(node["right_child"])
+
+    for tree in est.booster_.dump_model()["tree_info"]:
+        walk(tree["tree_structure"])
+    for node in model.graph.node:
+        if not node.op_type.startswith("TreeEnsemble"):
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        modes, features = attrs["nodes_modes"].strings, attrs["nodes_featureids"].ints
+        values = list(attrs["nodes_values"].floats)
+        for i, (mode, feature) in enumerate(zip(modes, features, strict=True)):
+            fix = corrected.get((int(feature), float(np.float32(values[i]))), set())
+            if mode == b"BRANCH_LEQ" and len(fix) == 1:
+                values[i] = next(iter(fix))
+        del attrs["nodes_values"].floats[:]
+        attrs["nodes_values"].floats.extend(values)
 
 
 def _catboost(source: Source, path: Path) -> None:
