@@ -92,7 +92,7 @@ def _autoencoder(n_features: int, n_classes: int, image_shape: tuple[int, int, i
         nn.ReLU(),
         nn.Linear(hidden, n_features),
     )
-    net.uaap_loss = "reconstruction"  # type: ignore[assignment]  # read by uaap.training.criterion_for
+    object.__setattr__(net, "uaap_loss", "reconstruction")  # read by uaap.training.criterion_for
     return net
 
 
