@@ -9,7 +9,7 @@ in XGBoost. The kernel SVM classifies with Platt-scaled probabilities: ``Calibra
 ensemble=False)``, what scikit-learn 1.9 puts in place of ``SVC(probability=True)``.
 
 lightgbm and catboost are optional (``pip install 'uaap[lightgbm,catboost]'``) and imported only here, inside
-the builders. The estimators are the libraries' classes with :class:`uaap.models.estimators.Evaluates` mixed in,
+the builders. The estimators are the libraries' classes with :class:`uaap.models.evaluation.Evaluates` mixed in,
 under their own names (``uaap.models.central.LGBMClassifier``, ...), so they keep the one estimator contract and
 skops finds them when it loads a model: this module makes each class the first time it is asked for.
 """
@@ -39,11 +39,11 @@ def __getattr__(name: str) -> type:
         return _kernel_svc()
     if name not in _LIBRARY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from uaap.models.estimators import Evaluates
+    from uaap.models.evaluation import Evaluates
 
     module, base = _LIBRARY[name]
     library = _require(module) if module != "sklearn.svm" else __import__(module, fromlist=[base])
-    doc = f"{module}'s {base}, with :meth:`uaap.models.estimators.Evaluates.evaluate`."
+    doc = f"{module}'s {base}, with :meth:`uaap.models.evaluation.Evaluates.evaluate`."
     mixins = (Evaluates, _LabelVector) if name == "CatBoostClassifier" else (Evaluates,)
     cls = type(name, (*mixins, getattr(library, base)), {"__module__": __name__, "__doc__": doc})
     globals()[name] = cls
@@ -64,7 +64,7 @@ def _kernel_svc() -> type:
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
 
-    from uaap.models.estimators import Evaluates
+    from uaap.models.evaluation import Evaluates
 
     class KernelSVC(Evaluates, CalibratedClassifierCV):  # type: ignore[misc]  # sklearn: untyped
         """``CalibratedClassifierCV(SVC(C, kernel, gamma), method="sigmoid", ensemble=False)`` with ``evaluate``:
