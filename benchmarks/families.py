@@ -351,7 +351,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_ylabel(mine[0]["metric"])
         low = min([v for r in mine for c in ("central", "federated", "reference") if (v := _value(r[c])) is not None]
                   or [0.0])  # fmt: skip
-        ax.set_ylim(max(0.0, low - 0.1), 1.0)
+        ax.set_ylim(low - 0.05 if low < 0 else max(0.0, low - 0.1), 1.0)  # a negative R2 stays visible
+        ax.axhline(0.0, color="grey", linewidth=0.5)
         ax.set_title(dataset, fontsize=9)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -378,7 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quick", action="store_true", help="digits and diabetes, 3 epochs, 2 rounds of 1, 10 trees")
     parser.add_argument("--out", default=str(REPO / "artifacts"))
+    parser.add_argument("--replot", metavar="JSON", help="only draw the plot of a saved result beside it")
     args = parser.parse_args(argv)
+    if args.replot:
+        saved = Path(args.replot)
+        plot(json.loads(saved.read_text())["rows"], saved.with_suffix(".png"))
+        return 0
     if args.quick:
         args.epochs, args.rounds, args.local_epochs, args.trees = 3, 2, 1, 10
         args.datasets = args.datasets or "digits,diabetes"
