@@ -289,7 +289,7 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     if cfg.strategy == "fedtrees":  # random forest: the global forest's counts (client/forest.py)
         from client.forest import evaluate_trees
 
-        return evaluate_trees(data, pid, msg)
+        return evaluate_trees(cfg, data, pid, msg)
     if cfg.strategy.startswith("fedxgb-"):  # XGBoost: the booster's counts (client/boosting.py)
         from client.boosting import evaluate_boosting
 

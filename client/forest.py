@@ -37,17 +37,21 @@ def train_trees(cfg: RunConfig, data: Split, pid: int, msg: Message) -> Message:
     """Reply with the trees this client grows on its training rows this round."""
     server_round = as_int(msg.content.config_records[CONFIG].get(SERVER_ROUND, 1), SERVER_ROUND)
     train = data.train
-    n_outputs = 1 if train.regression else train.n_classes
-    grown = forest.local_forest(
-        np.asarray(train.X, dtype=np.float32),
-        np.asarray(train.y),
-        n_outputs,
-        n_estimators=cfg.trees_per_client,
-        max_depth=cfg.tree_max_depth,
-        min_samples_leaf=cfg.tree_min_samples_leaf,
-        seed=cfg.seed * 100_003 + server_round * 1_009 + pid,  # every client and round its own trees
-    )
-    own = forest.to_sklearn(grown, train.n_features, n_outputs)
+    seed = cfg.seed * 100_003 + server_round * 1_009 + pid  # every client and round its own trees
+    X = np.asarray(train.X, dtype=np.float32)
+    if cfg.model == "isolation_forest":  # trained on the normal rows the data layer left it
+        grown = forest.local_isolation_forest(X, n_estimators=cfg.trees_per_client, max_samples=256, seed=seed)
+    else:
+        grown = forest.local_forest(
+            X,
+            np.asarray(train.y),
+            forest.outputs(train.task, train.n_classes),
+            n_estimators=cfg.trees_per_client,
+            max_depth=cfg.tree_max_depth,
+            min_samples_leaf=cfg.tree_min_samples_leaf,
+            seed=seed,
+        )
+    own = forest.model_of(grown, cfg.model, train.n_features, train.task, train.n_classes)
     metrics: dict[str, int | float | list[int] | list[float]] = {
         NUM_EXAMPLES: len(train.y), TRAIN_LOSS: _loss(own, train), STEPS: 0, STRAGGLER: 0
     }  # fmt: skip
@@ -61,11 +65,14 @@ def train_trees(cfg: RunConfig, data: Split, pid: int, msg: Message) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def evaluate_trees(data: Split, pid: int, msg: Message) -> Message:
+def evaluate_trees(cfg: RunConfig, data: Split, pid: int, msg: Message) -> Message:
     """Reply with the global forest's counts on this client's validation rows."""
     test = data.test
-    n_outputs = 1 if test.regression else test.n_classes
-    model = forest.to_sklearn(forest.from_record(msg.content.array_records[ARRAYS]), test.n_features, n_outputs)
+    received = forest.from_record(msg.content.array_records[ARRAYS])
+    forest.check(
+        received, test.n_features, forest.outputs(test.task, test.n_classes), regression=test.task != "classification"
+    )
+    model = forest.model_of(received, cfg.model, test.n_features, test.task, test.n_classes)
     content = RecordDict(
         {METRICS: MetricRecord(forest.evaluate_counts(model, test)), CLIENT_INFO: ConfigRecord({PARTITION_ID: pid})}
     )
@@ -73,7 +80,10 @@ def evaluate_trees(data: Split, pid: int, msg: Message) -> Message:
 
 
 def _loss(model: object, data: Dataset) -> float:
-    """Cross-entropy (classification) or the standardised MSE (regression) of this client's trees on its rows."""
+    """Cross-entropy (classification), the standardised MSE (regression) or the mean anomaly score (an isolation
+    forest on its normal rows) of this client's trees on its rows."""
+    if data.task == "anomaly":
+        return float(forest.anomaly_scores(model, data.X).mean())
     out = forest.predictions(model, data)
     if data.regression:
         return float(np.mean(((out - data.y) / data.target_std) ** 2))

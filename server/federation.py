@@ -125,7 +125,7 @@ def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> An
     if boosted(cfg):  # the global booster's metrics from counts (server/boosting.py)
         return boosting_evaluator(cfg, test)
     if grows_trees(cfg):  # the global forest's metrics from counts (server/forest.py)
-        return forest_evaluator(test)
+        return forest_evaluator(cfg, test)
     if summed(cfg):  # inertia, silhouette, explained variance of the totals' model (server/statistics.py)
         from server.statistics import evaluator
 

@@ -27,29 +27,27 @@ def grows_trees(cfg: RunConfig) -> bool:
     return family(cfg.model).capabilities.federated == "trees"
 
 
-def outputs(meta: Dataset) -> int:
-    """Leaf-value columns: the classes, or 1 for a regression target."""
-    return 1 if meta.regression else meta.n_classes
-
-
 def initial_forest(meta: Dataset) -> ArrayRecord:
     """Round 1's global model: a forest of no trees."""
-    return forest.to_record(forest.empty(outputs(meta)))
+    return forest.to_record(forest.empty(forest.outputs(meta.task, meta.n_classes)))
 
 
-def evaluator(test: Dataset) -> Callable[[int, ArrayRecord], MetricRecord]:
-    """``evaluate_fn(round, arrays)``: the global forest's metrics on the server's held-out rows, from counts."""
+def evaluator(cfg: RunConfig, test: Dataset) -> Callable[..., MetricRecord]:
+    """``evaluate_fn(round, arrays, threshold=None)``: the global forest's metrics on the server's held-out rows,
+    from counts (an isolation forest flags rows above the round's threshold, chosen on the clients' validation)."""
     from flwr.app import MetricRecord
 
     from uaap.metrics import metrics_from_counts
     from uaap.protocol import NUM_EXAMPLES
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_fn(server_round: int, arrays: ArrayRecord, threshold: float | None = None) -> MetricRecord:
         trees = forest.from_record(arrays)
         if not trees.n_trees:
             return MetricRecord({NUM_EXAMPLES: 0})
-        model = forest.to_sklearn(trees, test.n_features, outputs(test))
-        return MetricRecord({**metrics_from_counts(forest.evaluate_counts(model, test)), NUM_EXAMPLES: len(test.y)})
+        model = forest.model_of(trees, cfg.model, test.n_features, test.task, test.n_classes)
+        counts = forest.evaluate_counts(model, test)
+        metrics = metrics_from_counts(counts, anomaly_quantile=cfg.anomaly_quantile, threshold=threshold)
+        return MetricRecord({**metrics, NUM_EXAMPLES: len(test.y)})
 
     return evaluate_fn
 
@@ -61,8 +59,10 @@ def save_forest(rd: workspace.RunDir, cfg: RunConfig, arrays: ArrayRecord, meta:
     trees = forest.from_record(arrays)
     if not trees.n_trees:
         return None
+    from uaap.anomaly import threshold_meta
+
     info: dict[str, Any] = {
-        "family": "random_forest",
+        "family": cfg.model,
         "params": {
             "trees_per_client": cfg.trees_per_client,
             "max_depth": cfg.tree_max_depth,
@@ -78,6 +78,7 @@ def save_forest(rd: workspace.RunDir, cfg: RunConfig, arrays: ArrayRecord, meta:
         "run_id": rd.run_id,
         "trees": trees.n_trees,
         **target_meta(meta),
+        **threshold_meta(rd, meta.task),
     }
-    model = forest.to_sklearn(trees, meta.n_features, outputs(meta))
+    model = forest.model_of(trees, cfg.model, meta.n_features, meta.task, meta.n_classes)
     return workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, model, info)

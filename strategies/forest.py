@@ -60,10 +60,10 @@ def build_trees_strategy(
     ``metrics_fn`` sums the evaluation replies' counts (``strategies.base.summed_metrics``)."""
     from strategies.validation import ValidateReplies
 
-    n_outputs = 1 if task == "regression" else n_classes
+    n_outputs = forest.outputs(task, n_classes)
 
     def check_forest(record: ArrayRecord) -> None:
-        forest.check(forest.from_record(record), n_features, n_outputs, regression=task == "regression")
+        forest.check(forest.from_record(record), n_features, n_outputs, regression=task != "classification")
 
     inner = FedTrees(
         fraction_train=cfg.fraction_train,

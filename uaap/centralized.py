@@ -142,15 +142,24 @@ def _train_in_process(
 
 def _fit_estimator(cfg: RunConfig, split: Split, rd: workspace.RunDir, tracker: Any, workers: int) -> CentralResult:
     """Fit an estimator family (:mod:`uaap.models.estimators`) on the pooled rows; metrics from the same counts."""
-    from uaap.metrics import metrics_from_counts
+    from uaap.metrics import anomaly_counts, anomaly_from_counts, metrics_from_counts
     from uaap.models.estimators import central_estimator, evaluate_counts
 
     if workers > 0:
         raise ConfigError(f"workers={workers}: Ray Train runs the torch families; model={cfg.model!r} fits in-process")
     train, test = split.train, split.test
+    chosen: dict[str, float] = {}
     try:
-        estimator = central_estimator(cfg, train.n_classes).fit(train.X, train.y)
-        final = metrics_from_counts(evaluate_counts(estimator, test.X, test.y, test.n_classes))
+        if train.task == "anomaly":  # normal rows in; the threshold from a validation part, as for the autoencoder
+            inner = local_split(train, cfg.seed)
+            estimator = central_estimator(cfg, train.n_classes).fit(normal_rows(inner.train).X)
+            val = anomaly_counts(inner.test.y, estimator.anomaly_score(inner.test.X))
+            estimator.threshold_ = anomaly_from_counts(val, cfg.anomaly_quantile)[THRESHOLD]
+            chosen = {THRESHOLD: estimator.threshold_}
+            final = estimator.evaluate(test.X, test.y)
+        else:
+            estimator = central_estimator(cfg, train.n_classes).fit(train.X, train.y)
+            final = metrics_from_counts(evaluate_counts(estimator, test.X, test.y, test.n_classes))
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -165,6 +174,7 @@ def _fit_estimator(cfg: RunConfig, split: Split, rd: workspace.RunDir, tracker: 
         "target": cfg.target,
         "run_id": rd.run_id,
         **target_meta(train),
+        **chosen,
     }
     path = workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, estimator, info)
     rd.log_event("epoch", epoch=1, central=final)

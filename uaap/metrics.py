@@ -209,11 +209,7 @@ def anomaly_from_counts(
     anomaly = np.asarray(counts[ERROR_HIST_ANOMALY], dtype=np.float64)
     if n <= 0 or len(normal) != ERROR_BINS or len(anomaly) != ERROR_BINS:
         raise ValueError(f"anomaly counts of {n:g} rows with {len(normal)}/{len(anomaly)} bins; expected {ERROR_BINS}")
-    if threshold is None:
-        top = threshold_bin(normal, quantile)
-    else:  # the last bin whose upper edge is at or below the threshold: rows in higher bins exceed it
-        edges = np.array([bin_upper_edge(i) for i in range(ERROR_BINS)])
-        top = int(np.searchsorted(edges, threshold * (1 + 1e-9), side="right")) - 1
+    top = threshold_bin(normal, quantile) if threshold is None else threshold_top_bin(threshold)
     tp, fp = anomaly[top + 1 :].sum(), normal[top + 1 :].sum()
     fn, tn = anomaly.sum() - tp, normal.sum() - fp
     out = {
@@ -228,6 +224,17 @@ def anomaly_from_counts(
     if auc is not None:
         out[AUC], out[AUC_ERROR] = auc
     return out
+
+
+def threshold_top_bin(threshold: float) -> int:
+    """The last bin whose upper edge is at or below ``threshold``: rows in higher bins exceed it."""
+    edges = np.array([bin_upper_edge(i) for i in range(ERROR_BINS)])
+    return int(np.searchsorted(edges, threshold * (1 + 1e-9), side="right")) - 1
+
+
+def anomaly_flags(errors: np.ndarray, threshold: float) -> np.ndarray:
+    """1 for each row whose score lies in a bin above ``threshold`` (the flags :func:`anomaly_from_counts` counts)."""
+    return (error_bins(errors) > threshold_top_bin(threshold)).astype(np.int64)
 
 
 def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> tuple[float, float] | None:

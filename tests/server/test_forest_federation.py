@@ -148,3 +148,71 @@ def test_uaap_train_fits_the_same_forest_scikit_learn_fits_on_the_pooled_rows(ho
     assert np.array_equal(model.predict_proba(split.test.X), ref.predict_proba(split.test.X))
     end = rd.events("end")[-1]
     assert end["central"]["accuracy"] == pytest.approx(float((ref.predict(split.test.X) == split.test.y).mean()))
+
+
+# ---- isolation forests ------------------------------------------------------------------------------------------
+ANOMALY = RunConfig(
+    dataset="breast_cancer", model="isolation_forest", task="anomaly", num_clients=3, min_clients=3, num_rounds=1,
+    partition="iid", trees_per_client=20, seed=5, experiment="tests-forest",
+)  # fmt: skip
+
+
+def test_an_isolation_forest_survives_the_wire_exactly():
+    from sklearn.ensemble import IsolationForest
+
+    X, y = load_breast_cancer(return_X_y=True)
+    ref = IsolationForest(n_estimators=10, random_state=0).fit(X[y == 1])
+    back = forest.to_isolation_forest(forest.from_record(forest.to_record(forest.from_sklearn(ref))), 30)
+    assert back._max_samples == ref._max_samples == 256
+    assert np.array_equal(back.score_samples(X), ref.score_samples(X))
+
+
+@pytest.mark.slow
+def test_the_federated_isolation_forest_flags_as_well_as_one_on_the_pooled_normal_rows(home: Path) -> None:
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+    from uaap.metrics import anomaly_flags
+
+    rd = run_federation(LocalGrid(3), ANOMALY.replace(run_id="iforest"), num_partitions=3)
+    last = [e for e in rd.events("round") if e["round"] == 1][-1]
+    model, info = workspace.load_estimator(rd.path / workspace.ESTIMATOR_FILE)
+    assert info["family"] == "isolation_forest" and len(model.estimators_) == 60
+    threshold = info["threshold"]
+    assert threshold == last["evaluate"]["threshold"]  # chosen on the clients' summed validation histograms
+    _, test = federated(ANOMALY, 3)
+    scores = forest.anomaly_scores(model, test.X)
+    flags = anomaly_flags(scores, threshold)
+    central = last["central"]  # the server's held-out rows, flagged with that threshold
+    assert central["precision"] == pytest.approx(precision_score(test.y, flags))
+    assert central["recall"] == pytest.approx(recall_score(test.y, flags))
+    assert central["f1"] == pytest.approx(f1_score(test.y, flags))
+    split = load_split(ANOMALY)
+    from sklearn.ensemble import IsolationForest
+
+    ref = IsolationForest(n_estimators=60, random_state=0).fit(split.train.X[split.train.y == 0])
+    ours, theirs = roc_auc_score(test.y, scores), roc_auc_score(test.y, -ref.score_samples(test.X))
+    print(f"federated isolation forest AUC {ours:.3f}, pooled {theirs:.3f}")
+    assert ours >= theirs - 0.03 and abs(central["auc"] - ours) <= central["auc-error-bound"] + 1e-12
+
+
+def test_uaap_train_fits_an_isolation_forest_on_normal_rows_with_a_validation_threshold(home: Path) -> None:
+    from uaap.cli import main
+    from uaap.data import local_split, normal_rows
+    from uaap.metrics import anomaly_counts, anomaly_from_counts
+    from uaap.models.estimators import estimator
+
+    before = set(workspace.list_runs())
+    assert main(["train", "--model", "isolation_forest", "--task", "anomaly", "--dataset", "breast_cancer",
+                 "--trees-per-client", "2"]) == 0  # fmt: skip
+    (made,) = set(workspace.list_runs()) - before
+    rd = workspace.run_dir(made)
+    model, info = workspace.load_estimator(rd.path / workspace.ESTIMATOR_FILE)
+    cfg = rd.read_config()
+    split = load_split(cfg)
+    inner = local_split(split.train, cfg.seed)
+    ref = estimator("isolation_forest", "anomaly", n_estimators=20, max_samples=256, random_state=cfg.seed, n_jobs=1)
+    ref.fit(normal_rows(inner.train).X)
+    assert np.array_equal(model.anomaly_score(split.test.X), ref.anomaly_score(split.test.X))
+    val = anomaly_counts(inner.test.y, ref.anomaly_score(inner.test.X))
+    assert info["threshold"] == anomaly_from_counts(val, cfg.anomaly_quantile)["threshold"]
+    assert rd.events("end")[-1]["central"]["f1"] == pytest.approx(model.evaluate(split.test.X, split.test.y)["f1"])

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_diabetes, load_digits
-from sklearn.metrics import accuracy_score, adjusted_rand_score, f1_score, r2_score, silhouette_score
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
+from sklearn.metrics import (
+    accuracy_score,
+    adjusted_rand_score,
+    f1_score,
+    precision_score,
+    r2_score,
+    recall_score,
+    roc_auc_score,
+    silhouette_score,
+)
 from sklearn.model_selection import train_test_split
 
 from uaap.errors import ConfigError
@@ -22,6 +31,7 @@ FAST = {
     "catboost": {"iterations": 10, "depth": 3, "verbose": False, "allow_writing_files": False},
     "kmeans": {"n_clusters": 10},
     "pca": {"n_components": 5},
+    "isolation_forest": {"n_estimators": 50, "random_state": 0},
 }
 PENDING = {"autoencoder"}  # families whose estimator lands after their federated path (issue 13)
 CASES = [
@@ -34,6 +44,10 @@ CASES = [
 
 
 def _data(task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if task == "anomaly":  # breast_cancer's rarer class (malignant) is the anomaly
+        X, y = load_breast_cancer(return_X_y=True)
+        X = (X - X.mean(0)) / X.std(0)
+        return train_test_split(X.astype(np.float32), (y == 0).astype(np.int64), test_size=0.25, random_state=0)
     if task == "regression":
         X, y = load_diabetes(return_X_y=True)
         X = (X - X.mean(0)) / X.std(0)
@@ -51,6 +65,8 @@ def test_every_family_fits_predicts_and_evaluates_as_scikit_learn_measures_it(na
         params["image_shape"] = (1, 8, 8)
     X, Xt, y, yt = _data(task)
     est = estimator(name, task, **params)
+    if task == "anomaly":  # a detector learns normal rows
+        X, y = X[y == 0], y[y == 0]
     assert est.fit(X, y) is est, "fit returns self"
     got = est.evaluate(Xt, yt)
     if task == "classification":
@@ -77,6 +93,12 @@ def test_every_family_fits_predicts_and_evaluates_as_scikit_learn_measures_it(na
         kept = 1.0 - ((Xt - back) ** 2).sum() / ((Xt - mean) ** 2).sum()
         assert got["explained_variance"] == pytest.approx(kept, rel=1e-6)
         assert centred.shape == Z.shape[:1] + Xt.shape[1:]
+    elif task == "anomaly":
+        flags = est.flag(Xt)
+        assert got["precision"] == pytest.approx(precision_score(yt, flags))
+        assert got["recall"] == pytest.approx(recall_score(yt, flags))
+        assert got["f1"] == pytest.approx(f1_score(yt, flags))
+        assert got["auc"] > 0.8 and abs(got["auc"] - roc_auc_score(yt, est.anomaly_score(Xt))) <= got["auc-error-bound"]
     else:  # a family whose task has no check here yet must get one
         pytest.fail(f"no contract check for task {task!r} of {name!r}")
 

@@ -73,6 +73,42 @@ class XGBRegressor(Evaluates, xgboost.XGBRegressor):
     """XGBoost's regressor, with :meth:`Evaluates.evaluate`."""
 
 
+class IsolationForestDetector(ensemble.IsolationForest):  # type: ignore[misc]  # sklearn: untyped
+    """scikit-learn's isolation forest as UAAP's anomaly detector: fit on normal rows; a row is flagged when its
+    anomaly score (2 ** -mean path length / c(n), higher when isolated sooner) lies above ``threshold_``.
+
+    ``fit`` sets ``threshold_`` to the default quantile of the training rows' scores (they are normal); a caller with
+    validation rows sets it from theirs (``uaap train`` does), as the federation does from the clients' histograms.
+    """
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> IsolationForestDetector:
+        """Grow the trees on ``X`` (normal rows) and place the threshold at the default quantile of their scores."""
+        from uaap.metrics import anomaly_counts, anomaly_from_counts
+        from uaap.protocol import THRESHOLD
+
+        super().fit(X, sample_weight=sample_weight)
+        scores = self.anomaly_score(X)
+        self.threshold_ = anomaly_from_counts(anomaly_counts(np.zeros(len(scores)), scores))[THRESHOLD]
+        return self
+
+    def anomaly_score(self, X: Any) -> np.ndarray:
+        """Each row's anomaly score in (0, 1]."""
+        return np.asarray(-self.score_samples(np.asarray(X, dtype=np.float32)), dtype=np.float64)
+
+    def flag(self, X: Any) -> np.ndarray:
+        """1 for an anomaly (score above ``threshold_``), else 0."""
+        from uaap.metrics import anomaly_flags
+
+        return anomaly_flags(self.anomaly_score(X), float(self.threshold_))
+
+    def evaluate(self, X: Any, y: Any) -> dict[str, float]:
+        """Threshold, mean score, accuracy, precision, recall, F1 and ROC AUC of the flags against labels ``y``."""
+        from uaap.metrics import anomaly_counts, anomaly_from_counts
+
+        counts = anomaly_counts(np.asarray(y), self.anomaly_score(X))
+        return anomaly_from_counts(counts, threshold=float(self.threshold_))
+
+
 class TorchClassifier(Evaluates, TorchMLPClassifier):
     """A registry network (``model``: logreg, svm, mlp, cnn) trained by :func:`uaap.training.local_train`."""
 
@@ -106,6 +142,8 @@ def estimator(name: str, task: str = "classification", **params: Any) -> Any:
         from uaap.models.pca import FederatedPCA
 
         return FederatedPCA(**params)
+    if name == "isolation_forest":
+        return IsolationForestDetector(**params)
     if name in ("lightgbm", "catboost", "kernel_svm"):  # made on first use: their libraries are optional
         from uaap.models import central
 
@@ -132,6 +170,11 @@ def central_estimator(cfg: RunConfig, n_classes: int) -> Any:
             random_state=cfg.seed,
             n_jobs=1,
         )
+    if cfg.model == "isolation_forest":  # as many trees as one federated round keeps
+        return estimator(
+            "isolation_forest", "anomaly", n_estimators=cfg.trees_per_client * cfg.num_clients, max_samples=256,
+            random_state=cfg.seed, n_jobs=1,
+        )  # fmt: skip
     from uaap.models import central
 
     if cfg.model in central.FAMILIES:  # LightGBM, CatBoost, kernel SVM: the libraries' own estimators

@@ -340,8 +340,82 @@ def predictions(model: object, data: Dataset) -> np.ndarray:
 
 def evaluate_counts(model: object, data: Dataset) -> dict[str, Any]:
     """The summable evaluation counts of ``model`` on ``data`` (what the server adds up)."""
-    from uaap.metrics import classification_counts, regression_counts
+    from uaap.metrics import anomaly_counts, classification_counts, regression_counts
 
+    if data.task == "anomaly":  # an isolation forest's scores, binned like an autoencoder's errors
+        return anomaly_counts(data.y, anomaly_scores(model, data.X))
     if data.regression:
         return regression_counts(data.y, predictions(model, data), center=data.target_mean)
     return classification_counts(data.y, predictions(model, data))
+
+
+# ---- isolation forests: the same trees on the wire, anomaly scores from their path lengths -----------------------
+
+
+def local_isolation_forest(X: np.ndarray, *, n_estimators: int, max_samples: int, seed: int) -> ForestArrays:
+    """This client's isolation trees, grown on its (normal) rows; leaves carry no value, covers their rows.
+
+    Each tree isolates a subsample of ``min(max_samples, rows)`` rows with random splits; a row's depth to its leaf,
+    plus the expected depth of the rows it shares the leaf with (from the cover), is its path length.
+    """
+    from sklearn.ensemble import IsolationForest
+
+    forest = IsolationForest(
+        n_estimators=n_estimators, max_samples=min(max_samples, len(X)), random_state=seed, n_jobs=1
+    ).fit(X)
+    arrays = from_sklearn(forest)
+    return ForestArrays(
+        arrays.offsets, arrays.children, arrays.feature, arrays.threshold, np.zeros((len(arrays.cover), 1)),
+        arrays.cover,
+    )  # fmt: skip
+
+
+def to_isolation_forest(arrays: ForestArrays, n_features: int, max_samples: int | None = None) -> Any:
+    """A fitted scikit-learn ``IsolationForest`` holding these trees, normalising path lengths by ``max_samples``
+    (default: the largest subsample a tree was grown on, its root's cover: 256 once every client has that many rows;
+    a smaller client's trees are shallower and their rows' paths shorter, a bias the score accepts).
+
+    Its ``score_samples`` is scikit-learn's: ``-2 ** (-mean path length / c(max_samples))``; :func:`anomaly_scores`
+    turns it into a score that grows with abnormality. ``offset_`` is scikit-learn's ``contamination="auto"``
+    (-0.5); UAAP's threshold is chosen on validation rows instead (``anomaly-quantile``).
+    """
+    from sklearn.ensemble import IsolationForest
+    from sklearn.ensemble._iforest import _average_path_length
+    from sklearn.tree import ExtraTreeRegressor
+
+    if max_samples is None:
+        max_samples = max(1, int(round(float(arrays.cover[arrays.offsets[:-1]].max()))))
+    trees = to_sklearn(arrays, n_features, 1).estimators_
+    extra = []
+    for tree in trees:  # the same fitted tree, as the class an IsolationForest holds
+        est = ExtraTreeRegressor(max_features=1)
+        est.__dict__.update(tree.__dict__)
+        extra.append(est)
+    forest = IsolationForest(n_estimators=len(extra), max_samples=max_samples)
+    forest.estimators_, forest.estimators_features_ = extra, [np.arange(n_features) for _ in extra]
+    forest.estimator_ = ExtraTreeRegressor(max_features=1)
+    forest.n_features_in_, forest.max_samples_, forest._max_samples = n_features, max_samples, max_samples
+    forest._max_features = n_features  # every tree may split on every feature
+    forest._seeds = np.zeros(len(extra), dtype=np.int64)
+    forest.offset_ = -0.5
+    forest._average_path_length_per_tree = tuple(_average_path_length(t.tree_.n_node_samples) for t in extra)
+    forest._decision_path_lengths = tuple(t.tree_.compute_node_depths() for t in extra)
+    return forest
+
+
+def anomaly_scores(model: Any, X: Any) -> np.ndarray:
+    """Each row's anomaly score in (0, 1]: 2 ** (-mean path length / c(n)), higher for rows isolated sooner."""
+    return np.asarray(-model.score_samples(np.asarray(X, dtype=np.float32)), dtype=np.float64)
+
+
+def outputs(task: str, n_classes: int) -> int:
+    """Leaf-value columns: the classes, or 1 for a regression target or an isolation forest."""
+    return n_classes if task == "classification" else 1
+
+
+def model_of(arrays: ForestArrays, model: str, n_features: int, task: str, n_classes: int) -> Any:
+    """The scikit-learn estimator of a forest's arrays: an ``IsolationForest`` for ``model="isolation_forest"``,
+    else the class-weighted :class:`FederatedForestClassifier` or a ``RandomForestRegressor``."""
+    if model == "isolation_forest":
+        return to_isolation_forest(arrays, n_features)
+    return to_sklearn(arrays, n_features, outputs(task, n_classes))

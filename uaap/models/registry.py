@@ -141,6 +141,12 @@ FAMILIES: dict[str, ModelFamily] = {
             Capabilities(BOTH, export=("onnx",)),
         ),
         ModelFamily(
+            "isolation_forest",
+            "isolation forest for anomaly detection (--task anomaly): each client isolates its normal rows with "
+            "trees-per-client random trees; a row isolated in few splits scores high",
+            Capabilities(("anomaly",), federated="trees", strategies=TREE_STRATEGIES),
+        ),
+        ModelFamily(
             "kmeans",
             "K-Means clustering (n-clusters): one Lloyd iteration per round from summed per-centroid sums and counts",
             _summed(("clustering",)),
