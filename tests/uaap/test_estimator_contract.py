@@ -32,8 +32,9 @@ FAST = {
     "kmeans": {"n_clusters": 10},
     "pca": {"n_components": 5},
     "isolation_forest": {"n_estimators": 50, "random_state": 0},
+    "autoencoder": {"epochs": 20},
 }
-PENDING = {"autoencoder"}  # families whose estimator lands after their federated path (issue 13)
+PENDING: set[str] = set()  # families whose estimator lands after their federated path
 CASES = [
     pytest.param(
         name, task, marks=[pytest.mark.xfail(strict=True, reason="estimator pending")] if name in PENDING else []
@@ -60,7 +61,7 @@ def _data(task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 @pytest.mark.parametrize(("name", "task"), CASES)
 def test_every_family_fits_predicts_and_evaluates_as_scikit_learn_measures_it(name: str, task: str) -> None:
     fam = FAMILIES[name]
-    params = dict(FAST.get("torch" if fam.capabilities.federated == "weights" else name, {}))
+    params = dict(FAST.get(name, FAST["torch"] if fam.capabilities.federated == "weights" else {}))
     if name == "cnn":
         params["image_shape"] = (1, 8, 8)
     X, Xt, y, yt = _data(task)

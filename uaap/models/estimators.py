@@ -144,6 +144,10 @@ def estimator(name: str, task: str = "classification", **params: Any) -> Any:
         return FederatedPCA(**params)
     if name == "isolation_forest":
         return IsolationForestDetector(**params)
+    if name == "autoencoder":
+        from uaap.models.autoencoder import TorchAutoencoder
+
+        return TorchAutoencoder(**params)
     if name in ("lightgbm", "catboost", "kernel_svm"):  # made on first use: their libraries are optional
         from uaap.models import central
 
