@@ -161,6 +161,19 @@ class RunConfig(BaseModel):
     synthetic_beta: float = _setting(
         1.0, "feature heterogeneity of the synthetic dataset (FedProx's beta)", group="data", ge=0.0
     )
+    synthetic_size: int = _setting(
+        0,
+        "examples per client of the synthetic dataset: 0 keeps FedProx's power law (50 to 1000 each); "
+        "n gives each client n/2 to 3n/2 (a cross-device population: tens each)",
+        group="data",
+        ge=0,
+    )
+    synthetic_shared_model: bool = _setting(
+        False,
+        "label every client of the synthetic dataset with one W, b (synthetic-alpha unused; FedProx's Synthetic "
+        "IID when synthetic-beta is 0): one global model fits all clients",
+        group="data",
+    )
     test_fraction: float = _setting(
         0.2, "share of the rows held out for testing", group="data", scope=ANY, gt=0.0, le=1.0
     )

@@ -168,23 +168,36 @@ def load_table(
 
 
 def synthetic(
-    num_clients: int, alpha: float = 1.0, beta: float = 1.0, seed: int = 0, dim: int = 60, n_classes: int = 10
+    num_clients: int,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    seed: int = 0,
+    dim: int = 60,
+    n_classes: int = 10,
+    size: int = 0,
+    shared_model: bool = False,
 ) -> list[Dataset]:
     """The FedProx paper's Synthetic(alpha, beta): one heterogeneous dataset per client.
 
     ``alpha`` controls how much local models differ, ``beta`` how much local data differ
-    (Li et al., 2020, section 5.1). Sizes follow a power law as in the paper's generator.
+    (Li et al., 2020, section 5.1). Sizes follow a power law as in the paper's generator, or with ``size`` > 0
+    are uniform in ``size // 2 .. size + size // 2`` (at least 2): a cross-device population of small clients.
+    ``shared_model`` labels every client with one ``W, b`` (``alpha`` unused; the paper's Synthetic IID when
+    ``beta`` is 0 too), so one global model fits all clients while features still differ with ``beta``.
     """
     rng = np.random.default_rng(seed)
-    sizes = np.minimum(rng.lognormal(4, 2, num_clients).astype(int) + 50, 1000)
+    if size > 0:
+        sizes = rng.integers(max(2, size // 2), max(2, size + size // 2) + 1, num_clients)
+    else:
+        sizes = np.minimum(rng.lognormal(4, 2, num_clients).astype(int) + 50, 1000)
     cov = np.diag(np.arange(1, dim + 1, dtype=np.float64) ** -1.2)
     names = tuple(f"x{i}" for i in range(dim))
     parts = []
+    shared = (rng.normal(0, 1, (dim, n_classes)), rng.normal(0, 1, n_classes)) if shared_model else None
     for k in range(num_clients):
-        u_k = rng.normal(0, alpha)
+        u_k = 0.0 if shared else rng.normal(0, alpha)
         b_k = rng.normal(0, beta)
-        W = rng.normal(u_k, 1, (dim, n_classes))
-        b = rng.normal(u_k, 1, n_classes)
+        W, b = shared or (rng.normal(u_k, 1, (dim, n_classes)), rng.normal(u_k, 1, n_classes))
         v_k = rng.normal(b_k, 1, dim)
         X = rng.multivariate_normal(v_k, cov, sizes[k])
         y = np.argmax(X @ W + b, axis=1)
@@ -336,7 +349,14 @@ def federated(cfg: RunConfig, num_partitions: int, preprocessor: str = "") -> tu
     if cfg.dataset == "synthetic":
         if cfg.task == "regression":
             raise DataError("dataset='synthetic' is a classification data set; regression data: diabetes, friedman")
-        parts = synthetic(num_partitions, cfg.synthetic_alpha, cfg.synthetic_beta, cfg.seed)
+        parts = synthetic(
+            num_partitions,
+            cfg.synthetic_alpha,
+            cfg.synthetic_beta,
+            cfg.seed,
+            size=cfg.synthetic_size,
+            shared_model=cfg.synthetic_shared_model,
+        )
         splits = tuple(train_test(p, cfg.test_fraction, cfg.seed + i) for i, p in enumerate(parts))
         test = _concat([s.test for s in splits])
         return splits, test
@@ -367,5 +387,12 @@ def client_data(cfg: RunConfig, partition_id: int, num_partitions: int, preproce
 def describe(cfg: RunConfig) -> Dataset:
     """A small sample carrying the dataset's shape metadata (features, classes, image shape)."""
     if cfg.dataset == "synthetic":
-        return synthetic(1, cfg.synthetic_alpha, cfg.synthetic_beta, cfg.seed)[0]
+        return synthetic(
+            1,
+            cfg.synthetic_alpha,
+            cfg.synthetic_beta,
+            cfg.seed,
+            size=cfg.synthetic_size,
+            shared_model=cfg.synthetic_shared_model,
+        )[0]
     return load_split(cfg).test
