@@ -80,6 +80,23 @@ def test_torch_mlp_estimator_is_the_registry_model_trained_by_local_train():
     )
 
 
+def test_the_linear_svm_family_is_the_registry_svm_trained_by_local_train_and_searched_on_request():
+    from uaap.automl.families import build_estimator, task_families
+    from uaap.models import build_model, get_weights
+    from uaap.training import TrainConfig, local_train
+
+    split = load_split(RunConfig(dataset="breast_cancer"))
+    params = {"epochs": 2, "batch_size": 32, "learning_rate": 0.05, "optimizer": "sgd"}
+    est = build_estimator("svm", params, n_classes=2, seed=3).fit(split.train.X, split.train.y)
+    ref = build_model("svm", split.train.n_features, 2, seed=3)
+    local_train(ref, split.train, TrainConfig(epochs=2, batch_size=32, lr=0.05, seed=3))
+    for a, b in zip(est.weights(), get_weights(ref), strict=True):
+        np.testing.assert_array_equal(a, b)  # the hinge loss and the SVM's margin term, as the federation trains
+    assert "svm" not in task_families((), regression=False) and task_families(("svm",), regression=False) == ("svm",)
+    with pytest.raises(ConfigError, match="'svm' does not fit a regression target"):
+        task_families(("svm",), regression=True)
+
+
 def test_timeseries_keeps_row_order_and_csv_input_works(tmp_path):
     import pandas as pd
 
@@ -103,7 +120,7 @@ def test_points_and_settings_are_validated_before_ray_starts():
     with pytest.raises(ConfigError, match="not a logreg parameter"):
         check_point({"family": "logreg", "logreg__gamma": 1})
     with pytest.raises(ConfigError, match="choose from"):
-        AutoMLSettings(families=("svm",))
+        AutoMLSettings(families=("resnet",))
     with pytest.raises(ConfigError, match="time budget"):
         AutoMLSettings(time_budget_s=None, num_trials=0)
     with pytest.raises(ConfigError, match="scheduler"):

@@ -130,6 +130,18 @@ FAMILIES: dict[str, Family] = {
         grid={"learning_rate": (0.01, 0.05), "epochs": (20, 50), "optimizer": ("sgd", "adam")},
         defaults={"learning_rate": 0.05, "epochs": 30, "batch_size": 32, "optimizer": "sgd"},
     ),
+    # The registry's linear SVM (the hinge loss through the one training loop), as the federation trains it.
+    "svm": Family(
+        "svm",
+        (
+            Param("learning_rate", "float", 1e-3, 0.3, log=True),
+            Param("epochs", "int", 10, 80),
+            Param("batch_size", "cat", choices=(16, 32, 64, 128)),
+            Param("optimizer", "cat", choices=("sgd", "adam")),
+        ),
+        grid={"learning_rate": (0.01, 0.05), "epochs": (20, 50)},
+        defaults={"learning_rate": 0.05, "epochs": 30, "batch_size": 32, "optimizer": "sgd"},
+    ),
 }
 
 
@@ -137,11 +149,16 @@ CLASSIFICATION_FAMILIES = ("logreg", "random_forest", "xgboost", "lightgbm", "ca
 REGRESSION_FAMILIES = ("ridge", "random_forest", "xgboost", "lightgbm", "catboost", "kernel_svm", "mlp")
 
 
+# Searched when named (--families), not by default: the linear SVM draws the same kind of boundary as logreg.
+ON_REQUEST = {False: ("svm",), True: ()}
+
+
 def task_families(families: tuple[str, ...], regression: bool) -> tuple[str, ...]:
-    """``families`` (all of the task's when empty), refusing one that does not fit the task."""
-    allowed = REGRESSION_FAMILIES if regression else CLASSIFICATION_FAMILIES
+    """``families`` (the task's defaults when empty), refusing one that does not fit the task."""
+    defaults = REGRESSION_FAMILIES if regression else CLASSIFICATION_FAMILIES
     if not families:
-        return allowed
+        return defaults
+    allowed = defaults + ON_REQUEST[regression]
     wrong = [f for f in families if f not in allowed]
     if wrong:
         task = "regression" if regression else "classification"
@@ -333,13 +350,14 @@ def build_estimator(family: str, params: Mapping[str, Any], *, n_classes: int, s
         )
     if family in ("lightgbm", "catboost", "kernel_svm"):
         return _central_family(family, values, seed, regression=False)
-    if family == "mlp":
+    if family in ("mlp", "svm"):  # the registry's network of that name, trained by uaap.training.local_train
         return TorchMLPClassifier(
             epochs=int(values["epochs"]),
             batch_size=int(values["batch_size"]),
             learning_rate=float(values["learning_rate"]),
             optimizer=str(values["optimizer"]),
             n_classes=n_classes,
+            model=family,
             seed=seed,
         )
     raise ConfigError(f"model family {family!r} is not supported; choose from: {', '.join(FAMILIES)}")

@@ -751,7 +751,7 @@ def _save(rd: workspace.RunDir, estimator: Any, best: dict[str, Any], cfg: RunCo
     }
     if best["family"] == "mlp" and train.regression:  # saved like `uaap train` saves a regression model
         meta |= {"target_mean": estimator.target_mean_, "target_std": estimator.target_std_}
-    if best["family"] == "mlp":
+    if best["family"] in ("mlp", "svm"):  # a registry network: saved as `uaap train` saves it
         return workspace.save_model(
             rd.model_file,
             estimator.model,
