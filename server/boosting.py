@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from uaap import workspace
 from uaap.config import RunConfig
@@ -50,23 +50,12 @@ def evaluator(cfg: RunConfig, test: Dataset) -> Callable[[int, ArrayRecord], Met
 
 def save_booster(rd: workspace.RunDir, cfg: RunConfig, arrays: ArrayRecord, meta: Dataset) -> Path | None:
     """The final booster as an ``XGBClassifier`` in ``model.skops`` (None when no round added a tree)."""
-    from uaap.data import target_meta
+    from uaap.data import estimator_meta
 
     raw = boosting.from_record(arrays)
     if not raw:
         return None
     settings = boosting.settings(cfg, meta.n_features, meta.n_classes)
-    info: dict[str, Any] = {
-        "family": "xgboost",
-        "params": {"max_depth": settings.max_depth, "learning_rate": settings.eta, "strategy": cfg.strategy},
-        "n_features": meta.n_features,
-        "n_classes": meta.n_classes,
-        "feature_names": list(meta.feature_names),
-        "dataset": cfg.dataset,
-        "data_path": cfg.data_path,
-        "target": cfg.target,
-        "run_id": rd.run_id,
-        "trees": boosting.count_trees(raw),
-        **target_meta(meta),
-    }
+    params = {"max_depth": settings.max_depth, "learning_rate": settings.eta, "strategy": cfg.strategy}
+    info = estimator_meta("xgboost", params, cfg, meta, rd.run_id, trees=boosting.count_trees(raw))
     return workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, boosting.to_estimator(raw, settings), info)

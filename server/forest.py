@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from uaap import workspace
 from uaap.config import RunConfig
@@ -54,31 +54,15 @@ def evaluator(cfg: RunConfig, test: Dataset) -> Callable[..., MetricRecord]:
 
 def save_forest(rd: workspace.RunDir, cfg: RunConfig, arrays: ArrayRecord, meta: Dataset) -> Path | None:
     """The final forest as a scikit-learn estimator in ``model.skops`` (None when no round grew a tree)."""
-    from uaap.data import target_meta
+    from uaap.anomaly import threshold_meta
+    from uaap.data import estimator_meta
 
     trees = forest.from_record(arrays)
     if not trees.n_trees:
         return None
-    from uaap.anomaly import threshold_meta
-
-    info: dict[str, Any] = {
-        "family": cfg.model,
-        "params": {
-            "trees_per_client": cfg.trees_per_client,
-            "max_depth": cfg.tree_max_depth,
-            "min_samples_leaf": cfg.tree_min_samples_leaf,
-            "strategy": cfg.strategy,
-        },  # fmt: skip
-        "n_features": meta.n_features,
-        "n_classes": meta.n_classes,
-        "feature_names": list(meta.feature_names),
-        "dataset": cfg.dataset,
-        "data_path": cfg.data_path,
-        "target": cfg.target,
-        "run_id": rd.run_id,
-        "trees": trees.n_trees,
-        **target_meta(meta),
-        **threshold_meta(rd, meta.task),
-    }
+    params = {"trees_per_client": cfg.trees_per_client, "max_depth": cfg.tree_max_depth,
+              "min_samples_leaf": cfg.tree_min_samples_leaf, "strategy": cfg.strategy}  # fmt: skip
+    extra = {"trees": trees.n_trees, **threshold_meta(rd, meta.task)}
+    info = estimator_meta(cfg.model, params, cfg, meta, rd.run_id, **extra)
     model = forest.model_of(trees, cfg.model, meta.n_features, meta.task, meta.n_classes)
     return workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, model, info)

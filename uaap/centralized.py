@@ -15,7 +15,7 @@ import numpy as np
 
 from uaap import workspace
 from uaap.config import RunConfig
-from uaap.data import Dataset, Split, load_split, local_split, normal_rows, target_meta
+from uaap.data import Dataset, Split, estimator_meta, load_split, local_split, normal_rows, target_meta
 from uaap.errors import ConfigError
 from uaap.models import build_model, family, get_weights, set_weights
 from uaap.protocol import THRESHOLD
@@ -163,19 +163,8 @@ def _fit_estimator(cfg: RunConfig, split: Split, rd: workspace.RunDir, tracker: 
     except BaseException:
         tracker.finish("FAILED")
         raise
-    info = {
-        "family": cfg.model,
-        "params": {k: v for k, v in estimator.get_params().items() if isinstance(v, (int, float, str))},
-        "n_features": train.n_features,
-        "n_classes": train.n_classes,
-        "feature_names": list(train.feature_names),
-        "dataset": cfg.dataset,
-        "data_path": cfg.data_path,
-        "target": cfg.target,
-        "run_id": rd.run_id,
-        **target_meta(train),
-        **chosen,
-    }
+    params = {k: v for k, v in estimator.get_params().items() if isinstance(v, (int, float, str))}
+    info = estimator_meta(cfg.model, params, cfg, train, rd.run_id, **chosen)
     path = workspace.save_estimator(rd.path / workspace.ESTIMATOR_FILE, estimator, info)
     rd.log_event("epoch", epoch=1, central=final)
     tracker.log_metrics({f"central_{k}": v for k, v in final.items()}, step=1)

@@ -50,6 +50,14 @@ class Family:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
+# The registry's torch networks train with the one loop's settings.
+TORCH_PARAMS = (
+    Param("learning_rate", "float", 1e-3, 0.3, log=True),
+    Param("epochs", "int", 10, 80),
+    Param("batch_size", "cat", choices=(16, 32, 64, 128)),
+    Param("optimizer", "cat", choices=("sgd", "adam")),
+)
+
 FAMILIES: dict[str, Family] = {
     "logreg": Family(
         "logreg",
@@ -121,24 +129,14 @@ FAMILIES: dict[str, Family] = {
     ),
     "mlp": Family(
         "mlp",
-        (
-            Param("learning_rate", "float", 1e-3, 0.3, log=True),
-            Param("epochs", "int", 10, 80),
-            Param("batch_size", "cat", choices=(16, 32, 64, 128)),
-            Param("optimizer", "cat", choices=("sgd", "adam")),
-        ),
+        TORCH_PARAMS,
         grid={"learning_rate": (0.01, 0.05), "epochs": (20, 50), "optimizer": ("sgd", "adam")},
         defaults={"learning_rate": 0.05, "epochs": 30, "batch_size": 32, "optimizer": "sgd"},
     ),
     # The registry's linear SVM (the hinge loss through the one training loop), as the federation trains it.
     "svm": Family(
         "svm",
-        (
-            Param("learning_rate", "float", 1e-3, 0.3, log=True),
-            Param("epochs", "int", 10, 80),
-            Param("batch_size", "cat", choices=(16, 32, 64, 128)),
-            Param("optimizer", "cat", choices=("sgd", "adam")),
-        ),
+        TORCH_PARAMS,
         grid={"learning_rate": (0.01, 0.05), "epochs": (20, 50)},
         defaults={"learning_rate": 0.05, "epochs": 30, "batch_size": 32, "optimizer": "sgd"},
     ),
