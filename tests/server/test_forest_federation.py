@@ -3,7 +3,6 @@ clients grow against scikit-learn's forest on the pooled rows, a forged forest r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,12 +70,8 @@ def test_a_malformed_forest_is_refused_naming_the_problem(field, bad, reason):
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("forest-fed")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UAAP_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield home
+def home(module_home: Path) -> Path:
+    return module_home
 
 
 def _pooled_reference(cfg: RunConfig, trees: int) -> tuple[object, object]:

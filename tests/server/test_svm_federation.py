@@ -3,7 +3,7 @@ DP-SGD (the real ClientApp through tests.LocalGrid; breast_cancer, 3 clients, 2 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,16 +59,12 @@ def test_one_svm_step_is_the_hinge_gradient_plus_its_l2_margin_term():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, workspace.RunDir]]:
-    home = tmp_path_factory.mktemp("svm-fed")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UAAP_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        out = {}
-        for name, cfg in RUNS.items():
-            cfg = crypto.ensure_simulation_keys(cfg.replace(run_id=f"svm-{name}"))
-            out[name] = run_federation(LocalGrid(3), cfg, num_partitions=3)
-        yield out
+def runs(module_home: Path) -> dict[str, workspace.RunDir]:
+    out = {}
+    for name, cfg in RUNS.items():
+        cfg = crypto.ensure_simulation_keys(cfg.replace(run_id=f"svm-{name}"))
+        out[name] = run_federation(LocalGrid(3), cfg, num_partitions=3)
+    return out
 
 
 def _last(rd: workspace.RunDir) -> dict:

@@ -4,7 +4,6 @@ decrypted model learned."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,8 @@ BASE = RunConfig(
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("weight-families")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UAAP_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield home
+def home(module_home: Path) -> Path:
+    return module_home
 
 
 @pytest.mark.slow
