@@ -39,6 +39,9 @@ SPECS: dict[str, Spec] = {
         expect=(
             r"1/3 federated simulation on Ray",
             r"central training \(no federation\)",
+            r"2/3 cross-device: 1000 clients",  # client-level DP where it means something, and its twin
+            r"(?m)^client-level DP +2 +0\.\d{4} +\d\.\d{3} +0\.0001$",  # user epsilon from the ledger
+            r"(?m)^non-private twin +2 +0\.\d{4} +- +-$",
             r"Success: no issues found",
             r"\d+ passed",
         ),
