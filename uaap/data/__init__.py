@@ -19,6 +19,7 @@ partitioner silently drops classes; these splitters take milliseconds and never 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ __all__ = [  # the package's public names, those of uaap.data.core re-exported
     "client_data",
     "Dataset",
     "describe",
+    "estimator_meta",
     "federated",
     "friedman",
     "infer_task",
@@ -206,6 +208,26 @@ def synthetic(
         y = np.argmax(X @ W + b, axis=1)
         parts.append(Dataset("synthetic", X.astype(np.float32), y.astype(np.int64), n_classes, names))
     return parts
+
+
+def estimator_meta(
+    family: str, params: Mapping[str, Any], cfg: RunConfig, data: Dataset, run_id: str, **extra: Any
+) -> dict[str, Any]:
+    """What a saved estimator (``model.skops``) says about itself and its data: family and parameters, the data's
+    shape, source and target (:func:`target_meta`), and ``extra`` (tree counts, an anomaly threshold)."""
+    return {
+        "family": family,
+        "params": dict(params),
+        "n_features": data.n_features,
+        "n_classes": data.n_classes,
+        "feature_names": list(data.feature_names),
+        "dataset": cfg.dataset,
+        "data_path": cfg.data_path,
+        "target": cfg.target,
+        "run_id": run_id,
+        **target_meta(data),
+        **extra,
+    }
 
 
 def target_meta(data: Dataset) -> dict[str, Any]:
