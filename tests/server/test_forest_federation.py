@@ -211,3 +211,22 @@ def test_uaap_train_fits_an_isolation_forest_on_normal_rows_with_a_validation_th
     val = anomaly_counts(inner.test.y, ref.anomaly_score(inner.test.X))
     assert info["threshold"] == anomaly_from_counts(val, cfg.anomaly_quantile)["threshold"]
     assert rd.events("end")[-1]["central"]["f1"] == pytest.approx(model.evaluate(split.test.X, split.test.y)["f1"])
+
+
+def test_uaap_train_fits_the_xgboost_the_library_fits_with_the_same_settings(home: Path) -> None:
+    from xgboost import XGBClassifier
+
+    from uaap.cli import main
+
+    before = set(workspace.list_runs())
+    args = ["train", "--model", "xgboost", "--dataset", "breast_cancer", "--boost-rounds", "20", "--xgb-max-depth", "3"]
+    assert main(args) == 0
+    (made,) = set(workspace.list_runs()) - before
+    rd = workspace.run_dir(made)
+    model, info = workspace.load_estimator(rd.path / workspace.ESTIMATOR_FILE)
+    cfg = rd.read_config()
+    split = load_split(cfg)
+    ref = XGBClassifier(n_estimators=20, max_depth=3, learning_rate=cfg.xgb_eta, tree_method="hist",
+                        random_state=cfg.seed, n_jobs=1).fit(split.train.X, split.train.y)  # fmt: skip
+    assert info["family"] == "xgboost"
+    assert np.array_equal(model.predict_proba(split.test.X), ref.predict_proba(split.test.X))

@@ -147,6 +147,11 @@ def central_estimator(cfg: RunConfig, n_classes: int) -> Any:
             random_state=cfg.seed,
             n_jobs=1,
         )
+    if cfg.model == "xgboost":  # the federation's booster settings: boost-rounds trees of xgb-max-depth, xgb-eta
+        return estimator(
+            "xgboost", task, n_estimators=cfg.boost_rounds, max_depth=cfg.xgb_max_depth, learning_rate=cfg.xgb_eta,
+            tree_method="hist", random_state=cfg.seed, n_jobs=1, verbosity=0,
+        )  # fmt: skip
     if cfg.model == "isolation_forest":  # as many trees as one federated round keeps
         return estimator(
             "isolation_forest", "anomaly", n_estimators=cfg.trees_per_client * cfg.num_clients, max_samples=256,

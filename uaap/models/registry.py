@@ -107,7 +107,6 @@ FAMILIES: dict[str, ModelFamily] = {
             "one client after the other (cyclic)",
             Capabilities(
                 ("classification",),
-                central=False,
                 federated="boosting",
                 strategies=BOOSTING_STRATEGIES,
                 export=("onnx", "c"),
