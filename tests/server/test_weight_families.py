@@ -1,12 +1,11 @@
 """The registry's weight families that no other test federates under CKKS with DP-SGD (logreg, the CNN): each runs
 through the real ClientApp (tests.LocalGrid), its epsilon equals an independent accountant's, and the key holder's
-decrypted model learned."""
+decrypted model learned (its test loss fell below the initial model's: one private round's accuracy is noise-bound)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
 
@@ -15,6 +14,7 @@ from tests.flower_helpers import LocalGrid
 from uaap import crypto, workspace
 from uaap.config import RunConfig
 from uaap.data import federated
+from uaap.models import build_model
 from uaap.privacy.dpsgd import plan
 from uaap.training import evaluate
 
@@ -51,5 +51,6 @@ def test_the_family_federates_under_ckks_with_dp_sgd(home: Path, model: str) -> 
     assert main(["keys", "decrypt-model", rd.run_id, "--secret-context", cfg.he_secret_context]) == 0
     net, meta = workspace.load_model(rd.model_file)
     assert meta["model"] == model
-    accuracy = evaluate(net, test)["accuracy"]
-    assert accuracy > 0.2 and np.isfinite(accuracy), f"{model}: {accuracy:.3f} after one private round (chance 0.1)"
+    start = build_model(model, test.n_features, test.n_classes, test.image_shape, seed=cfg.seed)  # round 1's model
+    after, before = evaluate(net, test), evaluate(start, test)
+    assert after["loss"] < before["loss"], f"{model}: test loss {before['loss']:.3f} -> {after['loss']:.3f}"

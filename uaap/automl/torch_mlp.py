@@ -149,8 +149,9 @@ class TorchMLPRegressor(TorchMLPClassifier):
         n_classes: int | None = 1,
         model: str = "mlp",
         seed: int = 0,
+        image_shape: tuple[int, int, int] | None = None,
     ) -> None:
-        super().__init__(epochs, batch_size, learning_rate, optimizer, momentum, 1, model, seed)
+        super().__init__(epochs, batch_size, learning_rate, optimizer, momentum, 1, model, seed, image_shape)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchMLPRegressor:
         """Train a freshly seeded one-output registry model on ``X``, ``y`` (real-valued targets)."""
