@@ -321,8 +321,9 @@ def _check(key: str, spec: Spec, result: Result) -> str:
         took = float(re.findall(r"stopped by \w+ in ([\d.]+)s", result.output)[-1])
         if took > spec.stop_within:
             return f"took {took:.1f}s to stop ({spec.stop}), more than {spec.stop_within:g}s"
-    if re.search(r"^Traceback \(most recent call last\)", result.output, re.MULTILINE):
-        return "printed a traceback"
+    if found := re.search(r"^Traceback \(most recent call last\)", result.output, re.MULTILINE):
+        start = result.output.rfind("\n", 0, max(0, found.start() - 600)) + 1  # the command that printed it
+        return "printed a traceback:\n" + result.output[start : found.start() + 3000]
     return ""
 
 
