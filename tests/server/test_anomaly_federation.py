@@ -5,7 +5,6 @@ aggregation and DP-SGD; the threshold from the clients' summed validation histog
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +48,8 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("anomaly-fed")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UAAP_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield home
+def home(module_home: Path) -> Path:
+    return module_home
 
 
 @pytest.fixture(scope="module")

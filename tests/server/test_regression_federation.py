@@ -3,7 +3,6 @@ CKKS secure aggregation, DP-SGD and central DP on diabetes, 3 clients, 2 rounds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +40,8 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("regression-fed")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("UAAP_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield home
+def home(module_home: Path) -> Path:
+    return module_home
 
 
 @pytest.fixture(scope="module")
