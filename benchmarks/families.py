@@ -15,7 +15,9 @@ numbers on the same held-out test split (``uaap.data.load_split``), accuracy or 
   ``--rounds`` rounds of ``--local-epochs`` local epochs (10 x 3 = 30 epochs, as central); random forest fedtrees,
   1 round (100 trees); XGBoost fedxgb-bagging (``--trees / 5`` rounds, each of the 5 clients adds a tree per
   class) and fedxgb-cyclic (``--trees`` rounds, one client adds one), so the booster holds ``--trees`` boosting
-  rounds like the reference. The number is the server's test-split metric of the last round (the ``round``
+  rounds like the reference; fedhist (both families) grows the same trees from the clients' summed histograms:
+  ``--trees`` boosting rounds, or 5 rounds of ``--trees / 5`` forest trees with the central forest's settings.
+  The number is the server's test-split metric of the last round (the ``round``
   events of the run's metrics.jsonl, ``central``). Each client trains on 80% of its partition (the rest is its
   validation part), so the federation sees 80% of the rows central and reference train on.
 * **reference**: the same family fitted by plain library code here, on the same training rows: scikit-learn's
@@ -62,7 +64,11 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 CLASSIFICATION = ("digits", "breast_cancer", "wine")
 REGRESSION = ("diabetes", "friedman")
 CLIENTS = 5
-STRATEGIES = {"weights": ("fedavg",), "trees": ("fedtrees",), "boosting": ("fedxgb-bagging", "fedxgb-cyclic")}
+STRATEGIES = {
+    "weights": ("fedavg",),
+    "trees": ("fedtrees", "fedhist"),
+    "boosting": ("fedxgb-bagging", "fedxgb-cyclic", "fedhist"),
+}
 TORCH = ("logreg", "svm", "mlp", "cnn")
 NO_REFERENCE = {"cnn": "scikit-learn has no convolutional network"}
 
@@ -129,7 +135,8 @@ def federated(cfg: Any, metric: str, strategy: str, args: argparse.Namespace) ->
     """The server's test metric after the last round of a simulated federation."""
     from simulations.runner import simulate
 
-    rounds = {"fedtrees": 1, "fedxgb-bagging": max(1, args.trees // CLIENTS), "fedxgb-cyclic": args.trees}
+    rounds = {"fedtrees": 1, "fedxgb-bagging": max(1, args.trees // CLIENTS), "fedxgb-cyclic": args.trees,
+              "fedhist": args.trees if cfg.model == "xgboost" else CLIENTS}  # fmt: skip
     run = cfg.replace(strategy=strategy, num_rounds=rounds.get(strategy, args.rounds), run_id=f"fed-{cfg.model}-"
                       f"{cfg.dataset}-{strategy}")  # fmt: skip
     rd = simulate(run)

@@ -219,6 +219,10 @@ def train(msg: Message, context: Context) -> Message:
         from client.statistics import train_statistics
 
         return train_statistics(cfg, data, pid, msg, context)
+    if cfg.strategy == "fedhist":  # trees grown from summed histograms: this client's sums (client/histtrees.py)
+        from client.histtrees import train_hist
+
+        return train_hist(cfg, data, pid, msg)
     if cfg.strategy == "fedtrees":  # random forest: this client's trees (client/forest.py)
         from client.forest import train_trees
 
@@ -286,6 +290,10 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the local validation split."""
     size_torch_threads(client_threads())
     cfg, data, pid = _setup(msg, context)
+    if cfg.strategy == "fedhist":  # the finished trees' counts (client/histtrees.py)
+        from client.histtrees import evaluate_hist
+
+        return evaluate_hist(cfg, data, pid, msg)
     if cfg.strategy == "fedtrees":  # random forest: the global forest's counts (client/forest.py)
         from client.forest import evaluate_trees
 

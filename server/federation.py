@@ -41,7 +41,10 @@ from server.boosting import boosted, initial_booster, save_booster
 from server.boosting import evaluator as boosting_evaluator
 from server.forest import evaluator as forest_evaluator
 from server.forest import grows_trees, initial_forest, save_forest
+from server.histtrees import evaluator as hist_evaluator
+from server.histtrees import grows_histograms, initial_state, save_trees
 from strategies import build_strategy, sort_replies
+from strategies.histtrees import FedHist
 from strategies.wrapper import BudgetGate, RoundReporter, Stateful, innermost, is_encrypted, layers
 from uaap import workspace
 from uaap.anomaly import threshold_meta
@@ -98,6 +101,8 @@ def _metrics(record: MetricRecord | None) -> dict[str, float]:
 def initial_arrays(cfg: RunConfig, meta: Dataset | None = None) -> ArrayRecord:
     """The seeded initial global model, as Flower arrays (``meta``: any split carrying the data's shape)."""
     meta = meta if meta is not None else describe(cfg)
+    if grows_histograms(cfg):  # no bins, no trees yet (server/histtrees.py)
+        return initial_state(cfg, meta)
     if boosted(cfg):  # no booster yet: the first clients start it (server/boosting.py)
         return initial_booster()
     if grows_trees(cfg):  # a forest of no trees (server/forest.py)
@@ -122,6 +127,8 @@ def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> An
     from uaap.models import set_weights
 
     _, test = federated(cfg, num_partitions, plan)
+    if grows_histograms(cfg):  # the finished trees' metrics from counts (server/histtrees.py)
+        return hist_evaluator(cfg, test)
     if boosted(cfg):  # the global booster's metrics from counts (server/boosting.py)
         return boosting_evaluator(cfg, test)
     if grows_trees(cfg):  # the global forest's metrics from counts (server/forest.py)
@@ -320,7 +327,9 @@ def _federate(
             tracker.finish("FAILED")
         raise RunFailedError(f"run {rd.run_id} failed: {reason}")
     model_file = rd.model_file
-    if not encrypted and boosted(cfg):  # an XGBClassifier in model.skops (server/boosting.py)
+    if not encrypted and grows_histograms(cfg):  # an XGBClassifier or a forest in model.skops (server/histtrees.py)
+        model_file = save_trees(rd, cfg, arrays, meta) or model_file
+    elif not encrypted and boosted(cfg):  # an XGBClassifier in model.skops (server/boosting.py)
         model_file = save_booster(rd, cfg, arrays, meta) or model_file
     elif not encrypted and grows_trees(cfg):  # a scikit-learn forest in model.skops (server/forest.py)
         model_file = save_forest(rd, cfg, arrays, meta) or model_file
@@ -480,6 +489,18 @@ def _one_round(
     ok = [m for m in replies if not m.has_error()]
     _warn_missing("train", server_round, messages, replies)
     new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+    exchanges = 1
+    while new_arrays is not None and _busy(strategy):  # fedhist: a round is several exchanges (one a tree level)
+        if exchanges >= MAX_EXCHANGES:
+            log.warning("round %d: still busy after %d exchanges; the next round goes on", server_round, exchanges)
+            break
+        arrays = new_arrays
+        messages = list(strategy.configure_train(server_round, arrays, train_cfg, grid))
+        replies = sort_replies(exchange(grid, messages, cfg.round_timeout))
+        ok = [m for m in replies if not m.has_error()]
+        _warn_missing("train", server_round, messages, replies)
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        exchanges += 1
     if new_arrays is None:
         log.warning("round %d failed: no client result was accepted; the global model is unchanged", server_round)
     else:
@@ -509,6 +530,14 @@ def _one_round(
             entry.privacy |= layer.round_report(server_round)
     entry.seconds = time.perf_counter() - t0
     return arrays, entry
+
+
+MAX_EXCHANGES = 100  # of one round (fedhist: bins, then one per tree level; trees are at most 64 deep)
+
+
+def _busy(strategy: Strategy) -> bool:
+    """Whether a layer of the strategy still has this round's exchanges to run (strategies.histtrees.FedHist)."""
+    return any(isinstance(layer, FedHist) and layer.busy() for layer in layers(strategy))
 
 
 REJOIN_WAIT = 60.0  # seconds a round waits for min-clients to be online again after some dropped out

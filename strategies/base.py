@@ -47,6 +47,12 @@ def build_strategy(
             raise ConfigError("a forest federation needs the data's n_features and n_classes to check trees")
         metrics_fn = functools.partial(summed_metrics, anomaly_quantile=cfg.anomaly_quantile)
         return build_trees_strategy(cfg, num_nodes, n_features, n_classes, task, metrics_fn)
+    if cfg.strategy == "fedhist":  # trees grown by the server from summed histograms (strategies.histtrees)
+        from strategies.histtrees import build_hist_strategy
+
+        if n_features is None or n_classes is None:
+            raise ConfigError("a histogram-tree federation needs the data's n_features and n_classes")
+        return build_hist_strategy(cfg, num_nodes, n_features, n_classes, task, summed_metrics)
     if cfg.strategy.startswith("fedxgb-"):  # XGBoost through Flower's FedXgbBagging / FedXgbCyclic
         from strategies.boosting import build_boosting_strategy
 

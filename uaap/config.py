@@ -29,6 +29,7 @@ from uaap.errors import ConfigError
 from uaap.models.registry import (
     BOOSTING_STRATEGIES,
     FAMILIES,
+    HIST_STRATEGIES,
     MEAN_STRATEGIES,
     ROBUST_STRATEGIES,
     SUM_STRATEGIES,
@@ -46,7 +47,7 @@ ENCODINGS = ("onehot", "ordinal", "hashing")
 SCALINGS = ("standard", "minmax", "robust", "none")
 TEXT_COLUMNS = ("error", "hashing", "drop")
 # over parameters, fedstats, and Flower's XGBoost strategies (uaap.models.registry)
-STRATEGIES = WEIGHT_STRATEGIES + SUM_STRATEGIES + BOOSTING_STRATEGIES + TREE_STRATEGIES
+STRATEGIES = WEIGHT_STRATEGIES + SUM_STRATEGIES + BOOSTING_STRATEGIES + TREE_STRATEGIES + HIST_STRATEGIES
 STRAGGLER_POLICIES = ("auto", "drop", "partial")
 ATTACKS = ("sign-flip", "scaled", "noise")
 PARTITIONS = ("iid", "dirichlet", "pathological")
@@ -250,7 +251,8 @@ class RunConfig(BaseModel):
         ge=1,
     )  # fmt: skip
     trees_per_client: int = _setting(
-        20, "trees each client grows per round (model=random_forest; the global forest keeps every client's)",
+        20, "model=random_forest: trees each client grows per round (fedtrees; the global forest keeps every "
+        "client's), or trees the server grows per round from the clients' summed histograms (fedhist)",
         group="model", scope=ANY, ge=1, le=1000,
     )  # fmt: skip
     tree_max_depth: int = _setting(
@@ -260,6 +262,11 @@ class RunConfig(BaseModel):
     tree_min_samples_leaf: int = _setting(
         5, "rows every leaf describes at least (model=random_forest; no leaf speaks of fewer of a client's rows)",
         group="model", scope=ANY, ge=1,
+    )  # fmt: skip
+    tree_bins: int = _setting(
+        256, "strategy=fedhist: most bins per feature, cut at the quantiles of the clients' summed histograms (a "
+        "feature with fewer distinct values gets a bin each, as in XGBoost's hist method)",
+        group="model", scope=ANY, ge=2, le=1024,
     )  # fmt: skip
     anomaly_quantile: float = _setting(
         0.95, "task=anomaly: the threshold is this quantile of the normal validation rows' reconstruction errors "
@@ -302,7 +309,8 @@ class RunConfig(BaseModel):
         "fedyogi, fedadagrad, fedavgm; robust aggregators fedmedian, fedtrimmedavg, krum, multikrum, bulyan "
         "(plaintext only: secure aggregation and dp-central take fedavg or fedprox); fedstats sums the statistics "
         "of model=kmeans and pca (exact, also under secure aggregation); fedtrees keeps every client's trees "
-        "(model=random_forest)",
+        "(model=random_forest); fedhist grows trees from the clients' summed histograms (model=xgboost, "
+        "random_forest: the trees of the pooled rows)",
         group="federation",
         choices=STRATEGIES,
     )

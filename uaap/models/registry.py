@@ -20,8 +20,10 @@ from uaap.errors import ConfigError
 # How a family federates, in the words `uaap models` uses.
 FEDERATION = {
     "weights": "FedAvg/FedProx, a server optimiser or a robust aggregator over the parameters",
-    "boosting": "XGBoost trees added round by round (Flower's FedXgbBagging / FedXgbCyclic)",
-    "trees": "an ensemble of the trees each client grows",
+    "boosting": "XGBoost trees added round by round (Flower's FedXgbBagging / FedXgbCyclic), or grown by the server "
+    "from the clients' summed gradient histograms (fedhist: the trees of the pooled rows)",
+    "trees": "an ensemble of the trees each client grows, or trees grown by the server from the clients' summed "
+    "class histograms (fedhist: the trees of the pooled rows)",
     "statistics": "exact: the server sums each client's sufficient statistics",
     "": "central only",
 }
@@ -39,6 +41,8 @@ SUM_STRATEGIES = ("fedstats",)
 BOOSTING_STRATEGIES = ("fedxgb-bagging", "fedxgb-cyclic")
 # Families grown as trees on each client and ensembled on the server (strategies.forest).
 TREE_STRATEGIES = ("fedtrees",)
+# Trees the server grows level by level from the clients' summed histograms (strategies.histtrees).
+HIST_STRATEGIES = ("fedhist",)
 BOTH = ("classification", "regression")
 
 
@@ -104,22 +108,24 @@ FAMILIES: dict[str, ModelFamily] = {
         ModelFamily(
             "xgboost",
             "gradient-boosted trees (XGBoost): each round the clients add trees, appended together (bagging) or "
-            "one client after the other (cyclic)",
+            "one client after the other (cyclic), or the server grows each round's trees from the clients' summed "
+            "gradient histograms (fedhist)",
             Capabilities(
                 ("classification",),
                 federated="boosting",
-                strategies=BOOSTING_STRATEGIES,
+                strategies=BOOSTING_STRATEGIES + HIST_STRATEGIES,
                 export=("onnx", "c"),
             ),
         ),
         ModelFamily(
             "random_forest",
-            "random forest: each round every client grows trees-per-client trees on its own rows; the global "
-            "forest keeps them all (tree-max-depth and tree-min-samples-leaf bound what a tree reveals)",
+            "random forest: each round every client grows trees-per-client trees on its own rows and the global "
+            "forest keeps them all (fedtrees), or the server grows trees-per-client trees a round from the clients' "
+            "summed class histograms (fedhist); tree-max-depth and tree-min-samples-leaf bound what a leaf reveals",
             Capabilities(
                 ("classification", "regression"),
                 federated="trees",
-                strategies=TREE_STRATEGIES,
+                strategies=TREE_STRATEGIES + HIST_STRATEGIES,
                 export=("onnx", "c"),
             ),  # fmt: skip
         ),
@@ -197,6 +203,12 @@ def check_combination(
         raise ConfigError(
             f"model={model!r} detects anomalies only, not task={task!r}: pass --task anomaly with a two-class "
             "data set (the rarer class is the anomaly, e.g. breast_cancer's malignant rows)"
+        )
+    if secure_aggregation != "none" and strategy in HIST_STRATEGIES:
+        raise ConfigError(
+            f"strategy={strategy!r} cannot run under secure-aggregation={secure_aggregation!r}: the server adds the "
+            "clients' histograms and must read their sum to choose each split, and under CKKS it holds no key. Use "
+            "--secure-aggregation none (or a family that federates under CKKS)"
         )
     if secure_aggregation != "none" and not caps.secure_aggregation:
         able = [f.name for f in FAMILIES.values() if f.capabilities.secure_aggregation]
