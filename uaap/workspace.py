@@ -230,13 +230,28 @@ def save_model(
 
 def load_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_model`; returns the module and its metadata."""
-    from uaap.models import build_model, set_weights
-
     if not Path(path).is_file():
         raise WorkspaceError(f"model file {str(path)!r} does not exist")
-    with np.load(path) as npz:
+    return _model_from_npz(path, str(path))
+
+
+def load_model_bytes(data: bytes, label: str) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`load_model` from the file's bytes (a model decrypted in memory); ``label`` names it in errors."""
+    import io
+
+    return _model_from_npz(io.BytesIO(data), label)
+
+
+def _model_from_npz(source: Path | BinaryIO, label: str) -> tuple[nn.Module, dict[str, Any]]:
+    from uaap.models import build_model, set_weights
+
+    try:
+        npz = np.load(source)
+    except (OSError, ValueError) as exc:
+        raise WorkspaceError(f"{label} is not a readable UAAP model file ({exc})") from exc
+    with npz:
         if "__meta__" not in npz.files:
-            raise WorkspaceError(f"{path} is not a UAAP model file (no metadata); was it written by `uaap`?")
+            raise WorkspaceError(f"{label} is not a UAAP model file (no metadata); was it written by `uaap`?")
         meta = json.loads(bytes(npz["__meta__"]).decode())
         weights = [npz[k] for k in sorted(k for k in npz.files if k.startswith("w"))]
     shape = tuple(meta["image_shape"]) if meta.get("image_shape") else None
@@ -302,20 +317,29 @@ def load_estimator(path: Path, *, trust_pickle: bool = False) -> tuple[Any, dict
         log.warning("loading the pickle %s because --trust-pickle was given: it can run code", path)
         payload = joblib.load(path)
     else:
-        import skops.io as sio
+        return load_estimator_bytes(path.read_bytes(), str(path))
+    return _estimator_payload(payload, str(path))
 
-        try:
-            types = sio.get_untrusted_types(file=path)
-        except Exception as exc:  # not a skops archive (zip) or a damaged one
-            raise WorkspaceError(f"{path} is not a readable skops estimator file ({exc})") from exc
-        foreign = [t for t in types if not t.startswith(TRUSTED_MODULES) and t not in TRUSTED_TYPES]
-        if foreign:
-            raise WorkspaceError(
-                f"{path} would build types outside scikit-learn, XGBoost, LightGBM, CatBoost, NumPy, SciPy and UAAP: "
-                f"{foreign[:5]}; "
-                "refusing to load it (a crafted file can name any callable)"
-            )
-        payload = sio.load(path, trusted=types)
+
+def load_estimator_bytes(data: bytes, label: str) -> tuple[Any, dict[str, Any]]:
+    """:func:`load_estimator` of a ``.skops`` file's bytes (decrypted in memory), with the same type checks."""
+    import skops.io as sio
+
+    try:
+        types = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # not a skops archive (zip) or a damaged one
+        raise WorkspaceError(f"{label} is not a readable skops estimator file ({exc})") from exc
+    foreign = [t for t in types if not t.startswith(TRUSTED_MODULES) and t not in TRUSTED_TYPES]
+    if foreign:
+        raise WorkspaceError(
+            f"{label} would build types outside scikit-learn, XGBoost, LightGBM, CatBoost, NumPy, SciPy and UAAP: "
+            f"{foreign[:5]}; "
+            "refusing to load it (a crafted file can name any callable)"
+        )
+    return _estimator_payload(sio.loads(data, trusted=types), label)
+
+
+def _estimator_payload(payload: Any, label: str) -> tuple[Any, dict[str, Any]]:
     if not isinstance(payload, dict) or payload.get("format") not in ("uaap-estimator/1", "uaap-estimator/2"):
-        raise WorkspaceError(f"{path} is not a UAAP estimator file; was it written by `uaap automl`?")
+        raise WorkspaceError(f"{label} is not a UAAP estimator file; was it written by `uaap automl`?")
     return payload["estimator"], payload["meta"]

@@ -33,6 +33,9 @@ COMMANDS = [
     "automl",
     "compare",
     "tune-federated",  # simulations/commands.py
+    "api-keys",  # serving/commands.py
+    "register",  # serving/commands.py
+    "serve",  # serving/commands.py
 ]
 UPPER_FLOORS = {"server", "client", "strategies", "simulations", "edge", "serving"}
 HEAVY = (

@@ -56,6 +56,7 @@ __all__ = [  # the package's public names, those of uaap.data.core re-exported
     "Dataset",
     "describe",
     "estimator_meta",
+    "feature_scaling",
     "federated",
     "friedman",
     "infer_task",
@@ -267,6 +268,17 @@ def target_scaling(y: np.ndarray) -> tuple[float, float]:
     return (float(y.mean()) if len(y) else 0.0), (std if std > 1e-12 else 1.0)
 
 
+def feature_scaling(train_X: np.ndarray, dataset: str) -> tuple[np.float32 | np.ndarray, np.float32 | np.ndarray]:
+    """The mean and std :func:`scale` standardises a bundled table's features with (float32, from train rows).
+
+    A served model applies the same to raw rows: ``(x - mean) / std`` in float32 reproduces the training inputs.
+    """
+    if dataset == "digits":
+        return np.float32(0.0), np.float32(16.0)
+    std = train_X.std(axis=0)
+    return train_X.mean(axis=0), np.where(std < 1e-8, 1.0, std).astype(np.float32)
+
+
 def scale(split: Split, dataset: str) -> Split:
     """Scale features (and, for regression, record the target's scaling) with statistics of the training part only.
 
@@ -275,15 +287,7 @@ def scale(split: Split, dataset: str) -> Split:
     up front, like the feature schema). Regression targets stay in their units on the Dataset; their
     mean and std (:func:`target_scaling`) travel with it for training and for mapping predictions back.
     """
-    mean: np.float32 | np.ndarray
-    std: np.float32 | np.ndarray
-    if dataset == "digits":
-        mean, std = np.float32(0.0), np.float32(16.0)
-    else:
-        mean = split.train.X.mean(axis=0)
-        std = split.train.X.std(axis=0)
-        std = np.where(std < 1e-8, 1.0, std).astype(np.float32)
-
+    mean, std = feature_scaling(split.train.X, dataset)
     y_mean, y_std = target_scaling(split.train.y) if split.train.regression else (0.0, 1.0)
 
     def apply(d: Dataset) -> Dataset:

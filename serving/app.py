@@ -1,0 +1,404 @@
+"""The inference API: FastAPI over the model registry, with API keys, a row cache, Prometheus metrics, JSON logs.
+
+``POST /v1/models/{name}/predict`` takes ``{"row": {...}}`` or ``{"rows": [{...}, ...]}`` of raw columns; ``name``
+is ``NAME`` (served at the default alias), ``NAME@ALIAS``, ``NAME@v3`` or ``NAME@latest``. Aliases are looked up
+again every ``refresh_seconds``, so moving ``@champion`` to a new version takes effect without a restart (the
+old version's cache entries are dropped then). ``/healthz``, ``/readyz`` and the OpenAPI pages are open; the
+models need a key with the ``predict`` scope, ``/metrics`` one with ``admin``.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time, and they
+# name classes local to create_app.
+import logging
+import math
+import re
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from serving import registry
+from serving.cache import RowCache
+from serving.keys import ApiKey, KeyRing, default_store
+from serving.model import ModelLoadError, RowsInvalid, ServedModel
+from serving.telemetry import JsonFormatter, Metrics, configure_logging
+
+__all__ = ["JsonFormatter", "Settings", "configure_logging", "create_app"]
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("serving.api")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one API process serves."""
+
+    alias: str = "champion"  # what a bare NAME means
+    cache_size: int = 10_000  # rows; 0 turns the cache off
+    max_batch: int = 1_000  # rows per request (more: 413)
+    max_body_bytes: int = 8 * 1024 * 1024  # (more: 413)
+    refresh_seconds: float = 2.0  # how stale an alias lookup may be
+    loaded_versions: int = 8  # versions kept in memory
+    key_file: Path | None = None  # at-rest key file ($UAAP_MODEL_KEY wins)
+    api_keys: Path | None = None  # API key store (default <workspace>/serving/api-keys.json)
+    preload: tuple[str, ...] = ()  # NAME or NAME@ALIAS to load before /readyz says ready
+
+
+# ---- models -----------------------------------------------------------------------------------------------------
+
+
+class Models:
+    """Registry lookups (aliases refreshed every ``refresh_seconds``) and the versions loaded in memory."""
+
+    def __init__(self, settings: Settings, cache: RowCache) -> None:
+        from uaap import at_rest
+
+        self.settings = settings
+        self.cache = cache
+        self.client = registry.client()
+        self._aliases: dict[tuple[str, str], tuple[str, float]] = {}
+        self._loaded: OrderedDict[tuple[str, str], ServedModel] = OrderedDict()
+        self._lock = threading.RLock()
+        try:
+            self._key: bytes | None = at_rest.load_key(settings.key_file)
+        except at_rest.AtRestError:
+            self._key = None  # plaintext versions still serve; an encrypted one says which key it needs
+
+    def split(self, spec: str) -> tuple[str, str]:
+        """``NAME[@ALIAS]`` -> (name, alias)."""
+        name, _, alias = spec.partition("@")
+        return name, alias or self.settings.alias
+
+    def version(self, name: str, alias: str) -> str:
+        """The version ``name@alias`` points at now (looked up again when older than ``refresh_seconds``)."""
+        now = time.monotonic()
+        with self._lock:
+            known = self._aliases.get((name, alias))
+            if known is not None and now - known[1] < self.settings.refresh_seconds:
+                return known[0]
+        version = registry.resolve(self.client, name, alias)
+        with self._lock:
+            self._aliases[(name, alias)] = (version, now)
+            if known is not None and known[0] != version:
+                dropped = self.cache.drop(name, known[0])
+                log.info("alias moved", extra={"model": name, "version": version, "rows": dropped})
+        return version
+
+    def get(self, spec: str) -> ServedModel:
+        """The loaded model behind ``NAME[@ALIAS]``."""
+        name, alias = self.split(spec)
+        version = self.version(name, alias)
+        with self._lock:
+            model = self._loaded.get((name, version))
+            if model is not None:
+                self._loaded.move_to_end((name, version))
+                return model
+        files, tags = registry.download(self.client, name, version)
+        model = ServedModel(name, version, files, tags, self._key)
+        with self._lock:
+            self._loaded[(name, version)] = model
+            while len(self._loaded) > self.settings.loaded_versions:
+                self._loaded.popitem(last=False)
+        log.info("model loaded", extra={"model": name, "version": version})
+        return model
+
+
+# ---- the app ----------------------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> "FastAPI":
+    """The FastAPI app (``uvicorn`` serves it; tests drive it in-process)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, HTTPException, Request, Security
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+    from pydantic import BaseModel, ConfigDict, Field
+
+    settings = settings or Settings()
+    cache = RowCache(settings.cache_size)
+    metrics = Metrics()
+    ring = KeyRing(settings.api_keys or default_store())
+    state: dict[str, Any] = {"models": None, "preload_errors": {}}
+
+    def models() -> Models:
+        if state["models"] is None:
+            state["models"] = Models(settings, cache)
+        found: Models = state["models"]
+        return found
+
+    @asynccontextmanager
+    async def lifespan(app: "FastAPI") -> Any:
+        for spec in settings.preload:
+            try:
+                models().get(spec)
+            except Exception as exc:
+                state["preload_errors"][spec] = str(exc)
+                log.error("preload failed", extra={"model": spec})
+        yield
+
+    class Problem(BaseModel):
+        detail: str = Field(description="what went wrong and what to do")
+
+    class Health(BaseModel):
+        status: str
+
+    class Ready(BaseModel):
+        status: str
+        models: dict[str, str] = Field(default_factory=dict, description="preloaded NAME[@ALIAS] -> version")
+        errors: dict[str, str] = Field(default_factory=dict)
+
+    class ModelSummary(BaseModel):
+        name: str
+        aliases: dict[str, str] = Field(description="alias -> version")
+
+    class ModelList(BaseModel):
+        models: list[ModelSummary]
+        default_alias: str
+
+    class ColumnInfo(BaseModel):
+        name: str
+        type: str = Field(description="number, string or datetime (ISO 8601 text)")
+        nullable: bool
+
+    class ModelInfo(BaseModel):
+        name: str
+        alias: str
+        version: str
+        run_id: str
+        task: str
+        family: str
+        runtime: str = Field(description="onnxruntime or native")
+        classes: list[str]
+        metrics: dict[str, float]
+        privacy: dict[str, float | None] = Field(description="the run's epsilons (empty without DP)")
+        input_schema: list[ColumnInfo]
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [{"row": {"column": 1.0}}, {"rows": [{"column": 1.0}, {"column": 2.5}]}]},
+        )
+        row: dict[str, Any] | None = Field(default=None, description="one row of raw columns")
+        rows: list[dict[str, Any]] | None = Field(default=None, description="a batch of rows (see max batch)")
+
+    class Prediction(BaseModel):
+        prediction: str | float = Field(description="the class label, or the regression value")
+        probabilities: list[float] | None = Field(default=None, description="per class, in the model's class order")
+
+    class PredictResponse(BaseModel):
+        model: str
+        version: str
+        runtime: str
+        predictions: list[Prediction]
+        cached: int = Field(description="rows answered from the cache")
+
+    errors: dict[int | str, dict[str, Any]] = {
+        code: {"model": Problem, "description": text}
+        for code, text in (
+            (401, "no API key, or an unknown one"),
+            (403, "the key is revoked or lacks the scope"),
+            (429, "the key's rate limit is spent (see Retry-After)"),
+        )
+    }
+    model_errors: dict[int | str, dict[str, Any]] = {
+        **errors,
+        404: {"model": Problem, "description": "no such model, alias or version (the message lists them)"},
+        503: {"model": Problem, "description": "the version cannot be served (failed authentication, missing key)"},
+    }
+
+    app = FastAPI(
+        title="UAAP inference API",
+        version="1",
+        description="Predictions from models in the MLflow registry (`uaap register`). Send `X-API-Key` "
+        "(or `Authorization: Bearer`) with a key from `uaap api-keys create`.",
+        lifespan=lifespan,
+    )
+    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="a key from `uaap api-keys create`")
+    bearer = HTTPBearer(auto_error=False, description="the same key as a bearer token")
+
+    def require(scope: str) -> Any:
+        def check(
+            request: Request,
+            token: Annotated[str | None, Security(header_key)],
+            cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+        ) -> ApiKey:
+            status, key = ring.check(token or (cred.credentials if cred else None))
+            if status in ("missing", "unknown") or key is None:
+                raise HTTPException(
+                    401,
+                    "missing API key: send X-API-Key (create one with `uaap api-keys create`)"
+                    if status == "missing"
+                    else "unknown API key: check the X-API-Key value (`uaap api-keys list` shows the ids)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            if status == "revoked":
+                raise HTTPException(403, f"API key {key.id} was revoked; create a new one with `uaap api-keys create`")
+            if not key.allows(scope):
+                raise HTTPException(403, f"API key {key.id} lacks the {scope!r} scope (it has {', '.join(key.scopes)})")
+            wait = ring.take(key)
+            if wait > 0:
+                raise HTTPException(
+                    429,
+                    f"rate limit of API key {key.id} ({key.rate_per_minute}/min) reached; retry in {wait:.1f} s",
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
+            return key
+
+        return check
+
+    Predictor = Annotated[ApiKey, Security(require("predict"))]
+    Admin = Annotated[ApiKey, Security(require("admin"))]
+
+    def lookup(spec: str) -> ServedModel:
+        try:
+            return models().get(spec)
+        except registry.NotRegistered as exc:
+            raise HTTPException(404, str(exc)) from None
+        except (ModelLoadError, registry.RegistryError) as exc:
+            log.error("model cannot be served", extra={"model": spec, "status": 503})
+            raise HTTPException(503, str(exc)) from None
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        given = request.headers.get("x-request-id", "")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.state.request_id = request_id
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > settings.max_body_bytes:
+            response: Response = JSONResponse(
+                {"detail": f"request body of {length} bytes is over the limit of {settings.max_body_bytes}"}, 413
+            )
+        else:
+            response = await call_next(request)
+        seconds = time.perf_counter() - start
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.request(request.method, route, response.status_code, seconds)
+        response.headers["X-Request-ID"] = request_id
+        log.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "route": route,
+                "status": response.status_code,
+                "latency_ms": round(seconds * 1000, 3),
+                "model": getattr(request.state, "model", None),
+                "version": getattr(request.state, "version", None),
+                "rows": getattr(request.state, "rows", None),
+                "cache_hits": getattr(request.state, "cache_hits", None),
+            },
+        )
+        return response
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready}}, tags=["ops"])
+    def readyz() -> Any:
+        """The registry answers and every preloaded model is loaded."""
+        try:
+            m = models()
+            registry.catalogue(m.client)
+        except Exception as exc:
+            return JSONResponse({"status": "not ready", "errors": {"registry": type(exc).__name__}}, 503)
+        loaded = {spec: m.version(*m.split(spec)) for spec in settings.preload if spec not in state["preload_errors"]}
+        if state["preload_errors"]:
+            return JSONResponse({"status": "not ready", "models": loaded, "errors": state["preload_errors"]}, 503)
+        return {"status": "ready", "models": loaded, "errors": {}}
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={**errors, 200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}},
+        tags=["ops"],
+    )
+    def prometheus(key: Admin) -> PlainTextResponse:
+        """Request counts, latencies, predictions and cache hits (needs the admin scope)."""
+        return PlainTextResponse(metrics.render(len(cache)), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", response_model=ModelList, responses=errors, tags=["models"])
+    def list_models(key: Predictor) -> dict[str, Any]:
+        """Every registered model with its aliases."""
+        known = registry.catalogue(models().client)
+        return {
+            "models": [{"name": n, "aliases": a} for n, a in known.items()],
+            "default_alias": settings.alias,
+        }
+
+    @app.get("/v1/models/{name}", response_model=ModelInfo, responses=model_errors, tags=["models"])
+    def model_info(name: str, request: Request, key: Predictor) -> dict[str, Any]:
+        """One model (``NAME``, ``NAME@ALIAS``, ``NAME@v3``): version, metrics, input schema, privacy epsilon."""
+        model = lookup(name)
+        request.state.model, request.state.version = model.name, model.version
+        return {**model.info(), "alias": models().split(name)[1]}
+
+    @app.post(
+        "/v1/models/{name}/predict",
+        response_model=PredictResponse,
+        responses={**model_errors, 413: {"model": Problem, "description": "too many rows or too large a body"}},
+        tags=["models"],
+    )
+    def predict(name: str, body: PredictRequest, request: Request, key: Predictor) -> Response:
+        """Predict one row (``{"row": {...}}``) or a batch (``{"rows": [...]}``) of raw columns."""
+        if (body.row is None) == (body.rows is None):
+            raise HTTPException(
+                422,
+                [
+                    {
+                        "loc": ["body"],
+                        "msg": 'send exactly one of "row" (one row) or "rows" (a batch)',
+                        "type": "value_error",
+                    }
+                ],
+            )
+        rows = [body.row] if body.row is not None else (body.rows or [])
+        if len(rows) > settings.max_batch:
+            raise HTTPException(
+                413, f"{len(rows)} rows is over the batch limit of {settings.max_batch}; split the batch"
+            )
+        model = lookup(name)
+        request.state.model, request.state.version = model.name, model.version
+        try:
+            values = model.validate(rows, "row" if body.row is not None else "rows")
+        except RowsInvalid as exc:
+            if body.row is not None:  # one row: no index in the location
+                for e in exc.errors:
+                    del e["loc"][2]
+            raise HTTPException(422, exc.errors) from None
+        out: list[dict[str, Any] | None] = [None] * len(values)
+        misses: list[int] = []
+        for i, v in enumerate(values):
+            hit = cache.get((model.name, model.version, v)) if settings.cache_size > 0 else None
+            if hit is None:
+                misses.append(i)
+            else:
+                out[i] = hit
+        if misses:
+            fresh = model.predict([values[i] for i in misses])
+            for i, p in zip(misses, fresh, strict=True):
+                out[i] = p
+                cache.put((model.name, model.version, values[i]), p)
+        hits = len(values) - len(misses)
+        metrics.predicted(model.name, model.version, len(values), hits)
+        request.state.rows, request.state.cache_hits = len(values), hits
+        return JSONResponse(
+            {
+                "model": model.name,
+                "version": model.version,
+                "runtime": model.runtime,
+                "predictions": out,
+                "cached": hits,
+            }
+        )
+
+    return app

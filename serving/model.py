@@ -1,0 +1,253 @@
+"""One registered model version, loaded for inference: raw rows in, predictions out.
+
+Rows are validated by a pydantic model generated from the version's input schema (strict types, no extra or
+missing column, no NaN or infinity; ``null`` only where the preprocessing imputes), made into model inputs by the
+fitted preprocessing the version carries, and run through onnxruntime when the version has an ONNX export (no
+torch in the API process), the native model otherwise. Encrypted artefacts are decrypted in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.registry import MANIFEST, TAG_ENCRYPTED, TAG_KEY
+from uaap.errors import UaapError
+
+ROW_TEXT_LIMIT = 10_000  # characters of one string value
+
+
+class ModelLoadError(UaapError):
+    """A registered version cannot be served (an artefact failed authentication, or the key is missing)."""
+
+
+class RowsInvalid(UaapError):
+    """Rows that do not fit the input schema; ``errors`` name each bad field (FastAPI's 422 shape)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["msg"] if errors else "invalid rows")
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Column:
+    """One raw input column."""
+
+    name: str
+    type: str  # number | string | datetime
+    nullable: bool
+
+
+def _open(files: dict[str, bytes], tags: dict[str, str], key: bytes | None, label: str) -> dict[str, bytes]:
+    """The artefacts in the clear (in memory), each checked: authenticated when encrypted, hashed otherwise."""
+    from uaap import at_rest
+
+    encrypted = tags.get(TAG_ENCRYPTED) == "true"
+    if encrypted:
+        if key is None:
+            raise ModelLoadError(
+                f"{label} is encrypted at rest; start the server with its key (${at_rest.KEY_ENV} or --key-file)"
+            )
+        if tags.get(TAG_KEY) and tags[TAG_KEY] != at_rest.fingerprint(key):
+            raise ModelLoadError(
+                f"{label} was encrypted with key {tags[TAG_KEY]}, but the server holds key {at_rest.fingerprint(key)}; "
+                "start it with the key the version was registered with"
+            )
+    out: dict[str, bytes] = {}
+    for name, blob in files.items():
+        if encrypted != at_rest.is_encrypted(blob):
+            raise ModelLoadError(
+                f"{label}: artefact {name!r} is {'not ' if encrypted else ''}encrypted but the registry says the "
+                f"version is {'' if encrypted else 'not '}encrypted; refusing it (a file was replaced)"
+            )
+        try:
+            out[name] = at_rest.decrypt(blob, key, name) if encrypted and key is not None else blob
+        except at_rest.AtRestError as exc:
+            raise ModelLoadError(f"{label}: {exc}") from None
+    manifest = json.loads(out[MANIFEST])
+    for name, digest in manifest.get("sha256", {}).items():
+        if name in out and hashlib.sha256(out[name]).hexdigest() != digest:
+            raise ModelLoadError(
+                f"{label}: artefact {name!r} changed after registration (SHA-256 differs); refusing it"
+            )
+    return out
+
+
+class ServedModel:
+    """A registered version ready to predict: schema, preprocessing and a runtime."""
+
+    def __init__(
+        self, name: str, version: str, files: dict[str, bytes], tags: dict[str, str], key: bytes | None = None
+    ) -> None:
+        label = f"model {name!r} version {version}"
+        clear = _open(files, tags, key, label)
+        self.name, self.version = name, version
+        self.manifest: dict[str, Any] = json.loads(clear[MANIFEST])
+        self.task: str = self.manifest["task"]
+        self.classes: list[str] = list(self.manifest.get("classes") or [])
+        self.columns = [
+            Column(str(c["name"]), str(c["type"]), bool(c["nullable"])) for c in self.manifest["input_schema"]
+        ]
+        self._rows_adapter, self.row_model = _row_validator(name, version, self.columns)
+        self._prepare = _preprocessor(self.manifest["preprocessing"])
+        onnx = self.manifest.get("onnx")
+        if onnx and onnx in clear:
+            self.runtime = "onnxruntime"
+            self._run = _onnx_runner(clear[onnx])
+        else:
+            self.runtime = "native"
+            self._run = _native_runner(clear[self.manifest["model_file"]], self.manifest, label)
+
+    @property
+    def run_id(self) -> str:
+        """The run the version was registered from."""
+        return str(self.manifest["run_id"])
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /v1/models/{name}`` shows."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "task": self.task,
+            "family": self.manifest.get("family", ""),
+            "runtime": self.runtime,
+            "classes": self.classes,
+            "metrics": self.manifest.get("metrics", {}),
+            "privacy": self.manifest.get("privacy", {}),
+            "input_schema": [c.__dict__ for c in self.columns],
+        }
+
+    def validate(self, rows: list[Any], where: str = "rows") -> list[tuple[Any, ...]]:
+        """Each row's values in schema order, or :class:`RowsInvalid` naming every bad field."""
+        from pydantic import ValidationError
+
+        try:
+            parsed = self._rows_adapter.validate_python(rows)
+        except ValidationError as exc:
+            errors = [
+                {"loc": ["body", where, *exc_loc(e["loc"])], "msg": str(e["msg"]), "type": str(e["type"])}
+                for e in exc.errors(include_url=False, include_input=False, include_context=False)
+            ]
+            raise RowsInvalid(errors) from None
+        fields = [f"c{i}" for i in range(len(self.columns))]
+        return [tuple(getattr(r, f) for f in fields) for r in parsed]
+
+    def features(self, values: list[tuple[Any, ...]]) -> np.ndarray:
+        """Model inputs (float32) of validated rows."""
+        out: np.ndarray = self._prepare(values, [c.name for c in self.columns])
+        return out
+
+    def predict(self, values: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """One prediction per validated row: the label and class probabilities, or the regression value."""
+        if not values:
+            return []
+        out = self._run(self.features(values))
+        if self.task == "regression":
+            return [{"prediction": float(v)} for v in np.asarray(out, dtype=np.float64).reshape(-1)]
+        probs = np.asarray(out, dtype=np.float64)
+        labels = probs.argmax(axis=1)
+        return [
+            {
+                "prediction": self.classes[int(k)] if self.classes else str(int(k)),
+                "probabilities": [float(p) for p in row],
+            }
+            for k, row in zip(labels, probs, strict=True)
+        ]
+
+
+def exc_loc(loc: tuple[int | str, ...]) -> list[int | str]:
+    """A pydantic error location as JSON-able parts."""
+    return [p if isinstance(p, int) else str(p) for p in loc]
+
+
+def _row_validator(name: str, version: str, columns: list[Column]) -> tuple[Any, type[Any]]:
+    """A TypeAdapter of ``list[Row]`` and the ``Row`` model of the schema (strict; column names as aliases)."""
+    from typing import Annotated
+
+    from pydantic import AllowInfNan, ConfigDict, Field, StringConstraints, TypeAdapter, create_model
+
+    fields: dict[str, Any] = {}
+    for i, col in enumerate(columns):
+        base: Any = (
+            Annotated[float, AllowInfNan(False)]
+            if col.type == "number"
+            else Annotated[str, StringConstraints(max_length=ROW_TEXT_LIMIT)]
+        )
+        typ = (base | None) if col.nullable else base
+        fields[f"c{i}"] = (
+            typ,
+            Field(alias=col.name, description=f"{col.type}{', null allowed' if col.nullable else ''}"),
+        )
+    safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+    row = create_model(
+        f"{safe}_v{version}_Row",
+        __config__=ConfigDict(extra="forbid", strict=True, populate_by_name=False),
+        **fields,
+    )
+    return TypeAdapter(list[row]), row  # type: ignore[valid-type]
+
+
+def _preprocessor(spec: dict[str, Any]) -> Any:
+    """``f(values, column_names) -> float32 features`` for the version's preprocessing."""
+    if spec["kind"] == "standardize":
+        mean = np.asarray(spec["mean"], dtype=np.float32)
+        std = np.asarray(spec["std"], dtype=np.float32)
+
+        def standardize(values: list[tuple[Any, ...]], names: list[str]) -> np.ndarray:
+            return ((np.asarray(values, dtype=np.float32) - mean) / std).astype(np.float32)
+
+        return standardize
+    if spec["kind"] == "uaap-preprocessor":
+        import pandas as pd
+
+        from uaap.data.preprocess import Preprocessor
+
+        pre = Preprocessor.from_dict(spec["plan"])
+
+        def transform(values: list[tuple[Any, ...]], names: list[str]) -> np.ndarray:
+            return np.asarray(pre.transform(pd.DataFrame(values, columns=names)), dtype=np.float32)
+
+        return transform
+    raise ModelLoadError(f"preprocessing kind {spec['kind']!r} is unknown to this server; upgrade uaap")
+
+
+def _onnx_runner(data: bytes) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    input_name = sess.get_inputs()[0].name
+    outputs = [o.name for o in sess.get_outputs()]
+    wanted = next((o for o in ("probabilities", "prediction") if o in outputs), outputs[-1])
+
+    def run(X: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run([wanted], {input_name: X})[0])
+
+    return run
+
+
+def _native_runner(data: bytes, manifest: dict[str, Any], label: str) -> Any:
+    from uaap import workspace
+
+    regression = manifest["task"] == "regression"
+    if manifest["model_file"].endswith(".npz"):
+        from uaap.training import predict_proba, predict_values
+
+        module, _ = workspace.load_model_bytes(data, label)
+        scaling = manifest.get("target_scaling") or {}
+        mean, std = float(scaling.get("mean", 0.0)), float(scaling.get("std", 1.0))
+        if regression:
+            return lambda X: predict_values(module, X, mean, std)
+        return lambda X: predict_proba(module, X)
+    estimator, _ = workspace.load_estimator_bytes(data, label)
+    if regression:
+        return lambda X: np.asarray(estimator.predict(X), dtype=np.float64)
+    return lambda X: np.asarray(estimator.predict_proba(X), dtype=np.float64)
