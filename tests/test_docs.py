@@ -143,6 +143,30 @@ SPECS: dict[str, Spec] = {
         refuse=NOISE,
         timeout=120,
     ),
+    # ---- docs/monitoring.md ------------------------------------------------------------------------------
+    "docs/monitoring.md#1-a-model-to-audit": Spec(
+        expect=(r"wrote new\.csv: 1500 rows", r"test: loss [\d.]+, accuracy 0\.[6-9]"), refuse=NOISE, timeout=120
+    ),
+    "docs/monitoring.md#2-fairness-by-group": Spec(
+        expect=(
+            r"(?m)^│ premium +│ \d+ +│ 0\.\d{4} ",
+            r"demographic parity difference 0\.\d{4}",
+            r"held-out half, after ThresholdOptimizer",
+            r"wrote \S+/monitor/fairness-plan\.png",
+            r"wrote \S+/monitor/fairness-plan-mitigation\.png",
+        ),
+        refuse=NOISE,
+        timeout=120,
+    ),
+    "docs/monitoring.md#3-drift-of-new-rows": Spec(
+        expect=(
+            r"drifted: none; predictions drifted: no",
+            r"drifted: income, plan; predictions drifted: (yes|no)",
+            r"wrote \S+/monitor/drift-[\d-]+\.png",
+        ),
+        refuse=NOISE,
+        timeout=120,
+    ),
     # ---- docs/deploy.md (an empty folder, the installed commands on PATH) -------------------------------
     "docs/deploy.md#0-install": Spec(
         expect=(r"Requirement already satisfied: uaap",), env={"PIP_NO_INDEX": "1"}, timeout=180

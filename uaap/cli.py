@@ -37,13 +37,17 @@ if TYPE_CHECKING:
 
 GROUP = "uaap.commands"
 # The library's command modules (uaap.commands.<module>), by the name that places them in ORDER.
-LIBRARY = ("train", "data", "runs", "privacy", "keys", "certs", "automl", "config", "models", "explore")
+LIBRARY = (
+    "train", "data", "runs", "privacy", "keys", "certs", "automl", "config", "models", "explore", "fairness", "monitor"
+)  # fmt: skip
 # Order of `uaap --help`: the main job first, then training, bookkeeping, keys, demos, search.
 ORDER = (
     "simulate",
     "train",
     "data",
     "explore",
+    "fairness",
+    "monitor",
     "config",
     "models",
     "runs",

@@ -21,6 +21,8 @@ COMMANDS = [
     "train",
     "data",
     "explore",
+    "fairness",
+    "monitor",
     "config",
     "models",
     "runs",
@@ -40,7 +42,7 @@ COMMANDS = [
 UPPER_FLOORS = {"server", "client", "strategies", "simulations", "edge", "serving"}
 HEAVY = (
     "ray", "flwr", "torch", "tensorflow", "mlflow", "tenseal", "opacus", "sklearn", "rich", "onnx", "lightgbm",
-    "catboost",
+    "catboost", "scipy", "fairlearn", "shap",
 )  # fmt: skip
 
 
