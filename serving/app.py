@@ -224,7 +224,7 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
     bearer = HTTPBearer(auto_error=False, description="the same key as a bearer token")
 
     def require(scope: str) -> Any:
-        def check(
+        async def check(  # async: no thread-pool hop on every request (it only reads memory and a file's stat)
             request: Request,
             token: Annotated[str | None, Security(header_key)],
             cred: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
@@ -348,7 +348,7 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
         responses={**model_errors, 413: {"model": Problem, "description": "too many rows or too large a body"}},
         tags=["models"],
     )
-    def predict(name: str, body: PredictRequest, request: Request, key: Predictor) -> Response:
+    async def predict(name: str, body: PredictRequest, request: Request, key: Predictor) -> Response:
         """Predict one row (``{"row": {...}}``) or a batch (``{"rows": [...]}``) of raw columns."""
         if (body.row is None) == (body.rows is None):
             raise HTTPException(

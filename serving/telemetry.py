@@ -28,10 +28,14 @@ class JsonFormatter(logging.Formatter):
 
     FIELDS = ("request_id", "method", "route", "status", "latency_ms", "model", "version", "rows", "cache_hits")
 
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one JSON line."""
+    def __init__(self) -> None:
         from uaap import workspace
 
+        super().__init__()
+        self.home = str(workspace.home())
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         out: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
@@ -42,7 +46,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
         line = json.dumps(out, default=str)
-        return SECRET.sub("uaap_<redacted>", line.replace(str(workspace.home()), "<workspace>"))
+        return SECRET.sub("uaap_<redacted>", line.replace(self.home, "<workspace>"))
 
 
 def configure_logging(level: int = logging.INFO) -> None:

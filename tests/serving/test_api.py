@@ -1,8 +1,9 @@
 """The inference API against real registered models: a torch logistic regression on breast_cancer (ONNX export,
-served by onnxruntime), a random forest regressor on diabetes (native skops model) and an encrypted copy of the
-first, all trained by `uaap train` and registered in MLflow's registry on the workspace's sqlite store.
+served by onnxruntime), a random forest regressor on diabetes (native skops model), a random forest on a raw
+table with strings, dates and missing values (its fitted preprocessor in the registry) and an encrypted copy of
+the first, all trained by `uaap train` and registered in MLflow's registry on the workspace's sqlite store.
 
-One module fixture trains, exports and registers once (~15 s); the tests drive the FastAPI app in-process.
+One module fixture trains, exports and registers once (~20 s); the tests drive the FastAPI app in-process.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Served:
     app: Any
     breast_run: str
     diabetes_run: str
+    visits_run: str
     tokens: dict[str, str]
     logs: Capture
 
@@ -78,9 +80,15 @@ def served(module_home: Path) -> Iterator[Served]:
     before = set(workspace.list_runs())
     assert main(["train", "--dataset", "diabetes", "--model", "random_forest"]) == 0
     diabetes = _new_run(before)
+    assert main(["data", "example", str(module_home / "visits.csv"), "--rows", "400"]) == 0
+    before = set(workspace.list_runs())
+    table = ["--data", str(module_home / "visits.csv"), "--target", "label", "--drop-columns", "cost"]
+    assert main(["train", *table, "--text-columns", "hashing", "--model", "random_forest"]) == 0
+    visits = _new_run(before)
     assert main(["register", breast, "--name", "breast", "--alias", "champion"]) == 0
     assert main(["register", diabetes, "--name", "diabetes", "--alias", "champion"]) == 0
     assert main(["register", breast, "--name", "secret", "--alias", "champion", "--encrypt"]) == 0
+    assert main(["register", visits, "--name", "visits", "--alias", "champion"]) == 0
 
     tokens = {}
     tokens["admin"], _ = keys.create("fuzz", ("predict", "admin"), rate_per_minute=1_000_000)
@@ -96,7 +104,7 @@ def served(module_home: Path) -> Iterator[Served]:
     app = create_app(Settings(refresh_seconds=REFRESH, max_batch=50, cache_size=1000))
     try:
         with TestClient(app) as client:
-            yield Served(module_home, client, app, breast, diabetes, tokens, capture)
+            yield Served(module_home, client, app, breast, diabetes, visits, tokens, capture)
     finally:
         logger.removeHandler(capture)
 
@@ -139,6 +147,44 @@ def test_predictions_equal_the_registered_models_own(served: Served) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["runtime"] == "native"
     np.testing.assert_allclose([p["prediction"] for p in r.json()["predictions"]], forest.predict(X[:50]), atol=1e-5)
+
+
+def test_a_raw_table_model_takes_raw_rows_with_strings_dates_and_nulls(served: Served) -> None:
+    """The run's fitted preprocessor travels in the registry: rows as the CSV holds them (empty cells as null)
+    get the labels the model gives the same rows encoded by the library's own table loader."""
+    import pandas as pd
+
+    from uaap import workspace
+    from uaap.data import load_table
+
+    path = served.home / "visits.csv"
+    frame = pd.read_csv(path).drop(columns=["label", "cost"]).head(120)
+    rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
+    assert any(None in r.values() for r in rows)  # the example table has missing cells
+    forest, meta = workspace.load_estimator(workspace.existing_run(served.visits_run).path / "model.skops")
+    encoded = load_table(path, "label", preprocessor=json.dumps(meta["preprocessor"]))
+    reference = [meta["preprocessor"]["target"]["classes"][k] for k in forest.predict_proba(encoded.X[:120]).argmax(1)]
+    got: list[str] = []
+    for start in range(0, len(rows), 50):
+        r = served.client.post(
+            "/v1/models/visits/predict", json={"rows": rows[start : start + 50]}, headers=served.headers()
+        )
+        assert r.status_code == 200, r.text
+        got += [p["prediction"] for p in r.json()["predictions"]]
+    assert got == reference
+    info = served.client.get("/v1/models/visits", headers=served.headers()).json()
+    kinds = {c["name"]: (c["type"], c["nullable"]) for c in info["input_schema"]}
+    assert kinds == {
+        "age": ("number", True),
+        "income": ("number", True),
+        "score": ("number", True),
+        "city": ("string", True),
+        "plan": ("string", True),
+        "visit": ("datetime", True),
+        "notes": ("string", True),
+    }
+    bad = served.client.post("/v1/models/visits/predict", json={"row": dict(rows[0], city=3)}, headers=served.headers())
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "row", "city"]
 
 
 def test_model_listing_and_info(served: Served) -> None:
