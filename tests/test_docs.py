@@ -167,6 +167,28 @@ SPECS: dict[str, Spec] = {
         refuse=NOISE,
         timeout=120,
     ),
+    # ---- docs/serving.md (an empty folder) ---------------------------------------------------------------
+    "docs/serving.md#1-a-model-in-the-registry": Spec(
+        expect=(
+            r"wrote visits\.csv: 600 rows",
+            r"(?m)^│ onnx +│ ok ",
+            r"registered visits version 1 from run central-\S+ \(runtime onnxruntime, alias @champion\)",
+        ),
+        refuse=NOISE,
+        timeout=180,
+    ),
+    "docs/serving.md#2-an-api-key": Spec(expect=(r"(?m)^[0-9a-f]{12} +notebook +predict,admin +600 ",), timeout=60),
+    "docs/serving.md#3-serve-and-predict": Spec(
+        expect=(
+            r'"runtime":"onnxruntime","predictions":\[\{"prediction":"(yes|no)","probabilities":\[',
+            r'\{"loc":\["body","row","age"\],"msg":"Input should be a valid number"',
+            r'\{"version":"1","runtime":"onnxruntime","metrics":0\.\d+\}',
+            r'uaap_requests_total\{method="POST",route="/v1/models/\{name\}/predict",status="422"\} 1',
+            r'"logger": "uvicorn\.error", "message": "Finished server process',
+        ),
+        refuse=(*NOISE, r"uaap_[0-9a-f]{12}_"),
+        timeout=120,
+    ),
     # ---- docs/deploy.md (an empty folder, the installed commands on PATH) -------------------------------
     "docs/deploy.md#0-install": Spec(
         expect=(r"Requirement already satisfied: uaap",), env={"PIP_NO_INDEX": "1"}, timeout=180
