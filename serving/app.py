@@ -65,10 +65,16 @@ class Models:
         self._aliases: dict[tuple[str, str], tuple[str, float]] = {}
         self._loaded: OrderedDict[tuple[str, str], ServedModel] = OrderedDict()
         self._lock = threading.RLock()
+        self._key: bytes | None = None
+        self._key_problem = ""  # why there is no key: said when an encrypted version is asked for
         try:
-            self._key: bytes | None = at_rest.load_key(settings.key_file)
-        except at_rest.AtRestError:
-            self._key = None  # plaintext versions still serve; an encrypted one says which key it needs
+            self._key = at_rest.load_key(settings.key_file)
+        except at_rest.AtRestError as exc:  # plaintext versions still serve
+            # clients read this: no file path in it (the server's log has the details)
+            self._key_problem = (
+                f"the server holds no at-rest key (start it with ${at_rest.KEY_ENV} or --key-file; its log says why)"
+            )
+            log.warning("no at-rest key: %s", exc)
 
     def split(self, spec: str) -> tuple[str, str]:
         """``NAME[@ALIAS]`` -> (name, alias)."""
@@ -100,6 +106,8 @@ class Models:
                 self._loaded.move_to_end((name, version))
                 return model
         files, tags = registry.download(self.client, name, version)
+        if tags.get(registry.TAG_ENCRYPTED) == "true" and self._key is None:
+            raise ModelLoadError(f"model {name!r} version {version} is encrypted at rest: {self._key_problem}")
         model = ServedModel(name, version, files, tags, self._key)
         with self._lock:
             self._loaded[(name, version)] = model

@@ -445,3 +445,18 @@ def test_an_onnx_model_is_served_without_importing_torch(served: Served) -> None
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.splitlines()[-1]) == [200, "onnxruntime", False]
+
+
+def test_an_encrypted_model_without_its_key_is_503_and_says_why(served: Served, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import Settings, create_app
+
+    rows, _ = _raw_test_rows(served.breast_run)
+    with TestClient(create_app(Settings(key_file=tmp_path / "no.key"))) as client:
+        r = client.post("/v1/models/secret/predict", json={"row": rows[0]}, headers=served.headers())
+        assert r.status_code == 503
+        assert "is encrypted at rest: the server holds no at-rest key" in r.json()["detail"]
+        assert str(tmp_path) not in r.text
+        plain = client.post("/v1/models/breast/predict", json={"row": rows[0]}, headers=served.headers())
+        assert plain.status_code == 200
