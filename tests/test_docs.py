@@ -189,6 +189,16 @@ SPECS: dict[str, Spec] = {
         refuse=(*NOISE, r"uaap_[0-9a-f]{12}_"),
         timeout=120,
     ),
+    "docs/monitoring.md#4-why-the-model-decides-as-it-does-shap-central": Spec(
+        expect=(
+            r"tree explainer, output P\(yes\), base value 0\.\d+, 300 rows",
+            r"additivity error (0\.00e\+00|\d\.\d\de-(1\d|0[7-9]))",  # within 1e-6
+            r"(?m)^│ plan +│ 0\.\d{4} ",
+            r"wrote \S+/explain/shap-waterfall\.png",
+        ),
+        refuse=NOISE,
+        timeout=120,
+    ),
     # ---- docs/deploy.md (an empty folder, the installed commands on PATH) -------------------------------
     "docs/deploy.md#0-install": Spec(
         expect=(r"Requirement already satisfied: uaap",), env={"PIP_NO_INDEX": "1"}, timeout=180

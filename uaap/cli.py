@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 GROUP = "uaap.commands"
 # The library's command modules (uaap.commands.<module>), by the name that places them in ORDER.
 LIBRARY = (
-    "train", "data", "runs", "privacy", "keys", "certs", "automl", "config", "models", "explore", "fairness", "monitor"
+    "train", "data", "runs", "privacy", "keys", "certs", "automl", "config", "models", "explore", "fairness", "monitor",
+    "explain",
 )  # fmt: skip
 # Order of `uaap --help`: the main job first, then training, bookkeeping, keys, demos, search.
 ORDER = (
@@ -48,6 +49,7 @@ ORDER = (
     "explore",
     "fairness",
     "monitor",
+    "explain",
     "config",
     "models",
     "runs",

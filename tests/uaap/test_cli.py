@@ -23,6 +23,7 @@ COMMANDS = [
     "explore",
     "fairness",
     "monitor",
+    "explain",
     "config",
     "models",
     "runs",

@@ -48,7 +48,7 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "column"
 
 
-def _publish(model: RunModel, outputs: Mapping[Path, Any], metrics: Mapping[str, float], event: str,
+def publish(model: RunModel, outputs: Mapping[Path, Any], metrics: Mapping[str, float], event: str,
              values: Mapping[str, Any]) -> list[Path]:  # fmt: skip
     """Write each output (``Path -> callable(tmp_path)``) through a temporary name, then log to MLflow."""
     from uaap.tracking import Tracker
@@ -115,7 +115,7 @@ def fairness(
     if mitigation is not None:
         metrics.update({f"{key}.mitigated.{m}": float(mitigation["after"][m]) for m in fair.SUMMARY})
     summary = {m: result[m] for m in fair.SUMMARY}
-    files = _publish(model, outputs, metrics, "fairness", {"sensitive": sensitive, "data": data, **summary})
+    files = publish(model, outputs, metrics, "fairness", {"sensitive": sensitive, "data": data, **summary})
     return Written(result, files)
 
 
@@ -179,5 +179,5 @@ def monitor(
             if stat in row:
                 metrics[f"drift.{safe_name(name)}.{stat}"] = float(row[stat])
     event = {"data": data, "drifted": result["drifted"], "prediction_drifted": result["prediction_drifted"]}
-    files = _publish(model, outputs, metrics, "drift", event)
+    files = publish(model, outputs, metrics, "drift", event)
     return Written(result, files)

@@ -1,0 +1,120 @@
+"""`uaap explain` (uaap.explain.shapley): SHAP values of a run's model per raw column, compared with shap's own
+explainers called directly here on the same model and rows, and the additivity SHAP promises (values + base value
+== the model's output). Two central runs are trained once for the module on a messy generated table (numbers,
+categories, dates): a random forest (TreeExplainer) and a torch MLP (PermutationExplainer)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import shap
+
+from uaap.cli import main
+from uaap.config import RunConfig
+from uaap.data.messy import messy_table
+from uaap.explain.shapley import explain
+from uaap.monitor.runmodel import RunModel, load_run_model
+
+
+@pytest.fixture(scope="module")
+def runs(module_home: Path) -> Iterator[tuple[Path, RunModel, RunModel]]:
+    from uaap.centralized import train_central
+
+    messy_table(800, seed=3, text=False).to_csv(module_home / "visits.csv", index=False)
+    base = RunConfig(dataset="csv", data_path=str(module_home / "visits.csv"), target="label", drop_columns="cost",
+                     experiment="tests-explain", seed=2)  # fmt: skip
+    train_central(base.replace(model="random_forest", trees_per_client=10, num_clients=2, run_id="forest"))
+    train_central(base.replace(model="mlp", run_id="mlp"), epochs=2)
+    yield module_home, load_run_model("forest"), load_run_model("mlp")
+
+
+def _by_column(values: np.ndarray, features: list[str], columns: list[str]) -> np.ndarray:
+    """Feature values summed per raw column, by name: ``city=Paris`` and ``visit.month_sin`` belong to theirs."""
+    out = np.zeros((len(values), len(columns)))
+    for j, column in enumerate(columns):
+        mine = [i for i, f in enumerate(features) if f == column or f.startswith((f"{column}=", f"{column}."))]
+        assert mine, column
+        out[:, j] = values[:, mine].sum(axis=1)
+    return out
+
+
+def test_tree_shap_equals_shaps_tree_explainer_and_adds_up(runs: tuple[Path, RunModel, RunModel]) -> None:
+    home, forest, _ = runs
+    frame = pd.read_csv(home / "visits.csv").iloc[:200]
+    ours = explain(forest, frame)
+    X = forest.preprocessor.transform(frame)
+    direct = shap.TreeExplainer(forest.model).shap_values(X)[:, :, 1]  # the class 'yes'
+    assert ours.explainer == "tree" and ours.output == "P(yes)"
+    assert np.max(np.abs(ours.values - direct)) <= 1e-8
+    assert ours.columns == ["age", "income", "score", "city", "plan", "visit"]  # raw columns, the target and cost out
+    np.testing.assert_allclose(ours.grouped, _by_column(direct, ours.features, ours.columns), rtol=0, atol=1e-8)
+    proba = forest.model.predict_proba(X)[:, 1]
+    assert np.max(np.abs(ours.grouped.sum(axis=1) + ours.base - proba)) <= 1e-6
+    assert ours.additivity_error <= 1e-6
+
+
+def test_torch_shap_equals_shaps_permutation_explainer_and_adds_up(runs: tuple[Path, RunModel, RunModel]) -> None:
+    from uaap.training import predict_proba
+
+    home, _, mlp = runs
+    frame = pd.read_csv(home / "visits.csv")
+    rows, background = frame.iloc[100:115], frame.iloc[:10]
+    ours = explain(mlp, rows, background=background, background_rows=10, max_evals=100, seed=4)
+    assert ours.explainer == "permutation" and ours.note == ""
+
+    def f(X: np.ndarray) -> np.ndarray:
+        return predict_proba(mlp.model, X.astype(np.float32))[:, 1].astype(np.float64)
+
+    pre = mlp.preprocessor
+    masker = shap.maskers.Independent(pre.transform(background).astype(np.float64), max_samples=10)
+    direct = shap.PermutationExplainer(f, masker, seed=4)(pre.transform(rows).astype(np.float64), max_evals=100,
+                                                         silent=True)  # fmt: skip
+    assert np.max(np.abs(ours.values - direct.values)) <= 1e-8
+    np.testing.assert_allclose(ours.grouped, _by_column(direct.values, ours.features, ours.columns), rtol=0, atol=1e-8)
+    output = f(pre.transform(rows))
+    assert np.max(np.abs(ours.grouped.sum(axis=1) + ours.base - output)) <= 1e-6
+
+
+def test_the_explain_command_writes_plots_json_and_mlflow(
+    runs: tuple[Path, RunModel, RunModel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow import MlflowClient
+
+    from uaap.tracking import tracking_uri
+
+    home, _, _ = runs
+    assert main(["explain", "forest", "--data", str(home / "visits.csv"), "--row", "2", "--max-rows", "150"]) == 0
+    out = capsys.readouterr().out
+    folder = home / "runs" / "forest" / "explain"
+    report = json.loads((folder / "shap.json").read_text())
+    assert report["explainer"] == "tree" and report["rows"] == 150 and report["additivity_error"] <= 1e-6
+    assert set(report["mean_abs_shap"]) == {"age", "income", "score", "city", "plan", "visit"}
+    assert report["row"]["index"] == 2 and sum(report["row"]["values"].values()) + report[
+        "base_value"
+    ] == pytest.approx(report["row"]["output"], abs=1e-6)
+    for name in ("shap-summary.png", "shap-bar.png", "shap-waterfall.png"):
+        assert (folder / name).stat().st_size > 10_000
+    assert "150 of 800 rows drawn at random" in out
+    client = MlflowClient(tracking_uri())
+    [run] = client.search_runs([client.get_experiment_by_name("tests-explain").experiment_id],
+                               "tags.`uaap.run_id` = 'forest'")  # fmt: skip
+    assert run.data.metrics["shap.score.mean_abs"] == pytest.approx(report["mean_abs_shap"]["score"])
+
+
+def test_rows_without_the_models_columns_are_refused_before_anything_is_written(
+    runs: tuple[Path, RunModel, RunModel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, _, _ = runs
+    pd.read_csv(home / "visits.csv").drop(columns=["city"]).to_csv(home / "no-city.csv", index=False)
+    assert main(["explain", "mlp", "--data", str(home / "no-city.csv")]) == 2
+    assert re.search(r"lack columns 'city' that the model was trained on", capsys.readouterr().err)
+    assert not (home / "runs" / "mlp" / "explain").exists()
+    assert main(["explain", "mlp", "--data", str(home / "visits.csv"), "--row", "900", "--max-rows", "20"]) == 2
+    assert "--row 900 is outside the 20 rows" in capsys.readouterr().err
+    assert not (home / "runs" / "mlp" / "explain").exists()

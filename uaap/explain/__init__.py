@@ -1,0 +1,1 @@
+"""Explanations of a run's model on the raw columns a user knows (:mod:`uaap.explain.shapley`)."""

@@ -1,0 +1,268 @@
+"""SHAP values of a run's model, per raw input column (central).
+
+The model sees the fitted preprocessor's outputs (one-hot categories, date parts, hashed text); SHAP explains it
+there, with the explainer that fits the model: shap's ``TreeExplainer`` (exact, path-dependent) for tree
+ensembles (random forests, XGBoost, LightGBM, CatBoost), else shap's ``PermutationExplainer`` (torch networks and
+every other estimator) over an ``Independent`` masker of background rows. Then each raw column's value is the
+sum of its outputs' values (``city=Paris`` + ``city=Lyon`` + ... -> ``city``; ``visit.month``, ``visit.month_sin``
+... -> ``visit``): SHAP values add up, so the column values still sum, with the base value, to the model's output.
+
+What is explained: a classifier's probability of one class (``--target-class``; the second of two by default)
+for forests and networks, its log-odds for boosted trees (their raw output, where TreeExplainer is exact); a
+regression's prediction in the target's units (forests and boosting) or the network's prediction in those units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from uaap.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from uaap.data.preprocess import Preprocessor
+    from uaap.monitor.runmodel import RunModel
+
+TREE_FAMILIES = ("random_forest", "xgboost", "lightgbm", "catboost")
+BOOSTED = ("xgboost", "lightgbm", "catboost")
+
+
+def feature_columns(pre: Preprocessor) -> list[str]:
+    """The raw column behind each of the preprocessor's outputs (in :meth:`get_feature_names_out` order); a
+    polynomial product keeps its own name (``age*income``): it belongs to two columns."""
+    from uaap.data.preprocess import CYCLES, PreprocessOptions
+
+    o = pre.options or PreprocessOptions()
+    out: list[str] = []
+    for plan in pre.plan_:
+        if plan.kind in ("numeric", "datetime"):
+            for name in plan.numeric_names():
+                out.append(plan.name)
+                if plan.kind == "datetime" and name.rsplit(".", 1)[-1] in CYCLES:
+                    out += [plan.name, plan.name]
+        elif plan.kind == "categorical" and o.encoding == "onehot":
+            out += [plan.name] * (len(plan.vocabulary) + 1)
+        elif plan.kind == "categorical" and o.encoding == "ordinal":
+            out.append(plan.name)
+        else:
+            out += [plan.name] * o.hash_buckets
+    names = list(pre.feature_names_out_)
+    out += names[len(out) :]  # polynomial products
+    if len(out) != len(names):
+        raise DataError(f"the preprocessor gives {len(names)} features but {len(out)} were mapped to columns")
+    return out
+
+
+def group_by_column(values: np.ndarray, columns: list[str]) -> tuple[list[str], np.ndarray]:
+    """Per-feature values (rows x features) summed per raw column, columns in first-seen order."""
+    order = list(dict.fromkeys(columns))
+    index = np.array([order.index(c) for c in columns])
+    grouped = np.zeros((values.shape[0], len(order)))
+    np.add.at(grouped.T, index, values.T)
+    return order, grouped
+
+
+@dataclass(frozen=True)
+class Shap:
+    """SHAP values of some rows: per model feature and per raw column, with the base value and what they explain."""
+
+    explainer: str  # tree | permutation
+    output: str  # what the values add up to, in words
+    features: list[str]
+    values: np.ndarray  # rows x features
+    base: float
+    columns: list[str]
+    grouped: np.ndarray  # rows x columns
+    model_output: np.ndarray  # the explained output of each row
+    X: np.ndarray  # the model's inputs
+    note: str = ""
+
+    @property
+    def additivity_error(self) -> float:
+        """max |sum of a row's values + base - the model's output| over the rows."""
+        return float(np.max(np.abs(self.grouped.sum(axis=1) + self.base - self.model_output)))
+
+
+def choose_class(model: RunModel, target_class: str = "") -> int:
+    """Index of the class whose output is explained (the given one; else the second of two, the last of more)."""
+    from uaap.data.preprocess import label_text
+
+    classes = model.classes
+    if not target_class:
+        return len(classes) - 1 if len(classes) != 2 else 1
+    text = label_text(target_class)
+    if text not in classes:
+        raise DataError(f"--target-class {target_class!r} is not one of the model's classes: {', '.join(classes)}")
+    return classes.index(text)
+
+
+def output_function(model: RunModel, k: int) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The model's explained output on model inputs (rows x features) and its description."""
+    if model.torch:
+        from uaap.training import predict_proba, predict_values
+
+        if model.task == "classification":
+            return (lambda X: predict_proba(model.model, X.astype(np.float32))[:, k].astype(np.float64)), (
+                f"P({model.classes[k]})"
+            )
+        mean, std = float(model.meta.get("target_mean", 0.0)), float(model.meta.get("target_std", 1.0))
+        return (lambda X: predict_values(model.model, X.astype(np.float32), mean, std)), model.target
+    if model.task == "classification":
+        return (lambda X: np.asarray(model.model.predict_proba(X), dtype=np.float64)[:, k]), f"P({model.classes[k]})"
+    return (lambda X: np.asarray(model.model.predict(X), dtype=np.float64).reshape(-1)), model.target
+
+
+def explain(
+    model: RunModel,
+    frame: pd.DataFrame,
+    *,
+    target_class: str = "",
+    background: pd.DataFrame | None = None,
+    background_rows: int = 100,
+    max_evals: int = 0,
+    seed: int = 0,
+) -> Shap:
+    """SHAP values of ``frame``'s rows for ``model`` (see the module's docstring for the explainer it picks)."""
+    import shap
+
+    pre = model.preprocessor
+    X = pre.transform(frame).astype(np.float64)
+    features = list(pre.feature_names_out_)
+    columns = feature_columns(pre)
+    k = choose_class(model, target_class) if model.task == "classification" else 0
+    family = str(model.meta.get("family", ""))
+    note = ""
+    if not model.torch and family in TREE_FAMILIES:
+        explainer = shap.TreeExplainer(model.model)
+        raw = np.asarray(explainer.shap_values(X))
+        expected = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
+        if raw.ndim == 3:  # rows x features x outputs
+            values, base = raw[:, :, k], float(expected[k])
+        else:  # one output: a regression, or a binary booster's log-odds of class 1
+            values, base = raw, float(expected[0])
+            if model.task == "classification" and k == 0:  # log-odds of class 0 are those of class 1, negated
+                values, base = -values, -base
+        if family in BOOSTED and model.task == "classification":
+            output = f"log-odds of {model.classes[k]!r}"
+            margin = np.asarray(model.model.predict(X, output_margin=True) if family == "xgboost" else
+                                explainer.model.predict(X), dtype=np.float64)  # fmt: skip
+            margin = margin[:, k] if margin.ndim == 2 else (margin if k == 1 else -margin)
+            model_output = margin
+        else:
+            f, output = output_function(model, k)
+            model_output = f(X)
+        kind = "tree"
+    else:
+        f, output = output_function(model, k)
+        rng = np.random.default_rng(seed)
+        rows = pre.transform(background).astype(np.float64) if background is not None else X
+        if len(rows) > background_rows:
+            note = f"background: {background_rows} of {len(rows)} rows drawn at random (--background-rows)"
+            rows = rows[np.sort(rng.choice(len(rows), background_rows, replace=False))]
+        masker = shap.maskers.Independent(rows, max_samples=len(rows))
+        explainer = shap.PermutationExplainer(f, masker, seed=seed)
+        evals = max_evals or max(500, 2 * X.shape[1] + 1)
+        result = explainer(X, max_evals=evals, silent=True)
+        values = np.asarray(result.values, dtype=np.float64)
+        base = float(np.asarray(result.base_values, dtype=np.float64).reshape(-1)[0])
+        model_output = f(X)
+        kind = "permutation"
+        if not model.torch:
+            note = (note + "; " if note else "") + f"family {family!r} has no tree explainer: permutation used"
+    order, grouped = group_by_column(values, columns)
+    return Shap(kind, output, features, values, base, order, grouped, model_output, X, note)
+
+
+def summary(result: Shap, frame: pd.DataFrame, row: int) -> dict[str, Any]:
+    """The numbers of a report: per column mean |SHAP| and mean SHAP, the base value and one row's values."""
+    mean_abs = np.abs(result.grouped).mean(axis=0)
+    ranked = [result.columns[i] for i in np.argsort(-mean_abs, kind="stable")]
+    return {
+        "explainer": result.explainer,
+        "output": result.output,
+        "rows": int(result.grouped.shape[0]),
+        "base_value": result.base,
+        "additivity_error": result.additivity_error,
+        "note": result.note,
+        "mean_abs_shap": {c: float(v) for c, v in zip(result.columns, mean_abs, strict=True)},
+        "mean_shap": {c: float(v) for c, v in zip(result.columns, result.grouped.mean(axis=0), strict=True)},
+        "ranking": ranked,
+        "row": {
+            "index": row,
+            "output": float(result.model_output[row]),
+            "values": {c: float(v) for c, v in zip(result.columns, result.grouped[row], strict=True)},
+            "data": {c: _shown(frame[c].iloc[row]) for c in result.columns if c in frame.columns},
+        },
+    }
+
+
+def _shown(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def plots(result: Shap, frame: pd.DataFrame, row: int, folder: Path, title: str) -> dict[str, Callable[[Path], Any]]:
+    """Writers of the beeswarm (summary), bar and waterfall (row ``row``) plots, by file name."""
+    import pandas as pd
+
+    numeric = np.full(result.grouped.shape, np.nan)
+    shown = np.empty(result.grouped.shape, dtype=object)
+    for j, c in enumerate(result.columns):
+        if c in frame.columns:
+            numbers = pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64)
+            numeric[:, j] = numbers
+            shown[:, j] = [
+                "missing" if t != t or t is None else (f"{n:.4g}" if n == n else str(t))
+                for t, n in zip(frame[c].to_numpy(), numbers, strict=True)
+            ]
+    import warnings
+
+    import shap
+
+    explanation = shap.Explanation(
+        values=result.grouped, base_values=np.full(len(result.grouped), result.base), data=numeric,
+        display_data=shown, feature_names=result.columns,
+    )  # fmt: skip
+
+    def draw(kind: str) -> Callable[[Path], Any]:
+        def write(path: Path) -> Path:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+            if kind == "summary":
+                with warnings.catch_warnings():  # a categorical column has no numeric value to colour by: grey
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    shap.plots.beeswarm(explanation, max_display=15, show=False)
+            elif kind == "bar":
+                shap.plots.bar(explanation, max_display=15, show=False)
+            else:
+                shap.plots.waterfall(explanation[row], max_display=15, show=False)
+            fig = plt.gcf()
+            label = {"summary": "SHAP values per row", "bar": "mean |SHAP|", "waterfall": f"row {row}"}[kind]
+            fig.suptitle(f"{title}\n{label}: {result.output} ({result.explainer} explainer)", fontsize=9)
+            fig.set_size_inches(max(fig.get_size_inches()[0], 8.0), fig.get_size_inches()[1] + 0.6)
+            fig.tight_layout()
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            return path
+
+        return write
+
+    return {f"shap-{kind}.png": draw(kind) for kind in ("summary", "bar", "waterfall")}
+
+
+def check_row(row: int, rows: int) -> int:
+    """A valid row index for the waterfall plot."""
+    if not 0 <= row < rows:
+        raise DataError(f"--row {row} is outside the {rows} rows explained (0..{rows - 1})")
+    return row
