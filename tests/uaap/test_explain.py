@@ -118,3 +118,19 @@ def test_rows_without_the_models_columns_are_refused_before_anything_is_written(
     assert main(["explain", "mlp", "--data", str(home / "visits.csv"), "--row", "900", "--max-rows", "20"]) == 2
     assert "--row 900 is outside the 20 rows" in capsys.readouterr().err
     assert not (home / "runs" / "mlp" / "explain").exists()
+
+
+def test_boosted_trees_are_explained_in_log_odds(runs: tuple[Path, RunModel, RunModel]) -> None:
+    from uaap.centralized import train_central
+
+    home, forest, _ = runs
+    cfg = forest.run.read_config().replace(model="xgboost", boost_rounds=15, run_id="boosted")
+    train_central(cfg)
+    booster = load_run_model("boosted")
+    frame = pd.read_csv(home / "visits.csv").iloc[:150]
+    ours = explain(booster, frame, target_class="no")
+    X = booster.preprocessor.transform(frame)
+    direct = shap.TreeExplainer(booster.model).shap_values(X)  # log-odds of class 1 ('yes')
+    assert ours.output == "log-odds of 'no'" and np.max(np.abs(ours.values + direct)) <= 1e-8
+    margin = booster.model.predict(X, output_margin=True)
+    assert np.max(np.abs(ours.grouped.sum(axis=1) + ours.base + margin)) <= 1e-5  # XGBoost sums in float32

@@ -258,3 +258,39 @@ def test_new_rows_with_other_columns_are_refused_by_name(
     err = capsys.readouterr().err
     assert "lack 'c1', 'x5'" in err and "carry 'colour'" in err
     assert _files(home) == before
+
+
+def test_multiclass_fairness_is_one_class_against_the_rest_with_multiclass_accuracy() -> None:
+    from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+    from sklearn.metrics import accuracy_score
+
+    rng = np.random.default_rng(3)
+    y_true, y_pred = rng.integers(0, 3, 900), rng.integers(0, 3, 900)
+    groups = rng.choice(["a", "b"], 900)
+    parts = [fair.fairness_counts(y_true[i::2], y_pred[i::2], groups[i::2], 3) for i in range(2)]
+    result = fair.federated_report(parts, ["low", "mid", "high"], fair.choose_positive(["low", "mid", "high"], "mid"))
+    metrics = {"selection_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate}
+    binary = {"y_true": (y_true == 1).astype(int), "y_pred": (y_pred == 1).astype(int)}  # 'mid' against the rest
+    rates = MetricFrame(metrics=metrics, sensitive_features=groups, **binary)
+    accuracy = MetricFrame(metrics=accuracy_score, y_true=y_true, y_pred=y_pred, sensitive_features=groups)
+    for g in ("a", "b"):
+        for name in ("selection_rate", "tpr", "fpr"):
+            assert result["groups"][g][name] == rates.by_group.loc[g, name]
+        assert result["groups"][g]["accuracy"] == accuracy.by_group.loc[g]
+    with pytest.raises(fair.DataError, match="--positive CLASS"):
+        fair.choose_positive(["low", "mid", "high"])
+
+
+def test_a_regression_models_predictions_drift_as_a_numeric_column() -> None:
+    reference, current = table(2000, 7), table(2000, 8)
+    pre = fit_parties([reference], FEATURES + ["label"])
+    plans = drift.monitored_plan(pre, "regression")
+    rng = np.random.default_rng(0)
+    same = drift.federated_drift([drift.with_predictions(reference, rng.normal(10, 2, 2000))],
+                                 [drift.with_predictions(current, rng.normal(10, 2, 2000))], plans)  # fmt: skip
+    moved = drift.federated_drift([drift.with_predictions(reference, rng.normal(10, 2, 2000))],
+                                  [drift.with_predictions(current, rng.normal(11, 2, 2000))], plans)  # fmt: skip
+    assert same["prediction"]["kind"] == moved["prediction"]["kind"] == "numeric"
+    assert not same["prediction_drifted"] and moved["prediction_drifted"]
+    assert moved["prediction"]["wasserstein_std"] == pytest.approx(0.5, abs=0.1)
+    assert same["drifted"] == moved["drifted"] == []  # the features themselves did not move

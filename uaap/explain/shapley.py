@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 
 TREE_FAMILIES = ("random_forest", "xgboost", "lightgbm", "catboost")
 BOOSTED = ("xgboost", "lightgbm", "catboost")
+# How each booster's predict gives its raw output (log-odds), where TreeExplainer's values add up.
+RAW_OUTPUT: dict[str, dict[str, Any]] = {
+    "xgboost": {"output_margin": True},
+    "lightgbm": {"raw_score": True},
+    "catboost": {"prediction_type": "RawFormulaVal"},
+}
 
 
 def feature_columns(pre: Preprocessor) -> list[str]:
@@ -138,8 +144,13 @@ def explain(
     k = choose_class(model, target_class) if model.task == "classification" else 0
     family = str(model.meta.get("family", ""))
     note = ""
+    explainer: Any = None
     if not model.torch and family in TREE_FAMILIES:
-        explainer = shap.TreeExplainer(model.model)
+        try:
+            explainer = shap.TreeExplainer(model.model)
+        except Exception as exc:  # a tree model shap does not read: the permutation explainer still can
+            note = f"shap's TreeExplainer cannot read this {family} model ({type(exc).__name__}): permutation used"
+    if explainer is not None:
         raw = np.asarray(explainer.shap_values(X))
         expected = np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))
         if raw.ndim == 3:  # rows x features x outputs
@@ -150,8 +161,7 @@ def explain(
                 values, base = -values, -base
         if family in BOOSTED and model.task == "classification":
             output = f"log-odds of {model.classes[k]!r}"
-            margin = np.asarray(model.model.predict(X, output_margin=True) if family == "xgboost" else
-                                explainer.model.predict(X), dtype=np.float64)  # fmt: skip
+            margin = np.asarray(model.model.predict(X, **RAW_OUTPUT[family]), dtype=np.float64)
             margin = margin[:, k] if margin.ndim == 2 else (margin if k == 1 else -margin)
             model_output = margin
         else:
@@ -163,7 +173,8 @@ def explain(
         rng = np.random.default_rng(seed)
         rows = pre.transform(background).astype(np.float64) if background is not None else X
         if len(rows) > background_rows:
-            note = f"background: {background_rows} of {len(rows)} rows drawn at random (--background-rows)"
+            drawn = f"background: {background_rows} of {len(rows)} rows drawn at random (--background-rows)"
+            note = f"{note}; {drawn}" if note else drawn
             rows = rows[np.sort(rng.choice(len(rows), background_rows, replace=False))]
         masker = shap.maskers.Independent(rows, max_samples=len(rows))
         explainer = shap.PermutationExplainer(f, masker, seed=seed)
@@ -173,7 +184,7 @@ def explain(
         base = float(np.asarray(result.base_values, dtype=np.float64).reshape(-1)[0])
         model_output = f(X)
         kind = "permutation"
-        if not model.torch:
+        if not model.torch and family not in TREE_FAMILIES:
             note = (note + "; " if note else "") + f"family {family!r} has no tree explainer: permutation used"
     order, grouped = group_by_column(values, columns)
     return Shap(kind, output, features, values, base, order, grouped, model_output, X, note)

@@ -310,7 +310,7 @@ def plot(result: Mapping[str, Any], path: Path, title: str, mitigated: Mapping[s
             ax.scatter(x + i * width, after, marker="_", s=300, color="black", zorder=3,
                        label="after ThresholdOptimizer" if i == 0 else None)  # fmt: skip
     ax.set_xticks(x + width * (len(groups) - 1) / 2, ["accuracy", "selection rate", "TPR", "FPR"])
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)  # room for the legend and the summary above the bars
     ax.set_ylabel(f"rate (positive class {result['positive']!r})")
     ax.set_title(title, fontsize=10)
     text = (
