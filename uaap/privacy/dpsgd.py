@@ -96,6 +96,7 @@ class DPSGD:
         history: list[Any] | tuple[Any, ...] = (),
         generator: torch.Generator | None = None,
         on_step: Callable[[DPSGD], None] | None = None,
+        fast: bool = True,
     ) -> None:
         if noise_multiplier < 0 or not max_grad_norm > 0:
             raise ConfigError(
@@ -106,6 +107,7 @@ class DPSGD:
         self.accountant = Accountant(mechanism, history)
         self.generator = generator
         self.on_step = on_step
+        self.fast = fast  # linear stacks through uaap.privacy.fastdp (False: Opacus' hooks for every model)
         self.sample_rate: float | None = None
         self.round_steps = 0
         self._engine: Any = None
@@ -118,18 +120,29 @@ class DPSGD:
         from opacus.validators import ModuleValidator
         from torch.utils.data import DataLoader
 
+        from uaap.privacy import fastdp
+
+        generator = self.generator if self.generator is not None else secret_generator()
+        self._engine = PrivacyEngine(accountant=self.accountant.mechanism)
+        if self.accountant.history:
+            self._engine.accountant.load_state_dict(self.accountant.state_dict())
+        if self.fast and fastdp.supports(model):  # linear stacks: clipped sums from ghost norms (uaap.privacy.fastdp)
+            stack, fast, loader = fastdp.make_private(
+                model, optimizer, loader, noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.max_grad_norm, generator=generator,
+            )  # fmt: skip
+            fast.attach_step_hook(self._engine.accountant.get_optimizer_hook_fn(sample_rate=1.0 / len(loader)))
+            self.sample_rate = 1.0 / len(loader)
+            self._chain_hook(cast("DPOptimizerLike", fast))
+            return cast("nn.Module", stack), cast("torch.optim.Optimizer", fast), loader
         problems = ModuleValidator.validate(model, strict=False)
         if problems:
             raise ConfigError(
                 f"model is not DP-SGD compatible ({problems[0]}); build it through "
                 "uaap.privacy.dpsgd.make_dp_compatible on both the server and the clients"
             )
-        generator = self.generator if self.generator is not None else secret_generator()
         # Same rows and batch size, but a secret generator: Opacus' Poisson sampler inherits it.
         loader = DataLoader(loader.dataset, batch_size=loader.batch_size, generator=generator)
-        self._engine = PrivacyEngine(accountant=self.accountant.mechanism)
-        if self.accountant.history:
-            self._engine.accountant.load_state_dict(self.accountant.state_dict())
         model, optimizer, loader = self._engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -140,18 +153,21 @@ class DPSGD:
             noise_generator=generator,
         )
         self.sample_rate = 1.0 / len(loader)
-        dp_optimizer = cast("DPOptimizerLike", optimizer)  # Opacus' DPOptimizer (untyped)
-        opacus_hook = dp_optimizer.step_hook
+        self._chain_hook(cast("DPOptimizerLike", optimizer))  # Opacus' DPOptimizer (untyped)
+        return model, optimizer, loader
+
+    def _chain_hook(self, dp_optimizer: DPOptimizerLike) -> None:
+        """After the accountant's step hook, copy its state into ours and count the step."""
+        accountant_hook = dp_optimizer.step_hook
 
         def hook(opt: Any) -> None:
-            opacus_hook(opt)
+            accountant_hook(opt)
             self.accountant.load_state_dict(self._engine.accountant.state_dict())
             self.round_steps += 1
             if self.on_step is not None:
                 self.on_step(self)
 
         dp_optimizer.attach_step_hook(hook)
-        return model, optimizer, loader
 
     def epsilon(self, delta: float) -> float:
         """Example-level epsilon spent so far (all rounds)."""
