@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
         metrics: dict[str, float]
         privacy: dict[str, float | None] = Field(description="the run's epsilons (empty without DP)")
         input_schema: list[ColumnInfo]
+        row_json_schema: dict[str, Any] = Field(description="JSON Schema of one row (what predict validates)")
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(

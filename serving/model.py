@@ -120,6 +120,7 @@ class ServedModel:
             "metrics": self.manifest.get("metrics", {}),
             "privacy": self.manifest.get("privacy", {}),
             "input_schema": [c.__dict__ for c in self.columns],
+            "row_json_schema": self.row_model.model_json_schema(),
         }
 
     def validate(self, rows: list[Any], where: str = "rows") -> list[tuple[Any, ...]]:

@@ -183,6 +183,9 @@ def test_a_raw_table_model_takes_raw_rows_with_strings_dates_and_nulls(served: S
         "visit": ("datetime", True),
         "notes": ("string", True),
     }
+    schema = info["row_json_schema"]
+    assert schema["additionalProperties"] is False and set(schema["required"]) == set(kinds)
+    assert {"type": "null"} in schema["properties"]["city"]["anyOf"]
     bad = served.client.post("/v1/models/visits/predict", json={"row": dict(rows[0], city=3)}, headers=served.headers())
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "row", "city"]
 
@@ -419,6 +422,17 @@ def test_openapi_fuzz_no_server_error_and_no_schema_break(served: Served) -> Non
 
         call()
     assert seen["POST /v1/models/{name}/predict"] & {404, 422}, seen
+    # random names miss the registry: the documented 200 bodies are checked on real models too
+    by_path = {(op.method.upper(), op.path): op for op in operations}
+    rows, _ = _raw_test_rows(served.breast_run)
+    for name in ("breast", "diabetes@v1", "visits@champion"):
+        case = by_path[("GET", "/v1/models/{name}")].Case(path_parameters={"name": name})
+        assert case.call_and_validate(headers=served.headers(), checks=checks).status_code == 200
+    predict = by_path[("POST", "/v1/models/{name}/predict")]
+    bodies: list[Any] = [{"row": rows[0]}, {"rows": rows[:3]}]
+    for body in bodies:
+        case = predict.Case(path_parameters={"name": "breast"}, body=body, media_type="application/json")
+        assert case.call_and_validate(headers=served.headers(), checks=checks).status_code == 200
 
 
 def test_an_onnx_model_is_served_without_importing_torch(served: Served) -> None:
@@ -460,3 +474,49 @@ def test_an_encrypted_model_without_its_key_is_503_and_says_why(served: Served, 
         assert str(tmp_path) not in r.text
         plain = client.post("/v1/models/breast/predict", json={"row": rows[0]}, headers=served.headers())
         assert plain.status_code == 200
+
+
+def test_uaap_serve_answers_over_tls_and_logs_json_lines_without_secrets(served: Served, certs: Any) -> None:
+    """The real process: `uaap serve` with the certificates `uaap certs` makes, on a loopback port."""
+    import socket
+    import ssl
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = served.home / "serve-tls.log"
+    cmd = [sys.executable, "-m", "uaap.cli", "serve", "--port", str(port), "--preload", "breast"]
+    cmd += ["--ssl-certfile", str(certs.server_cert), "--ssl-keyfile", str(certs.server_key)]
+    env = {**os.environ, "UAAP_HOME": str(served.home)}
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    rows, _ = _raw_test_rows(served.breast_run)
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"https://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "uaap serve was not ready in 90 s"
+            try:
+                if httpx.get(url + "/readyz", verify=ctx, timeout=2).json()["models"] == {"breast": "1"}:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        r = httpx.post(url + "/v1/models/breast/predict", json={"row": rows[5]}, headers=served.headers(), verify=ctx)
+        expected = served.client.post("/v1/models/breast/predict", json={"row": rows[5]}, headers=served.headers())
+        assert r.status_code == 200 and r.json()["predictions"] == expected.json()["predictions"]
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not served on a TLS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line is JSON
+    request = [x for x in lines if x.get("route") == "/v1/models/{name}/predict"]
+    assert request and request[0]["status"] == 200 and request[0]["model"] == "breast"
+    text = log.read_text()
+    assert served.tokens["admin"] not in text and str(served.home) not in text
