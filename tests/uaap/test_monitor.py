@@ -294,3 +294,14 @@ def test_a_regression_models_predictions_drift_as_a_numeric_column() -> None:
     assert not same["prediction_drifted"] and moved["prediction_drifted"]
     assert moved["prediction"]["wasserstein_std"] == pytest.approx(0.5, abs=0.1)
     assert same["drifted"] == moved["drifted"] == []  # the features themselves did not move
+
+
+def test_an_undefined_ratio_is_nan_as_in_fairlearn_and_null_in_the_json(tmp_path: Path) -> None:
+    from fairlearn.metrics import demographic_parity_ratio
+
+    y_true, y_pred, groups = np.array([0, 1, 0, 1]), np.zeros(4, dtype=np.int64), np.array(["a", "a", "b", "b"])
+    result = fair.fairness_from_counts(fair.fairness_counts(y_true, y_pred, groups, 2), ["no", "yes"], "yes")
+    assert np.isnan(result["demographic_parity_ratio"])  # no group selects anyone: 0 / 0
+    assert np.isnan(demographic_parity_ratio(y_true, y_pred, sensitive_features=groups))
+    written = json.loads(fair.write_json(result, tmp_path / "r.json").read_text())
+    assert written["demographic_parity_ratio"] is None and written["demographic_parity_difference"] == 0.0

@@ -20,6 +20,7 @@ held-out rows. docs/monitoring.md says what a federated mitigation would need.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,10 +327,23 @@ def plot(result: Mapping[str, Any], path: Path, title: str, mitigated: Mapping[s
     return path
 
 
+def plain(value: Any) -> Any:
+    """``value`` as strict JSON: numpy numbers as Python's, NaN and infinities (an undefined ratio) as null."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(data: Mapping[str, Any], path: Path) -> Path:
-    """Write ``data`` as JSON atomically (a failed command leaves no half file)."""
+    """Write ``data`` as strict JSON atomically (a failed command leaves no half file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(plain(data), indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
