@@ -520,3 +520,29 @@ def test_uaap_serve_answers_over_tls_and_logs_json_lines_without_secrets(served:
     assert request and request[0]["status"] == 200 and request[0]["model"] == "breast"
     text = log.read_text()
     assert served.tokens["admin"] not in text and str(served.home) not in text
+
+
+def test_the_runs_privacy_epsilon_travels_to_the_api(served: Served) -> None:
+    """A run's ledger (here written as a DP federation's server writes it) is read at registration."""
+    from serving.registry import TAG_PRIVACY, client, register_run
+    from uaap.privacy.ledger import EXAMPLE, USER, Budget, Ledger, Release
+
+    run = served.breast_run
+    ledger = Ledger()
+    try:
+        ledger.set_budget(Budget(run, max_epsilon=8.0, delta=1e-5, accountant="rdp", levels="user,example"))
+        ledger.record(
+            [
+                Release(run, 1, "server", USER, "gaussian", 1.1, 0.1, 1, 1e-5, 1.25),
+                Release(run, 2, "server", USER, "gaussian", 1.1, 0.1, 1, 1e-5, 2.5),
+                Release(run, 2, "client-0", EXAMPLE, "dp-sgd", 1.0, 0.05, 40, 1e-5, 3.0),
+                Release(run, 2, "client-1", EXAMPLE, "dp-sgd", 1.0, 0.05, 40, 1e-5, 2.75),
+            ]
+        )
+    finally:
+        ledger.close()
+    done = register_run(run, "private", alias="champion")
+    expected = {"user_epsilon": 2.5, "example_epsilon_max": 3.0, "delta": 1e-5, "max_epsilon": 8.0}
+    info = served.client.get("/v1/models/private", headers=served.headers()).json()
+    assert info["privacy"] == expected
+    assert json.loads(client().get_model_version("private", done.version).tags[TAG_PRIVACY]) == expected
