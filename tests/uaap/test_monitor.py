@@ -305,3 +305,20 @@ def test_an_undefined_ratio_is_nan_as_in_fairlearn_and_null_in_the_json(tmp_path
     assert np.isnan(demographic_parity_ratio(y_true, y_pred, sensitive_features=groups))
     written = json.loads(fair.write_json(result, tmp_path / "r.json").read_text())
     assert written["demographic_parity_ratio"] is None and written["demographic_parity_difference"] == 0.0
+
+
+def test_a_forged_drift_sketch_is_refused_before_it_is_summed() -> None:
+    reference, current = table(600, 9), table(400, 10)
+    plans = drift.monitored_plan(fit_parties([reference], FEATURES + ["label"]))
+    ranges = drift.reference_sketch([reference], plans)["ranges"]
+    honest = json.loads(statistics_to_json(drift.current_statistics(current, plans, ranges)))  # as over the wire
+    assert drift.check_sketch(honest, plans, ranges, current=True).keys() == honest.keys()
+    inflated = {**honest, "x2:hist": [h * 2 for h in honest["x2:hist"]]}  # twice the mass it counted
+    with pytest.raises(drift.DataError, match=r"'x2': \d+ binned values for \d+ values counted"):
+        drift.check_sketch(inflated, plans, ranges, current=True)
+    with pytest.raises(drift.DataError, match="whole non-negative"):
+        drift.check_sketch({**honest, "x0:outside": [-1, 0.0, 0, 0.0]}, plans, ranges, current=True)
+    with pytest.raises(drift.DataError, match=r"carries unexpected \['x9:hist'\]"):
+        drift.check_sketch({**honest, "x9:hist": [1]}, plans, ranges, current=True)
+    with pytest.raises(drift.DataError, match="must be 1024 numbers"):
+        drift.check_sketch({**honest, "x1:hist": honest["x1:hist"][:10]}, plans, ranges, current=True)

@@ -132,9 +132,9 @@ def reference_histograms(
 
 def reference_sketch(parts: Sequence[pd.DataFrame], plans: Sequence[ColumnPlan]) -> dict[str, Any]:
     """The reference of parties whose tables are at hand (one table: a central reference): two rounds of sums."""
-    stage1 = merge(reference_ranges(frame, plans) for frame in parts)
+    stage1 = merge(check_sketch(reference_ranges(frame, plans), plans) for frame in parts)
     ranges = ranges_of(stage1, plans)
-    stage2 = merge(reference_histograms(frame, plans, ranges) for frame in parts)
+    stage2 = merge(check_sketch(reference_histograms(frame, plans, ranges), plans, ranges) for frame in parts)
     return {"plan": [asdict(p) for p in plans], "ranges": ranges, "stats": {**stage1, **stage2}}
 
 
@@ -151,6 +151,54 @@ def current_statistics(
         x = x[~np.isnan(x)]
         below, above = x[x < low], x[x > high]
         out[f"{name}:outside"] = np.array([len(below), below.sum(), len(above), above.sum()], dtype=np.float64)
+    return out
+
+
+def check_sketch(answer: Any, plans: Sequence[ColumnPlan], ranges: Mapping[str, Sequence[float]] | None = None,
+                 *, current: bool = False) -> Stats:  # fmt: skip
+    """A party's sketch checked before it is summed, or a DataError saying what is wrong: stage 1 of a reference
+    (``ranges`` None), stage 2 (histograms), or new rows (``current``: both, plus the mass outside the range).
+
+    The names and lengths must be exactly what the stage asks for, counts whole and non-negative, sums finite
+    (:func:`uaap.data.preprocess.check_statistics`), and a feature's histogram and outside counts must add up to
+    its count of values, which may not exceed the party's rows."""
+    from uaap.data.preprocess import check_statistics, expected_statistics
+
+    if not isinstance(answer, Mapping):
+        raise DataError(f"a drift sketch must map names to statistics, got {type(answer).__name__}")
+    numeric = [n for p in plans for n in p.numeric_names()]
+    parts: list[tuple[dict[str, Any], set[str]]] = []
+    if ranges is None or current:
+        request = _request(plans, "moments")
+        parts.append((request, set(expected_statistics(request))))
+    if ranges is not None:
+        request = _request(plans, "quantiles", ranges)
+        parts.append((request, set(expected_statistics(request))))
+    own = {":rows"} if ranges is None or current else set()
+    own |= {f"{n}:outside" for n in numeric} if current else set()
+    wanted = set().union(own, *(keys for _, keys in parts))
+    if set(map(str, answer)) != wanted:
+        missing, extra = sorted(wanted - set(map(str, answer)))[:3], sorted(set(map(str, answer)) - wanted)[:3]
+        raise DataError(f"the drift sketch lacks {missing} or carries unexpected {extra}")
+    out: Stats = {}
+    for request, keys in parts:
+        out.update(check_statistics({k: answer[k] for k in keys}, request))
+    for key in own:
+        array = np.asarray(answer[key], dtype=np.float64).reshape(-1)
+        counts = array[::2] if key.endswith(":outside") else array
+        if array.shape != ((4,) if key.endswith(":outside") else (1,)) or not np.isfinite(array).all():
+            raise DataError(f"statistic {key!r} must be {4 if key.endswith(':outside') else 1} finite numbers")
+        if (counts < 0).any() or (counts != np.round(counts)).any():
+            raise DataError(f"statistic {key!r} must hold whole non-negative counts")
+        out[key] = array
+    for name in numeric:
+        held = float(out[f"{name}:n"][0]) if f"{name}:n" in out else None
+        binned = float(out[f"{name}:hist"].sum()) if f"{name}:hist" in out else None
+        outside = float(out[f"{name}:outside"][0] + out[f"{name}:outside"][2]) if current else 0.0
+        if held is not None and binned is not None and held != binned + outside:
+            raise DataError(f"feature {name!r}: {binned + outside:g} binned values for {held:g} values counted")
+        if held is not None and held > float(out[":rows"][0]):
+            raise DataError(f"feature {name!r} counts {held:g} values in {float(out[':rows'][0]):g} rows")
     return out
 
 
@@ -287,7 +335,8 @@ def federated_drift(
     """Drift across parties: the reference in two rounds of sums, the new rows' sketches in one, summed."""
     reference = reference_sketch(reference_parts, plans)
     ranges = {k: tuple(v) for k, v in reference["ranges"].items()}
-    current = merge(current_statistics(frame, plans, ranges) for frame in current_parts)
+    answers = (current_statistics(frame, plans, ranges) for frame in current_parts)
+    current = merge(check_sketch(answer, plans, ranges, current=True) for answer in answers)
     return drift_report(reference, current, thresholds)
 
 
