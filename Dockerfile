@@ -1,4 +1,4 @@
-# One image for every UAAP role: flower-server, flower-client, the MLflow server and the dashboard.
+# One image for every UAAP role: flower-server, flower-client, the MLflow server, the dashboard and the inference API.
 # Build: docker build -t uaap .      (CPU-only torch; secrets are mounted at run time, never baked in)
 FROM python:3.11-slim
 
@@ -21,13 +21,14 @@ COPY client ./client
 COPY strategies ./strategies
 COPY simulations ./simulations
 COPY edge ./edge
-# psycopg2-binary: MLflow's PostgreSQL backend store (postgresql+psycopg2://).
-RUN pip install --constraint requirements.lock ".[server,dashboard]" "psycopg2-binary>=2.9,<3" \
+COPY serving ./serving
+# psycopg2-binary: MLflow's PostgreSQL backend store (postgresql+psycopg2://); onnxruntime: the API runs ONNX exports.
+RUN pip install --constraint requirements.lock ".[server,dashboard,serving]" "psycopg2-binary>=2.9,<3" onnxruntime \
     && useradd --create-home --uid 1000 uaap \
     && mkdir -p /workspace /certs /keys \
     && chown uaap:uaap /workspace /certs /keys
 USER uaap
 VOLUME ["/workspace"]
-# 9093: SuperLink (Fleet + Control + runtime API); 5000: MLflow; 8501: dashboard.
-EXPOSE 9093 5000 8501
+# 9093: SuperLink (Fleet + Control + runtime API); 5000: MLflow; 8501: dashboard; 8000: inference API.
+EXPOSE 9093 5000 8501 8000
 CMD ["uaap", "--help"]

@@ -68,7 +68,9 @@ def test_compose_schema(tmp_path):
 
 def test_compose_topology(resolved):
     services = resolved["services"]
-    assert {"postgres", "mlflow", "setup", "server", "client-0", "client-1", "client-2", "dashboard"} <= set(services)
+    assert {"postgres", "mlflow", "setup", "server", "client-0", "client-1", "client-2", "dashboard", "api"} <= set(
+        services
+    )
     # MLflow on PostgreSQL, the server logs to it
     mlflow_cmd = " ".join(services["mlflow"]["command"])
     assert "--backend-store-uri postgresql+psycopg2://" in mlflow_cmd and "@postgres:5432/" in mlflow_cmd
@@ -93,8 +95,13 @@ def test_compose_topology(resolved):
         assert {v["source"] for v in svc["volumes"]} == {f"client-{i}-tls", "he-secret"}
         assert svc["depends_on"]["setup"]["condition"] == "service_completed_successfully"
     assert services["dashboard"]["command"][:2] == ["uaap", "dashboard"]
-    # only the SuperLink listens beyond localhost; MLflow and the dashboard bind to 127.0.0.1
-    for name in ("mlflow", "dashboard"):
+    # the inference API reads the registry through the MLflow server and mounts no secret but the workspace
+    api = services["api"]
+    assert api["command"][:2] == ["uaap", "serve"] and api["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert api["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert {v["source"] for v in api["volumes"]} == {"workspace"}
+    # only the SuperLink listens beyond localhost; MLflow, the dashboard and the API bind to 127.0.0.1
+    for name in ("mlflow", "dashboard", "api"):
         assert all(p.get("host_ip") == "127.0.0.1" for p in services[name]["ports"])
     assert {"pki", "server-tls", "he-public", "he-secret", "workspace", "pgdata"} <= set(resolved["volumes"])
     # each service mounts only its role's secrets: the server no client key, no CA key, no secret context
@@ -109,9 +116,10 @@ def test_compose_topology(resolved):
 
 def test_dockerfile_builds_every_role():
     text = (REPO / "Dockerfile").read_text()
-    for needed in ("pip install", ".[server,dashboard]", "psycopg2-binary", "USER uaap", "EXPOSE 9093"):
+    for needed in ("pip install", ".[server,dashboard,serving]", "psycopg2-binary", "USER uaap", "EXPOSE 9093"):
         assert needed in text
-    for package in ("uaap", "server", "client", "strategies"):
+    assert "onnxruntime" in text and "EXPOSE 9093 5000 8501 8000" in text  # the API runs ONNX exports
+    for package in ("uaap", "server", "client", "strategies", "serving"):
         assert f"COPY {package} ./{package}" in text
     assert ".key" not in text and ".ckks" not in text  # no key material baked into the image
 
@@ -132,3 +140,5 @@ def test_compose_commands_parse_with_our_real_parsers(resolved):
         assert c.partition_id == i and c.num_partitions == 3 and not c.insecure
     d = uaap_parser().parse_args(services["dashboard"]["command"][1:])
     assert d.command == "dashboard" and d.address == "0.0.0.0"
+    a = uaap_parser().parse_args(services["api"]["command"][1:])
+    assert a.command == "serve" and a.host == "0.0.0.0" and a.port == 8000
