@@ -352,6 +352,12 @@ def _scaling(cfg: RunConfig) -> dict[str, Any]:
     """The feature scaling uaap.data applied before training, so a device can apply it too."""
     from uaap.data import load_bundled, load_config_table, train_test
 
+    if cfg.task == "forecast":  # each row is a window of one series, scaled on its own (uaap.forecast.series)
+        return {
+            "kind": "series-window",
+            "note": "x_model = (window - mean(window)) / scale, scale = the series' mean |first difference| over its "
+            "history; next value = output * scale + mean(window)",
+        }
     if cfg.dataset == "digits":
         return {"kind": "standardize", "mean": 0.0, "std": 16.0, "note": "x_model = (x_raw - mean) / std"}
     raw = load_config_table(cfg) if cfg.dataset == "csv" else load_bundled(cfg.dataset)

@@ -39,8 +39,8 @@ from uaap.models.registry import (
 )
 from uaap.models.registry import names as model_names
 
-DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "csv")
-TASKS = ("auto", "classification", "regression", "anomaly")
+DATASETS = ("digits", "breast_cancer", "wine", "diabetes", "friedman", "synthetic", "series", "csv")
+TASKS = ("auto", "classification", "regression", "anomaly", "forecast")
 IMPUTE = ("median", "mean", "constant", "ffill", "knn", "iterative")
 OUTLIERS = ("clip-iqr", "clip-z", "none")
 ENCODINGS = ("onehot", "ordinal", "hashing")
@@ -107,8 +107,9 @@ class RunConfig(BaseModel):
     # ---- data -----------------------------------------------------------------------------------
     dataset: str = _setting(
         "digits",
-        "bundled dataset (classification: digits, breast_cancer, wine, synthetic; regression: diabetes, friedman), "
-        "or csv for your own table (--data FILE --target COLUMN)",
+        "bundled dataset (classification: digits, breast_cancer, wine, synthetic; regression: diabetes, friedman; "
+        "forecast: series, generated monthly series with trend, seasonality and noise, one per client), or csv for "
+        "your own table (--data FILE --target COLUMN)",
         group="data",
         scope=ANY,
         choices=DATASETS,
@@ -128,7 +129,8 @@ class RunConfig(BaseModel):
         "what the model predicts: auto infers it from the target (numbers with many distinct values: regression, "
         "MSE loss, one output, metrics MSE/RMSE/MAE/R2; text or few distinct values: classification), or force "
         "classification or regression; anomaly (model=autoencoder) takes a two-class target whose rarer class is "
-        "the anomaly",
+        "the anomaly; forecast predicts the next horizon values of the time series in target (time-column orders "
+        "them, series-column tells series apart)",
         group="data",
         scope=ANY,
         choices=TASKS,
@@ -178,6 +180,30 @@ class RunConfig(BaseModel):
     test_fraction: float = _setting(
         0.2, "share of the rows held out for testing", group="data", scope=ANY, gt=0.0, le=1.0
     )
+    time_column: str = _setting(
+        "", "task=forecast: the column of timestamps of your table (parsed as dates; regular, one step apart)",
+        group="data", scope=ANY, metavar="COLUMN",
+    )  # fmt: skip
+    series_column: str = _setting(
+        "", "task=forecast: the column naming each row's series (empty: the table is one series); series are dealt "
+        "to the clients in turn, one per client when there are as many as clients",
+        group="data", scope=ANY, metavar="COLUMN",
+    )  # fmt: skip
+    horizon: int = _setting(
+        12, "task=forecast: steps ahead each series is forecast (the last horizon points are held out)",
+        group="data", scope=ANY, ge=1,
+    )  # fmt: skip
+    lags: int = _setting(
+        24, "task=forecast: past values a window holds (the input of model=lstm or gru)", group="data", scope=ANY,
+        ge=1,
+    )  # fmt: skip
+    seasonal_period: int = _setting(
+        12, "task=forecast: steps in one season (12 for monthly data; 1: no seasonality), for seasonal naive, SARIMA, "
+        "exponential smoothing and the MASE scale", group="data", scope=ANY, ge=1,
+    )  # fmt: skip
+    series_length: int = _setting(
+        120, "dataset=series: points in each generated series", group="data", scope=ANY, ge=8,
+    )  # fmt: skip
     # ---- preprocessing (your table: dataset=csv; fitted from the clients' summed statistics) ----------
     impute: str = _setting(
         "median",
@@ -492,6 +518,17 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if self.dataset == "series" and self.task != "forecast":
+            raise ValueError(
+                f"dataset='series' holds time series: pass --task forecast (not task={self.task!r}), or another dataset"
+            )
+        if self.task == "forecast" and self.dataset not in ("series", "csv"):
+            raise ValueError(
+                f"task='forecast' needs time series, not dataset={self.dataset!r}: pass --dataset series "
+                "(generated) or --data FILE --target VALUE-COLUMN --time-column COLUMN"
+            )
+        if self.task == "forecast" and self.dataset == "csv" and not self.time_column:
+            raise ValueError("task='forecast' on your table needs time-column: pass --time-column COLUMN")
         if self.dataset == "csv" and not (self.data_path and self.target):
             raise ValueError("dataset='csv' needs data-path and target: pass --data FILE.csv --target COLUMN")
         if self.data_path and self.dataset != "csv":

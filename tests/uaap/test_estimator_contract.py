@@ -33,6 +33,9 @@ FAST = {
     "pca": {"n_components": 5},
     "isolation_forest": {"n_estimators": 50, "random_state": 0},
     "autoencoder": {"epochs": 20},
+    # recurrent families read a row as a sequence: digits' 64 pixels, diabetes' 10 values, 12 lags
+    "lstm": {"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "optimizer": "adam"},
+    "gru": {"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "optimizer": "adam"},
 }
 CASES = [(name, task) for name, fam in FAMILIES.items() for task in fam.capabilities.tasks]
 
@@ -42,6 +45,12 @@ def _data(task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         X, y = load_breast_cancer(return_X_y=True)
         X = (X - X.mean(0)) / X.std(0)
         return train_test_split(X.astype(np.float32), (y == 0).astype(np.int64), test_size=0.25, random_state=0)
+    if task == "forecast":  # one-step targets of lag windows from generated series, scaled per series
+        from uaap.forecast.series import generate, scale_of, windows
+
+        parts = [windows(s.values, 12, scale_of(s.values)) for s in generate(6, 80, 12, seed=0)]
+        X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return train_test_split(X, y.astype(np.float64), test_size=0.25, random_state=0)
     if task == "regression":
         X, y = load_diabetes(return_X_y=True)
         X = (X - X.mean(0)) / X.std(0)
@@ -51,13 +60,25 @@ def _data(task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return train_test_split(X.astype(np.float32), y, test_size=0.25, random_state=0)
 
 
+SEQUENCE = ("lstm", "gru")
+
+
+def _windows() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sequence classification: noisy rising, falling and oscillating windows of 16 steps (labels 0, 1, 2)."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    t = np.linspace(0, 1, 16)
+    X = np.stack([t, 1 - t, 0.5 + 0.5 * np.sin(6 * np.pi * t)])[y] + rng.normal(0, 0.15, (400, 16))
+    return train_test_split(X.astype(np.float32), y, test_size=0.25, random_state=0)
+
+
 @pytest.mark.parametrize(("name", "task"), CASES)
 def test_every_family_fits_predicts_and_evaluates_as_scikit_learn_measures_it(name: str, task: str) -> None:
     fam = FAMILIES[name]
     params = dict(FAST.get(name, FAST["torch"] if fam.capabilities.federated == "weights" else {}))
     if name == "cnn":
         params["image_shape"] = (1, 8, 8)
-    X, Xt, y, yt = _data(task)
+    X, Xt, y, yt = _windows() if name in SEQUENCE and task == "classification" else _data(task)
     est = estimator(name, task, **params)
     if task == "anomaly":  # a detector learns normal rows
         X, y = X[y == 0], y[y == 0]
@@ -71,7 +92,7 @@ def test_every_family_fits_predicts_and_evaluates_as_scikit_learn_measures_it(na
         assert got["accuracy"] == pytest.approx(accuracy_score(yt, pred))
         assert got["f1_macro"] == pytest.approx(f1_score(yt, pred, average="macro"))
         assert got["accuracy"] > 0.6, f"{name}: {got['accuracy']:.3f}"
-    elif task == "regression":
+    elif task in ("regression", "forecast"):
         pred = est.predict(Xt)
         assert got["r2"] == pytest.approx(r2_score(yt, pred), abs=1e-9)
         assert got["r2"] > 0.1, f"{name}: {got['r2']:.3f}"

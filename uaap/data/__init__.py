@@ -355,6 +355,10 @@ def load_split(cfg: RunConfig, preprocessor: str = "") -> Split:
     JSON, e.g. the federation's) or one fitted on the train rows.
     """
     _check_anomaly_source(cfg)
+    if cfg.task == "forecast":  # every series' lag windows (uaap.forecast.series)
+        from uaap.forecast.series import load, series_split
+
+        return series_split(load(cfg), cfg)
     if cfg.dataset == "csv":
         from uaap.data.tables import table_split
 
@@ -371,6 +375,10 @@ def federated(cfg: RunConfig, num_partitions: int, preprocessor: str = "") -> tu
     JSON) or, without one, by the plan these clients' rows give (:func:`uaap.data.tables.fit`: the same).
     """
     _check_anomaly_source(cfg)
+    if cfg.task == "forecast":  # each client's series, cut into lag windows (uaap.forecast.series)
+        from uaap.forecast.series import federated as series_federated
+
+        return series_federated(cfg, num_partitions)
     if cfg.dataset == "csv":
         from uaap.data.tables import federated_split
 

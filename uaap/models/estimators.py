@@ -126,7 +126,8 @@ def estimator(name: str, task: str = "classification", **params: Any) -> Any:
 
         return central.estimator(name, task == "regression", **params)
     kind = "torch" if caps.federated == "weights" else name
-    key = f"{kind}/{'regression' if task == 'regression' else 'classification'}"
+    # a forecaster is a one-step regressor over lag windows (uaap.forecast.series cuts them)
+    key = f"{kind}/{'regression' if task in ('regression', 'forecast') else 'classification'}"
     if key not in CLASSES:
         raise ConfigError(f"model={name!r} has no estimator for {task} yet")
     if kind == "torch":

@@ -96,6 +96,20 @@ def _autoencoder(n_features: int, n_classes: int, image_shape: tuple[int, int, i
     return net
 
 
+def _lstm(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
+    """An LSTM reading each row as a sequence of ``n_features`` steps (:mod:`uaap.models.sequence`)."""
+    from uaap.models.sequence import RecurrentNet
+
+    return RecurrentNet("lstm", n_features, n_classes)
+
+
+def _gru(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
+    """A GRU reading each row as a sequence of ``n_features`` steps (:mod:`uaap.models.sequence`)."""
+    from uaap.models.sequence import RecurrentNet
+
+    return RecurrentNet("gru", n_features, n_classes)
+
+
 ModelFactory = Callable[[int, int, "tuple[int, int, int] | None"], "nn.Module"]
 MODELS: dict[str, ModelFactory] = {
     "logreg": _logreg,
@@ -103,6 +117,8 @@ MODELS: dict[str, ModelFactory] = {
     "mlp": _mlp,
     "cnn": _cnn,
     "autoencoder": _autoencoder,
+    "lstm": _lstm,
+    "gru": _gru,
 }
 
 

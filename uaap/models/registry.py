@@ -105,6 +105,20 @@ FAMILIES: dict[str, ModelFamily] = {
             ("anomaly",),
             export=("onnx",),
         ),
+        _torch(
+            "lstm",
+            "recurrent network (Opacus' DP-capable LSTM, 32 hidden units) reading each row as a sequence, one value "
+            "a step: classifier or regressor over fixed-length windows, and the global forecaster of --task forecast "
+            "(lag windows, one step ahead, forecasts fed back for the horizon)",
+            ("classification", "regression", "forecast"),
+            export=("onnx",),
+        ),
+        _torch(
+            "gru",
+            "recurrent network (Opacus' DP-capable GRU, 32 hidden units), as lstm",
+            ("classification", "regression", "forecast"),
+            export=("onnx",),
+        ),
         ModelFamily(
             "xgboost",
             "gradient-boosted trees (XGBoost): each round the clients add trees, appended together (bagging) or "
@@ -194,7 +208,7 @@ def check_combination(
     too) or "any" (the run config alone, which does not know yet where it will run).
     """
     caps = family(model).capabilities
-    if task in ("classification", "regression", "anomaly") and task not in caps.tasks:
+    if task in ("classification", "regression", "anomaly", "forecast") and task not in caps.tasks:
         able = [f.name for f in FAMILIES.values() if task in f.capabilities.tasks]
         raise ConfigError(
             f"model={model!r} does not do {task}; it does {', '.join(caps.tasks)}. For {task}: {', '.join(able)}"

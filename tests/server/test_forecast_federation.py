@@ -1,0 +1,126 @@
+"""Federated forecasting end to end in this process (the real ClientApp through tests.LocalGrid): a global LSTM over
+lag windows of generated series, one series per client, in the clear, under CKKS and with DP-SGD (Opacus' DPLSTM);
+its forecasts scored from summed counts and plotted per series; its ONNX export checked against torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.federation import run_federation
+from tests.flower_helpers import LocalGrid
+from uaap import crypto, workspace
+from uaap.config import RunConfig
+from uaap.data import federated
+from uaap.models import get_weights
+from uaap.training import predict
+
+BASE = RunConfig(
+    task="forecast",
+    dataset="series",
+    model="lstm",
+    series_length=60,
+    horizon=6,
+    lags=12,
+    seasonal_period=12,
+    num_clients=4,
+    min_clients=4,
+    num_rounds=3,
+    local_epochs=2,
+    optimizer="adam",
+    learning_rate=0.01,
+    batch_size=16,
+    strategy="fedavg",
+    seed=1,
+    experiment="tests-forecast",
+)
+RUNS = {
+    "plain": BASE,
+    "he": BASE.replace(secure_aggregation="ckks"),
+    "dp-local": BASE.replace(dp_local=True, dp_target_epsilon=8.0, num_rounds=1, strategy="fedprox"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(module_home: Path) -> dict[str, workspace.RunDir]:
+    out = {}
+    for name, cfg in RUNS.items():
+        cfg = crypto.ensure_simulation_keys(cfg.replace(run_id=f"fc-{name}"))
+        out[name] = run_federation(LocalGrid(4), cfg, num_partitions=4)
+    return out
+
+
+def _rounds(rd: workspace.RunDir) -> dict[int, dict]:
+    return {e["round"]: e for e in rd.events("round")}
+
+
+@pytest.mark.slow
+def test_federated_lstm_learns_and_its_summed_metrics_are_the_pooled_ones(runs: dict) -> None:
+    from sklearn.metrics import mean_absolute_error
+
+    rd = runs["plain"]
+    rounds = _rounds(rd)
+    assert rounds[3]["central"]["mse"] < 0.5 * rounds[0]["central"]["mse"], rounds
+    model, meta = workspace.load_model(rd.model_file)
+    assert meta["model"] == "lstm" and meta["n_features"] == 12
+    clients, _ = federated(rd.read_config(), 4)
+    y = np.concatenate([c.test.y for c in clients])
+    pooled = mean_absolute_error(y, np.concatenate([predict(model, c.test) for c in clients]))
+    assert rounds[3]["evaluate"]["mae"] == pytest.approx(pooled, rel=1e-6)  # the clients' sums = pooled windows
+
+
+@pytest.mark.slow
+def test_forecasts_from_summed_counts_and_one_plot_per_series(runs: dict) -> None:
+    from uaap.forecast import report
+
+    rd = runs["plain"]
+    cfg = rd.read_config()
+    model, _ = workspace.load_model(rd.model_file)
+    scores = report.compare(cfg, model, models=("seasonal_naive",), plots=rd.path / "forecasts")
+    print({k: {m: round(v, 3) for m, v in s.items()} for k, s in scores.items()})
+    assert set(scores) == {"seasonal_naive", "lstm"}
+    assert scores["lstm"]["mase"] < 1.5 * scores["seasonal_naive"]["mase"]
+    pngs = sorted((rd.path / "forecasts").glob("*.png"))
+    assert [p.name for p in pngs] == [f"forecast-series-{k}.png" for k in range(4)]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+@pytest.mark.slow
+def test_ckks_forecaster_equals_the_plaintext_one_and_dp_sgd_accounts_epsilon(runs: dict, module_home: Path) -> None:
+    from uaap.cli import main
+
+    he, plain = runs["he"], runs["plain"]
+    assert _rounds(he)[3]["train"]["he-clients"] == 4
+    secret = module_home.resolve() / "keys" / he.run_id / crypto.SECRET_FILE
+    assert main(["keys", "decrypt-model", str(he.run_id), "--secret-context", str(secret)]) == 0
+    ours, _ = workspace.load_model(he.model_file)
+    ref, _ = workspace.load_model(plain.model_file)
+    drift = max(float(np.abs(a - b).max()) for a, b in zip(get_weights(ours), get_weights(ref), strict=True))
+    assert drift <= 1e-4, f"CKKS and plaintext LSTMs differ by {drift:.3g}"
+    last = _rounds(runs["dp-local"])[1]
+    assert last["replies"] == 4 and not last["failed"]
+    assert 0 < last["privacy"]["epsilon"] <= 8.0 + 1e-6
+    assert np.isfinite(last["evaluate"]["mae"])
+
+
+@pytest.mark.slow
+def test_lstm_forecaster_exports_to_onnx_that_agrees_with_torch(runs: dict, tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from edge.onnx_export import export
+    from edge.source import load_source
+
+    source = load_source(runs["plain"].path)
+    (path,) = export(source, tmp_path)
+    held = source.heldout_all if source.heldout_all is not None else source.heldout
+    X = np.ascontiguousarray(held.X, dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": X})[0].reshape(-1)
+    with torch.no_grad():
+        want = source.model.eval()(torch.from_numpy(X)).numpy().reshape(-1)
+    diff = float(np.abs(got - want).max())
+    print(f"LSTM forecaster ONNX vs torch on {len(X)} held-out windows: max |diff| {diff:.1e}")
+    assert len(X) >= 24 and diff <= 1e-5
