@@ -96,6 +96,16 @@ class Models:
                 log.info("alias moved", extra={"model": name, "version": version, "rows": dropped})
         return version
 
+    def ready(self, spec: str) -> ServedModel | None:
+        """The model behind ``NAME[@ALIAS]`` if it is loaded and its alias lookup fresh: no registry call (the
+        event loop takes this path; anything else goes to a worker thread through :meth:`get`)."""
+        name, alias = self.split(spec)
+        with self._lock:
+            known = self._aliases.get((name, alias))
+            if known is None or time.monotonic() - known[1] >= self.settings.refresh_seconds:
+                return None
+            return self._loaded.get((name, known[0]))
+
     def get(self, spec: str) -> ServedModel:
         """The loaded model behind ``NAME[@ALIAS]``."""
         name, alias = self.split(spec)
@@ -125,6 +135,7 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, HTTPException, Request, Security
+    from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
     from pydantic import BaseModel, ConfigDict, Field
@@ -375,7 +386,9 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
             raise HTTPException(
                 413, f"{len(rows)} rows is over the batch limit of {settings.max_batch}; split the batch"
             )
-        model = lookup(name)
+        # the registry (sqlite or an MLflow server) is asked in a worker thread, never on the event loop
+        found = models().ready(name)
+        model: ServedModel = found if found is not None else await run_in_threadpool(lookup, name)
         request.state.model, request.state.version = model.name, model.version
         try:
             values = model.validate(rows, "row" if body.row is not None else "rows")
