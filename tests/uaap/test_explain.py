@@ -59,9 +59,13 @@ def test_tree_shap_equals_shaps_tree_explainer_and_adds_up(runs: tuple[Path, Run
     assert ours.additivity_error <= 1e-6
 
 
-def test_torch_shap_equals_shaps_permutation_explainer_and_adds_up(runs: tuple[Path, RunModel, RunModel]) -> None:
+def test_torch_shap_equals_shaps_permutation_explainer_and_adds_up(
+    runs: tuple[Path, RunModel, RunModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from uaap.threads import torch_threads
     from uaap.training import predict_proba
 
+    monkeypatch.setenv("UAAP_TORCH_THREADS", "1")  # one thread both ways: the same float32 sums in the same order
     home, _, mlp = runs
     frame = pd.read_csv(home / "visits.csv")
     rows, background = frame.iloc[100:115], frame.iloc[:10]
@@ -73,8 +77,9 @@ def test_torch_shap_equals_shaps_permutation_explainer_and_adds_up(runs: tuple[P
 
     pre = mlp.preprocessor
     masker = shap.maskers.Independent(pre.transform(background).astype(np.float64), max_samples=10)
-    direct = shap.PermutationExplainer(f, masker, seed=4)(pre.transform(rows).astype(np.float64), max_evals=100,
-                                                         silent=True)  # fmt: skip
+    with torch_threads():
+        direct = shap.PermutationExplainer(f, masker, seed=4)(pre.transform(rows).astype(np.float64), max_evals=100,
+                                                             silent=True)  # fmt: skip
     assert np.max(np.abs(ours.values - direct.values)) <= 1e-8
     np.testing.assert_allclose(ours.grouped, _by_column(direct.values, ours.features, ours.columns), rtol=0, atol=1e-8)
     output = f(pre.transform(rows))

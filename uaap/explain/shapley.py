@@ -15,6 +15,7 @@ regression's prediction in the target's units (forests and boosting) or the netw
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,15 +180,25 @@ def explain(
         masker = shap.maskers.Independent(rows, max_samples=len(rows))
         explainer = shap.PermutationExplainer(f, masker, seed=seed)
         evals = max_evals or max(500, 2 * X.shape[1] + 1)
-        result = explainer(X, max_evals=evals, silent=True)
+        with _threads(model.torch):  # many small batches: torch's default threads wait on a busy machine
+            result = explainer(X, max_evals=evals, silent=True)
+            model_output = f(X)
         values = np.asarray(result.values, dtype=np.float64)
         base = float(np.asarray(result.base_values, dtype=np.float64).reshape(-1)[0])
-        model_output = f(X)
         kind = "permutation"
         if not model.torch and family not in TREE_FAMILIES:
             note = (note + "; " if note else "") + f"family {family!r} has no tree explainer: permutation used"
     order, grouped = group_by_column(values, columns)
     return Shap(kind, output, features, values, base, order, grouped, model_output, X, note)
+
+
+def _threads(torch: bool) -> AbstractContextManager[Any]:
+    """torch's threads sized to the CPUs this process may use (:mod:`uaap.threads`); nothing for other models."""
+    if not torch:
+        return nullcontext()
+    from uaap.threads import torch_threads
+
+    return torch_threads()
 
 
 def summary(result: Shap, frame: pd.DataFrame, row: int) -> dict[str, Any]:
