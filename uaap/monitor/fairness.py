@@ -318,6 +318,16 @@ def plot(result: Mapping[str, Any], path: Path, title: str, mitigated: Mapping[s
         f"DP difference {result['demographic_parity_difference']:.3f}, ratio {result['demographic_parity_ratio']:.3f}"
         f"\nEO difference {result['equalized_odds_difference']:.3f}, ratio {result['equalized_odds_ratio']:.3f}"
     )
+    if mitigated is not None:
+        text = (
+            "before: "
+            + text.replace("\n", "\n        ")
+            + (
+                f"\nafter:  DP difference {mitigated['demographic_parity_difference']:.3f}, ratio "
+                f"{mitigated['demographic_parity_ratio']:.3f}\n        EO difference "
+                f"{mitigated['equalized_odds_difference']:.3f}, ratio {mitigated['equalized_odds_ratio']:.3f}"
+            )
+        )
     ax.text(0.01, 0.98, text, transform=ax.transAxes, va="top", fontsize=8, family="monospace")
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
