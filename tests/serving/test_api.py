@@ -78,7 +78,8 @@ def served(module_home: Path) -> Iterator[Served]:
     breast = _new_run(before)
     assert main(["export", breast, "--to", "onnx"]) == 0
     before = set(workspace.list_runs())
-    assert main(["train", "--dataset", "diabetes", "--model", "random_forest"]) == 0
+    # registered at the end of the run by the train command's own flag
+    assert main(["train", "--dataset", "diabetes", "--model", "random_forest", "--register", "diabetes@champion"]) == 0
     diabetes = _new_run(before)
     assert main(["data", "example", str(module_home / "visits.csv"), "--rows", "400"]) == 0
     before = set(workspace.list_runs())
@@ -86,7 +87,6 @@ def served(module_home: Path) -> Iterator[Served]:
     assert main(["train", *table, "--text-columns", "hashing", "--model", "random_forest"]) == 0
     visits = _new_run(before)
     assert main(["register", breast, "--name", "breast", "--alias", "champion"]) == 0
-    assert main(["register", diabetes, "--name", "diabetes", "--alias", "champion"]) == 0
     assert main(["register", breast, "--name", "secret", "--alias", "champion", "--encrypt"]) == 0
     assert main(["register", visits, "--name", "visits", "--alias", "champion"]) == 0
 
@@ -371,6 +371,10 @@ def test_register_refuses_bad_input(served: Served, capsys: pytest.CaptureFixtur
     assert "model name 'bad name' is not allowed" in capsys.readouterr().err
     assert main(["register", served.breast_run, "--name", "ok", "--alias", "v2"]) == 2
     assert "reserved" in capsys.readouterr().err
+    before = len(list((served.home / "runs").iterdir()))
+    assert main(["train", "--dataset", "breast_cancer", "--register", "no good"]) == 2  # refused before training
+    assert "model name 'no good' is not allowed" in capsys.readouterr().err
+    assert len(list((served.home / "runs").iterdir())) == before
 
 
 # ---- the whole OpenAPI surface, fuzzed ------------------------------------------------------------------------
