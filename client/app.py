@@ -89,7 +89,8 @@ def _setup(msg: Message, context: Context) -> tuple[RunConfig, Split, int]:
     """The run config as this client runs it and its data, through the federation's preprocessing plan."""
     cfg = _run_config(msg, context)
     plan = str(msg.content.config_records[CONFIG].get(PREPROCESSOR, ""))
-    if cfg.dataset == "csv" and not plan:  # a server that fits no plan (its own data is bundled, or it is older)
+    # a server that fits no plan (its own data is bundled, or it is older; time series need none)
+    if cfg.dataset == "csv" and not plan and cfg.task != "forecast":
         log.warning("the server sent no preprocessing plan: this client fits one on its own rows, which other "
                     "clients do not share; give the server the table's schema (flower-server --data)")  # fmt: skip
     pid = int(context.node_config.get(NODE_PARTITION_ID, 0))

@@ -427,8 +427,9 @@ def _load_state(strategy: Strategy, state: dict[str, Any]) -> None:
 
 def _preprocessing(grid: Grid, cfg: RunConfig, rd: workspace.RunDir) -> str:
     """The run's preprocessing plan as JSON: fitted across the clients before round 1 for a raw table
-    (``dataset=csv``; ``server/preprocess.py``), kept in the run folder for a resume; empty for bundled data."""
-    if cfg.dataset != "csv":
+    (``dataset=csv``; ``server/preprocess.py``), kept in the run folder for a resume; empty for bundled data and for
+    time series (``task=forecast``: each client scales its own series' windows, uaap.forecast.series)."""
+    if cfg.dataset != "csv" or cfg.task == "forecast":
         return ""
     from server.preprocess import fit_across_clients
     from uaap.data.tables import read_config_table

@@ -199,6 +199,26 @@ SPECS: dict[str, Spec] = {
         refuse=NOISE,
         timeout=120,
     ),
+    # ---- docs/forecasting.md (an empty folder) ------------------------------------------------------------
+    "docs/forecasting.md#1-a-table-of-three-stores-a-gru-beside-seasonal-naive": Spec(
+        expect=(
+            r"central gru on csv",
+            r"forecast-mae \d+\.\d{4}",
+            r"forecast-mase \d\.\d{4}",
+            r"naive-mase \d\.\d{4}",
+            r"model: \S+/runs/central-\S+/model\.npz",
+        ),
+        refuse=NOISE,
+        timeout=180,
+    ),
+    "docs/forecasting.md#2-the-statistical-models-on-the-same-table": Spec(
+        expect=tuple(
+            rf"(?m)^{name} +MAE \d+\.\d{{3}}  sMAPE \d+\.\d\d%  MASE \d\.\d{{3}}$"
+            for name in ("seasonal_naive", "arima", "ets")
+        ),
+        refuse=NOISE,
+        timeout=180,
+    ),
     # ---- docs/deploy.md (an empty folder, the installed commands on PATH) -------------------------------
     "docs/deploy.md#0-install": Spec(
         expect=(r"Requirement already satisfied: uaap",), env={"PIP_NO_INDEX": "1"}, timeout=180

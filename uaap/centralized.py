@@ -87,6 +87,12 @@ def train_central(
     model = build_model(cfg.model, split.train.n_features, split.train.n_classes, split.train.image_shape)
     set_weights(model, weights)
     final = assess(model)
+    if cfg.task == "forecast":  # the horizon forecast of every series beside seasonal naive, plotted per series
+        from uaap.forecast.report import compare
+
+        scores = compare(cfg, model, models=("seasonal_naive",), plots=rd.path / "forecasts", clients=1)
+        final = {**final, **{f"forecast-{k}": v for k, v in scores[cfg.model].items()}}
+        final["naive-mase"] = scores["seasonal_naive"]["mase"]
     chosen = {THRESHOLD: final[THRESHOLD]} if validation is not None else {}
     workspace.save_model(
         rd.model_file,

@@ -124,3 +124,25 @@ def test_lstm_forecaster_exports_to_onnx_that_agrees_with_torch(runs: dict, tmp_
     diff = float(np.abs(got - want).max())
     print(f"LSTM forecaster ONNX vs torch on {len(X)} held-out windows: max |diff| {diff:.1e}")
     assert len(X) >= 24 and diff <= 1e-5
+
+
+@pytest.mark.slow
+def test_a_table_of_several_series_federates_one_series_per_client(module_home: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from uaap.forecast.series import generate
+
+    rows = [(str(t)[:10], f"store-{k}", v) for k, s in enumerate(generate(3, 48, 12, seed=7)) for t, v in
+            zip(s.time, s.values, strict=True)]  # fmt: skip
+    table = tmp_path / "sales.csv"
+    pd.DataFrame(rows, columns=["month", "store", "sales"]).to_csv(table, index=False)
+    cfg = BASE.replace(
+        dataset="csv", data_path=str(table), target="sales", time_column="month", series_column="store",
+        num_clients=3, min_clients=3, num_rounds=1, run_id="fc-csv",
+    )  # fmt: skip
+    rd = run_federation(LocalGrid(3), cfg, num_partitions=3)
+    last = _rounds(rd)[1]
+    assert last["replies"] == 3 and not last["failed"]
+    # each client trains on the windows of its own store only: 48 - 6 held out - 12 lags = 30 windows, so 2 local
+    # epochs of batches of 16 take 4 steps; each scores its own 6 held-out points
+    assert last["train"]["steps"] == 4 and last["evaluate"]["num-examples"] == 3 * 6

@@ -51,11 +51,17 @@ def client_counts(
 
 
 def compare(
-    cfg: RunConfig, net: nn.Module | None = None, models: tuple[str, ...] = STATISTICAL, plots: Path | None = None
+    cfg: RunConfig,
+    net: nn.Module | None = None,
+    models: tuple[str, ...] = STATISTICAL,
+    plots: Path | None = None,
+    clients: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """MAE, RMSE, sMAPE and MASE per model over every client's series: each client's counts, summed."""
+    """MAE, RMSE, sMAPE and MASE per model over every client's series: each client's counts, summed (``clients``:
+    how many hold the series, default the run's num-clients; 1 for central training)."""
+    n = cfg.num_clients if clients is None else clients
     totals: dict[str, list[dict[str, float]]] = {}
-    for pid in range(cfg.num_clients):
-        for name, counts in client_counts(cfg, client_series(cfg, pid, cfg.num_clients), net, models, plots).items():
+    for pid in range(n):
+        for name, counts in client_counts(cfg, client_series(cfg, pid, n), net, models, plots).items():
             totals.setdefault(name, []).append(counts)
     return {name: metrics_from_counts(add_counts(parts)) for name, parts in totals.items()}
