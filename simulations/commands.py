@@ -33,6 +33,13 @@ def register_simulate(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--client-cpus", type=float, default=1.0, help="CPUs reserved per simulated client (default 1)")
     p.add_argument("--client-gpus", type=float, default=0.0, help="GPUs reserved per simulated client (default 0)")
     p.add_argument(
+        "--register",
+        default=None,
+        metavar="NAME[@ALIAS]",
+        help="register the finished run's model in MLflow's model registry (`uaap serve` serves it); a run under "
+        "secure aggregation keeps no plaintext model: decrypt it and `uaap register` it instead",
+    )
+    p.add_argument(
         "-v", "--verbose", action="store_true", help="show Flower's, Ray's and MLflow's own logs and notices"
     )
     p.set_defaults(func=run_simulate)
@@ -47,6 +54,10 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     quiet.VERBOSE = args.verbose
     console = Console()
+    if args.register:  # a bad name fails before the simulation, not after
+        from uaap.model_registry import register_spec
+
+        register_spec(args.register)
     if args.resume:
         rd = workspace.existing_run(args.resume)
         cfg = config_from_args(args, base=rd.read_config())
@@ -65,6 +76,13 @@ def run_simulate(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     print_results(rd, console)
+    if args.register:
+        from uaap.model_registry import register_run, register_spec
+
+        name, alias = register_spec(args.register)
+        registered = register_run(rd.run_id, name, alias=alias)
+        at = f", alias @{registered.alias}" if registered.alias else ""
+        console.print(f"registered {registered.name} version {registered.version} (runtime {registered.runtime}{at})")
     return 0
 
 
