@@ -285,6 +285,34 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
             log.error("model cannot be served", extra={"model": spec, "status": 503})
             raise HTTPException(503, str(exc)) from None
 
+    body_limit = settings.max_body_bytes
+
+    class BodyLimit:
+        """Refuses a body past ``max_body_bytes`` as it arrives (413), also when no Content-Length announced it
+        (chunked uploads would otherwise be read whole into memory)."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await self.inner(scope, receive, send)
+                return
+            seen = 0
+
+            async def limited() -> Any:
+                nonlocal seen
+                message = await receive()
+                if message["type"] == "http.request":
+                    seen += len(message.get("body", b""))
+                    if seen > body_limit:
+                        raise HTTPException(413, f"request body is over the limit of {body_limit} bytes")
+                return message
+
+            await self.inner(scope, limited, send)
+
+    app.add_middleware(BodyLimit)
+
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Response:
         start = time.perf_counter()

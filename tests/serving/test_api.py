@@ -550,3 +550,22 @@ def test_the_runs_privacy_epsilon_travels_to_the_api(served: Served) -> None:
     info = served.client.get("/v1/models/private", headers=served.headers()).json()
     assert info["privacy"] == expected
     assert json.loads(client().get_model_version("private", done.version).tags[TAG_PRIVACY]) == expected
+
+
+def test_a_body_over_the_limit_is_413_with_or_without_content_length(served: Served) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import Settings, create_app
+
+    rows, _ = _raw_test_rows(served.breast_run)
+    body = json.dumps({"rows": rows[:20]}).encode()
+    assert len(body) > 4000
+    h = {**served.headers(), "content-type": "application/json"}
+    with TestClient(create_app(Settings(max_body_bytes=4000))) as client:
+        announced = client.post("/v1/models/breast/predict", content=body, headers=h)
+        assert announced.status_code == 413 and "over the limit of 4000" in announced.json()["detail"]
+        chunks = (body[i : i + 1000] for i in range(0, len(body), 1000))  # chunked: no Content-Length
+        streamed = client.post("/v1/models/breast/predict", content=chunks, headers=h)
+        assert streamed.status_code == 413 and "over the limit of 4000" in streamed.json()["detail"]
+        small = client.post("/v1/models/breast/predict", json={"rows": rows[:2]}, headers=served.headers())
+        assert small.status_code == 200
