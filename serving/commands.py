@@ -60,6 +60,9 @@ def register_serve(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--alias", default="champion", help="the alias a bare model name means (default champion)")
     p.add_argument("--cache-size", type=int, default=10_000, help="rows kept in the prediction cache (0: off)")
     p.add_argument("--max-batch", type=int, default=1_000, help="rows per request; more is refused with 413")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=8 * 1024 * 1024, help="request body limit; more is refused with 413"
+    )
     p.add_argument("--refresh", type=float, default=2.0, help="seconds between alias lookups (default 2)")
     p.add_argument("--preload", action="append", default=[], metavar="NAME[@ALIAS]", help="load before ready")
     p.add_argument("--key-file", type=Path, default=None, help="at-rest key file for encrypted models")
@@ -76,16 +79,18 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.app import Settings, configure_logging, create_app
     from uaap.errors import ConfigError
 
-    if args.cache_size < 0 or args.max_batch < 1 or args.refresh < 0:
+    if args.cache_size < 0 or args.max_batch < 1 or args.refresh < 0 or args.max_body_bytes < 1024:
         raise ConfigError(
-            f"--cache-size {args.cache_size}, --max-batch {args.max_batch}, --refresh {args.refresh}: the cache size "
-            "and refresh must be >= 0 and the batch limit >= 1"
+            f"--cache-size {args.cache_size}, --max-batch {args.max_batch}, --refresh {args.refresh}, --max-body-bytes "
+            f"{args.max_body_bytes}: the cache size and refresh must be >= 0, the batch limit >= 1 and the body limit "
+            ">= 1024"
         )
     configure_logging()
     settings = Settings(
         alias=args.alias,
         cache_size=args.cache_size,
         max_batch=args.max_batch,
+        max_body_bytes=args.max_body_bytes,
         refresh_seconds=args.refresh,
         key_file=args.key_file,
         api_keys=args.api_keys,

@@ -374,6 +374,8 @@ def test_register_refuses_bad_input(served: Served, capsys: pytest.CaptureFixtur
     before = len(list((served.home / "runs").iterdir()))
     assert main(["train", "--dataset", "breast_cancer", "--register", "no good"]) == 2  # refused before training
     assert "model name 'no good' is not allowed" in capsys.readouterr().err
+    assert main(["serve", "--max-body-bytes", "10"]) == 2  # refused before anything listens
+    assert "--max-body-bytes 10" in capsys.readouterr().err
     assert len(list((served.home / "runs").iterdir())) == before
 
 
