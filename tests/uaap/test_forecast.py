@@ -120,3 +120,16 @@ def test_windows_are_scaled_per_series_and_predict_the_next_value() -> None:
     assert X.shape == (7, 3) and np.allclose(X[0], [-1, 0, 1]) and np.allclose(y, 2.0)  # next value: mean + 2 steps
     X_tail, y_tail = series.windows(values, 3, 2.0, start=10 - 2 - 3)
     assert len(y_tail) == 2  # the windows whose targets are the last two values
+
+
+def test_cross_validation_selects_the_model_that_fits_the_series() -> None:
+    t = np.arange(72, dtype=np.float64)
+    seasonal = 50 + 10 * np.sin(2 * np.pi * t / 12) + np.random.default_rng(0).normal(0, 0.2, 72)
+    candidates = {
+        "seasonal_naive": models.statistical("seasonal_naive", 12),
+        "naive": lambda h, n: models.Forecast("naive", np.full(n, h[-1])),  # the last value: blind to the season
+    }
+    best, scores = metrics.select(candidates, seasonal, 6, 12, folds=3)
+    assert best == "seasonal_naive" and scores["seasonal_naive"] < 0.5 * scores["naive"], scores
+    flat = 50 + np.random.default_rng(1).normal(0, 0.2, 72).cumsum()  # a random walk: the last value is best
+    assert metrics.select(candidates, flat, 6, 12, folds=3)[0] == "naive"

@@ -97,3 +97,15 @@ def cross_validate(
             forecast_counts(values[end : end + horizon], forecaster(history, horizon).mean, mase_scale(history, period))
         )
     return add_counts(parts)
+
+
+def select(
+    candidates: dict[str, Forecaster], values: np.ndarray, horizon: int, period: int, folds: int = 3
+) -> tuple[str, dict[str, float]]:
+    """The candidate with the lowest expanding-window cross-validated MASE on ``values`` (a series' history: its
+    held-out tail must not be in it), and every candidate's CV MASE."""
+    scores = {
+        name: metrics_from_counts(cross_validate(f, values, horizon, period, folds))["mase"]
+        for name, f in candidates.items()
+    }
+    return min(scores, key=lambda k: scores[k]), scores
