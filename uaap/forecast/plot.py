@@ -29,7 +29,8 @@ def plot_series(series: Series, horizon: int, forecasts: list[Forecast], out_dir
         if f.lower is not None and f.upper is not None:
             ax.fill_between(time[n - horizon :], f.lower, f.upper, color=line.get_color(), alpha=0.15)
     ax.axvline(time[n - horizon], color="grey", lw=0.8)
-    ax.set_title(f"{series.name}: {horizon}-step forecast (shaded: 95% interval)")
+    shaded = any(f.lower is not None for f in forecasts)
+    ax.set_title(f"{series.name}: {horizon}-step forecast" + (" (shaded: 95% interval)" if shaded else ""))
     ax.legend(fontsize=7, ncol=3)
     fig.autofmt_xdate()
     fig.tight_layout()
