@@ -2,12 +2,13 @@
 
 Prints:
 * per-round wall time (median over rounds) of the UAAP app run by `flower-server` + N `flower-client`
-  processes on localhost (TLS, SuperNode auth) and by the Ray simulation (`simulations.runner.simulate`),
-  and their ratio;
+  processes on localhost (TLS, SuperNode auth), with Flower's SuperNode as shipped (`--cold`) and with the
+  warm workers and short polls of client/warm.py (the default), beside the Ray simulation
+  (`simulations.runner.simulate`) of the same federation, for each N of `--clients` (2 and 5);
 * the per-message overhead of a deployed client: a fresh process importing the ClientApp (what every
   `flwr-clientapp` does per message in Flower 1.42) against the in-process cost of one train message.
 
-Usage: python benchmarks/deployment.py [--rounds 3] [--clients 3]   (takes a few minutes)
+Usage: python benchmarks/deployment.py [--rounds 3] [--clients 2 5]   (takes a few minutes)
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ def config_flags(rounds: int, clients: int) -> list[str]:
     ]  # fmt: skip
 
 
-def run_deployment(root: Path, rounds: int, clients: int) -> tuple[list[float], float]:
-    """Per-round seconds and total wall time of a localhost deployment."""
+def run_deployment(root: Path, rounds: int, clients: int, *, cold: bool = False) -> tuple[list[float], float]:
+    """Per-round seconds and total wall time of a localhost deployment (``cold``: Flower's SuperNode as shipped,
+    ``flower-client --cold``; else the warm workers and short polls of client/warm.py)."""
     from uaap.certs import init_certs
     from uaap.processes import free_port
 
+    root = root / ("cold" if cold else "warm")
     certs = init_certs(root / "certs", clients=clients)
     env = {**os.environ, "UAAP_HOME": str(root / "ws-deploy"), "FLWR_TELEMETRY_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -74,6 +77,7 @@ def run_deployment(root: Path, rounds: int, clients: int) -> tuple[list[float], 
                         "--max-wait-time",
                         "120",
                         "--quiet",
+                        *(["--cold"] if cold else []),
                     ],
                     env=env,
                     stdout=log,
@@ -143,28 +147,26 @@ print(statistics.median(times[1:]))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--clients", type=int, nargs="+", default=[2, 5])
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="uaap-bench-deploy-") as tmp:
-        root = Path(tmp)
-        sim_rounds, sim_wall = run_simulation(root, args.rounds, args.clients)
-        dep_rounds, dep_wall = run_deployment(root, args.rounds, args.clients)
-        cold, warm = message_overhead()
-    sim_med, dep_med = statistics.median(sim_rounds), statistics.median(dep_rounds)
-    load = os.getloadavg()[0]
-    print(f"\nUAAP deployment vs simulation: breast_cancer, logreg, {args.clients} clients, {args.rounds} rounds")
-    print(f"(machine: {os.cpu_count()} cores, load average {load:.1f} at the end)")
-    print(f"{'':34}{'simulation':>12}{'deployment':>12}{'ratio':>8}")
-    print(f"{'per-round wall time, median (s)':34}{sim_med:12.2f}{dep_med:12.2f}{dep_med / sim_med:8.1f}")
-    print(f"{'rounds, simulation (s)':34}{', '.join(f'{s:.2f}' for s in sim_rounds)} (round 1 includes actor warm-up)")
-    print(f"{'rounds, deployment (s)':34}{', '.join(f'{s:.2f}' for s in dep_rounds)}")
-    print(f"{'whole run incl. start-up (s)':34}{sim_wall:12.1f}{dep_wall:12.1f}{dep_wall / sim_wall:8.1f}")
-    print("\nper-message cost of a deployed client (Flower 1.42 starts one flwr-clientapp process per message):")
-    print(f"  fresh process importing client.app (torch, flwr, sklearn): {cold:.2f} s")
-    print(f"  one train message handled in a warm process:               {warm:.3f} s")
+    print(f"UAAP deployment vs simulation: breast_cancer, logreg, {args.rounds} rounds")
     print(
-        f"  start-up overhead per message:                            {cold - warm:.2f} s ({cold / warm:.0f}x the work)"
+        f"{'clients':>8}{'simulation':>12}{'cold':>10}{'warm':>10}{'warm - sim':>12}{'cold/warm':>11}  (median s/round)"
     )
+    for clients in args.clients:
+        with tempfile.TemporaryDirectory(prefix="uaap-bench-deploy-") as tmp:
+            root = Path(tmp)
+            sim_rounds, _ = run_simulation(root, args.rounds, clients)
+            cold_rounds, _ = run_deployment(root, args.rounds, clients, cold=True)
+            warm_rounds, _ = run_deployment(root, args.rounds, clients)
+        sim, cold, warm = (statistics.median(r) for r in (sim_rounds, cold_rounds, warm_rounds))
+        print(f"{clients:8d}{sim:12.2f}{cold:10.2f}{warm:10.2f}{warm - sim:12.2f}{cold / warm:11.1f}", flush=True)
+        print(f"{'':8}rounds: simulation {sim_rounds}, cold {cold_rounds}, warm {warm_rounds}", flush=True)
+    cold_import, warm_message = message_overhead()
+    print(f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)")
+    print("\nper-message cost of a cold deployed client (Flower 1.42 starts one flwr-clientapp process per message):")
+    print(f"  fresh process importing client.app (torch, flwr, sklearn): {cold_import:.2f} s")
+    print(f"  one train message handled in a warm process:               {warm_message:.3f} s")
 
 
 if __name__ == "__main__":

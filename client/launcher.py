@@ -7,8 +7,9 @@ start ``flower-supernode`` with the node config the ClientApp reads (``data-path
 ``partition-id``/``num-partitions``, ``he-secret-context``), bounded by ``--max-wait-time``, and
 reads its output to tell an unregistered key (``[code: 2004]``) from a lost server.
 
-A SuperNode starts a fresh ``flwr-clientapp`` process per message (Flower 1.42 has no long-lived
-ClientApp), so every message re-imports torch; ``benchmarks/deployment.py`` measures what it costs.
+A SuperNode as Flower ships it starts a fresh ``flwr-clientapp`` process per message, which re-imports torch,
+and naps 3 s whenever it finds no message; by default the launcher runs it through ``client.warm`` instead
+(warm worker processes, short polls; ``--cold`` for Flower's own), and ``benchmarks/deployment.py`` measures both.
 When the server's last message says the run ended, the ClientApp writes it where this launcher watches
 (a ``status-file`` in the node config) and the launcher stops the SuperNode and exits 0.
 
@@ -115,6 +116,7 @@ class ClientOptions:
     log_file: Path | None = None
     quiet: bool = False
     status_file: Path | None = None  # where the ClientApp writes the server's run-end message
+    warm: bool = True  # client.warm: no idle naps, ClientApps started warm (False: Flower's own SuperNode as is)
 
     def node_config(self) -> str:
         """The ``--node-config`` string the ClientApp reads (``client.app._setup``)."""
@@ -264,7 +266,8 @@ class FlowerClient:
     def command(self) -> list[str]:
         """The ``flower-supernode`` command line."""
         o = self.opt
-        cmd = [_bin("flower-supernode"), "--superlink", o.server, "--max-wait-time", f"{o.max_wait_time:g}"]
+        start = [sys.executable, "-m", "client.warm", "supernode"] if o.warm else [_bin("flower-supernode")]
+        cmd = [*start, "--superlink", o.server, "--max-wait-time", f"{o.max_wait_time:g}"]
         cmd += ["--port", str(o.port or free_port())]
         cmd += ["--root-certificates", str(o.root_certificates)] if o.root_certificates else ["--insecure"]
         if o.auth_key is not None:
@@ -454,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-config", action="append", default=[], metavar="K=V", help="extra node config (repeatable)")
     p.add_argument("--log-file", help="also write the SuperNode's output here")
     p.add_argument("--quiet", action="store_true", help="do not echo the SuperNode's output")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="run Flower's SuperNode as shipped: a fresh flwr-clientapp per message and its idle naps (default: "
+        "warm workers and short polls, client/warm.py)",
+    )
     return p
 
 
@@ -492,6 +501,7 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         extra_node_config=extra,
         log_file=path(args.log_file),
         quiet=args.quiet,
+        warm=not args.cold,
     )
 
 

@@ -1,0 +1,225 @@
+"""A deployed client's rounds near Flower's polling floor: a SuperNode without idle naps, and ClientApps that start
+warm.
+
+Flower 1.42 spends most of a deployed round waiting (``benchmarks/deployment.py``):
+
+* the SuperNode naps 3 s whenever a pull finds no message, and polls for the ClientApp's reply every 0.5 s
+  (``time.sleep`` literals in ``flwr.supernode.start_client_internal``);
+* its SuperExec polls for tasks every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (1 by default);
+* every message starts a fresh ``flwr-clientapp`` process, which imports torch, Flower and our client (~3 s)
+  before it asks for its message.
+
+Here ``flower-client`` runs the SuperNode through :func:`supernode` (``time.sleep`` in that one Flower module
+capped at ``nap`` seconds) with ``--isolation process``, and starts :func:`superexec` beside it: Flower's own
+SuperExec loop (``run_superexec``), polling every ``nap`` seconds, whose subprocess executor hands each task to a
+*warm zygote* instead of spawning ``flwr-clientapp``. The zygote (:func:`zygote`) has imported what a ClientApp
+needs (torch, scikit-learn, Flower, our client) once; for each task's ``flwr-clientapp`` arguments it forks a
+child that runs Flower's ``flwr_clientapp`` entry point with them and exits, so every message still gets a fresh
+process of its own (as isolated as Flower's: nothing a task changes outlives it), without paying the imports.
+The zygote itself runs no thread and opens no connection, so forking it is safe.
+
+Flower internals this relies on, all in flwr 1.42 (pinned in pyproject.toml): the module
+``flwr.supernode.start_client_internal`` calling ``time.sleep``; ``flwr.supercore.superexec.run_superexec``'s
+``run_superexec`` and its executor ``SubprocessExecutor.launch(spec)`` building ``flwr-clientapp``'s arguments
+from an ``ExecutionSpec``; ``flwr.supernode.cli.flwr_clientapp.flwr_clientapp`` reading ``sys.argv``.
+:func:`check_flower` asserts each of them, and ``tests/client/test_warm.py`` runs it, so an upgrade that moves one
+fails a test by name instead of slowing or breaking deployments silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+NAP = 0.05  # seconds: the SuperNode's longest sleep and the SuperExec's task poll
+POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+WARM_IMPORTS = ("torch", "sklearn", "flwr.supernode.cli.flwr_clientapp", "client.app")
+
+
+def check_flower() -> None:
+    """Fail loudly when the Flower internals this module patches are not what it expects (see the docstring)."""
+    import importlib
+
+    import flwr.supernode.start_client_internal as sci
+    from flwr.supercore.superexec import run_superexec as rs
+    from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+
+    entry = importlib.import_module("flwr.supernode.cli.flwr_clientapp").flwr_clientapp  # the module, not the function
+    problems = []
+    if "time.sleep(3)" not in inspect.getsource(sci.start_client_internal):
+        problems.append("flwr.supernode.start_client_internal no longer naps with time.sleep(3)")
+    factory = importlib.import_module("flwr.supercore.superexec.executor.factory")
+    if not hasattr(rs, "run_superexec") or "SubprocessExecutor" not in inspect.getsource(factory):
+        problems.append("flwr.supercore.superexec.run_superexec no longer builds a SubprocessExecutor")
+    if list(inspect.signature(SubprocessExecutor.launch).parameters) != ["self", "spec"]:
+        problems.append("SubprocessExecutor.launch(self, spec) changed its signature")
+    if "parse_args()" not in inspect.getsource(entry):
+        problems.append("flwr_clientapp no longer reads its arguments from the command line")
+    if problems:
+        raise RuntimeError("client/warm.py relies on Flower internals that changed: " + "; ".join(problems))
+
+
+class _Napless:
+    """Stands in for the ``time`` module inside one Flower module: the same functions, ``sleep`` capped."""
+
+    def __init__(self, nap: float) -> None:
+        self.nap = nap
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(min(seconds, self.nap))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def supernode(argv: list[str], nap: float = NAP) -> None:
+    """Flower's ``flower-supernode`` with its naps capped at ``nap`` seconds."""
+    import flwr.supernode.start_client_internal as sci
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    check_flower()
+    setattr(sci, "time", _Napless(nap))  # noqa: B010 - the module's own name for time: only its sleeps change
+    if "--isolation" not in argv:  # the SuperExec is ours: started here, as Flower starts its own in subprocess mode
+        argv = [*argv, "--isolation", "process"]
+        host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
+        port = argv[argv.index("--port") + 1] if "--port" in argv else "9094"
+        subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+            [sys.executable, "-m", "client.warm", "superexec", "--runtime-api-address", f"{host}:{port}",
+             "--insecure", "--parent-pid", str(os.getpid())],
+            env={**os.environ, POLL_ENV: f"{nap:g}"},
+        )  # fmt: skip
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
+
+
+class WarmPool:
+    """A warm zygote: :meth:`launch` hands a task's arguments to a process that imported everything a ClientApp
+    needs once, and forks a child per task (restarted if it died)."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.zygote: subprocess.Popen[str] | None = None
+        self.lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self.zygote = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+            [self.python, "-m", "client.warm", "zygote"], stdin=subprocess.PIPE, text=True, env=dict(os.environ)
+        )
+
+    def launch(self, spec: Any) -> Any:
+        """Run the task of an ``ExecutionSpec`` in a child of the zygote (``flwr-clientapp``'s own arguments)."""
+        from flwr.supercore.constant import TASK_TYPE_TO_APPIO_API_ADDRESS_ARG, TASK_TYPE_TO_COMMAND
+        from flwr.supercore.superexec.executor.types import LaunchResult
+
+        args = [TASK_TYPE_TO_APPIO_API_ADDRESS_ARG[spec.task_type], spec.runtime_api_address, "--token", spec.token]
+        if spec.insecure:
+            args.append("--insecure")
+        elif spec.root_certificates_path is not None:
+            args += ["--root-certificates", spec.root_certificates_path]
+        if spec.parent_pid is not None:
+            args += ["--parent-pid", str(spec.parent_pid)]
+        line = json.dumps({"command": TASK_TYPE_TO_COMMAND[spec.task_type], "args": args}) + "\n"
+        with self.lock:
+            for _ in range(2):  # a zygote that died is replaced once
+                if self.zygote is None or self.zygote.poll() is not None or self.zygote.stdin is None:
+                    self._start()
+                assert self.zygote is not None and self.zygote.stdin is not None
+                try:
+                    self.zygote.stdin.write(line)
+                    self.zygote.stdin.flush()
+                    return LaunchResult.accepted()
+                except (BrokenPipeError, OSError):
+                    self.zygote = None
+        return LaunchResult.failed("the warm ClientApp zygote could not be started")
+
+    def close(self) -> None:
+        """Stop the zygote (children running a task finish on their own)."""
+        with self.lock:
+            if self.zygote is not None and self.zygote.poll() is None:
+                self.zygote.terminate()
+
+
+def superexec(argv: list[str], nap: float = NAP) -> None:
+    """Flower's SuperExec for a SuperNode run with ``--isolation process``: tasks go to warm workers."""
+    from flwr.supercore.superexec import run_superexec as rs
+    from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+
+    check_flower()
+    parser = argparse.ArgumentParser(prog="python -m client.warm superexec")
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--insecure", action="store_true")
+    parser.add_argument("--root-certificates")
+    parser.add_argument("--parent-pid", type=int)
+    args = parser.parse_args(argv)
+    os.environ[POLL_ENV] = f"{nap:g}"
+    pool = WarmPool()
+    SubprocessExecutor.launch = lambda self, spec: pool.launch(spec)  # type: ignore[method-assign]
+    try:
+        rs.run_superexec(
+            runtime_api_address=args.runtime_api_address,
+            insecure=args.insecure,
+            root_certificates_path=args.root_certificates,
+            parent_pid=args.parent_pid,
+        )
+    finally:
+        pool.close()
+
+
+def zygote() -> None:
+    """Import what a ClientApp needs, then fork a child for every task line on stdin; the child runs Flower's
+    ``flwr_clientapp`` with the task's arguments and exits (a fresh process per message, as Flower's own)."""
+    import importlib
+    import signal
+
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        task = json.loads(line)
+        if os.fork() == 0:  # the child: one task, then out
+            code = 0
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+                sys.argv = [task["command"], *task["args"]]
+                flwr_clientapp()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # noqa: BLE001 - report, then leave with an error code
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m client.warm supernode|superexec|zygote [args]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("supernode", "superexec", "zygote"):
+        raise SystemExit("usage: python -m client.warm supernode|superexec|zygote [args]")
+    role, rest = argv[0], argv[1:]
+    if role == "supernode":
+        supernode(rest)
+    elif role == "superexec":
+        superexec(rest)
+    else:
+        zygote()
+
+
+if __name__ == "__main__":
+    main()
