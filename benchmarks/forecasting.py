@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--model", default="lstm", choices=("lstm", "gru"))
+    parser.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedprox"))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     os.environ.setdefault("UAAP_HOME", tempfile.mkdtemp(prefix="uaap-forecasting-"))
@@ -70,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(
         task="forecast", dataset="series", model=args.model, num_clients=args.series, min_clients=args.series,
         series_length=args.length, horizon=args.horizon, lags=24, seasonal_period=12, num_rounds=args.rounds,
-        local_epochs=args.local_epochs, optimizer="adam", learning_rate=0.01, batch_size=16, strategy="fedavg",
+        local_epochs=args.local_epochs, optimizer=args.optimizer, learning_rate=args.lr, batch_size=16,
+        strategy=args.strategy,
         seed=0, run_id="forecasting-benchmark", experiment="benchmark-forecasting",
     )  # fmt: skip
     timings: dict[str, float] = {}
@@ -86,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         clients[0].train.feature_names, task="regression",
     )  # fmt: skip
     central = build_model(args.model, cfg.lags, 1, seed=cfg.seed)
-    local_train(central, pooled, TrainConfig(epochs=args.rounds * args.local_epochs, batch_size=16, lr=0.01,
-                                             optimizer="adam", seed=cfg.seed))  # fmt: skip
+    local_train(central, pooled, TrainConfig(epochs=args.rounds * args.local_epochs, batch_size=16, lr=args.lr,
+                                             optimizer=args.optimizer, seed=cfg.seed))  # fmt: skip
     timings["central"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n{args.series} series x {args.length} points, horizon {args.horizon}, lags 24, season 12; {args.model}: "
-        f"{args.rounds} rounds x {args.local_epochs} local epochs, FedAvg, 1 series per client"
+        f"{args.rounds} rounds x {args.local_epochs} local epochs, {args.strategy}, {args.optimizer} lr {args.lr:g}, "
+        "1 series per client"
     )
     print(f"{'model':<20} {'MAE':>8} {'RMSE':>8} {'sMAPE %':>8} {'MASE':>8}")
     for name in ("seasonal_naive", "arima", "ets", f"{args.model} (federated)", f"{args.model} (central)"):
