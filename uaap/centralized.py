@@ -91,8 +91,12 @@ def train_central(
         from uaap.forecast.report import compare
 
         scores = compare(cfg, model, models=("seasonal_naive",), plots=rd.path / "forecasts", clients=1)
-        final = {**final, **{f"forecast-{k}": v for k, v in scores[cfg.model].items()}}
-        final["naive-mase"] = scores["seasonal_naive"]["mase"]
+        forecast = {f"forecast-{k}": v for k, v in scores[cfg.model].items()}
+        forecast["naive-mase"] = scores["seasonal_naive"]["mase"]
+        final = {**final, **forecast}
+        tracker.log_metrics({f"central_{k}": v for k, v in forecast.items()}, step=epochs)
+        for png in sorted((rd.path / "forecasts").glob("*.png")):
+            tracker.log_artifact(str(png))
     chosen = {THRESHOLD: final[THRESHOLD]} if validation is not None else {}
     workspace.save_model(
         rd.model_file,
