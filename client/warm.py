@@ -39,6 +39,10 @@ import time
 from typing import Any
 
 NAP = 0.05  # seconds: the SuperNode's longest sleep and the SuperExec's task poll
+# The zygote forks: no thread pool may exist in it when it does (a lock held by a pool thread at the fork would
+# stay held in the child forever). One thread each keeps OpenMP, OpenBLAS and MKL from starting pools at import;
+# a child sizes torch's threads itself (uaap.threads), after the fork.
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 # What a ClientApp message imports, profiled in a warm child: torch._dynamo (imported by the first torch.optim
 # optimizer: 3 s of a 3.7 s train message), Flower's HTTP client (httpcore), scikit-learn's data sets and metrics.
@@ -115,9 +119,13 @@ class WarmPool:
         self._start()
 
     def _start(self) -> None:
+        from uaap.processes import die_with_parent
+
+        env = {**os.environ, **SINGLE_THREADED}
         self.zygote = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
-            [self.python, "-m", "client.warm", "zygote"], stdin=subprocess.PIPE, text=True, env=dict(os.environ)
-        )
+            [self.python, "-m", "client.warm", "zygote"], stdin=subprocess.PIPE, text=True, env=env,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only: the zygote ends with this SuperExec
+        )  # fmt: skip
 
     def launch(self, spec: Any) -> Any:
         """Run the task of an ``ExecutionSpec`` in a child of the zygote (``flwr-clientapp``'s own arguments)."""
@@ -178,6 +186,17 @@ def superexec(argv: list[str], nap: float = NAP) -> None:
         pool.close()
 
 
+def _die_with_zygote() -> None:
+    """Linux: SIGKILL this task's process when the zygote ends (its SuperExec, SuperNode or launcher went away),
+    so no task outlives its node, whatever it is blocked in."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the zygote ended before the line above
+        os._exit(1)
+
+
 def zygote() -> None:
     """Import what a ClientApp needs, then fork a child for every task line on stdin; the child runs Flower's
     ``flwr_clientapp`` with the task's arguments and exits (a fresh process per message, as Flower's own)."""
@@ -195,6 +214,7 @@ def zygote() -> None:
             code = 0
             try:
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _die_with_zygote()
                 from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
                 sys.argv = [task["command"], *task["args"]]
@@ -210,6 +230,8 @@ def zygote() -> None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter teardown: a library's exit handler must not keep a zygote without tasks alive
 
 
 def main(argv: list[str] | None = None) -> None:
