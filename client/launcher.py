@@ -8,8 +8,8 @@ start ``flower-supernode`` with the node config the ClientApp reads (``data-path
 reads its output to tell an unregistered key (``[code: 2004]``) from a lost server.
 
 A SuperNode as Flower ships it starts a fresh ``flwr-clientapp`` process per message, which re-imports torch,
-and naps 3 s whenever it finds no message; by default the launcher runs it through ``client.warm`` instead
-(warm worker processes, short polls; ``--cold`` for Flower's own), and ``benchmarks/deployment.py`` measures both.
+and naps 3 s whenever it finds no message; ``--warm`` runs it through ``client.warm`` instead (short polls,
+ClientApps forked from a warm process), and ``benchmarks/deployment.py`` measures both.
 When the server's last message says the run ended, the ClientApp writes it where this launcher watches
 (a ``status-file`` in the node config) and the launcher stops the SuperNode and exits 0.
 
@@ -116,7 +116,7 @@ class ClientOptions:
     log_file: Path | None = None
     quiet: bool = False
     status_file: Path | None = None  # where the ClientApp writes the server's run-end message
-    warm: bool = True  # client.warm: no idle naps, ClientApps started warm (False: Flower's own SuperNode as is)
+    warm: bool = False  # client.warm: no idle naps, ClientApps forked warm (default: Flower's SuperNode as shipped)
 
     def node_config(self) -> str:
         """The ``--node-config`` string the ClientApp reads (``client.app._setup``)."""
@@ -458,10 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", help="also write the SuperNode's output here")
     p.add_argument("--quiet", action="store_true", help="do not echo the SuperNode's output")
     p.add_argument(
-        "--cold",
+        "--warm",
         action="store_true",
-        help="run Flower's SuperNode as shipped: a fresh flwr-clientapp per message and its idle naps (default: "
-        "warm workers and short polls, client/warm.py)",
+        help="rounds near the polling floor: short polls and ClientApps forked from a warm process (client/warm.py; "
+        "default: Flower's SuperNode as shipped, a fresh flwr-clientapp per message)",
     )
     return p
 
@@ -501,7 +501,7 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         extra_node_config=extra,
         log_file=path(args.log_file),
         quiet=args.quiet,
-        warm=not args.cold,
+        warm=args.warm,
     )
 
 

@@ -9,7 +9,7 @@ Flower 1.42 spends most of a deployed round waiting (``benchmarks/deployment.py`
 * every message starts a fresh ``flwr-clientapp`` process, which imports torch, Flower and our client (~3 s)
   before it asks for its message.
 
-Here ``flower-client`` runs the SuperNode through :func:`supernode` (``time.sleep`` in that one Flower module
+Here ``flower-client --warm`` runs the SuperNode through :func:`supernode` (``time.sleep`` in that one Flower module
 capped at ``nap`` seconds) with ``--isolation process``, and starts :func:`superexec` beside it: Flower's own
 SuperExec loop (``run_superexec``), polling every ``nap`` seconds, whose subprocess executor hands each task to a
 *warm zygote* instead of spawning ``flwr-clientapp``. The zygote (:func:`zygote`) has imported what a ClientApp

@@ -11,7 +11,7 @@ secure aggregation (CKKS) and central DP, with faults injected into one shared f
   twice), and the decrypted final model beats the majority-class baseline by a wide margin.
 
 Every process is started in its own session and stopped by PID in the fixture's finalizer. This costs a few
-minutes on a busy 2-core machine.
+minutes on a busy 2-core machine (each Flower message starts a fresh `flwr-clientapp` that imports torch).
 """
 
 from __future__ import annotations
@@ -60,19 +60,6 @@ def _tree(pid: int, table: dict[int, tuple[int, str]] | None = None) -> list[int
                 out.append(child)
                 todo.append(child)
     return out
-
-
-def _clientapp_running(pid: int) -> bool:
-    """Whether a ClientApp task runs under ``pid``: Flower's own ``flwr-clientapp`` process (``--cold``), or a child
-    the warm zygote forked for a task (client/warm.py)."""
-    table = _proc_table()
-    for p in _tree(pid, table):
-        ppid, cmd = table.get(p, (0, ""))
-        if "flwr-clientapp" in cmd or (
-            "client.warm zygote" in cmd and "client.warm zygote" in table.get(ppid, (0, ""))[1]
-        ):
-            return True
-    return False
 
 
 def _ours(marker: str) -> list[int]:
@@ -286,7 +273,12 @@ def federation(tmp_path_factory: pytest.TempPathFactory):
         fed.start("unregistered", _client_argv(fed, certs.ca_cert, certs.client_keys[3], 0, keys.secret, 10))
         # kill client 2 while it trains in round 2 (its flwr-clientapp is running): SIGKILL of its launcher only
         victim = fed.procs[f"client-{KILLED}"]
-        fed.wait_for("client 2's round-2 ClientApp", lambda: _clientapp_running(victim.pid), timeout=300, poll=0.1)
+        fed.wait_for(
+            "client 2's round-2 ClientApp",
+            lambda: any("flwr-clientapp" in _proc_table().get(p, (0, ""))[1] for p in _tree(victim.pid)),
+            timeout=300,
+            poll=0.5,
+        )
         victim.send_signal(signal.SIGKILL)
         killed_at = time.time()
         victim.wait(timeout=30)
