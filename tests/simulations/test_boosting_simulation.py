@@ -99,7 +99,8 @@ def test_bagging_and_cyclic_come_within_two_points_of_central_xgboost_resume_and
 
 def test_what_xgboost_cannot_do_is_refused_before_a_run_starts_naming_what_exists() -> None:
     assert RunConfig(model="xgboost").strategy == "fedxgb-bagging", "no strategy named: the family's own"
-    with pytest.raises(ConfigError, match="takes strategy fedxgb-bagging or fedxgb-cyclic, not strategy='fedprox'"):
+    expected = "takes strategy fedxgb-bagging or fedxgb-cyclic or fedhist, not strategy='fedprox'"
+    with pytest.raises(ConfigError, match=expected):
         RunConfig(model="xgboost", strategy="fedprox").check_family("federated")
     with pytest.raises(ConfigError, match="secure-aggregation='ckks'.*Families with secure aggregation: logreg"):
         RunConfig(model="xgboost", secure_aggregation="ckks")
