@@ -9,7 +9,7 @@ with the forest's own array check (:func:`uaap.models.forest.check`) in place of
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp.strategy import FedAvg
@@ -58,21 +58,33 @@ def build_trees_strategy(
 ) -> Strategy:
     """FedTrees inside reply validation (which checks each reply's forest against the data's shape);
     ``metrics_fn`` sums the evaluation replies' counts (``strategies.base.summed_metrics``)."""
-    from strategies.validation import ValidateReplies
-
     n_outputs = forest.outputs(task, n_classes)
 
     def check_forest(record: ArrayRecord) -> None:
         forest.check(forest.from_record(record), n_features, n_outputs, regression=task != "classification")
 
-    inner = FedTrees(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_train_nodes=cfg.min_clients,
-        min_evaluate_nodes=cfg.min_clients if cfg.fraction_evaluate > 0 else 0,
-        min_available_nodes=cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
-        evaluate_metrics_aggr_fn=metrics_fn,
-    )
+    inner = FedTrees(**tree_sampling(cfg, num_nodes, metrics_fn))
+    return validate_trees(inner, cfg, n_classes, task, check_forest)
+
+
+def tree_sampling(cfg: RunConfig, num_nodes: int | None, metrics_fn: Any) -> dict[str, Any]:
+    """FedAvg's sampling and evaluation settings of a tree federation (fedtrees, fedhist)."""
+    return {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_train_nodes": cfg.min_clients,
+        "min_evaluate_nodes": cfg.min_clients if cfg.fraction_evaluate > 0 else 0,
+        "min_available_nodes": cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
+        "evaluate_metrics_aggr_fn": metrics_fn,
+    }
+
+
+def validate_trees(
+    inner: Strategy, cfg: RunConfig, n_classes: int, task: str, check: Callable[[ArrayRecord], None]
+) -> Strategy:
+    """``inner`` under reply validation, with ``check`` in place of the weights' fixed layout."""
+    from strategies.validation import ValidateReplies
+
     return ValidateReplies(
         inner,
         cfg.run_id,
@@ -80,5 +92,5 @@ def build_trees_strategy(
         min_contributors=cfg.min_contributors,
         n_classes=n_classes,
         task=task,
-        check_arrays=check_forest,
+        check_arrays=check,
     )

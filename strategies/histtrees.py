@@ -79,24 +79,10 @@ class FedHist(FedAvg):
 def build_hist_strategy(
     cfg: RunConfig, num_nodes: int | None, n_features: int, n_classes: int, task: str, metrics_fn: Any
 ) -> Strategy:
-    """FedHist inside reply validation; ``metrics_fn`` sums the evaluation replies' counts."""
-    from strategies.validation import ValidateReplies
+    """FedHist inside reply validation; ``metrics_fn`` sums the evaluation replies' counts. Every client takes
+    part in every exchange (fraction-train 1)."""
+    from strategies.forest import tree_sampling, validate_trees
 
-    inner = FedHist(
-        histtrees.spec(cfg, n_features, n_classes, task),
-        fraction_train=1.0,
-        fraction_evaluate=cfg.fraction_evaluate,
-        min_train_nodes=cfg.min_clients,
-        min_evaluate_nodes=cfg.min_clients if cfg.fraction_evaluate > 0 else 0,
-        min_available_nodes=cfg.min_clients if num_nodes is None else min(cfg.min_clients, num_nodes),
-        evaluate_metrics_aggr_fn=metrics_fn,
-    )
-    return ValidateReplies(
-        inner,
-        cfg.run_id,
-        max_num_examples=cfg.max_num_examples,
-        min_contributors=cfg.min_contributors,
-        n_classes=n_classes,
-        task=task,
-        check_arrays=inner.check,
-    )
+    sampling = {**tree_sampling(cfg, num_nodes, metrics_fn), "fraction_train": 1.0}
+    inner = FedHist(histtrees.spec(cfg, n_features, n_classes, task), **sampling)
+    return validate_trees(inner, cfg, n_classes, task, inner.check)

@@ -177,10 +177,7 @@ def trees(state: dict[str, np.ndarray]) -> ForestArrays:
 
 def finished(state: dict[str, np.ndarray]) -> ForestArrays:
     """The finished trees only (a checkpoint taken mid-round also holds half-grown ones)."""
-    forest = trees(state)
-    n = int(state["growing"][0])
-    end = int(forest.offsets[n])
-    return ForestArrays(forest.offsets[: n + 1], *(getattr(forest, k)[:end] for k in TREE_FIELDS[1:-1]))
+    return finished_prefix(state, int(state["growing"][0]))
 
 
 def busy(state: dict[str, np.ndarray]) -> bool:
