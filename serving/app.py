@@ -1,7 +1,8 @@
 """The inference API: FastAPI over the model registry, with API keys, a row cache, Prometheus metrics, JSON logs.
 
 ``POST /v1/models/{name}/predict`` takes ``{"row": {...}}`` or ``{"rows": [{...}, ...]}`` of raw columns; ``name``
-is ``NAME`` (served at the default alias), ``NAME@ALIAS``, ``NAME@v3`` or ``NAME@latest``. Aliases are looked up
+is ``NAME`` (served at the default alias), ``NAME@ALIAS``, ``NAME@v3`` or ``NAME@latest``.
+``POST /v1/models/{name}/explain`` takes one row and answers its SHAP values per raw column. Aliases are looked up
 again every ``refresh_seconds``, so moving ``@champion`` to a new version takes effect without a restart (the
 old version's cache entries are dropped then). ``/healthz``, ``/readyz`` and the OpenAPI pages are open; the
 models need a key with the ``predict`` scope, ``/metrics`` one with ``admin``.
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from serving import registry
 from serving.cache import RowCache
 from serving.keys import ApiKey, KeyRing, default_store
-from serving.model import ModelLoadError, RowsInvalid, ServedModel
+from serving.model import ModelLoadError, NotExplainable, RowsInvalid, ServedModel
 from serving.telemetry import JsonFormatter, Metrics, configure_logging
 
 __all__ = ["JsonFormatter", "Settings", "configure_logging", "create_app"]
@@ -218,6 +219,26 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
         runtime: str
         predictions: list[Prediction]
         cached: int = Field(description="rows answered from the cache")
+
+    class ExplainRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"row": {"column": 1.0}}]})
+        row: dict[str, Any] = Field(description="one row of raw columns (as for predict)")
+        target_class: str = Field(
+            default="", max_length=200, description="the class whose probability is explained (default: the 2nd of "
+            "two, else the last); ignored for regression",
+        )  # fmt: skip
+
+    class ExplainResponse(BaseModel):
+        model: str
+        version: str
+        explainer: str = Field(description="tree (shap's TreeExplainer) or permutation (its PermutationExplainer)")
+        output: str = Field(description="what the values add up to, e.g. P(yes) or the regression target")
+        base_value: float = Field(description="the output on the background")
+        model_output: float = Field(description="the explained output of this row")
+        values: dict[str, float] = Field(description="SHAP value per raw input column")
+        additivity_error: float = Field(description="|sum of values + base value - model output|")
+        background: str = Field(description="what the values are measured against")
+        note: str
 
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": Problem, "description": text}
@@ -450,5 +471,36 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
                 "cached": hits,
             }
         )
+
+    @app.post(
+        "/v1/models/{name}/explain",
+        response_model=ExplainResponse,
+        responses={**model_errors, 413: {"model": Problem, "description": "too large a body"}},
+        tags=["models"],
+    )
+    def explain(name: str, body: ExplainRequest, request: Request, key: Predictor) -> dict[str, Any]:
+        """SHAP values of one row (``{"row": {...}}``) per raw input column, with the base value they add up from.
+
+        The native model is explained (also where predict runs an ONNX export): shap's TreeExplainer for forests
+        and boosted trees, its PermutationExplainer otherwise, against the background the response names.
+        """
+        model = lookup(name)  # a sync endpoint: FastAPI runs it in a worker thread (SHAP takes a while)
+        request.state.model, request.state.version = model.name, model.version
+        try:
+            (values,) = model.validate([body.row], "row")
+        except RowsInvalid as exc:
+            for e in exc.errors:
+                del e["loc"][2]
+            raise HTTPException(422, exc.errors) from None
+        try:
+            found = model.explain(values, body.target_class)
+        except NotExplainable as exc:
+            raise HTTPException(
+                422, [{"loc": ["body", "target_class"], "msg": str(exc), "type": "value_error"}]
+            ) from None
+        except ModelLoadError as exc:
+            raise HTTPException(503, str(exc)) from None
+        request.state.rows = 1
+        return {"model": model.name, "version": model.version, **found}
 
     return app

@@ -101,6 +101,9 @@ class ServedModel:
         else:
             self.runtime = "native"
             self._run = _native_runner(clear[self.manifest["model_file"]], self.manifest, label)
+        self._native = clear[self.manifest["model_file"]]  # what /explain loads (in memory, in the clear)
+        self._label = label
+        self._explained: Any = None  # the native model for SHAP, loaded on the first /explain
 
     @property
     def run_id(self) -> str:
@@ -159,6 +162,135 @@ class ServedModel:
             }
             for k, row in zip(labels, probs, strict=True)
         ]
+
+    def explain(self, values: tuple[Any, ...], target_class: str = "") -> dict[str, Any]:
+        """SHAP values of one validated row per raw input column (see :func:`explain_row`)."""
+        if self._explained is None:
+            self._explained = _explainable(self._native, self.manifest, self._label)
+        return explain_row(self._explained, self.manifest, self.columns, values, target_class)
+
+
+class NotExplainable(UaapError):
+    """The row or the class asked for cannot be explained (a 422 naming what to send)."""
+
+
+def _explainable(data: bytes, manifest: dict[str, Any], label: str) -> Any:
+    """The version's native model for SHAP: a :class:`uaap.monitor.runmodel.RunModel` when it carries a fitted
+    preprocessor (what ``uaap explain`` reads from the run folder), else ``(model, meta, torch)``."""
+    from pathlib import Path
+
+    from uaap import workspace
+
+    torch = manifest["model_file"].endswith(".npz")
+    model, meta = workspace.load_model_bytes(data, label) if torch else workspace.load_estimator_bytes(data, label)
+    spec = manifest["preprocessing"]
+    if spec["kind"] != "uaap-preprocessor":
+        return (model, meta, torch)
+    from uaap.data.preprocess import Preprocessor
+    from uaap.monitor.runmodel import RunModel
+
+    pre = Preprocessor.from_dict(spec["plan"])
+    return RunModel(workspace.RunDir(Path(str(manifest["run_id"]))), model, dict(meta), pre, torch)
+
+
+def background_frame(columns: list[Column]) -> Any:
+    """The background of a table model's explanation: one row with every column missing, which the fitted
+    preprocessor fills with what it learnt in training (the median or mean of a number, the most frequent
+    category, no words), so the base value is the model's output on that typical row."""
+    import pandas as pd
+
+    return pd.DataFrame([[None] * len(columns)], columns=[c.name for c in columns], dtype=object)
+
+
+def explain_row(
+    model: Any, manifest: dict[str, Any], columns: list[Column], values: tuple[Any, ...], target_class: str = ""
+) -> dict[str, Any]:
+    """SHAP values of one row per raw column, their base value and the explained output.
+
+    A model with a fitted preprocessor is explained by :func:`uaap.explain.shapley.explain` (the same values as
+    ``uaap explain`` on that row with :func:`background_frame` as background, seed 0); a bundled table's model
+    (standardised columns) by shap's ``PermutationExplainer`` against the training mean the version carries.
+    """
+    import pandas as pd
+
+    from uaap.errors import DataError
+
+    names = [c.name for c in columns]
+    if not isinstance(model, tuple):
+        from uaap.explain.shapley import explain
+
+        frame = pd.DataFrame([list(values)], columns=names, dtype=object)
+        try:
+            result = explain(model, frame, target_class=target_class, background=background_frame(columns), seed=0)
+        except DataError as exc:
+            raise NotExplainable(str(exc)) from None
+        background = "one row of the training's imputed values (median/mean numbers, most frequent categories)"
+        if result.explainer == "tree":
+            background = "none: TreeExplainer's path-dependent values use the trees' own training counts"
+        return _explained(result.columns, result.grouped[0], result.base, float(result.model_output[0]),
+                          result.explainer, result.output, background, result.note)  # fmt: skip
+    return _explain_standardized(model, manifest, names, values, target_class)
+
+
+def _explained(
+    names: list[str], values: Any, base: float, output: float, explainer: str, what: str, background: str, note: str
+) -> dict[str, Any]:
+    shap_values = {n: float(v) for n, v in zip(names, values, strict=True)}
+    return {
+        "explainer": explainer,
+        "output": what,
+        "base_value": float(base),
+        "model_output": output,
+        "values": shap_values,
+        "additivity_error": abs(sum(shap_values.values()) + float(base) - output),
+        "background": background,
+        "note": note,
+    }
+
+
+def _explain_standardized(
+    found: tuple[Any, dict[str, Any], bool], manifest: dict[str, Any], names: list[str], values: tuple[Any, ...],
+    target_class: str,
+) -> dict[str, Any]:  # fmt: skip
+    import shap
+
+    model, _, torch = found
+    spec = manifest["preprocessing"]
+    mean = np.asarray(spec["mean"], dtype=np.float64)
+    std = np.asarray(spec["std"], dtype=np.float64)
+    classes = list(manifest.get("classes") or [])
+    regression = manifest["task"] == "regression"
+    if regression:
+        k, what = 0, "prediction"
+    elif not target_class:
+        k = len(classes) - 1 if len(classes) != 2 else 1
+        what = f"P({classes[k]})"
+    elif target_class in classes:
+        k, what = classes.index(target_class), f"P({target_class})"
+    else:
+        raise NotExplainable(f"target_class {target_class!r} is not one of the model's classes: {', '.join(classes)}")
+    scaling = manifest.get("target_scaling") or {}
+
+    def f(raw: np.ndarray) -> np.ndarray:
+        X = ((raw - mean) / std).astype(np.float32)
+        if torch:
+            from uaap.training import predict_proba, predict_values
+
+            if regression:
+                return predict_values(model, X, float(scaling.get("mean", 0.0)), float(scaling.get("std", 1.0)))
+            return np.asarray(predict_proba(model, X), dtype=np.float64)[:, k]
+        if regression:
+            return np.asarray(model.predict(X), dtype=np.float64).reshape(-1)
+        return np.asarray(model.predict_proba(X), dtype=np.float64)[:, k]
+
+    row = np.asarray([values], dtype=np.float64)
+    masker = shap.maskers.Independent(mean[None, :], max_samples=1)
+    explainer = shap.PermutationExplainer(f, masker, seed=0)
+    result = explainer(row, max_evals=max(500, 2 * row.shape[1] + 1), silent=True)
+    base = float(np.asarray(result.base_values, dtype=np.float64).reshape(-1)[0])
+    background = "one row: the training mean of each column (what the version's scaling carries)"
+    shap_values = np.asarray(result.values, dtype=np.float64)[0]
+    return _explained(names, shap_values, base, float(f(row)[0]), "permutation", what, background, "")
 
 
 def exc_loc(loc: tuple[int | str, ...]) -> list[int | str]:

@@ -51,6 +51,7 @@ class Served:
     breast_run: str
     diabetes_run: str
     visits_run: str
+    visits_logreg_run: str
     tokens: dict[str, str]
     logs: Capture
 
@@ -86,6 +87,10 @@ def served(module_home: Path) -> Iterator[Served]:
     table = ["--data", str(module_home / "visits.csv"), "--target", "label", "--drop-columns", "cost"]
     assert main(["train", *table, "--text-columns", "hashing", "--model", "random_forest"]) == 0
     visits = _new_run(before)
+    before = set(workspace.list_runs())
+    assert main(["train", *table, "--text-columns", "hashing", "--model", "logreg", "--epochs", "2"]) == 0
+    visits_logreg = _new_run(before)
+    assert main(["register", visits_logreg, "--name", "visits-net", "--alias", "champion"]) == 0
     assert main(["register", breast, "--name", "breast", "--alias", "champion"]) == 0
     assert main(["register", breast, "--name", "secret", "--alias", "champion", "--encrypt"]) == 0
     assert main(["register", visits, "--name", "visits", "--alias", "champion"]) == 0
@@ -104,7 +109,7 @@ def served(module_home: Path) -> Iterator[Served]:
     app = create_app(Settings(refresh_seconds=REFRESH, max_batch=50, cache_size=1000))
     try:
         with TestClient(app) as client:
-            yield Served(module_home, client, app, breast, diabetes, visits, tokens, capture)
+            yield Served(module_home, client, app, breast, diabetes, visits, visits_logreg, tokens, capture)
     finally:
         logger.removeHandler(capture)
 
@@ -407,6 +412,7 @@ def test_openapi_fuzz_no_server_error_and_no_schema_break(served: Served) -> Non
         "GET /v1/models",
         "GET /v1/models/{name}",
         "POST /v1/models/{name}/predict",
+        "POST /v1/models/{name}/explain",
     }
     seen: dict[str, set[int]] = {}
     for op in operations:
@@ -571,3 +577,64 @@ def test_a_body_over_the_limit_is_413_with_or_without_content_length(served: Ser
         assert streamed.status_code == 413 and "over the limit of 4000" in streamed.json()["detail"]
         small = client.post("/v1/models/breast/predict", json={"rows": rows[:2]}, headers=served.headers())
         assert small.status_code == 200
+
+
+def test_explain_equals_uaap_explain_on_the_same_row(served: Served) -> None:
+    """/explain's SHAP values per raw column are the library's (uaap.explain.shapley on the run folder's model, the
+    same row, the same background) within 1e-8: a forest (TreeExplainer) and a torch network (permutation)."""
+    import pandas as pd
+
+    from serving.model import Column, background_frame
+    from uaap.explain.shapley import explain
+    from uaap.monitor.runmodel import load_run_model
+
+    frame = pd.read_csv(served.home / "visits.csv").drop(columns=["label", "cost"]).head(3)
+    rows = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in frame.to_dict(orient="records")]
+    columns = [Column(c, "", True) for c in frame.columns]
+    for name, run, kind in (
+        ("visits", served.visits_run, "tree"),
+        ("visits-net", served.visits_logreg_run, "permutation"),
+    ):
+        model = load_run_model(run)
+        for i, row in enumerate(rows[:1]):
+            r = served.client.post(f"/v1/models/{name}/explain", json={"row": row}, headers=served.headers("predict"))
+            assert r.status_code == 200, r.text
+            got = r.json()
+            one = pd.DataFrame([list(row.values())], columns=list(row), dtype=object)
+            ref = explain(model, one, background=background_frame(columns), seed=0)
+            assert got["explainer"] == ref.explainer == kind and got["output"] == ref.output
+            assert list(got["values"]) == ref.columns == list(frame.columns)
+            np.testing.assert_allclose(list(got["values"].values()), ref.grouped[0], rtol=0, atol=1e-8)
+            assert abs(got["base_value"] - ref.base) <= 1e-8 and abs(got["model_output"] - ref.model_output[0]) <= 1e-8
+            assert got["additivity_error"] < 1e-6, (name, i)
+    # the explained probability is the one predict gives for that row
+    p = served.client.post("/v1/models/visits-net/predict", json={"row": rows[0]}, headers=served.headers()).json()
+    e = served.client.post("/v1/models/visits-net/explain", json={"row": rows[0]}, headers=served.headers()).json()
+    label = e["output"][2:-1]
+    classes = served.client.get("/v1/models/visits-net", headers=served.headers()).json()["classes"]
+    assert abs(p["predictions"][0]["probabilities"][classes.index(label)] - e["model_output"]) < 1e-5
+
+
+def test_explain_validates_like_predict_and_needs_a_key(served: Served) -> None:
+    rows, _ = _raw_test_rows(served.breast_run)
+    ok = served.client.post("/v1/models/breast/explain", json={"row": rows[0]}, headers=served.headers("predict"))
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["explainer"] == "permutation" and len(body["values"]) == 30 and body["additivity_error"] < 1e-6
+    assert served.client.post("/v1/models/breast/explain", json={"row": rows[0]}).status_code == 401
+    revoked = served.client.post("/v1/models/breast/explain", json={"row": rows[0]}, headers=served.headers("revoked"))
+    assert revoked.status_code == 403
+    bad = served.client.post(
+        "/v1/models/breast/explain", json={"row": dict(rows[0], **{"mean radius": "big"})}, headers=served.headers()
+    )
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "row", "mean radius"]
+    extra = served.client.post(
+        "/v1/models/breast/explain", json={"row": dict(rows[0], x=1.0)}, headers=served.headers()
+    )
+    assert extra.status_code == 422 and "x" in extra.json()["detail"][0]["loc"]
+    wrong = served.client.post(
+        "/v1/models/breast/explain", json={"row": rows[0], "target_class": "7"}, headers=served.headers()
+    )
+    assert wrong.status_code == 422 and "'7'" in wrong.json()["detail"][0]["msg"]
+    missing = served.client.post("/v1/models/nope/explain", json={"row": rows[0]}, headers=served.headers())
+    assert missing.status_code == 404 and "breast" in missing.json()["detail"]
