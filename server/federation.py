@@ -312,7 +312,10 @@ def _federate(
         arrays, entry = _one_round(grid, strategy, cfg, server_round, arrays, evaluate_fn, plan=plan)
         state = {x.state_key: x.state_dict() for x in layers(strategy) if isinstance(x, Stateful)}
         state[ROUND_LOG] = dict(entry.__dict__)  # the commit point holds what the lines below record
-        rd.save_checkpoint(workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state))
+        rd.save_checkpoint(
+            workspace.Checkpoint(server_round, {k: v.numpy() for k, v in arrays.items()}, state),
+            encrypt=cfg.encrypt_checkpoints,
+        )
         rd.log_event("round", **entry.__dict__)
         if tracker:
             tracker.log_metrics(tracked_metrics(entry.__dict__), step=server_round)

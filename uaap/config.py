@@ -473,6 +473,12 @@ class RunConfig(BaseModel):
         "", "run folder and MLflow run name (empty: a new id)", group="tracking", scope=ANY, metavar="ID"
     )
     experiment: str = _setting("uaap", "MLflow experiment", group="tracking", scope=ANY, metavar="NAME")
+    encrypt_checkpoints: bool = _setting(
+        False,
+        "store the per-round checkpoints AES-256-GCM encrypted with the at-rest key ($UAAP_MODEL_KEY, else the "
+        "workspace's keys/model-at-rest.key, made 0600 on first use); a resume decrypts them in memory",
+        group="tracking",
+    )
 
     # ---- validation ---------------------------------------------------------------------------------
     if not TYPE_CHECKING:  # keep the typed keyword signature pydantic gives type checkers

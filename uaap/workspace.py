@@ -8,13 +8,15 @@ Layout (default ``./.uaap``, or ``$UAAP_HOME``)::
     runs/<run-id>/config.json resolved run configuration
                   config.toml   the same as a config file (`uaap simulate --config` it to repeat the run)
                   metrics.jsonl one JSON event per line (rounds, evaluations, summaries)
-                  checkpoints/round-NNNN.npz global model (ciphertext under HE) + loop state
+                  checkpoints/round-NNNN.npz global model (ciphertext under HE) + loop state (AES-256-GCM
+                                             with encrypt-checkpoints)
                   model.npz     the final plaintext model
                   exports/      edge bundles
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -134,25 +136,43 @@ class RunDir:
         return [e for e in iter_events(self.metrics_file) if kind is None or e["kind"] == kind]
 
     # ---- checkpoints -------------------------------------------------------------------
-    def save_checkpoint(self, ckpt: Checkpoint) -> Path:
-        """Write a checkpoint atomically (a crash never leaves half a file)."""
+    def save_checkpoint(self, ckpt: Checkpoint, *, encrypt: bool = False) -> Path:
+        """Write a checkpoint atomically (a crash never leaves half a file); with ``encrypt``, AES-256-GCM
+        encrypted with the at-rest key (:mod:`uaap.at_rest`), bound to this run and round."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"round-{ckpt.round:04d}.npz"
         state = json.dumps({"round": ckpt.round, **ckpt.state}, default=_json_default)
         # Any: numpy's stub would match **payload against savez's `allow_pickle: bool` as well
         payload: dict[str, Any] = {**ckpt.arrays, _STATE_KEY: np.frombuffer(state.encode(), dtype=np.uint8)}
-        _atomic_write(path, lambda fh: np.savez(fh, **payload))
+        if not encrypt:
+            _atomic_write(path, lambda fh: np.savez(fh, **payload))
+            return path
+        from uaap import at_rest
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **payload)
+        blob = at_rest.encrypt(buffer.getvalue(), at_rest.load_key(create=True), self._artefact(path))
+        _atomic_write(path, lambda fh: fh.write(blob))
         return path
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        """The checkpoint of the highest round, or None for a fresh run."""
+        """The checkpoint of the highest round, or None for a fresh run (an encrypted one is decrypted in memory)."""
         files = sorted(self.checkpoint_dir.glob("round-*.npz")) if self.checkpoint_dir.is_dir() else []
         if not files:
             return None
-        with np.load(files[-1]) as npz:
+        blob = files[-1].read_bytes()
+        from uaap import at_rest
+
+        if at_rest.is_encrypted(blob):
+            blob = at_rest.decrypt(blob, at_rest.load_key(), self._artefact(files[-1]))
+        with np.load(io.BytesIO(blob)) as npz:
             state = json.loads(bytes(npz[_STATE_KEY]).decode())
             arrays = {k: npz[k] for k in npz.files if k != _STATE_KEY}
         return Checkpoint(round=int(state.pop("round")), arrays=arrays, state=state)
+
+    def _artefact(self, path: Path) -> str:
+        # The name an encrypted checkpoint is bound to: another run's or another round's file is refused
+        return f"checkpoint:{self.run_id}/{path.name}"
 
 
 def _json_default(value: Any) -> Any:

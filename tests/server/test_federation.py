@@ -33,8 +33,8 @@ KILLED_AFTER_CHECKPOINT = textwrap.dedent(
 
     save = workspace.RunDir.save_checkpoint
 
-    def save_then_die(self, ckpt):
-        path = save(self, ckpt)
+    def save_then_die(self, ckpt, **kwargs):
+        path = save(self, ckpt, **kwargs)
         if ckpt.round == 1:
             os._exit(17)
         return path
@@ -64,7 +64,7 @@ def test_a_server_killed_between_checkpoint_and_metrics_resumes_without_losing_t
     reference = run_federation(LocalGrid(2), CFG.replace(run_id="whole"), num_partitions=2)
     assert [e["round"] for e in reference.events("round")] == [0, 1, 2]
 
-    cfg = CFG.replace(run_id="killed")
+    cfg = CFG.replace(run_id="killed", encrypt_checkpoints=True)  # the resume decrypts round 1's checkpoint
     env = {**os.environ, "UAAP_HOME": str(uaap_home), "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-c", KILLED_AFTER_CHECKPOINT, cfg.to_json()], env=env, cwd=REPO, capture_output=True
@@ -73,6 +73,7 @@ def test_a_server_killed_between_checkpoint_and_metrics_resumes_without_losing_t
     rd = workspace.run_dir("killed")
     ckpt = rd.latest_checkpoint()
     assert ckpt is not None and ckpt.round == 1
+    assert (rd.checkpoint_dir / "round-0001.npz").read_bytes().startswith(b"UAAPAES1"), "stored AES-256-GCM encrypted"
     assert [e["round"] for e in rd.events("round")] == [0], "the kill landed before round 1's metrics line"
 
     resumed = run_federation(LocalGrid(2), cfg, num_partitions=2)

@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from uaap import at_rest
@@ -60,3 +61,39 @@ def test_key_from_the_environment_wins(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(at_rest.AtRestError, match=r"\$UAAP_MODEL_KEY is not 32 bytes"):
         at_rest.load_key()
     assert at_rest.fingerprint(key) != at_rest.fingerprint(os.urandom(32)) and len(at_rest.fingerprint(key)) == 16
+
+
+def test_an_encrypted_checkpoint_round_trips_and_a_changed_or_moved_one_is_refused(uaap_home: Path) -> None:
+    from uaap import workspace
+
+    rd = workspace.run_dir("enc")
+    arrays = {"w": np.random.default_rng(0).normal(size=(3, 4)), "b": np.arange(4.0)}
+    ckpt = workspace.Checkpoint(round=2, arrays=arrays, state={"privacy": {"steps": [1, 2]}})
+    path = rd.save_checkpoint(ckpt, encrypt=True)
+    blob = path.read_bytes()
+    assert at_rest.is_encrypted(blob) and b"privacy" not in blob and arrays["w"].tobytes() not in blob
+    key_file = at_rest.default_key_file()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600  # made on first use
+    back = rd.latest_checkpoint()
+    assert back is not None and back.round == 2 and back.state == ckpt.state
+    assert all(np.array_equal(back.arrays[k], v) and back.arrays[k].dtype == v.dtype for k, v in arrays.items())
+
+    # round 2's file under round 3's name (a rollback of the model) fails authentication, as a flipped byte does
+    path.rename(path.with_name("round-0003.npz"))
+    with pytest.raises(at_rest.AtRestError, match="'checkpoint:enc/round-0003.npz' failed authentication"):
+        rd.latest_checkpoint()
+    path.with_name("round-0003.npz").unlink()
+    changed = bytearray(rd.save_checkpoint(ckpt, encrypt=True).read_bytes())
+    changed[-20] ^= 1
+    path.write_bytes(bytes(changed))
+    with pytest.raises(at_rest.AtRestError, match="failed authentication"):
+        rd.latest_checkpoint()
+    # without its key the checkpoint cannot be read, and the error says where the key is looked for
+    rd.save_checkpoint(ckpt, encrypt=True)
+    key_file.unlink()
+    with pytest.raises(at_rest.AtRestError, match=r"UAAP_MODEL_KEY is not set and key file .* does not exist"):
+        rd.latest_checkpoint()
+    # a plaintext checkpoint (the default) still reads without any key
+    rd.save_checkpoint(workspace.Checkpoint(round=4, arrays=arrays, state={}))
+    assert not at_rest.is_encrypted((rd.checkpoint_dir / "round-0004.npz").read_bytes())
+    assert rd.latest_checkpoint().round == 4  # type: ignore[union-attr]

@@ -324,13 +324,19 @@ def test_validate_checks_a_file_alone(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_uaap_help_starts_in_under_a_second() -> None:
-    """pydantic and the schema cost ~60 ms of it (the schema's validator is built on first use)."""
-    import time
+    """pydantic and the schema cost ~60 ms of it (the schema's validator is built on first use). Counted in CPU
+    seconds of the child (user + system), not wall time: the suite runs on parallel workers of a 2-core machine,
+    where the wall time of a start-up says more about the neighbours than about the imports."""
+    import resource
+
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
 
     best = float("inf")
     for _ in range(3):
-        t0 = time.perf_counter()
+        before = cpu()
         proc = subprocess.run([str(Path(sys.executable).parent / "uaap"), "--help"], capture_output=True, timeout=60)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, cpu() - before)
         assert proc.returncode == 0
-    assert best < 1.0, f"uaap --help took {best:.2f} s"
+    assert best < 1.0, f"uaap --help took {best:.2f} CPU seconds"
