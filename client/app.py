@@ -34,6 +34,7 @@ from uaap.privacy import dpsgd
 from uaap.privacy.clip import clip_update
 from uaap.protocol import (
     ARRAYS,
+    AUDIT,
     CLIENT_INFO,
     CONFIG,
     DP_DENOMINATOR,
@@ -108,6 +109,15 @@ def preprocess_statistics(msg: Message, context: Context) -> Message:
     request = str(msg.content.config_records[CONFIG].get(PREPROCESS_REQUEST, ""))
     text = answer(request, _run_config(msg, context), context)
     return Message(content=RecordDict({CONFIG: ConfigRecord({PREPROCESS_STATS: text})}), reply_to=msg)
+
+
+@app.query(AUDIT)
+def audit_sums(msg: Message, context: Context) -> Message:
+    """A federated audit of the run's final model: sums over this client's own rows (never a row; client/audit.py)."""
+    from client.audit import answer
+
+    size_torch_threads(client_threads())
+    return answer(msg, context, _run_config(msg, context))
 
 
 def straggler_steps(cfg: RunConfig, server_round: int, pid: int, full_steps: int) -> int | None:

@@ -36,6 +36,11 @@ PREPROCESSOR: Final = "uaap-preprocessor"  # the fitted plan as JSON, in every t
 PREPROCESS: Final = "preprocess"  # the action of the query that asks a client for one stage's statistics
 PREPROCESS_REQUEST: Final = "preprocess-request"  # the stage's request as JSON (server -> client)
 PREPROCESS_STATS: Final = "preprocess-stats"  # the client's statistics of its own rows as JSON (the reply)
+# federated audits of a finished run's model (explanations, fairness, drift: server/audit.py, client/audit.py)
+AUDIT: Final = "audit"  # the action of the query that asks a client for an audit's sums over its own rows
+AUDIT_REQUEST: Final = "audit-request"  # what to compute, as JSON (server -> client)
+AUDIT_ANSWER: Final = "audit-answer"  # the client's plaintext sums as JSON (the reply)
+AUDIT_SUMS: Final = "audit-sums"  # the client's additive sums as one CKKS ciphertext (secure aggregation)
 # the run's last message (a query): how it ended, so that flower-client can exit 0 instead of waiting for a lost server
 RUN_END: Final = "run-end"  # "completed", "stopped" or "failed"
 RUN_END_RUN: Final = "run-end-run"

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "in the run folder's explain/ and logs them to MLflow. Central: every row is read here.",
     )
     p.add_argument("run", metavar="RUN", help="the run whose model is explained (`uaap runs` lists them)")
-    p.add_argument("--data", required=True, metavar="SOURCE", help="rows to explain: a file, URL or database")
+    p.add_argument("--data", default="", metavar="SOURCE", help="rows to explain: a file, URL or database")
     p.add_argument("--target-class", default="", metavar="CLASS",
                    help="the class whose output is explained (default: the 2nd of two, else the last)")  # fmt: skip
     p.add_argument("--row", type=int, default=0, help="the row the waterfall plot explains (default 0)")
@@ -27,6 +27,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="background rows of the permutation explainer (default 100)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the row draws and permutations (default 0)")
     p.add_argument("--trust-pickle", action="store_true", help="load a legacy model.joblib (a pickle) of your own")
+    # partial dependence and federated explanations (docs/monitoring.md)
+    p.add_argument("--pdp", action="append", default=[], metavar="COLUMN",
+                   help="also draw COLUMN's partial dependence with ICE curves (repeatable)")  # fmt: skip
+    p.add_argument("--grid-points", type=int, default=20, help="grid values of a numeric column's PDP (default 20)")
+    p.add_argument("--federated", action="store_true",
+                   help="explain a federated run on its clients' own rows: they send only sums (mean |SHAP|, mean "
+                   "SHAP, PDP), summed under secure aggregation when the run used it; --data is not read")  # fmt: skip
+    p.add_argument("--max-evals", type=int, default=0,
+                   help="--federated: model evaluations a row (permutation explainer; default 0: shap's)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -40,6 +49,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_rows < 1 or args.background_rows < 1:
         raise ConfigError("--max-rows and --background-rows must be at least 1")
+    if args.federated:
+        return run_federated(args)
+    if not args.data:
+        raise ConfigError("uaap explain needs --data SOURCE (the rows to explain), or --federated for a federated run")
+    if args.pdp:
+        from uaap.explain.pdp import check_request
+
+        check_request(args.run, args.pdp, args.grid_points, trust_pickle=args.trust_pickle)  # before anything runs
     console = Console()
     with console.status(f"explaining run {args.run}"):
         done = explain_run(
@@ -61,6 +78,50 @@ def run(args: argparse.Namespace) -> int:
     t = Table("column", "mean |SHAP|", "mean SHAP", f"row {r['row']['index']}")
     for c in r["ranking"]:
         t.add_row(c, f"{r['mean_abs_shap'][c]:.4f}", f"{r['mean_shap'][c]:+.4f}", f"{r['row']['values'][c]:+.4f}")
+    console.print(t)
+    for path in done.files:
+        console.print(f"wrote {path}", markup=False, soft_wrap=True)
+    if args.pdp:
+        from uaap.explain.pdp import explain_pdp
+
+        with console.status("partial dependence"):
+            drawn = explain_pdp(args.run, args.data, args.pdp, target_class=args.target_class, points=args.grid_points,
+                                max_rows=args.max_rows, seed=args.seed, trust_pickle=args.trust_pickle)  # fmt: skip
+        for column, numbers in drawn.report["pdp"].items():
+            low, high = min(numbers["pdp"]), max(numbers["pdp"])
+            console.print(f"PDP of {column}: {numbers['output']} from {low:.4f} to {high:.4f} over "
+                          f"{len(numbers['grid'])} values, {numbers['rows']} ICE curves", markup=False)  # fmt: skip
+        for path in drawn.files:
+            console.print(f"wrote {path}", markup=False, soft_wrap=True)
+    return 0
+
+
+def run_federated(args: argparse.Namespace) -> int:
+    """``--federated``: the run's clients explain its final model on their own rows (a Flower simulation)."""
+    import importlib
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from uaap.errors import ConfigError
+
+    if args.pdp:
+        raise ConfigError("--pdp draws ICE curves, which stay on the clients: --federated gives every column's PDP")
+    if args.max_evals < 0:
+        raise ConfigError(f"--max-evals {args.max_evals}: give 0 (shap's default) or a positive number")
+    audits = importlib.import_module("simulations.audit")  # the Flower floor, reached as the CLI's entry points are
+    console = Console()
+    with console.status(f"explaining run {args.run} on its clients"):
+        done = audits.explain(args.run, target_class=args.target_class, points=args.grid_points, seed=args.seed,
+                              max_evals=args.max_evals)  # fmt: skip
+    r = done.report
+    console.print(f"federated: {r['clients']} clients, {r['rows']} rows; output {r['output']}, base value "
+                  f"{r['base_value']:.4f}", markup=False, soft_wrap=True)  # fmt: skip
+    for why in r["left_out"]:
+        console.print(f"left out: {why}", markup=False, soft_wrap=True)
+    t = Table("column", "mean |SHAP|", "mean SHAP")
+    for c in r["ranking"]:
+        t.add_row(c, f"{r['mean_abs_shap'][c]:.4f}", f"{r['mean_shap'][c]:+.4f}")
     console.print(t)
     for path in done.files:
         console.print(f"wrote {path}", markup=False, soft_wrap=True)

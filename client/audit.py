@@ -1,0 +1,154 @@
+"""A client's answer to a federated audit of a finished run's model: sums over its own rows, never a row.
+
+The server (``server/audit.py``) sends the run's final global model (plaintext, or the CKKS ciphertext this
+client decrypts with its secret context), the run's preprocessing plan and a request; the client predicts its own
+rows through the plan and answers with what the request asks for:
+
+* ``ranges``: each numeric column's count, sum, minimum and maximum (the PDP grid's extremes);
+* ``explain``: sums of |SHAP|, SHAP and the model's outputs, and PDP sums on the server's grids
+  (:mod:`uaap.explain.federated`); under secure aggregation these go as one CKKS ciphertext, the row count in clear;
+* ``fairness``: per group of the sensitive column, the confusion counts (:mod:`uaap.monitor.fairness`);
+* ``drift-reference``, ``drift-histograms``, ``drift-current``: the drift sketches (:mod:`uaap.monitor.drift`).
+
+Rows: a simulated client's partition of the run's table, or (``rows: new``) its partition of the new table the
+run config names; a deployed client (its own table) answers only about that table.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, cast
+
+import numpy as np
+
+from uaap import crypto
+from uaap.config import RunConfig
+from uaap.data.preprocess import Preprocessor, Stats, statistics_to_json
+from uaap.errors import DataError
+from uaap.protocol import ARRAYS, AUDIT_ANSWER, AUDIT_REQUEST, AUDIT_SUMS, CONFIG, NODE_DATA_PATH, PREPROCESSOR
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from flwr.app import Context, Message
+
+    from uaap.monitor.runmodel import RunModel
+
+KINDS = ("ranges", "explain", "fairness", "drift-reference", "drift-histograms", "drift-current")
+MAX_REQUEST = 4 * 2**20  # bytes: grids, ranges and names, a few kB per column
+
+
+def read_request(text: str) -> dict[str, Any]:
+    """The server's request, checked for what every kind needs."""
+    if len(text) > MAX_REQUEST:
+        raise DataError(f"an audit request of {len(text)} bytes is over {MAX_REQUEST}")
+    try:
+        request: Any = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"the audit request is not JSON ({type(exc).__name__})") from exc
+    if not isinstance(request, dict) or request.get("kind") not in KINDS:
+        raise DataError(f"the audit request names no known kind (one of {', '.join(KINDS)})")
+    if request.get("rows", "run") not in ("run", "new"):
+        raise DataError("the audit request's rows must be 'run' or 'new'")
+    return request
+
+
+def global_model(cfg: RunConfig, pre: Preprocessor, msg: Message, context: Context) -> RunModel:
+    """The run's final model from the message (decrypted under secure aggregation) with the run's plan."""
+    from uaap.models import build_model, from_record, get_weights, set_weights
+    from uaap.monitor.runmodel import RunModel
+
+    target = pre.target_
+    classes = len(target.classes) if target is not None and pre.task == "classification" else 1
+    model = build_model(cfg.model, len(pre.feature_names_out_), classes, None)
+    like = get_weights(model)
+    record = msg.content.array_records[ARRAYS]
+    if crypto.is_encrypted(record):
+        if not cfg.secure:
+            raise crypto.CiphertextError("the server sent ciphertext but this run has secure aggregation off")
+        weights = crypto.decrypt_global(record, crypto.client_context(cfg, context.node_config), like=like)
+    else:
+        weights = from_record(record)
+        if [w.shape for w in weights] != [w.shape for w in like]:
+            raise DataError(
+                f"the server's model has arrays {[w.shape for w in weights]}; "
+                f"this model needs {[w.shape for w in like]}"
+            )
+    set_weights(model, weights)
+    meta = {
+        "family": cfg.model,
+        "target_mean": target.mean if target else 0.0,
+        "target_std": target.std if target else 1.0,
+    }
+    return RunModel(cast(Any, None), model, meta, pre, True)  # a client has no run folder
+
+
+def rows(cfg: RunConfig, request: dict[str, Any], context: Context) -> pd.DataFrame:
+    """This client's rows the request is about: its partition of the run's table, or of the new one."""
+    from client.preprocess import own_rows
+
+    if request.get("rows") == "new" and context.node_config.get(NODE_DATA_PATH):
+        raise DataError(
+            "this deployed client holds one table (flower-client --data); comparing new rows needs them in its node "
+            "config, which is not wired: audit its new rows in a simulation or centrally (uaap monitor)"
+        )
+    return own_rows(cfg, context).frame
+
+
+def compute(request: dict[str, Any], cfg: RunConfig, msg: Message, context: Context) -> Stats:
+    """The sums ``request`` asks for over this client's rows."""
+    from uaap.monitor import drift
+
+    record = msg.content.config_records[CONFIG]
+    pre = Preprocessor.loads(str(record.get(PREPROCESSOR, "")))
+    frame = rows(cfg, request, context)
+    kind = request["kind"]
+    if kind == "ranges":
+        plans = [p for p in drift.monitored_plan(pre) if p.kind == "numeric"]
+        return drift.reference_ranges(frame, plans)
+    model = global_model(cfg, pre, msg, context)
+    if kind == "explain":
+        from uaap.explain.federated import explain_sums
+
+        grids = {str(c): list(g) for c, g in dict(request["grids"]).items()}
+        return explain_sums(
+            model, frame, grids, seed=int(request.get("seed", 0)), max_evals=int(request.get("max_evals", 0))
+        )
+    if kind == "fairness":
+        from uaap.monitor import fairness as fair
+
+        if model.target not in frame.columns:
+            raise DataError(f"this client's rows lack the target column {model.target!r}")
+        groups = fair.group_values(frame, str(request["sensitive"]))
+        y_true = fair.encode_labels(frame[model.target].to_numpy(), model.classes, f"target column {model.target!r}")
+        y_pred = model.predict_proba(frame).argmax(axis=1)
+        return fair.fairness_counts(y_true, y_pred, groups, len(model.classes))
+    plans = drift.monitored_plan(pre, model.task)
+    frame = drift.with_predictions(frame, model.predict(frame))
+    if kind == "drift-reference":
+        return drift.reference_ranges(frame, plans)
+    ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(request["ranges"]).items()}
+    if kind == "drift-histograms":
+        return drift.reference_histograms(frame, plans, ranges)
+    return drift.current_statistics(frame, plans, ranges)
+
+
+def answer(msg: Message, context: Context, cfg: RunConfig) -> Message:
+    """The reply to one ``query.audit`` message: plaintext sums as JSON, the additive ones encrypted under CKKS
+    when the request says so (``encrypt``: the names, in order)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    request = read_request(str(msg.content.config_records[CONFIG].get(AUDIT_REQUEST, "")))
+    try:
+        stats = compute(request, cfg, msg, context)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise DataError(f"the audit request is malformed ({type(exc).__name__}: {exc})") from exc
+    content = RecordDict({})
+    hidden = [str(k) for k in request.get("encrypt", [])]
+    if hidden:
+        if not cfg.secure:
+            raise DataError("the server asks for encrypted sums but this run has secure aggregation off")
+        values = [np.asarray(stats.pop(k), dtype=np.float64) for k in hidden]
+        hctx = crypto.client_context(cfg, context.node_config)
+        content[AUDIT_SUMS] = crypto.encrypt_weights(values, 1.0, hctx, max_summands=max(1, cfg.num_clients))
+    content[CONFIG] = ConfigRecord({AUDIT_ANSWER: statistics_to_json(stats)})
+    return Message(content=content, reply_to=msg)

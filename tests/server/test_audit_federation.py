@@ -1,0 +1,250 @@
+"""Federated audits over Flower messages (``query.audit``, the real ClientApp): a federation of 3 clients trains a
+logistic regression on a table once per module (plaintext and CKKS), then its clients explain, audit and monitor the
+final model on their own rows. Each federated number is compared with the same computation on the pooled rows:
+mean |SHAP|, mean SHAP and PDP (1e-8 plaintext, 1e-5 CKKS), fairness against fairlearn's MetricFrame (exactly),
+drift statistics (float rounding). A forged answer is left out; the CLI runs the audit as a Flower simulation on Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from server import audit as sa
+from server.federation import exchange, run_federation
+from tests.flower_helpers import LocalGrid, set_task_identity
+from uaap import crypto
+from uaap.config import RunConfig
+from uaap.data.tables import raw_parts
+from uaap.explain import federated as fx
+from uaap.explain import pdp
+from uaap.monitor import drift
+from uaap.monitor import fairness as fair
+from uaap.monitor.runmodel import RunModel
+from uaap.protocol import AUDIT_ANSWER, CONFIG
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from flwr.app import Message
+
+MAX_EVALS = 41  # two antithetic permutations of the 18 model inputs: the sums are what is tested, not SHAP's accuracy
+POINTS = 6
+
+
+def table(rows: int, seed: int, *, shift: bool = False) -> pd.DataFrame:
+    """Six numeric features, two categorical ones and a yes/no label driven by x0, x1 and c0."""
+    rng = np.random.default_rng(seed)
+    data: dict[str, Any] = {f"x{i}": rng.normal(i, 1 + i / 4, rows) for i in range(6)}
+    data["c0"] = rng.choice(["north", "south", "east"], rows, p=[0.5, 0.3, 0.2])
+    data["c1"] = rng.choice(["u", "v", "w"], rows, p=[0.2, 0.3, 0.5] if shift else [1 / 3] * 3)
+    if shift:
+        data["x3"] = data["x3"] + 1.0
+    frame = pd.DataFrame(data)
+    signal = frame.x0 + 0.5 * (frame.x1 - 1) + 0.9 * (frame.c0 == "north") + rng.normal(0, 0.7, rows)
+    return frame.assign(label=np.where(signal > 0.4, "yes", "no"))
+
+
+class AuditGrid(LocalGrid):
+    """LocalGrid that also delivers ``query.audit`` to the real ClientApp handler (client.app.audit_sums)."""
+
+    def __init__(self, num_nodes: int, tamper: dict[int, Callable[[Message], Message]] | None = None) -> None:
+        super().__init__(num_nodes, tamper=tamper)
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        from uuid import uuid4
+
+        from client.app import audit_sums
+
+        if not all(m.metadata.message_type.endswith(".audit") for m in messages):
+            return super().push_messages(messages)
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = str(uuid4())
+            self.pushed.append(msg)
+            ids.append(msg.metadata.message_id)
+            node = int(msg.metadata.dst_node_id)
+            set_task_identity()
+            reply = audit_sums(msg, self.contexts[node])
+            self._replies[msg.metadata.message_id] = self.tamper.get(node, lambda m: m)(reply)
+        return ids
+
+
+def send(grid: AuditGrid) -> Callable[[list[Message]], list[Message]]:
+    return lambda messages: exchange(grid, messages, 60.0)
+
+
+@pytest.fixture(scope="module")
+def runs(module_home: Path) -> Iterator[dict[str, sa.Audited]]:
+    """The two finished federations (plaintext and CKKS) on the same table, and a shifted new table."""
+    table(420, 0).to_csv(module_home / "train.csv", index=False)
+    table(300, 1, shift=True).to_csv(module_home / "new.csv", index=False)
+    out = {}
+    for secure in ("none", "ckks"):
+        cfg = RunConfig(dataset="csv", data_path=str(module_home / "train.csv"), target="label", model="logreg",
+                        num_clients=3, min_clients=3, num_rounds=1, local_epochs=2, strategy="fedavg", seed=1,
+                        run_id=f"audit-{secure}", experiment="tests-audit", secure_aggregation=secure)  # fmt: skip
+        cfg = crypto.ensure_simulation_keys(cfg)
+        rd = run_federation(AuditGrid(3), cfg, num_partitions=3)
+        assert rd.events("end")[-1]["status"] == "completed"
+        out[secure] = sa.audited(cfg.run_id)
+    yield out
+
+
+def plaintext_model(audit: sa.Audited) -> RunModel:
+    """The final global model as a key holder reads it (decrypted under CKKS), with the run's plan."""
+    from uaap.models import build_model, from_record, get_weights, set_weights
+
+    shell = audit.model
+    net = build_model(audit.cfg.model, len(shell.preprocessor.feature_names_out_), len(shell.classes))
+    if audit.public is None:
+        weights = from_record(audit.arrays)
+    else:
+        weights = crypto.decrypt_global(audit.arrays, crypto.client_context(audit.cfg), like=get_weights(net))
+    set_weights(net, weights)
+    return RunModel(audit.rd, net, {"family": audit.cfg.model}, shell.preprocessor, True)
+
+
+def pooled(cfg: RunConfig) -> pd.DataFrame:
+    """Every client's rows in one table (what pooling the data would give)."""
+    return pd.concat([part.frame for part in raw_parts(cfg, 3)[0]], ignore_index=True)
+
+
+# ---- explanations -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("secure", "tol"), [("none", 1e-8), ("ckks", 1e-5)])
+def test_federated_mean_shap_and_pdp_equal_the_pooled_rows(
+    runs: dict[str, sa.Audited], secure: str, tol: float
+) -> None:
+    audit = runs[secure]
+    grid = AuditGrid(3)
+    totals = sa.explain(grid, audit, send(grid), points=POINTS, max_evals=MAX_EVALS)
+    assert totals.clients == 3 and audit.left_out == []
+    if secure == "ckks":  # the server holds a ciphertext sum and one clear row count per client, nothing else
+        assert totals.encrypted is not None and set(totals.plain) == {fx.ROWS}
+        total = {**totals.plain, **fx.open_sums(totals.encrypted, crypto.client_context(audit.cfg), totals.layout)}
+    else:
+        assert totals.encrypted is None
+        total = dict(totals.plain)
+    model = plaintext_model(audit)
+    federated = fx.explain_report(total, model, totals.grids, 1)
+
+    rows = pooled(audit.cfg)  # the same computation on the pooled rows, with the grids the pooled extremes give
+    for column, points in totals.grids.items():
+        if isinstance(points[0], float):
+            assert points == pdp.grid_of(pdp.column_plan(model.preprocessor, column), rows[column].min(),
+                                         rows[column].max(), POINTS)  # fmt: skip
+    columns, values, base, out = fx.shap_values(model, rows, max_evals=MAX_EVALS)
+    assert np.abs(values.sum(axis=1) + base - out).max() < 1e-9  # each row's values add up to its output
+    assert federated["rows"] == len(rows) == 336
+    for i, column in enumerate(columns):
+        assert federated["mean_abs_shap"][column] == pytest.approx(np.abs(values[:, i, 1]).mean(), abs=tol)
+        assert federated["mean_shap"][column] == pytest.approx(values[:, i, 1].mean(), abs=tol)
+    assert federated["base_value"] == pytest.approx(base[1], abs=tol)
+    for column, result in federated["pdp"].items():
+        central = pdp.dependence(model, rows, column, k=1, points=POINTS)
+        assert result["grid"] == central.grid
+        np.testing.assert_allclose(result["pdp"], central.pdp, rtol=0, atol=tol)
+    assert set(federated["pdp"]) == {"x0", "x1", "x2", "x3", "x4", "x5", "c0", "c1"}
+
+
+def test_a_forged_explanation_is_left_out(runs: dict[str, sa.Audited]) -> None:
+    def lie(reply: Message) -> Message:
+        record = reply.content.config_records[CONFIG]
+        answer = json.loads(str(record[AUDIT_ANSWER]))
+        if fx.SHAP_SUM in answer:  # SHAP sums larger than their absolute values allow
+            answer[fx.SHAP_SUM] = (np.asarray(answer[fx.SHAP_ABS]) * 2 + 1).tolist()
+        if fx.ROWS in answer and "x0:min" in answer:
+            answer["x0:min"] = ["low"]
+        record[AUDIT_ANSWER] = json.dumps(answer)
+        return reply
+
+    audit = sa.audited("audit-none")
+    grid = AuditGrid(3, tamper={3: lie})
+    totals = sa.explain(grid, audit, send(grid), points=3, max_evals=MAX_EVALS)
+    assert totals.clients == 2 and len(audit.left_out) == 2
+    assert all("client 3" in why for why in audit.left_out)
+    assert "exceeds the sum of their absolute values" in audit.left_out[1]
+
+
+# ---- fairness and drift -----------------------------------------------------------------------------------------
+
+
+def test_federated_fairness_equals_fairlearn_metricframe_on_the_pooled_predictions(
+    runs: dict[str, sa.Audited],
+) -> None:
+    from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+    from sklearn.metrics import accuracy_score
+
+    audit = runs["ckks"]  # the clients decrypt the global model; the counts travel in the clear
+    grid = AuditGrid(3)
+    total = sa.fairness(grid, audit, send(grid), "c0")
+    federated = fair.fairness_from_counts(total, audit.model.classes, "yes")
+
+    rows = pooled(audit.cfg)
+    model = plaintext_model(audit)
+    y_true = (rows.label == "yes").to_numpy().astype(int)
+    y_pred = (model.predict(rows) == "yes").astype(int)
+    metrics = {"accuracy": accuracy_score, "selection_rate": selection_rate, "tpr": true_positive_rate,
+               "fpr": false_positive_rate}  # fmt: skip
+    frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred, sensitive_features=rows.c0.to_numpy())
+    assert sorted(federated["groups"]) == ["east", "north", "south"]
+    for group, row in federated["groups"].items():
+        for name in fair.METRICS:
+            assert row[name] == frame.by_group.loc[group, name], (group, name)  # exactly
+    for name in fair.METRICS:
+        assert federated["overall"][name] == frame.overall[name]
+    assert (
+        federated["demographic_parity_difference"]
+        == frame.by_group["selection_rate"].max() - frame.by_group["selection_rate"].min()
+    )
+
+
+def test_federated_drift_equals_the_pooled_statistics(runs: dict[str, sa.Audited], module_home: Path) -> None:
+    audit = runs["none"]
+    current = audit.cfg.replace(data_path=str(module_home / "new.csv"))
+    grid = AuditGrid(3)
+    reference, now = sa.drift(grid, audit, send(grid), current)
+    federated = drift.drift_report(reference, now)
+
+    model = plaintext_model(audit)
+    plans = drift.monitored_plan(model.preprocessor, model.task)
+    ref, new = pooled(audit.cfg), pooled(current)
+    ref, new = drift.with_predictions(ref, model.predict(ref)), drift.with_predictions(new, model.predict(new))
+    central = drift.federated_drift([ref], [new], plans)
+    for name, row in central["features"].items():
+        for key, value in row.items():
+            if isinstance(value, float):
+                assert federated["features"][name][key] == pytest.approx(value, rel=1e-12, abs=1e-12), (name, key)
+    assert federated["drifted"] == central["drifted"]
+    assert {"x3", "c1"} <= set(federated["drifted"])  # the known shift is found
+
+
+# ---- the command, over Flower on Ray ----------------------------------------------------------------------------
+
+
+def test_the_explain_command_runs_the_audit_as_a_flower_simulation(
+    runs: dict[str, sa.Audited], module_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from uaap.cli import main
+
+    grid = AuditGrid(3)
+    audit = runs["none"]
+    local = sa.explain(grid, audit, send(grid), points=POINTS, max_evals=MAX_EVALS)
+    expected = fx.explain_report(dict(local.plain), plaintext_model(audit), local.grids, 1)
+    args = ["explain", "audit-none", "--federated", "--grid-points", str(POINTS), "--max-evals", str(MAX_EVALS)]
+    assert main(args) == 0
+    shown = capsys.readouterr().out
+    assert "federated: 3 clients, 336 rows" in shown
+    folder = module_home / "runs" / "audit-none" / "explain"
+    report = json.loads((folder / "shap-federated.json").read_text())
+    for column, value in expected["mean_abs_shap"].items():
+        assert report["mean_abs_shap"][column] == pytest.approx(value, abs=1e-12)
+    assert (folder / "shap-federated-bar.png").stat().st_size > 0 and (folder / "pdp-federated.png").stat().st_size > 0
