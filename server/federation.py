@@ -39,6 +39,7 @@ import numpy as np
 
 from server.boosting import boosted, initial_booster, save_booster
 from server.boosting import evaluator as boosting_evaluator
+from server.continual import load_parent
 from server.forest import evaluator as forest_evaluator
 from server.forest import grows_trees, initial_forest, save_forest
 from server.histtrees import evaluator as hist_evaluator
@@ -253,6 +254,9 @@ def _federate(
     rd.write_config(cfg)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
+    parent = load_parent(cfg)  # continual training (server/continual.py): checked before any client is asked
+    if parent is not None:
+        parent.seed_run_folder(rd)  # its preprocessing plan: the model reads the features it was trained on
     nodes = _wait_for_nodes(grid, cfg)
     num_partitions = num_partitions or cfg.num_clients
     plan = _preprocessing(grid, cfg, rd)  # a raw table's preprocessing, fitted from the clients' summed statistics
@@ -280,11 +284,15 @@ def _federate(
     else:
         arrays = initial_arrays(cfg, meta)
         start = 1
+        if parent is not None:  # the parent's final model and privacy accountants
+            arrays = parent.start(cfg, arrays, strategy, rd)
 
     encrypted = is_encrypted(strategy)
     evaluate_fn = central_evaluator(cfg, num_partitions, plan) if cfg.central_eval and not encrypted else None
     tracker = _tracker(cfg)
     trackers += [tracker] if tracker else []
+    if tracker and parent is not None:
+        tracker.set_tags(parent.lineage(cfg.dp_delta))
     if ckpt is not None:
         _recover(rd, tracker, committed)
     rd.log_event(

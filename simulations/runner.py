@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uaap import quiet, workspace
@@ -62,7 +63,8 @@ def simulate(
 
     from client.app import app as uaap_client_app
     from server.app import make_app
-    from server.federation import clear_stop, failure_reason
+    from server.continual import check_shapes, load_parent
+    from server.federation import clear_stop, failure_reason, initial_arrays
     from uaap.crypto import ensure_simulation_keys
     from uaap.data import federated
     from uaap.privacy.utility import hopeless_noise_warning, model_size
@@ -71,7 +73,11 @@ def simulate(
     cfg = cfg.replace(run_id=cfg.run_id or workspace.new_run_id()).with_absolute_paths()
     cfg.check_family("federated")
     cfg = ensure_simulation_keys(cfg)  # CKKS keys under <UAAP_HOME>/keys/<run-id>/ when HE is on without key paths
-    meta = federated(cfg, cfg.num_clients)[1]  # bad data fails here, before Ray starts
+    parent = load_parent(cfg)  # continue-from: a run that cannot go on is refused before Ray starts
+    plan = Path(parent.plan).read_text(encoding="utf-8") if parent is not None and parent.plan else ""
+    meta = federated(cfg, cfg.num_clients, plan)[1]  # bad data fails here, before Ray starts
+    if parent is not None:
+        check_shapes(parent.run_id, {k: v.numpy() for k, v in initial_arrays(cfg, meta).items()}, parent.arrays)
     size = model_size(cfg, meta.n_features, meta.n_classes, meta.image_shape)
     if warning := hopeless_noise_warning(cfg, size):
         print(f"uaap: warning: {warning}", file=sys.stderr, flush=True)

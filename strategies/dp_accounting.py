@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 
 from strategies.dp_noise import CentralDPNoise
 from strategies.wrapper import StrategyWrapper, find_layer
-from uaap.privacy.accountant import Accountant
+from uaap.privacy.accountant import Accountant, normalise
 from uaap.privacy.ledger import EXAMPLE, SERVER_CLIENT, USER, Budget, Ledger, Release
 from uaap.protocol import (
     DP_EXAMPLE_EPSILON_MAX,
@@ -84,6 +84,10 @@ class PrivacyAccounting(StrategyWrapper):
         self.clients: dict[str, Accountant] = {}
         self.client_round: dict[str, tuple[float, float, int]] = {}  # largest per-round (sigma, q, steps)
         self.ledger_round = 0
+        # a continued run (inherit): the parent's client histories, and this run's own steps of each client the
+        # parent did not see under its node id (charged the parent history that makes its epsilon largest)
+        self.priors: list[list[tuple[float, float, int]]] = []
+        self.fresh: dict[str, list[tuple[float, float, int]]] = {}
         self.ledger = ledger if ledger is not None else (Ledger() if run_id else None)
         if self.ledger is not None:
             levels = "+".join(x for x, on in ((USER, self.noise is not None), (EXAMPLE, dp_local)) if on) or "none"
@@ -156,11 +160,14 @@ class PrivacyAccounting(StrategyWrapper):
                 if steps < 1:
                     continue
                 key = client_key(msg)
-                acc = self.clients.setdefault(key, Accountant(self.mechanism))
-                acc.step(sigma, q, steps)
                 total = as_int(rec[DP_TOTAL_STEPS], DP_TOTAL_STEPS) if DP_TOTAL_STEPS in rec else 0
-                if total > acc.steps:  # the client's own accountant has seen more (it joined under a new node id)
-                    acc.step(sigma, q, total - acc.steps)
+                if self.priors and (key in self.fresh or key not in self.clients):
+                    acc = self._charge_fresh(key, sigma, q, steps, total)
+                else:
+                    acc = self.clients.setdefault(key, Accountant(self.mechanism))
+                    acc.step(sigma, q, steps)
+                    if total > acc.steps:  # the client's own accountant has seen more (it joined under a new node id)
+                        acc.step(sigma, q, total - acc.steps)
                 prev = self.client_round.get(key)
                 self.client_round[key] = (sigma, q, max(steps, prev[2] if prev else 0))
                 out.append(
@@ -179,6 +186,24 @@ class PrivacyAccounting(StrategyWrapper):
                     )
                 )
         return out
+
+    def _charge_fresh(self, key: str, sigma: float, q: float, steps: int, total: int) -> Accountant:
+        """The accountant of a client the parent run did not see under its node id: each parent client history is
+        a candidate for what it spent before, followed by this run's steps (and, as for any client, the steps it
+        reports in ``total`` beyond those, at this round's setting); it is charged the candidate whose epsilon is
+        largest, so the ledger never records less than its own accountant."""
+        own = Accountant(self.mechanism, self.fresh.get(key, []))
+        own.step(sigma, q, steps)
+        self.fresh[key] = own.history
+        candidates = []
+        for prior in self.priors:
+            acc = Accountant(self.mechanism, [*prior, *own.history])
+            if total > acc.steps:
+                acc.step(sigma, q, total - acc.steps)
+            candidates.append(acc)
+        acc = max(candidates, key=lambda a: a.epsilon(self.delta))
+        self.clients[key] = acc
+        return acc
 
     # ---- server-loop hooks -------------------------------------------------------------------------
     def user_epsilon(self) -> float | None:
@@ -243,7 +268,27 @@ class PrivacyAccounting(StrategyWrapper):
             "clients": {k: a.state_dict() for k, a in self.clients.items()},
             "client_round": {k: list(v) for k, v in self.client_round.items()},
             "ledger_round": self.ledger_round,
-        }
+        } | (  # a continued run's parent histories and its unmatched clients' own steps
+            {
+                "priors": [[list(h) for h in p] for p in self.priors],
+                "fresh": {k: [list(h) for h in v] for k, v in self.fresh.items()},
+            }
+            if self.priors
+            else {}
+        )
+
+    def inherit(self, state: dict[str, Any]) -> None:
+        """Start a new run (a continual-training phase, :mod:`server.continual`) from a parent run's
+        :meth:`state_dict`: its user-level history and its clients' accountants go on, so epsilon accumulates
+        across phases. A client the parent did not see under its node id is charged, each round, the parent client
+        history that makes its epsilon largest (an upper bound on what it spent there). The new run's ledger starts
+        at its round 1."""
+        self.user.load_state_dict(state.get("user", {}))
+        self.clients = {k: Accountant.from_state(s) for k, s in state.get("clients", {}).items()}
+        self.client_round = {k: (float(v[0]), float(v[1]), int(v[2])) for k, v in state.get("client_round", {}).items()}
+        self.priors = list({tuple(a.history): a.history for a in self.clients.values() if a.history}.values())
+        self.fresh = {}
+        self.ledger_round = 0
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; ledger rows of rounds after the checkpoint are dropped (they rerun)."""
@@ -251,6 +296,8 @@ class PrivacyAccounting(StrategyWrapper):
         self.clients = {k: Accountant.from_state(s) for k, s in state.get("clients", {}).items()}
         self.client_round = {k: (float(v[0]), float(v[1]), int(v[2])) for k, v in state.get("client_round", {}).items()}
         self.ledger_round = int(state.get("ledger_round", 0))
+        self.priors = [list(normalise(p)) for p in state.get("priors", [])]
+        self.fresh = {k: list(normalise(v)) for k, v in state.get("fresh", {}).items()}
         if self.ledger is not None and self.run_id:
             dropped = self.ledger.truncate(self.run_id, self.ledger_round)
             if dropped:

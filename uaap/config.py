@@ -473,6 +473,13 @@ class RunConfig(BaseModel):
         "", "run folder and MLflow run name (empty: a new id)", group="tracking", scope=ANY, metavar="ID"
     )
     experiment: str = _setting("uaap", "MLflow experiment", group="tracking", scope=ANY, metavar="NAME")
+    continue_from: str = _setting(
+        "",
+        "continual training: start a new run from this finished run's final model on new data (same model, shape "
+        "and preprocessing; its privacy ledger's totals carry over, so epsilon accumulates across phases)",
+        group="tracking",
+        metavar="RUN",
+    )
     encrypt_checkpoints: bool = _setting(
         False,
         "store the per-round checkpoints AES-256-GCM encrypted with the at-rest key ($UAAP_MODEL_KEY, else the "

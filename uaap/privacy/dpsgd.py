@@ -209,6 +209,26 @@ def load_state(cfg: RunConfig, store: RecordDict, client_key: str) -> dict[str, 
     return None
 
 
+def parent_history(cfg: RunConfig, client_key: str) -> list[Any]:
+    """This client's DP-SGD history in the run ``cfg.continue_from`` names (empty: none, or no DP-SGD there).
+
+    The noise of the new phase is planned afresh for its own steps; its accountant starts from this history, so
+    the client's epsilon (and its policy's limit) covers both phases.
+    """
+    if not cfg.continue_from:
+        return []
+    path = _state_file(cfg.replace(run_id=cfg.continue_from), client_key)
+    if path is None or not path.is_file():
+        return []
+    state = json.loads(path.read_text())
+    if state.get("mechanism") != cfg.dp_accountant:
+        raise ConfigError(
+            f"this client's DP-SGD history in {cfg.continue_from} was accounted with {state.get('mechanism')!r}, the "
+            f"run asks for dp-accountant={cfg.dp_accountant!r}; continue with the parent's accountant"
+        )
+    return list(state.get("history", []))
+
+
 def save_state(cfg: RunConfig, store: RecordDict, client_key: str, state: dict[str, Any], *, to_disk: bool) -> None:
     """Keep ``state`` in ``context.state`` (and, once per round, in the client's file)."""
     from flwr.app import ConfigRecord
@@ -233,8 +253,8 @@ def client_engine(
 ) -> DPSGD:
     """The DP-SGD engine for this round: the stored noise and history, or a fresh plan on first use."""
     state = load_state(cfg, store, client_key)
-    if state is None:
-        sigma, history = plan(cfg, num_examples).sigma, []
+    if state is None:  # a continued run (continue-from) goes on from this client's history there
+        sigma, history = plan(cfg, num_examples).sigma, parent_history(cfg, client_key)
     elif state.get("mechanism") != cfg.dp_accountant:
         raise ConfigError(
             f"this client's DP-SGD history was accounted with {state.get('mechanism')!r}, the run now asks for "
