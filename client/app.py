@@ -58,6 +58,7 @@ from uaap.protocol import (
     RUN_END,
     RUN_END_REASON,
     RUN_END_RUN,
+    SECAGG,
     SERVER_ROUND,
     STEPS,
     STRAGGLER,
@@ -204,6 +205,10 @@ def prepare_update(
         check_spent(float(extra.get(DP_EPSILON, 0.0)), ClientPolicy.from_node_config(context.node_config))
     if cfg.dp_central:  # client-level DP: bound this client's contribution before it leaves (and before HE)
         new = clip_update(new, start, cfg.dp_central_clip_norm)
+    if cfg.secagg:  # quantised, weighted and masked (client/secagg.py); central DP's noise share added there
+        from client.secagg import masked_update
+
+        return masked_update(cfg, new, start, num_examples, context), extra
     if not cfg.secure:
         return to_record(new), extra
     hctx = crypto.client_context(cfg, context.node_config)
@@ -225,6 +230,11 @@ def prepare_update(
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on local data; reply with the update and metrics."""
     size_torch_threads(client_threads())  # a simulated client's Ray reservation (--client-cpus), else one
+    if SECAGG in msg.content.config_records:  # a SecAgg+ stage; its collect stage goes on to train (client/secagg.py)
+        from client.secagg import answer_stage
+
+        if (reply := answer_stage(_run_config(msg, context), msg, context)) is not None:
+            return reply
     cfg, data, pid = _setup(msg, context)
     if cfg.strategy == "fedstats":  # K-Means, PCA: this client's sufficient statistics (client/statistics.py)
         from client.statistics import train_statistics

@@ -75,6 +75,10 @@ def build_strategy(
     }
     sampled = max(int((num_nodes or cfg.num_clients) * cfg.fraction_train), cfg.min_clients)
     inner = flower_strategy(cfg, common, sampled)
+    if cfg.secagg:  # pairwise masking (strategies.secagg): its own stack, reply validation outermost
+        from strategies.secagg import build_secagg_strategy
+
+        return build_secagg_strategy(cfg, inner, n_classes, task)
     if cfg.strategy in SERVER_OPTIMIZERS:  # their moments go into the run's checkpoints, for a resume
         from strategies.optimizer_state import ServerOptimizerState
 

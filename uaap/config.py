@@ -53,7 +53,7 @@ ATTACKS = ("sign-flip", "scaled", "noise")
 PARTITIONS = ("iid", "dirichlet", "pathological")
 OPTIMIZERS = ("sgd", "adam")
 SVM_KERNELS = ("rbf", "poly", "sigmoid", "linear")
-SECURE_AGGREGATION = ("none", "ckks")
+SECURE_AGGREGATION = ("none", "ckks", "secagg+")
 MODELS = model_names()  # uaap.models.registry: `uaap models` prints where each runs
 ACCOUNTANTS = ("rdp", "prv")
 
@@ -436,7 +436,8 @@ class RunConfig(BaseModel):
     # ---- secure aggregation ---------------------------------------------------------------------
     secure_aggregation: str = _setting(
         "none",
-        "ckks: clients send CKKS ciphertexts, the server only adds them",
+        "ckks: clients send CKKS ciphertexts, the server only adds them; secagg+: clients send pairwise-masked, "
+        "quantised updates (SecAgg+), the server learns only their sum",
         group="secure aggregation",
         choices=SECURE_AGGREGATION,
         aliases=("--he",),
@@ -449,6 +450,32 @@ class RunConfig(BaseModel):
     )
     he_secret_context: str = _setting(
         "", "secret CKKS context (clients only; file mode 0600)", group="secure aggregation", metavar="FILE"
+    )
+    secagg_num_shares: int = _setting(
+        5,
+        "secagg+: each client shares its secrets with itself and its ring neighbours, this many in all (odd, >= 3)",
+        group="secure aggregation",
+        ge=3,
+    )
+    secagg_threshold: int = _setting(
+        3,
+        "secagg+: shares that rebuild a secret (more than half of secagg-num-shares; num-shares - threshold dropouts "
+        "per neighbourhood are survived)",
+        group="secure aggregation",
+        ge=2,
+    )
+    secagg_clipping_range: float = _setting(
+        8.0,
+        "secagg+: each update value (w_k - w) is clipped to [-c, c] before quantisation",
+        group="secure aggregation",
+        gt=0,
+    )
+    secagg_quantization_range: int = _setting(
+        4_194_304,
+        "secagg+: quantisation levels over [-c, c]; the aggregate's error per coordinate is below 2c / levels "
+        "(3.8e-6 by default)",
+        group="secure aggregation",
+        ge=2,
     )
     # ---- privacy --------------------------------------------------------------------------------
     dp_local: bool = _setting(False, "example-level DP: Opacus DP-SGD on every client", group="privacy")
@@ -551,6 +578,7 @@ class RunConfig(BaseModel):
             )
         self.check_family("any")  # what the family can do; the strategy is checked where a federation starts
         self.check_strategy()
+        self.check_secagg()
         for name in ("min_clients", "min_contributors"):
             if getattr(self, name) > self.num_clients:
                 key = name.replace("_", "-")
@@ -668,6 +696,42 @@ class RunConfig(BaseModel):
             return self.strategy != "fedprox"
         return self.straggler_policy == "drop"
 
+    def check_secagg(self) -> None:
+        """Refuse SecAgg+ settings and combinations that cannot work (strategies.secagg), before anything starts."""
+        if self.secure_aggregation != "secagg+":
+            return
+        if self.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(
+                f"strategy={self.strategy!r} cannot run under secure-aggregation='secagg+': the server sees only the "
+                "sum of the masked updates, which gives FedAvg's weighted mean and nothing else (robust aggregators "
+                "and server optimisers need each update or more than the mean; fedstats, fedhist, fedtrees and "
+                "XGBoost send no model update). Use strategy fedavg or fedprox, or secure-aggregation none or ckks"
+            )
+        if self.straggler_fraction > 0 and self.drops_stragglers:
+            raise ValueError(
+                "straggler-policy drop cannot run under secure-aggregation='secagg+': the server cannot take one "
+                "masked update out of the sum; use --straggler-policy partial (or no stragglers)"
+            )
+        per_round = self.num_clients if self.dp_central else self.num_clients * self.max_num_examples
+        check_secagg_params(
+            self.secagg_num_shares,
+            self.secagg_threshold,
+            self.secagg_clipping_range,
+            self.secagg_quantization_range,
+            per_round,
+        )
+        if self.dp_central and self.secagg_clipping_range < self.dp_central_clip_norm:
+            raise ValueError(
+                f"secagg-clipping-range={self.secagg_clipping_range:g} is below dp-central-clip-norm="
+                f"{self.dp_central_clip_norm:g}: clipped updates (plus their noise) must fit in [-c, c]; raise "
+                "secagg-clipping-range"
+            )
+
+    @property
+    def secagg(self) -> bool:
+        """Whether updates are summed under SecAgg+ pairwise masks."""
+        return self.secure_aggregation == "secagg+"
+
     @property
     def secure(self) -> bool:
         """Whether updates travel as CKKS ciphertexts."""
@@ -688,6 +752,38 @@ class RunConfig(BaseModel):
             if (value := getattr(self, name)) and "://" not in value
         }
         return self.replace(**changes) if changes else self
+
+
+def check_secagg_params(
+    num_shares: int, threshold: int, clipping_range: float, quantization_range: int, max_total_weight: int
+) -> None:
+    """Raise :class:`ConfigError` unless the SecAgg+ settings can run (``max_total_weight``: the largest sum of the
+    clients' weights a round can carry: clients per round times max-num-examples, or clients under central DP)."""
+    if num_shares < 3 or num_shares % 2 == 0:
+        raise ConfigError(
+            f"secagg-num-shares={num_shares}: expected an odd number >= 3 (each client shares its secrets with itself "
+            "and (num-shares - 1) / 2 neighbours on each side of a ring; Flower skips rounds silently with an even "
+            "one); use 3, 5, 7..."
+        )
+    if not num_shares // 2 < threshold <= num_shares:
+        raise ConfigError(
+            f"secagg-threshold={threshold} with secagg-num-shares={num_shares}: expected a value in "
+            f"[{num_shares // 2 + 1}, {num_shares}] (more than half of the shares, so that the server can never "
+            "collect both a client's self-mask seed and its masking key; num-shares - threshold dropouts per "
+            "neighbourhood are survived)"
+        )
+    if not (math.isfinite(clipping_range) and clipping_range > 0):
+        raise ConfigError(f"secagg-clipping-range={clipping_range}: expected a positive finite number (e.g. 8.0)")
+    if not 2 <= quantization_range <= 2**30:
+        raise ConfigError(
+            f"secagg-quantization-range={quantization_range}: expected a whole number in [2, 2^30] (e.g. 4194304)"
+        )
+    if max_total_weight * quantization_range >= 2**64:
+        raise ConfigError(
+            f"secagg-quantization-range={quantization_range} times the largest total weight of a round "
+            f"({max_total_weight}: clients per round x max-num-examples) reaches 2^64, where sums of the "
+            "masked vectors would wrap; lower secagg-quantization-range or max-num-examples"
+        )
 
 
 # Where the values being validated came from, for the messages (set by RunConfig.validated).

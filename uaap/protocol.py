@@ -137,3 +137,28 @@ def as_int(value: object, key: str) -> int:
     if not number.is_integer():
         raise ValueError(f"{key}={value!r:.80}: expected a whole number")
     return int(number)
+
+# ---- SecAgg+ (strategies.secagg, client.secagg): the stage record of a training message and its reply ----------
+SECAGG: Final = "secagg"  # ConfigRecord of a SecAgg+ stage (server -> client and back)
+SECAGG_STAGE: Final = "secagg-stage"
+STAGE_SETUP: Final = "setup"
+STAGE_SHARE_KEYS: Final = "share-keys"
+STAGE_COLLECT: Final = "collect-masked-vectors"
+STAGE_UNMASK: Final = "unmask"
+SECAGG_ROUND: Final = "secagg-round"
+SECAGG_THRESHOLD: Final = "secagg-threshold"
+SECAGG_NODES: Final = "secagg-nodes"  # share keys: the neighbourhood; unmask: the neighbours whose vectors are summed
+SECAGG_DEAD: Final = "secagg-dead"  # unmask: the neighbours that dropped after sharing their keys
+SECAGG_PK1: Final = "secagg-pk1"  # masking public key(s) (PEM)
+SECAGG_PK2: Final = "secagg-pk2"  # envelope public key(s) (PEM)
+SECAGG_DESTINATIONS: Final = "secagg-destinations"
+SECAGG_SOURCES: Final = "secagg-sources"
+SECAGG_CIPHERTEXTS: Final = "secagg-envelopes"
+SECAGG_SHARES: Final = "secagg-shares"
+SECAGG_NOISE_COUNT: Final = "secagg-noise-count"  # central DP: the m clients asked to mask (each adds 1/m of it)
+SECAGG_MASKED: Final = "secagg-masked"  # the one array of a masked reply: uint64 parameters, then the weight
+# server-side round metrics under SecAgg+
+SECAGG_CLIENTS: Final = "secagg-clients"
+SECAGG_DROPPED: Final = "secagg-dropped"
+SECAGG_TOTAL_WEIGHT: Final = "secagg-total-weight"
+SECAGG_ERROR_BOUND: Final = "secagg-error-bound"  # per coordinate, from the quantisation
