@@ -211,7 +211,7 @@ class SecAggPlus(StrategyWrapper):
                 envelopes.setdefault(v, {})[u] = blob
         for v in shared:
             state.sources[v] = sorted(u for u in envelopes.get(v, {}) if u in shared)
-        if not self._enough(state, shared, "share-keys"):
+        if not self._enough(state, shared, STAGE_SHARE_KEYS):
             return []
         # stage 2: the training messages, each with the envelopes addressed to its client
         state.masked = sorted(shared)
