@@ -1,5 +1,6 @@
 """Issue 14's forecasting acceptance: a global LSTM forecaster federated across 20 clients (one generated series
-each) beside per-series ARIMA, exponential smoothing and seasonal naive, all scored on the same held-out tails.
+each) beside per-series ARIMA, exponential smoothing, Prophet and seasonal naive, all scored on the same held-out
+tails.
 
 The data set is ``dataset=series``: 20 monthly series (length ``--length``, default 120) of level + linear trend +
 a yearly sine wave + Gaussian noise, each with its own parameters (:func:`uaap.forecast.series.generate`). The last
@@ -14,6 +15,7 @@ a yearly sine wave + Gaussian noise, each with its own parameters (:func:`uaap.f
 * **arima**: SARIMA(1,1,1)(0,1,1)12 by statsmodels per series, checked in this script against statsmodels'
   ``ARIMA`` called directly on the same series (the largest forecast difference is printed);
 * **ets**: Holt-Winters (additive error, trend and season) as statsmodels' ``ETSModel``;
+* **prophet**: Prophet's piecewise-linear trend plus a 12-step Fourier season (the Stan model its wheel ships);
 * **seasonal_naive**: the value one season earlier.
 
 MAE, RMSE, sMAPE (%) and MASE come from each client's summed counts, added across the clients
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "1 series per client"
     )
     print(f"{'model':<20} {'MAE':>8} {'RMSE':>8} {'sMAPE %':>8} {'MASE':>8}")
-    for name in ("seasonal_naive", "arima", "ets", f"{args.model} (federated)", f"{args.model} (central)"):
+    for name in (*models.STATISTICAL, f"{args.model} (federated)", f"{args.model} (central)"):
         m = scores[name]
         print(f"{name:<20} {m['mae']:>8.3f} {m['rmse']:>8.3f} {m['smape']:>8.3f} {m['mase']:>8.3f}")
     print(f"ARIMA vs statsmodels' own fit, max |forecast difference| over {args.series} series: {worst:.1e}")

@@ -45,7 +45,8 @@ IMPUTE = ("median", "mean", "constant", "ffill", "knn", "iterative")
 OUTLIERS = ("clip-iqr", "clip-z", "none")
 ENCODINGS = ("onehot", "ordinal", "hashing")
 SCALINGS = ("standard", "minmax", "robust", "none")
-TEXT_COLUMNS = ("error", "hashing", "drop")
+TEXT_COLUMNS = ("error", "hashing", "tfidf", "drop")
+FORECASTERS = ("seasonal_naive", "arima", "ets", "prophet")  # uaap.forecast.models.STATISTICAL: per series
 # over parameters, fedstats, and Flower's XGBoost strategies (uaap.models.registry)
 STRATEGIES = WEIGHT_STRATEGIES + SUM_STRATEGIES + BOOSTING_STRATEGIES + TREE_STRATEGIES + HIST_STRATEGIES
 STRAGGLER_POLICIES = ("auto", "drop", "partial")
@@ -204,6 +205,11 @@ class RunConfig(BaseModel):
     series_length: int = _setting(
         120, "dataset=series: points in each generated series", group="data", scope=ANY, ge=8,
     )  # fmt: skip
+    forecast_models: str = _setting(
+        ",".join(FORECASTERS), "task=forecast: the per-series models every series is also forecast by, beside the "
+        "network, comma-separated (seasonal_naive, arima, ets, prophet; each fits on one series alone, on its client)",
+        group="data", scope=ANY, metavar="NAME,NAME",
+    )  # fmt: skip
     # ---- preprocessing (your table: dataset=csv; fitted from the clients' summed statistics) ----------
     impute: str = _setting(
         "median",
@@ -247,7 +253,8 @@ class RunConfig(BaseModel):
     text_columns: str = _setting(
         "error",
         "a free-text or identifier column (over 50 distinct strings): refused with its name (error), its words "
-        "hashed into 32 count columns (hashing), or left out (drop)",
+        "hashed into 32 count columns (hashing), TF-IDF of its 1000 most common words (tfidf: central runs only, "
+        "the vocabulary would disclose the clients' words), or left out (drop)",
         group="preprocessing",
         scope=ANY,
         choices=TEXT_COLUMNS,
@@ -567,6 +574,12 @@ class RunConfig(BaseModel):
                 f"task='forecast' needs time series, not dataset={self.dataset!r}: pass --dataset series "
                 "(generated) or --data FILE --target VALUE-COLUMN --time-column COLUMN"
             )
+        unknown = [m for m in self.forecast_models.split(",") if m.strip() and m.strip() not in FORECASTERS]
+        if unknown:
+            raise ValueError(
+                f"forecast-models names {unknown[0]!r}, not a per-series forecaster; choose from: "
+                f"{', '.join(FORECASTERS)}"
+            )
         if self.task == "forecast" and self.dataset == "csv" and not self.time_column:
             raise ValueError("task='forecast' on your table needs time-column: pass --time-column COLUMN")
         if self.dataset == "csv" and not (self.data_path and self.target):
@@ -645,6 +658,13 @@ class RunConfig(BaseModel):
 
     def check_family(self, where: str) -> None:
         """Refuse a run the model family cannot do ``where`` ("central", "federated" or "any"), before it starts."""
+        if where == "federated" and self.text_columns == "tfidf":
+            raise ConfigError(
+                "text-columns='tfidf' runs centrally only: TF-IDF needs one vocabulary shared by every client, and "
+                "that vocabulary (each word's document count) would tell the server the clients' words. Federated text "
+                "uses --text-columns hashing (words hashed into buckets on each client; no word leaves it), or train "
+                "centrally with uaap train"
+            )
         check_combination(
             self.model,
             task=self.task,

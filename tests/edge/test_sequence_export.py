@@ -53,3 +53,25 @@ def test_sequence_classifier_learns_matches_torch_and_exports_to_onnx(cell: str,
     diff = float(np.abs(got - want).max())
     print(f"{cell} classifier ONNX vs torch on {len(test.X)} held-out windows: max |diff| {diff:.1e}")
     assert diff <= 1e-5
+
+
+def test_embedding_bag_text_classifier_exports_to_onnx(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    import torch
+
+    from edge.onnx_export import export
+    from edge.source import Source
+    from uaap.models import build_model
+
+    rng = np.random.default_rng(0)
+    X = np.log1p(rng.poisson(0.4, (60, 32))).astype(np.float32)  # 32 hashed-word buckets of log(1 + count)
+    data = Dataset("bags", X, rng.integers(0, 3, 60).astype(np.int64), 3, tuple(f"text#{i}" for i in range(32)))
+    model = build_model("embedding_bag", 32, 3, seed=0).eval()
+    source = Source("torch", "embedding_bag", model, {}, 32, 3, data)
+    (path,) = export(source, tmp_path)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": X})[0]
+    with torch.no_grad():
+        want = torch.softmax(model(torch.from_numpy(X)), dim=1).numpy()
+    diff = float(np.abs(got - want).max())
+    print(f"embedding_bag ONNX vs torch on {len(X)} rows: max |diff| {diff:.1e}")
+    assert diff <= 1e-5

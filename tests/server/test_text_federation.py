@@ -1,7 +1,8 @@
 """Text classification federated like the other tables (issue 14, part 3): a free-text column hashed into word-count
-buckets on each client (no vocabulary, nothing about its words sent), a linear model federated with FedAvg through
-the real ClientApp (tests.LocalGrid), within 3 points of the same model trained centrally; every message both ways
-is inspected for the fixture's words. Fixture: tests/fixtures/text/topics.csv (CC0, written for this repository)."""
+buckets on each client (no vocabulary, nothing about its words sent), a linear model and the embedding-bag classifier
+federated with FedAvg through the real ClientApp (tests.LocalGrid), each within 3 points of the same model trained
+centrally; every message both ways is inspected for the fixture's words. Fixture: tests/fixtures/text/topics.csv
+(CC0, written for this repository)."""
 
 from __future__ import annotations
 
@@ -54,9 +55,13 @@ def _texts(msg: Message) -> list[bytes]:
 
 
 @pytest.mark.slow
-def test_hashed_text_federates_within_3_points_of_central_and_no_word_reaches_the_server(module_home: Path) -> None:
+@pytest.mark.parametrize("model", ["logreg", "embedding_bag"])
+def test_hashed_text_federates_within_3_points_of_central_and_no_word_reaches_the_server(
+    module_home: Path, model: str
+) -> None:
     from uaap.centralized import train_central
 
+    cfg = CFG.replace(model=model)
     replies: list[Message] = []
 
     def keep(reply: Message) -> Message:
@@ -64,17 +69,18 @@ def test_hashed_text_federates_within_3_points_of_central_and_no_word_reaches_th
         return reply
 
     grid = LocalGrid(3, tamper={n: keep for n in (1, 2, 3)})
-    rd = run_federation(grid, CFG.replace(run_id="text-fed"), num_partitions=3)
+    rd = run_federation(grid, cfg.replace(run_id=f"text-fed-{model}"), num_partitions=3)
     federated = [e for e in rd.events("round")][-1]["central"]["accuracy"]
-    central = train_central(CFG.replace(run_id="text-central"), epochs=CFG.num_rounds * CFG.local_epochs).metrics
-    print(f"hashed text, logreg: federated accuracy {federated:.3f}, central {central['accuracy']:.3f}")
+    central = train_central(cfg.replace(run_id=f"text-central-{model}"), epochs=cfg.num_rounds * cfg.local_epochs)
+    print(f"hashed text, {model}: federated accuracy {federated:.3f}, central {central.metrics['accuracy']:.3f}")
+    central = central.metrics
     assert central["accuracy"] >= 0.9
     assert abs(federated - central["accuracy"]) <= 0.03
 
     words = {w for text in pd.read_csv(TOPICS)["text"] for w in re.findall(r"[a-z]{5,}", text.lower())}
-    settings = CFG.to_json().lower()
+    settings = cfg.to_json().lower()
     words = {w for w in words if w not in settings}  # in the run's setting names ("season" of "seasonal-period")
-    assert len(words) > 50 and len(replies) >= 3 * CFG.num_rounds and grid.pushed
+    assert len(words) > 50 and len(replies) >= 3 * cfg.num_rounds and grid.pushed
     seen = [blob for msg in [*grid.pushed, *replies] for blob in _texts(msg)]
     leaked = sorted(w for w in words if any(w.encode() in blob for blob in seen))
     assert not leaked, f"words of the clients' texts in the messages: {leaked[:10]}"

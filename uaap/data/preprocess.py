@@ -6,7 +6,7 @@ The pipeline is the seed's Missing Handler -> Outlier Detector -> Feature Engine
 weekday, hour and their cyclical sine/cosine), numbers are imputed (mean, median, constant), clipped
 (IQR fence or z-score) and scaled (standard, min-max, robust), categories are one-hot encoded (the most
 frequent ``max_categories``, the rest and unseen values in one ``infrequent`` column), ordinal or hashed,
-and free text is hashed into word-count buckets or refused.
+and free text is hashed into word-count buckets, turned into TF-IDF (central only) or refused.
 
 **Fitted in stages from statistics that add up.** :class:`FederatedFit` asks for one stage at a time
 (:meth:`FederatedFit.request`); every party answers with :func:`local_statistics` of its own rows (counts,
@@ -19,7 +19,9 @@ histogram's resolution ((max - min) / ``bins``, stated in :attr:`Preprocessor.pl
 
 What a server learns from these statistics: each column's count, missing count, sum, sum of squares,
 minimum, maximum and a histogram of its values, and each categorical column's category counts (the
-vocabulary is a disclosure: ``encoding="hashing"`` fits no vocabulary and discloses none). KNN and MICE
+vocabulary is a disclosure: ``encoding="hashing"`` fits no vocabulary and discloses none; for the same reason free
+text is hashed in a federation, and ``text="tfidf"``, whose vocabulary is the words themselves, fits only on one
+party's table, with scikit-learn's ``TfidfVectorizer``). KNN and MICE
 imputation cannot be merged from sums, so they are not offered for federated fitting.
 
 The fitted plan is plain JSON (:meth:`Preprocessor.to_dict`), never a pickle: it travels with the model in
@@ -51,7 +53,9 @@ LOCAL_IMPUTE = ("ffill", "knn", "iterative")  # filled from a party's own rows: 
 Outliers = Literal["clip-iqr", "clip-z", "none"]
 Encoding = Literal["onehot", "ordinal", "hashing"]
 Scaling = Literal["standard", "minmax", "robust", "none"]
-Text = Literal["error", "hashing", "drop"]
+Text = Literal["error", "hashing", "tfidf", "drop"]
+TFIDF_WORDS = 1000  # text="tfidf": the most frequent words kept (scikit-learn's max_features)
+TOKENS = r"(?u)\b\w+\b"  # a word, for hashing and TF-IDF alike: a run of letters, digits or underscores
 
 DATETIME_PARTS = ("year", "month", "day", "weekday", "hour")
 CYCLES = {"month": 12.0, "weekday": 7.0, "hour": 24.0}
@@ -103,7 +107,8 @@ class ColumnPlan:
     high: dict[str, float] = field(default_factory=dict)
     center: dict[str, float] = field(default_factory=dict)
     scale: dict[str, float] = field(default_factory=dict)
-    vocabulary: list[str] = field(default_factory=list)  # categorical, one-hot/ordinal: kept categories
+    vocabulary: list[str] = field(default_factory=list)  # categorical, one-hot/ordinal: kept categories; tfidf: words
+    idf: list[float] = field(default_factory=list)  # text, tfidf: each vocabulary word's inverse document frequency
     fill: str = ""  # categorical: the value a missing entry takes
 
     def numeric_names(self) -> list[str]:
@@ -506,12 +511,24 @@ class FederatedFit:
         getattr(self, f"_fit_{stage}")(stats)
         self.stage += 1
 
-    def preprocessor(self) -> Preprocessor:
-        """The fitted preprocessor (after the last stage)."""
+    def preprocessor(self, pooled: pd.DataFrame | None = None) -> Preprocessor:
+        """The fitted preprocessor (after the last stage). ``text="tfidf"`` fits each text column's vocabulary on
+        ``pooled``, the one party's table; without it (a federation) TF-IDF is refused: its vocabulary would be the
+        parties' words."""
         if self.request() is not None:
             raise DataError("the preprocessor is not fitted yet: absorb every stage's statistics first")
         pre = Preprocessor(self.options)
         pre.plan_ = [ColumnPlan(**asdict(p)) for p in self.plans]
+        if self.options.text == "tfidf":
+            for plan in pre.plan_:
+                if plan.kind == "text":
+                    if pooled is None:
+                        raise DataError(
+                            f"column {plan.name!r}: text-columns='tfidf' fits a vocabulary of the words themselves, "
+                            "which would tell the server the clients' words; a federation hashes text instead "
+                            "(--text-columns hashing), or train centrally"
+                        )
+                    _fit_tfidf(plan, pooled[plan.name])
         pre.resolution_ = dict(self.resolution)
         pre.target_ = TargetPlan(**asdict(self.target)) if self.target else None
         pre.feature_names_out_ = pre._names()
@@ -568,7 +585,7 @@ class FederatedFit:
                 kind = "categorical"
             elif o.text == "drop":
                 continue
-            elif o.text == "hashing":
+            elif o.text in ("hashing", "tfidf"):
                 kind = "text"
             else:
                 raise DataError(
@@ -776,6 +793,8 @@ class Preprocessor:
                         blocks.append(np.cos(2 * np.pi * raw / period)[:, None])
             elif plan.kind == "categorical":
                 blocks.append(self._categories(X[plan.name], plan, o))
+            elif o.text == "tfidf":
+                blocks.append(_tfidf(X[plan.name], plan))
             else:
                 blocks.append(_hash_words(X[plan.name], o.hash_buckets))
         if o.polynomial and scaled:
@@ -812,6 +831,8 @@ class Preprocessor:
                 names += [f"{plan.name}={v}" for v in plan.vocabulary] + [f"{plan.name}={INFREQUENT}"]
             elif plan.kind == "categorical" and o.encoding == "ordinal":
                 names.append(plan.name)
+            elif plan.kind == "text" and o.text == "tfidf":
+                names += [f"{plan.name}#{word}" for word in plan.vocabulary]
             else:
                 names += [f"{plan.name}#{i}" for i in range(o.hash_buckets)]
         numeric = [p.name for p in self.plan_ if p.kind == "numeric"]
@@ -865,7 +886,7 @@ def fit_parties(
     fit = FederatedFit(columns, options, target=target, task=task)
     while (req := fit.request()) is not None:
         fit.absorb(merge(local_statistics(frame, req) for frame in frames))
-    return fit.preprocessor()
+    return fit.preprocessor(frames[0] if len(frames) == 1 else None)
 
 
 def _is_number(text: str) -> bool:
@@ -884,15 +905,58 @@ def _hash_values(values: np.ndarray, buckets: int) -> np.ndarray:
     return out
 
 
+def _texts(series: pd.Series) -> list[str]:
+    """A text column's values as strings, missing ones as "" (no words); a text that is there but holds no word (empty,
+    blanks, punctuation) is refused with its row: it says nothing a model could read, and is likely a mistake."""
+    import re
+
+    texts = series.astype("string")
+    present = texts.notna().to_numpy()
+    out = [str(t) for t in texts.fillna("").to_numpy()]
+    for row, text in enumerate(out):
+        if present[row] and not re.search(TOKENS, text):
+            raise DataError(
+                f"column {series.name!r}, row {row}: the text {text!r:.40} holds no word; give the row its text, or "
+                "leave the cell empty (a missing text counts as no words)"
+            )
+    return out
+
+
 def _hash_words(series: pd.Series, buckets: int) -> np.ndarray:
     """log(1 + count) of the words of each text in ``buckets`` hashed columns; missing text has no words."""
     import re
 
     out = np.zeros((len(series), buckets), dtype=np.float64)
-    for row, text in enumerate(series.astype("string").fillna("").to_numpy()):
-        for word in re.findall(r"\w+", str(text).lower()):
+    for row, text in enumerate(_texts(series)):
+        for word in re.findall(TOKENS, text.lower()):
             out[row, zlib.crc32(word.encode()) % buckets] += 1.0
     return np.log1p(out)
+
+
+def _tfidf_vectorizer(vocabulary: list[str] | None = None) -> Any:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(
+        token_pattern=TOKENS, lowercase=True, max_features=TFIDF_WORDS, vocabulary=vocabulary, dtype=np.float64
+    )
+
+
+def _fit_tfidf(plan: ColumnPlan, series: pd.Series) -> None:
+    """Fit one text column's TF-IDF (scikit-learn's ``TfidfVectorizer``) on one party's rows: words and IDF."""
+    vectorizer = _tfidf_vectorizer()
+    try:
+        vectorizer.fit(_texts(series))
+    except ValueError as exc:  # scikit-learn: "empty vocabulary; perhaps the documents only contain stop words"
+        raise DataError(f"column {plan.name!r} holds no word in any row, so TF-IDF has no vocabulary: {exc}") from exc
+    words = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
+    plan.vocabulary, plan.idf = words, [float(v) for v in vectorizer.idf_]
+
+
+def _tfidf(series: pd.Series, plan: ColumnPlan) -> np.ndarray:
+    """TF-IDF of each text over the fitted vocabulary (l2-normalised rows, as scikit-learn's default)."""
+    vectorizer = _tfidf_vectorizer(plan.vocabulary)
+    vectorizer.idf_ = np.asarray(plan.idf, dtype=np.float64)
+    return np.asarray(vectorizer.transform(_texts(series)).toarray(), dtype=np.float64)
 
 
 def _options_to(options: PreprocessOptions) -> dict[str, Any]:

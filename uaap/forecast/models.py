@@ -1,8 +1,8 @@
-"""Per-series forecasts: seasonal naive, ARIMA/SARIMA and exponential smoothing (statsmodels), and a global
-network's recursive forecast. Each returns a :class:`Forecast` of ``horizon`` values, with a 95% interval where
-the model gives one (statsmodels' state-space models do; seasonal naive and the networks do not).
+"""Per-series forecasts: seasonal naive, ARIMA/SARIMA and exponential smoothing (statsmodels), Prophet, and a
+global network's recursive forecast. Each returns a :class:`Forecast` of ``horizon`` values, with a 95% interval
+where the model gives one (statsmodels' state-space models and Prophet do; seasonal naive and the networks do not).
 
-statsmodels is imported inside the functions that fit (it is the ``timeseries`` extra).
+statsmodels and Prophet are imported inside the functions that fit (the ``timeseries`` extra).
 """
 
 from __future__ import annotations
@@ -97,6 +97,45 @@ def exponential_smoothing(history: np.ndarray, horizon: int, period: int) -> For
     )
 
 
+def prophet(history: np.ndarray, horizon: int, period: int) -> Forecast:
+    """Prophet: a piecewise-linear trend plus one Fourier season of ``period`` steps, 95% interval from 200 simulated
+    paths (seeded, so a run repeats). Prophet reads dates and scales time to [0, 1] itself, so the series is given
+    one step a day and the season ``period`` days: any regular series fits, whatever its real step. Fitted with the
+    Stan model Prophet's wheel ships (no download); cmdstanpy's per-fit INFO lines are silenced."""
+    import logging
+
+    import pandas as pd
+
+    history = np.asarray(history, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from cmdstanpy.utils.logging import get_logger
+        from prophet import Prophet
+
+        get_logger().setLevel(logging.WARNING)  # made on first use at level DEBUG, with an INFO handler of its own
+        logging.getLogger("prophet").setLevel(logging.WARNING)
+        stamps = pd.date_range("2000-01-01", periods=len(history) + horizon, freq="D")
+        model = Prophet(
+            yearly_seasonality=False, weekly_seasonality=False, daily_seasonality=False, interval_width=INTERVAL,
+            uncertainty_samples=200,
+        )  # fmt: skip
+        if period > 1:
+            model.add_seasonality(name="season", period=period, fourier_order=max(1, min(10, period // 2)))
+        state = np.random.get_state()  # Prophet's interval paths draw from numpy's global generator
+        np.random.seed(0)
+        try:
+            model.fit(pd.DataFrame({"ds": stamps[: len(history)], "y": history}))
+            frame = model.predict(pd.DataFrame({"ds": stamps[len(history) :]}))
+        finally:
+            np.random.set_state(state)
+    return Forecast(
+        "prophet",
+        frame["yhat"].to_numpy(dtype=np.float64),
+        frame["yhat_lower"].to_numpy(dtype=np.float64),
+        frame["yhat_upper"].to_numpy(dtype=np.float64),
+    )
+
+
 def network(model: nn.Module, history: np.ndarray, horizon: int, lags: int, scale: float, name: str = "") -> Forecast:
     """A one-step network's forecast: each predicted value joins the window that predicts the next (windows scaled
     as in training: :func:`uaap.forecast.series.window_inputs`)."""
@@ -117,14 +156,17 @@ def network(model: nn.Module, history: np.ndarray, horizon: int, lags: int, scal
 
 
 Forecaster = Callable[[np.ndarray, int], Forecast]
+STATISTICAL = ("seasonal_naive", "arima", "ets", "prophet")  # the per-series models, fitted on each series alone
 
 
 def statistical(name: str, period: int) -> Forecaster:
-    """The per-series model called ``name`` (seasonal_naive, arima, ets) as ``f(history, horizon)``."""
+    """The per-series model called ``name`` (:data:`STATISTICAL`) as ``f(history, horizon)``."""
     if name == "seasonal_naive":
         return lambda h, n: seasonal_naive(h, n, period)
     if name == "arima":
         return lambda h, n: arima(h, n, period)
     if name == "ets":
         return lambda h, n: exponential_smoothing(h, n, period)
-    raise DataError(f"forecast model {name!r} is not known; choose one of: seasonal_naive, arima, ets")
+    if name == "prophet":
+        return lambda h, n: prophet(h, n, period)
+    raise DataError(f"forecast model {name!r} is not known; choose one of: {', '.join(STATISTICAL)}")

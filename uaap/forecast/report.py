@@ -12,13 +12,11 @@ from typing import TYPE_CHECKING
 
 from uaap.config import RunConfig
 from uaap.forecast.metrics import add_counts, forecast_counts, mase_scale, metrics_from_counts
-from uaap.forecast.models import Forecast, network, statistical
+from uaap.forecast.models import STATISTICAL, Forecast, network, statistical
 from uaap.forecast.series import Series, client_series, scale_of
 
 if TYPE_CHECKING:
     from torch import nn
-
-STATISTICAL = ("seasonal_naive", "arima", "ets")
 
 
 def forecasts(

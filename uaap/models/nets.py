@@ -110,6 +110,13 @@ def _gru(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | No
     return RecurrentNet("gru", n_features, n_classes)
 
 
+def _embedding_bag(n_features: int, n_classes: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
+    """A bag of hashed words (one token per input column) through ``nn.EmbeddingBag`` (:mod:`uaap.models.text`)."""
+    from uaap.models.text import EmbeddingBagNet
+
+    return EmbeddingBagNet(n_features, n_classes)
+
+
 ModelFactory = Callable[[int, int, "tuple[int, int, int] | None"], "nn.Module"]
 MODELS: dict[str, ModelFactory] = {
     "logreg": _logreg,
@@ -119,6 +126,7 @@ MODELS: dict[str, ModelFactory] = {
     "autoencoder": _autoencoder,
     "lstm": _lstm,
     "gru": _gru,
+    "embedding_bag": _embedding_bag,
 }
 
 

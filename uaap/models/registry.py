@@ -120,6 +120,19 @@ FAMILIES: dict[str, ModelFamily] = {
             export=("onnx",),
         ),
         ModelFamily(
+            "embedding_bag",
+            "text classifier: each input column a token id (a hashed-word bucket, or a TF-IDF word centrally) weighted "
+            "by its value, summed through torch's EmbeddingBag (32 wide), then ReLU and a linear layer; no DP (Opacus "
+            "has no per-example gradients for a weighted EmbeddingBag)",
+            Capabilities(
+                ("classification",),
+                federated="weights",
+                strategies=WEIGHT_STRATEGIES,
+                secure_aggregation=True,
+                export=("onnx",),
+            ),
+        ),
+        ModelFamily(
             "xgboost",
             "gradient-boosted trees (XGBoost): each round the clients add trees, appended together (bagging) or "
             "one client after the other (cyclic), or the server grows each round's trees from the clients' summed "
