@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     console.print(t)
     console.print(f"drifted: {', '.join(result['drifted']) or 'none'}; predictions drifted: "
                   f"{'yes' if result['prediction_drifted'] else 'no'}", markup=False)  # fmt: skip
+    from uaap.monitor.continual import retrain_hint
+
+    if hint := retrain_hint(args.reference, args.data, list(result["drifted"])):
+        console.print(hint, markup=False, soft_wrap=True)
     for path in done.files:
         console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 0

@@ -67,8 +67,25 @@ def budget_table(run_id: str, ledger: Ledger | None = None) -> Any:
         parts.append(f"max-epsilon={max_eps:g}" if max_eps > 0 else "no budget limit")
         table.caption = (
             ", ".join(parts) + ". user: client-level (central DP); example: DP-SGD, the largest client's so far"
-        )
+        ) + lineage(run_id)
     return table
+
+
+def lineage(run_id: str) -> str:
+    """A caption's note on the runs this one continues (``continue-from``), whose epsilon its own includes."""
+    from uaap import workspace
+
+    try:
+        events = workspace.run_dir(run_id).events("continue")
+    except Exception:  # a ledger without the run's folder: nothing to say
+        return ""
+    if not events:
+        return ""
+    e = events[-1]
+    totals = [f"{label} {e[key]:.3f}" for key, label in (("user_epsilon", "user-level epsilon"),
+              ("example_epsilon_max", "max example-level epsilon")) if key in e]  # fmt: skip
+    spent = f": {', '.join(totals)} after its {int(e.get('parent_round', 0))} rounds" if totals else ""
+    return f". Continues run {e['parent']}{spent}; the epsilons above include it (continual training)"
 
 
 def client_table(run_id: str, ledger: Ledger | None = None) -> Any:
