@@ -2,9 +2,9 @@
 
 Prints:
 * per-round wall time (median over rounds) of the UAAP app run by `flower-server` + N `flower-client`
-  processes on localhost (TLS, SuperNode auth), with Flower's SuperNode as shipped (the default) and with the
-  short polls and forked ClientApps of client/warm.py (`flower-client --warm`), beside the Ray simulation
-  (`simulations.runner.simulate`) of the same federation, for each N of `--clients` (2 and 5);
+  processes on localhost (TLS, SuperNode auth), with Flower's SuperNode as shipped (`flower-client --cold`) and
+  with the short polls, quick object pulls and forked ClientApps of client/warm.py (the default), beside the Ray
+  simulation (`simulations.runner.simulate`) of the same federation, for each N of `--clients` (2 and 5);
 * the per-message overhead of a deployed client: a fresh process importing the ClientApp (what every
   `flwr-clientapp` does per message in Flower 1.42) against the in-process cost of one train message.
 
@@ -41,7 +41,7 @@ def config_flags(rounds: int, clients: int) -> list[str]:
 
 def run_deployment(root: Path, rounds: int, clients: int, *, cold: bool = False) -> tuple[list[float], float]:
     """Per-round seconds and total wall time of a localhost deployment (``cold``: Flower's SuperNode as shipped,
-    the default; else ``flower-client --warm``: the short polls and forked ClientApps of client/warm.py)."""
+    ``flower-client --cold``; else the default: the short polls and forked ClientApps of client/warm.py)."""
     from uaap.certs import init_certs
     from uaap.processes import free_port
 
@@ -77,7 +77,7 @@ def run_deployment(root: Path, rounds: int, clients: int, *, cold: bool = False)
                         "--max-wait-time",
                         "120",
                         "--quiet",
-                        *([] if cold else ["--warm"]),
+                        *(["--cold"] if cold else []),
                     ],
                     env=env,
                     stdout=log,

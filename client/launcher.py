@@ -8,8 +8,9 @@ start ``flower-supernode`` with the node config the ClientApp reads (``data-path
 reads its output to tell an unregistered key (``[code: 2004]``) from a lost server.
 
 A SuperNode as Flower ships it starts a fresh ``flwr-clientapp`` process per message, which re-imports torch,
-and naps 3 s whenever it finds no message; ``--warm`` runs it through ``client.warm`` instead (short polls,
-ClientApps forked from a warm process), and ``benchmarks/deployment.py`` measures both.
+and naps 3 s whenever it finds no message; ``flower-client`` runs it through ``client.warm`` instead (short polls,
+ClientApps forked from a warm process; ``--cold`` for Flower's SuperNode as shipped), and
+``benchmarks/deployment.py`` measures both.
 When the server's last message says the run ended, the ClientApp writes it where this launcher watches
 (a ``status-file`` in the node config) and the launcher stops the SuperNode and exits 0.
 
@@ -34,9 +35,11 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from client.policy import DEPLOYED
 from uaap.errors import ConfigError, DataError, KeyMaterialError, UaapError
+from uaap.jsonlog import FORMATS, Emitter
 from uaap.processes import (
     FLOWER_ENV,
     console_script,
@@ -116,7 +119,8 @@ class ClientOptions:
     log_file: Path | None = None
     quiet: bool = False
     status_file: Path | None = None  # where the ClientApp writes the server's run-end message
-    warm: bool = False  # client.warm: no idle naps, ClientApps forked warm (default: Flower's SuperNode as shipped)
+    warm: bool = True  # client.warm: no idle naps, ClientApps forked warm (False: Flower's SuperNode as shipped)
+    log_format: str = "text"  # or "json": one JSON object a line (uaap.jsonlog), round events included
 
     def node_config(self) -> str:
         """The ``--node-config`` string the ClientApp reads (``client.app._setup``)."""
@@ -262,6 +266,8 @@ class FlowerClient:
         self.gave_up = False  # Flower's own --max-wait-time fired (its process does not exit by itself)
         self.env = {**os.environ, **FLOWER_ENV}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.out = Emitter("uaap.flower-client", opt.log_format)
+        self.rounds = RoundEvents(opt.partition_id)
 
     def command(self) -> list[str]:
         """The ``flower-supernode`` command line."""
@@ -306,11 +312,12 @@ class FlowerClient:
                 self.gave_up = True
             elif not any(p in line for p in _STILL_FAILING):
                 self.failing_since = None
+            shown = [line] if not self.out.json else self.rounds.json_lines(line, self.out)
             if log:
-                log.write(line)
+                log.writelines(shown)
                 log.flush()
             if not self.opt.quiet and not self.muted:
-                sys.stdout.write(line)
+                sys.stdout.writelines(shown)
                 sys.stdout.flush()
         if log:
             log.close()
@@ -358,7 +365,10 @@ class FlowerClient:
         self.stop()
         status = ended.get(RUN_END, "")
         why = f": {ended[RUN_END_REASON]}" if status == "failed" and ended.get(RUN_END_REASON) else ""
-        print(f"[flower-client] run {ended.get(RUN_END_RUN, '?')} finished ({status}{why}); exiting", flush=True)
+        run = ended.get(RUN_END_RUN, "?")
+        self.out(
+            f"[flower-client] run {run} finished ({status}{why}); exiting", event="run-end", run_id=run, status=status
+        )
         return 0
 
     def run(self) -> int:
@@ -418,7 +428,51 @@ class FlowerClient:
 
     def _say(self, text: str) -> None:
         if not self.opt.quiet:
-            print(f"[flower-client] {text}", flush=True)
+            self.out(f"[flower-client] {text}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FLOWER_LINE = re.compile(r"^(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b[^:]*:\s*(.*)$")
+_RUN_ROUND = re.compile(r"^\[RUN (\d+)(?:, ROUND ([^\]]+))?\]$")
+
+
+class RoundEvents:
+    """Flower's SuperNode lines as JSON objects, with a ``round`` event when a reply was sent (or failed): the
+    Flower run id, the round, this node and partition, the message type and seconds from receiving to sending."""
+
+    def __init__(self, partition: int | None) -> None:
+        self.partition = partition
+        self.node: int | None = None
+        self.run: int | None = None
+        self.group = ""
+        self.kind = ""
+        self.received = 0.0
+
+    def json_lines(self, line: str, out: Emitter) -> list[str]:
+        """The JSON lines for one line of the SuperNode's output (none for Flower's empty spacer lines)."""
+        text = _ANSI.sub("", line).rstrip()
+        m = _FLOWER_LINE.match(text)
+        level, message = (m.group(1), m.group(2).strip()) if m else ("INFO", text)
+        if not message:
+            return []
+        lines = [out.format(message, level="WARNING" if level == "WARN" else level, logger="flwr.supernode")]
+        if (node := re.match(r"SuperNode ID: (\d+)", message)) is not None:
+            self.node = int(node.group(1))
+        elif (head := _RUN_ROUND.match(message)) is not None:
+            self.run, self.group = int(head.group(1)), head.group(2) or ""
+        elif (got := re.match(r"Receiving: (\w+) message", message)) is not None:
+            self.kind, self.received = got.group(1), time.monotonic()
+        elif message == "Sent successfully" or message.startswith("Failed to send message"):
+            status = "sent" if message == "Sent successfully" else "failed"
+            seconds = round(time.monotonic() - self.received, 3) if self.received else None
+            fields: dict[str, Any] = {"event": "round", "flower_run_id": self.run, "node": self.node}
+            fields["partition"] = self.partition
+            fields |= {"message_type": self.kind, "duration": seconds, "status": status}
+            fields["round"] = int(self.group) if self.group.isdigit() else self.group or None
+            what = f"round {self.group}" if self.group.isdigit() else self.group or "message"
+            lines.append(out.format(f"{what}: {self.kind} reply {status} after {seconds} s", **fields))
+            self.received = 0.0
+        return lines
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -458,11 +512,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", help="also write the SuperNode's output here")
     p.add_argument("--quiet", action="store_true", help="do not echo the SuperNode's output")
     p.add_argument(
-        "--warm",
-        action="store_true",
-        help="rounds near the polling floor: short polls and ClientApps forked from a warm process (client/warm.py; "
-        "default: Flower's SuperNode as shipped, a fresh flwr-clientapp per message)",
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (default: the SuperNode's lines as they are) or json: one JSON object a line (time, level, "
+        "logger, message; round events with run, round, node, partition, duration, status); secrets redacted",
     )
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="run Flower's SuperNode as shipped (3 s idle naps, a fresh flwr-clientapp importing torch per message); "
+        "default: rounds near the polling floor with short polls and ClientApps forked warm (client/warm.py)",
+    )
+    p.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     return p
 
 
@@ -470,6 +532,8 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
     """Validated options (paths made absolute)."""
     if args.insecure and args.root_certificates:
         raise ConfigError("--insecure and --root-certificates exclude each other; drop one")
+    if args.cold and args.warm:
+        raise ConfigError("--cold and --warm exclude each other; warm is the default: drop --warm")
     if not args.insecure and not args.root_certificates:
         raise ConfigError("give --root-certificates ca.pem (the federation's CA) or --insecure for a local test")
 
@@ -501,7 +565,8 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         extra_node_config=extra,
         log_file=path(args.log_file),
         quiet=args.quiet,
-        warm=args.warm,
+        warm=not args.cold,
+        log_format=args.log_format,
     )
 
 
@@ -510,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     3 unreachable, 4 TLS, 5 auth, 1 other."""
     args = build_parser().parse_args(argv)
     raise_on_sigterm()
+    out = Emitter("uaap.flower-client", args.log_format)
     client: FlowerClient | None = None
     try:
         opt = options_from_args(args)
@@ -518,13 +584,13 @@ def main(argv: list[str] | None = None) -> int:
         client = FlowerClient(opt)
         return client.run()
     except ClientError as exc:
-        print(f"flower-client: error: {exc}", file=sys.stderr)
+        out(f"flower-client: error: {exc}", level="ERROR", err=True)
         return exc.code
     except UaapError as exc:
-        print(f"flower-client: error: {exc}", file=sys.stderr)
+        out(f"flower-client: error: {exc}", level="ERROR", err=True)
         return 2
     except KeyboardInterrupt as exc:
-        print("flower-client: stopped", file=sys.stderr)
+        out("flower-client: stopped", level="WARNING", err=True)
         return stop_code(exc)
     finally:
         if client is not None:

@@ -7,10 +7,16 @@ Flower 1.42 spends most of a deployed round waiting (``benchmarks/deployment.py`
   (``time.sleep`` literals in ``flwr.supernode.start_client_internal``);
 * its SuperExec polls for tasks every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (1 by default);
 * every message starts a fresh ``flwr-clientapp`` process, which imports torch, Flower and our client (~3 s)
-  before it asks for its message.
+  before it asks for its message;
+* a message's objects are pulled with a backoff that starts at 1 s and doubles to 10 s
+  (``flwr.supercore.inflatable.inflatable_utils.pull_objects``), and the first try usually comes too early: the
+  SuperNode sees a message before the ServerApp has pushed all of its objects, and the ClientApp starts before
+  the SuperNode has them (profiled: 1.5 s from "Receiving" to "Received successfully" in the SuperNode, and the
+  ClientApp's pull another 1.6 s after that, for a message of a few kB).
 
-Here ``flower-client --warm`` runs the SuperNode through :func:`supernode` (``time.sleep`` in that one Flower module
-capped at ``nap`` seconds) with ``--isolation process``, and starts :func:`superexec` beside it: Flower's own
+Here ``flower-client`` (unless ``--cold``) runs the SuperNode through :func:`supernode` (``time.sleep`` in that one
+Flower module capped at ``nap`` seconds; object pulls retried after 0.02 s, at most every 0.25 s:
+:func:`quick_object_pulls`) with ``--isolation process``, and starts :func:`superexec` beside it: Flower's own
 SuperExec loop (``run_superexec``), polling every ``nap`` seconds, whose subprocess executor hands each task to a
 *warm zygote* instead of spawning ``flwr-clientapp``. The zygote (:func:`zygote`) has imported what a ClientApp
 needs (torch, scikit-learn, Flower, our client) once; for each task's ``flwr-clientapp`` arguments it forks a
@@ -21,7 +27,10 @@ The zygote itself runs no thread and opens no connection, so forking it is safe.
 Flower internals this relies on, all in flwr 1.42 (pinned in pyproject.toml): the module
 ``flwr.supernode.start_client_internal`` calling ``time.sleep``; ``flwr.supercore.superexec.run_superexec``'s
 ``run_superexec`` and its executor ``SubprocessExecutor.launch(spec)`` building ``flwr-clientapp``'s arguments
-from an ``ExecutionSpec``; ``flwr.supernode.cli.flwr_clientapp.flwr_clientapp`` reading ``sys.argv``.
+from an ``ExecutionSpec``; ``flwr.supernode.cli.flwr_clientapp.flwr_clientapp`` reading ``sys.argv``;
+``pull_objects`` and ``pull_and_inflate_object_from_tree`` taking their backoff (``initial_backoff``, ``backoff_cap``,
+``max_tries_per_object``) as keyword defaults that their callers in the SuperNode (``_pull_and_store_message``)
+and the ClientApp (``run_clientapp``) leave alone.
 :func:`check_flower` asserts each of them, and ``tests/client/test_warm.py`` runs it, so an upgrade that moves one
 fails a test by name instead of slowing or breaking deployments silently.
 """
@@ -44,6 +53,7 @@ NAP = 0.05  # seconds: the SuperNode's longest sleep and the SuperExec's task po
 # a child sizes torch's threads itself (uaap.threads), after the fork.
 SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+PULL_BACKOFF = (0.02, 0.25)  # seconds: first retry and longest wait of an object pull (Flower's: 1 and 10)
 # What a ClientApp message imports, profiled in a warm child: torch._dynamo (imported by the first torch.optim
 # optimizer: 3 s of a 3.7 s train message), Flower's HTTP client (httpcore), scikit-learn's data sets and metrics.
 WARM_IMPORTS = (
@@ -71,8 +81,29 @@ def check_flower() -> None:
         problems.append("SubprocessExecutor.launch(self, spec) changed its signature")
     if "parse_args()" not in inspect.getsource(entry):
         problems.append("flwr_clientapp no longer reads its arguments from the command line")
+    from flwr.supercore.inflatable import inflatable_utils as iu
+    from flwr.supernode.runtime import run_clientapp
+
+    backoff = {"initial_backoff", "backoff_cap", "max_tries_per_object"}
+    callers = inspect.getsource(sci._pull_and_store_message) + inspect.getsource(run_clientapp)
+    pulls = (iu.pull_objects, iu.pull_and_inflate_object_from_tree)
+    if not all(backoff <= set(f.__kwdefaults__ or {}) for f in pulls) or "backoff" in callers:
+        problems.append("pull_objects no longer takes its backoff as keyword defaults its callers leave alone")
     if problems:
         raise RuntimeError("client/warm.py relies on Flower internals that changed: " + "; ".join(problems))
+
+
+def quick_object_pulls(initial: float = PULL_BACKOFF[0], cap: float = PULL_BACKOFF[1]) -> None:
+    """Object pulls of this process (and of processes it forks) retry after ``initial`` s, at most every ``cap``
+    s, as many times as Flower's own backoff would in the same time."""
+    from flwr.supercore.constant import PULL_BACKOFF_CAP, PULL_MAX_TRIES_PER_OBJECT
+    from flwr.supercore.inflatable import inflatable_utils as iu
+
+    tries = int(PULL_MAX_TRIES_PER_OBJECT * PULL_BACKOFF_CAP / cap)
+    for pull in (iu.pull_objects, iu.pull_and_inflate_object_from_tree):
+        defaults = pull.__kwdefaults__
+        assert defaults is not None  # check_flower: keyword defaults
+        defaults.update(initial_backoff=initial, backoff_cap=cap, max_tries_per_object=tries)
 
 
 class _Napless:
@@ -95,6 +126,7 @@ def supernode(argv: list[str], nap: float = NAP) -> None:
 
     check_flower()
     setattr(sci, "time", _Napless(nap))  # noqa: B010 - the module's own name for time: only its sleeps change
+    quick_object_pulls()
     if "--isolation" not in argv:  # the SuperExec is ours: started here, as Flower starts its own in subprocess mode
         argv = [*argv, "--isolation", "process"]
         host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
@@ -205,6 +237,7 @@ def zygote() -> None:
 
     for name in WARM_IMPORTS:
         importlib.import_module(name)
+    quick_object_pulls()  # the children's pulls of their message from the SuperNode
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     for line in sys.stdin:
         if not line.strip():

@@ -584,7 +584,7 @@ def _fit_sampling(grid: Grid, strategy: Strategy, cfg: RunConfig, server_round: 
 
 
 def exchange(
-    grid: Grid, messages: list[Message], timeout: float, *, max_pause: float = 0.5, liveness_every: float = 5.0
+    grid: Grid, messages: list[Message], timeout: float, *, max_pause: float = 0.1, liveness_every: float = 5.0
 ) -> list[Message]:
     """Push ``messages`` and pull their replies until all are in, their nodes went offline, or ``timeout`` passes.
 
@@ -595,26 +595,31 @@ def exchange(
     Every ``liveness_every`` seconds the grid's connected nodes are listed: a node that left (the SuperLink drops
     a SuperNode that misses two heartbeats, about 60 s with Flower's defaults, or at once when it says goodbye)
     is not waited for, whether or not Flower answers for it; only a client that stays online without answering
-    holds the round until ``timeout``.
+    holds the round until ``timeout``. A node that came back as a new SuperNode (a restarted client) counts as
+    left, and a reply that stopped halfway does not hold a pull beyond that (``server.liveness``).
     """
+    from server.liveness import NodeWatch, label_rounds  # a node that left or restarted, a half-sent reply
+
+    label_rounds(messages)  # the SuperNode logs the round of each message, and so do the clients' round events
+    deadline = time.monotonic() + timeout
+    watch = NodeWatch(grid, [int(m.metadata.dst_node_id) for m in messages], deadline)
     ids = list(grid.push_messages(messages))
     node_of = {mid: int(m.metadata.dst_node_id) for mid, m in zip(ids, messages, strict=False)}
     pending = set(ids)
-    deadline = time.monotonic() + timeout
     next_check = time.monotonic() + liveness_every
     replies: list[Message] = []
     pause = 0.005
     while pending:
         if _STOP.is_set():
             raise StopRequested("stop requested")
-        got = list(grid.pull_messages(pending))
+        got = watch.pull(pending)
         replies.extend(got)
         pending -= {m.metadata.reply_to_message_id for m in got}
         now = time.monotonic()
         if pending and now >= next_check:
             next_check = now + liveness_every
-            online = set(grid.get_node_ids())
-            gone = {mid for mid in pending if node_of.get(mid) not in online}
+            lost = watch.lost(now=True)
+            gone = {mid for mid in pending if node_of.get(mid) in lost}
             for mid in gone:
                 log.warning("node %s went offline (no heartbeat); not waiting for its reply", node_of.get(mid))
             pending -= gone

@@ -43,6 +43,7 @@ from typing import Any
 from uaap import workspace
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, KeyMaterialError, UaapError
+from uaap.jsonlog import FORMATS, Emitter, json_logging
 from uaap.processes import (
     FLOWER_ENV,
     alive,
@@ -57,6 +58,7 @@ from uaap.processes import (
 )
 
 CONNECTION = "uaap"
+OUT = Emitter("uaap.flower-server")  # the launcher's lines: text, or JSON objects with --log-format json
 
 
 class DeploymentError(UaapError):
@@ -126,6 +128,7 @@ class ServerOptions:
     poll: float = 5.0  # each `flwr` CLI call costs ~1.5 CPU-s (imports): poll gently
     status_every: float = 15.0
     quiet: bool = False
+    log_format: str = "text"  # or "json": one JSON object a line (uaap.jsonlog), round events included
     app: Path | None = None  # a Flower App folder to submit (`flwr run <app>`); None: stage one per run
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -463,7 +466,7 @@ class FlowerServer:
             self._checkalive()
             offset, events = _read_new(rd.metrics_file, offset)
             for event in events:
-                self._say(_progress(event, cfg.num_rounds))
+                self._say(_progress(event, cfg.num_rounds), **_event_fields(event, cfg, flwr_run_id))
                 if event.get("kind") == "end":
                     ended = event
             if ended is not None or time.monotonic() - last_poll > self.opt.status_every:
@@ -472,7 +475,7 @@ class FlowerServer:
                 if status.startswith("finished"):
                     offset, events = _read_new(rd.metrics_file, offset)
                     for event in events:
-                        self._say(_progress(event, cfg.num_rounds))
+                        self._say(_progress(event, cfg.num_rounds), **_event_fields(event, cfg, flwr_run_id))
                         ended = event if event.get("kind") == "end" else ended
                     return {"flower_status": status, "end": ended}
                 if ended is not None:
@@ -490,9 +493,9 @@ class FlowerServer:
             path.write_text(f"could not fetch the ServerApp log: {exc}\n")
         return path
 
-    def _say(self, text: str) -> None:
+    def _say(self, text: str, **fields: Any) -> None:
         if not self.opt.quiet:
-            print(f"[flower-server] {text}", flush=True)
+            OUT(f"[flower-server] {text}", level="WARNING" if fields.get("status") == "failed" else "INFO", **fields)
 
 
 def app_config_keys(app: Path) -> set[str]:
@@ -530,6 +533,18 @@ def _read_new(path: Path, offset: int) -> tuple[int, list[dict[str, Any]]]:
         except json.JSONDecodeError:
             continue
     return offset + len(complete.encode()), events
+
+
+def _event_fields(event: dict[str, Any], cfg: RunConfig, flwr_run_id: int) -> dict[str, Any]:
+    """The JSON log fields of one metrics.jsonl event: run ids, and a round's number, duration and status."""
+    kind = str(event.get("kind", ""))
+    fields: dict[str, Any] = {"event": kind, "run_id": cfg.run_id, "flower_run_id": flwr_run_id}
+    if kind == "round":
+        fields |= {"round": event.get("round"), "duration": event.get("seconds"), "replies": event.get("replies")}
+        fields |= {"sampled": event.get("sampled"), "status": "failed" if event.get("failed") else "ok"}
+    elif kind in ("start", "end"):
+        fields |= {"round": event.get("round")} if kind == "start" else {"status": event.get("status")}
+    return fields
 
 
 def _progress(event: dict[str, Any], num_rounds: int) -> str:
@@ -597,6 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides; default: a staged app whose config table is the run config (works from an installed package)",
     )
     d.add_argument("--quiet", action="store_true", help="no progress lines")
+    d.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object a line (time, level, logger, message; round events with run "
+        "id, round, duration, status); secrets and key paths redacted",
+    )
     add_config_flags(p, command="flower-server")
     return p
 
@@ -644,6 +666,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, ServerOptions]:
         auth_keys=public_keys(args.auth_keys),
         wait_timeout=args.wait_timeout,
         quiet=args.quiet,
+        log_format=args.log_format,
         app=Path(args.app).expanduser().resolve() if args.app else None,
     )
     if opts.app is not None:
@@ -673,7 +696,7 @@ def check_run_inputs(cfg: RunConfig) -> None:
 
     size = model_size(cfg, meta.n_features, meta.n_classes, meta.image_shape)
     if warning := hopeless_noise_warning(cfg, size):
-        print(f"flower-server: warning: {warning}", file=sys.stderr, flush=True)
+        OUT(f"flower-server: warning: {warning}", level="WARNING", err=True)
 
 
 def serve(cfg: RunConfig, opts: ServerOptions) -> dict[str, Any]:
@@ -710,28 +733,32 @@ def main(argv: list[str] | None = None) -> int:
     """Console script ``flower-server``: 0 when the run completed, 1 when it failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
     raise_on_sigterm()
+    OUT.set_format(args.log_format)
+    if args.log_format == "json":  # library records (MLflow's store, warnings) as JSON lines too
+        json_logging(stream=sys.stderr)
     try:
         cfg, opts = resolve(args)
         record = serve(cfg, opts)
     except UaapError as exc:
-        print(f"flower-server: error: {exc}", file=sys.stderr)
+        OUT(f"flower-server: error: {exc}", level="ERROR", err=True)
         return 2 if not isinstance(exc, DeploymentError) else 1
     except KeyboardInterrupt as exc:
-        print("flower-server: stopped; resume with --resume <run-id>", file=sys.stderr)
+        OUT("flower-server: stopped; resume with --resume <run-id>", level="WARNING", err=True)
         return stop_code(exc)
     end = record.get("end") or {}
     ok = str(record.get("flower_status", "")).endswith("completed") and end.get("status") in ("completed", "stopped")
     rd = workspace.run_dir(cfg.run_id)
     if ok:
-        print(f"[flower-server] run {cfg.run_id} {end.get('status')}; results in {rd.path}")
+        OUT(f"[flower-server] run {cfg.run_id} {end.get('status')}; results in {rd.path}")
         return 0
     log_path = record.get("serverapp_log")
     cause = end.get("reason") or (cause_line(Path(log_path).read_text(errors="replace")) if log_path else "")
-    print(
+    OUT(
         f"flower-server: error: run {cfg.run_id} {end.get('status', 'failed')}: "
         f"{cause or 'the ServerApp stopped without saying why'} (Flower: {record.get('flower_status')})\n"
         f"  full log: {log_path or rd.metrics_file}; SuperLink log: {workspace.home() / 'server' / 'superlink.log'}",
-        file=sys.stderr,
+        level="ERROR",
+        err=True,
     )
     return 1
 

@@ -8,45 +8,17 @@ hits, misses, hit ratio and size, in the Prometheus text format 0.0.4.
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
-import time
-from typing import Any
+
+from uaap.jsonlog import SECRET, JsonFormatter  # in the library: the deployment launchers log with it too
+
+__all__ = ["SECRET", "JsonFormatter", "Metrics", "configure_logging"]
 
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-SECRET = re.compile(r"uaap_[a-f0-9]{12}_[A-Za-z0-9_-]{20,100}")
 
 
 # ---- logs -------------------------------------------------------------------------------------------------------
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the request's fields; secrets and the
-    workspace's paths are redacted from the whole line."""
-
-    FIELDS = ("request_id", "method", "route", "status", "latency_ms", "model", "version", "rows", "cache_hits")
-
-    def __init__(self) -> None:
-        from uaap import workspace
-
-        super().__init__()
-        self.home = str(workspace.home())
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one JSON line."""
-        out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        out.update({f: getattr(record, f) for f in self.FIELDS if hasattr(record, f)})
-        if record.exc_info and record.exc_info[0] is not None:
-            out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-        line = json.dumps(out, default=str)
-        return SECRET.sub("uaap_<redacted>", line.replace(self.home, "<workspace>"))
 
 
 def configure_logging(level: int = logging.INFO) -> None:

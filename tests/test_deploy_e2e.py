@@ -1,17 +1,20 @@
 """End to end on localhost: `flower-server` + three `flower-client` processes, TLS, SuperNode authentication,
 secure aggregation (CKKS) and central DP, with faults injected into one shared federation:
 
-* a client is SIGKILLed while round 2 is training, as a newcomer would kill it (`kill -9` of the `flower-client`
-  they started, nothing else): round 2 completes with the other two within a minute of the kill (the HE sum and
-  the weights count only them; the ledger and MLflow record two participants);
+* a client is SIGKILLed while its round-2 ClientApp runs, as a newcomer would kill it (`kill -9` of the
+  `flower-client` they started, nothing else), and started again at once with the same key (same node id): round 2
+  completes with the other two within a minute of the kill (the HE sum and the weights count only them; the ledger
+  and MLflow record two participants), round 3 has all three again;
 * late joiners are refused with a clear message and leave the run alone: one with a foreign CA (TLS) and
   one with an unregistered SuperNode key;
 * the server (launcher, SuperLink and everything below it) is SIGKILLed after round 2 and restarted with
   `--resume`: round 3 runs from the round-2 checkpoint with the same accountant (no round lost or counted
   twice), and the decrypted final model beats the majority-class baseline by a wide margin.
 
-Every process is started in its own session and stopped by PID in the fixture's finalizer. This costs a few
-minutes on a busy 2-core machine (each Flower message starts a fresh `flwr-clientapp` that imports torch).
+The clients are `flower-client`'s default, warm SuperNodes (client/warm.py: a ClientApp forked per message from
+a process that imported torch once). The same federation with Flower's SuperNode as shipped (`--cold`, a fresh
+`flwr-clientapp` importing torch per message: minutes on a busy 2-core machine) runs with UAAP_E2E_COLD=1.
+Every process is started in its own session and stopped by PID in the fixture's finalizer.
 """
 
 from __future__ import annotations
@@ -180,7 +183,20 @@ def _client_argv(fed: Federation, ca: Path, key: Path, pid: int, secret: Path, w
         str(secret),
         "--max-wait-time",
         str(wait),
+        *fed.client_flags,
     ]
+
+
+def _clientapp_running(pid: int) -> bool:
+    """A ClientApp runs under this launcher: Flower's `flwr-clientapp`, or a child forked by the warm zygote."""
+    table = _proc_table()
+    for p in _tree(pid, table):
+        ppid, cmd = table.get(p, (0, ""))
+        if "flwr-clientapp" in cmd or (
+            "client.warm zygote" in cmd and "client.warm zygote" in table.get(ppid, (0, ""))[1]
+        ):
+            return True
+    return False
 
 
 def _outsider(fed: Federation, root: Path) -> dict[str, subprocess.CompletedProcess[str]]:
@@ -221,13 +237,17 @@ def _outsider(fed: Federation, root: Path) -> dict[str, subprocess.CompletedProc
     return out
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory):
+COLD = pytest.mark.skipif(not os.environ.get("UAAP_E2E_COLD"), reason="Flower's SuperNode as shipped: UAAP_E2E_COLD=1")
+
+
+@pytest.fixture(scope="module", params=["warm", pytest.param("cold", marks=COLD)])
+def federation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     from uaap import crypto
     from uaap.certs import init_certs
 
     root = tmp_path_factory.mktemp("deploy")
     fed = Federation(root)
+    fed.client_flags = ["--log-format", "json", *([] if request.param == "warm" else ["--cold"])]
     certs = init_certs(root / "certs", clients=4)  # client-3's key is never registered
     foreign = init_certs(root / "foreign", clients=0)
     keys = crypto.generate_keys(root / "keys")
@@ -257,7 +277,8 @@ def federation(tmp_path_factory: pytest.TempPathFactory):
         "true",
         "--dp-noise-multiplier",
         "0.1",
-        "--quiet",
+        "--log-format",
+        "json",
     ]
     try:
         fed.start("server", _server_argv(fed, certs, keys, *server_cfg))
@@ -271,17 +292,15 @@ def federation(tmp_path_factory: pytest.TempPathFactory):
         # late joiners while round 2 runs: a foreign CA, and a SuperNode key the server never registered
         fed.start("wrong-ca", _client_argv(fed, foreign.ca_cert, certs.client_keys[0], 0, keys.secret, 10))
         fed.start("unregistered", _client_argv(fed, certs.ca_cert, certs.client_keys[3], 0, keys.secret, 10))
-        # kill client 2 while it trains in round 2 (its flwr-clientapp is running): SIGKILL of its launcher only
+        # kill client 2 while it trains in round 2 (its ClientApp is running): SIGKILL of its launcher only; then
+        # start it again with the same key (same node id), as its owner would
         victim = fed.procs[f"client-{KILLED}"]
-        fed.wait_for(
-            "client 2's round-2 ClientApp",
-            lambda: any("flwr-clientapp" in _proc_table().get(p, (0, ""))[1] for p in _tree(victim.pid)),
-            timeout=300,
-            poll=0.5,
-        )
+        fed.wait_for("client 2's round-2 ClientApp", lambda: _clientapp_running(victim.pid), timeout=300, poll=0.02)
         victim.send_signal(signal.SIGKILL)
         killed_at = time.time()
         victim.wait(timeout=30)
+        argv = _client_argv(fed, certs.ca_cert, certs.client_keys[KILLED], KILLED, keys.secret, 300)
+        fed.start(f"client-{KILLED}-again", argv)
         fed.wait_for("round 2", lambda: 2 in rounds_done(), timeout=600)
         fed.round2_after_kill = (
             next(  # when round 2's line was written, seconds after the kill
@@ -295,7 +314,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory):
         fed.kill_tree("server")
         time.sleep(1.0)
         fed.round2_left_server = _server_side(fed.port, fed.home)
-        resume_cfg = ["--resume", RUN_ID, "--min-clients", "2", "--quiet"]
+        resume_cfg = ["--resume", RUN_ID, "--min-clients", "3", "--log-format", "json"]  # the restarted client is back
         fed.start("server-resumed", _server_argv(fed, certs, keys, *resume_cfg))
         proxy_log = fed.home / "server" / "fleet-proxy.log"
         fed.wait_for(
@@ -335,7 +354,7 @@ def test_killed_client_left_out_of_round_two(federation):
     assert r2["sampled"] == 3 and r2["replies"] == 2  # late joiners were never sampled
     assert r2["train"]["he-clients"] == 2 and r2["train"]["he-rejected"] == 1  # the lost client
     assert r2["train"]["he-total-weight"] == pytest.approx(2.0)  # central DP: uniform weights, the two summed
-    assert by_round[3]["replies"] == 2
+    assert by_round[3]["replies"] == 3 and by_round[3]["train"]["he-clients"] == 3  # restarted, back in round 3
     # within the documented bound: Flower drops a SuperNode that stops its heartbeats after about 60 s (at once
     # when it says goodbye, as this one does when its launcher dies); the round loop stops waiting for it then
     assert federation.round2_after_kill < 90, f"round 2 ended {federation.round2_after_kill:.0f}s after the kill"
@@ -361,7 +380,7 @@ def test_ledger_and_mlflow_record_participation(federation):
         runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{RUN_ID}'")
         assert len(runs) == 1  # reopened on resume, not duplicated
         clients = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "clients")}
-        assert clients == {1: 3.0, 2: 2.0, 3: 2.0}
+        assert clients == {1: 3.0, 2: 2.0, 3: 3.0}
     finally:
         if old is None:
             os.environ.pop("UAAP_HOME", None)
@@ -391,6 +410,27 @@ def test_final_model_decrypts_and_learns(federation):
             os.environ.pop("UAAP_HOME", None)
         else:
             os.environ["UAAP_HOME"] = old
+
+
+def test_every_log_line_is_json_with_round_events_and_no_secret(federation):
+    fed = federation
+    server_rounds, client_rounds = [], []
+    secrets = [fed.keys.secret, *fed.certs.client_keys, fed.certs.out / "server.key"]
+    for name in fed.procs:
+        text = fed.log(name)
+        for path in secrets:  # neither a private key's path nor its file name, in any line of any process
+            assert str(path) not in text and path.name not in text, (name, path)
+        for line in text.splitlines():
+            record = json.loads(line)  # every line is one JSON object
+            assert {"time", "level", "logger", "message"} <= record.keys(), line
+            if record.get("event") == "round":
+                (server_rounds if name.startswith("server") else client_rounds).append(record)
+    logged = [r["round"] for r in server_rounds]  # the crashed server may have died before it logged round 2
+    assert {1, 3} <= set(logged) <= {1, 2, 3} and len(logged) == len(set(logged))
+    assert all(r["run_id"] == RUN_ID and r["status"] == "ok" and r["duration"] > 0 for r in server_rounds)
+    train = [r for r in client_rounds if r["message_type"] == "train"]
+    assert {(r["partition"], r["round"]) for r in train} >= {(0, 1), (1, 2), (0, 3), (KILLED, 3)}
+    assert all(r["status"] == "sent" and r["node"] and r["flower_run_id"] and r["duration"] >= 0 for r in train)
 
 
 def test_late_joiners_refused_with_clear_messages(federation):

@@ -107,3 +107,45 @@ def test_client_node_config_and_diagnosis(certs):
     assert client.diagnose(1).code == EXIT_AUTH
     client.lines = ["ssl.SSLCertVerificationError: certificate verify failed: unable to get local issuer"]
     assert client.diagnose(1).code == EXIT_TLS
+
+
+def test_warm_is_the_default_and_cold_runs_flowers_own_supernode():
+    from client.launcher import FlowerClient, build_parser, options_from_args
+    from uaap.errors import ConfigError
+
+    base = ["--server", "127.0.0.1:9093", "--insecure", "--partition-id", "0"]
+    warm = FlowerClient(options_from_args(build_parser().parse_args(base))).command()
+    assert warm[1:4] == ["-m", "client.warm", "supernode"]
+    cold = FlowerClient(options_from_args(build_parser().parse_args([*base, "--cold"]))).command()
+    assert Path(cold[0]).name == "flower-supernode"
+    with pytest.raises(ConfigError, match="--cold and --warm exclude each other"):
+        options_from_args(build_parser().parse_args([*base, "--cold", "--warm"]))
+
+
+def test_json_lines_of_a_supernode_with_round_events_and_no_secret():
+    import json
+
+    from client.launcher import RoundEvents
+    from uaap.jsonlog import Emitter
+
+    out, events = Emitter("uaap.flower-client", "json"), RoundEvents(partition=1)
+    flower = [  # the SuperNode's console lines as Flower 1.42 prints them (coloured level, padded colon)
+        "\x1b[92mINFO \x1b[0m:      SuperNode ID: 4242",
+        "\x1b[92mINFO \x1b[0m:      ",
+        "\x1b[92mINFO \x1b[0m:      [RUN 77, ROUND 3]",
+        "\x1b[92mINFO \x1b[0m:      Receiving: train message (ID: abc)",
+        "Traceback (most recent call last): flwr-clientapp --token s3cr3t --auth-key /keys/client-1.key",
+        "\x1b[93mWARNING \x1b[0m:   he-secret-context=/keys/secret.ckks, runtime API with token 3168...2c48",
+        "\x1b[92mINFO \x1b[0m:      Sent successfully",
+    ]
+    lines = [json.loads(line) for raw in flower for line in events.json_lines(raw + "\n", out)]
+    assert len(lines) == 7  # the empty spacer line is dropped, the sent line adds a round event
+    assert all({"time", "level", "logger", "message"} <= r.keys() for r in lines)
+    assert lines[0] == {**lines[0], "level": "INFO", "logger": "flwr.supernode", "message": "SuperNode ID: 4242"}
+    assert lines[4]["level"] == "WARNING"
+    text = json.dumps(lines)
+    assert "s3cr3t" not in text and "client-1.key" not in text and "secret.ckks" not in text and "2c48" not in text
+    event = lines[-1]
+    assert event["event"] == "round" and event["status"] == "sent" and event["duration"] >= 0
+    assert (event["flower_run_id"], event["round"], event["node"], event["partition"]) == (77, 3, 4242, 1)
+    assert event["message_type"] == "train" and event["logger"] == "uaap.flower-client"

@@ -47,7 +47,13 @@ def test_the_warm_zygote_forks_a_child_per_task_it_is_handed():
         [sys.executable, "-m", "client.warm", "zygote"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
     task = {"command": "flwr-clientapp", "args": ["--help"]}  # Flower's own argument parser answers and exits
-    out, _ = proc.communicate((json.dumps(task) + "\n") * 2, timeout=120)
-    assert proc.returncode == 0, out
-    assert out.count("Run a Flower ClientApp") == 2 and "--runtime-api-address" in out  # two tasks, two children
+    proc.stdin.write((json.dumps(task) + "\n") * 2)
+    proc.stdin.flush()
+    out, deadline = "", time.monotonic() + 120
+    while out.count("Run a Flower ClientApp") < 2 and time.monotonic() < deadline:  # two tasks, two children
+        out += proc.stdout.readline()
+    proc.stdin.close()  # the SuperExec went away: the zygote leaves (its children die with it)
+    assert proc.wait(timeout=60) == 0, out
+    assert out.count("Run a Flower ClientApp") == 2 and "--runtime-api-address" in out

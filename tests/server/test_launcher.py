@@ -104,3 +104,23 @@ def test_cause_line_is_what_the_traceback_ends_with():
     )
     assert cause_line(log) == "uaap.errors.DataError: data file '/srv/x.csv' does not exist"
     assert cause_line("ERROR : ServerApp crashed\nINFO : done\n") == "ERROR : ServerApp crashed"
+
+
+def test_json_log_format_for_errors_and_round_events(uaap_home, capsys):
+    import json
+
+    from server.launcher import _event_fields, main
+    from uaap.config import RunConfig
+
+    assert main(["--insecure", "--num-clients", "2", "--model", "nope", "--log-format", "json"]) == 2
+    record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])  # the error is one JSON object
+    assert record["level"] == "ERROR" and "nope" in record["message"] and record["logger"] == "uaap.flower-server"
+    cfg = RunConfig(run_id="r1")
+    done = {"kind": "round", "round": 2, "seconds": 1.5, "replies": 2, "sampled": 3}
+    assert _event_fields(done, cfg, 9) == {
+        "event": "round", "run_id": "r1", "flower_run_id": 9, "round": 2, "duration": 1.5, "replies": 2,
+        "sampled": 3, "status": "ok",
+    }  # fmt: skip
+    assert _event_fields({**done, "failed": True}, cfg, 9)["status"] == "failed"
+    assert main(["--insecure", "--num-clients", "2", "--model", "nope"]) == 2  # text again by default
+    assert capsys.readouterr().err.startswith("flower-server: error:")
