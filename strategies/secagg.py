@@ -32,7 +32,13 @@ for a node it is told is both alive and dead), nor against a client that poisons
 Central DP (:class:`DistributedNoise`): the server Poisson-samples the clients, each of the ``m`` clients asked for a
 masked vector adds ``N(0, (sigma C)^2 / m)`` to its clipped update before masking, so the sum the server unmasks
 already holds ``N(0, (sigma C)^2)`` and is never seen without noise. When only ``m' < m`` vectors survive, the
-noise in the sum is ``sigma * sqrt(m'/m)`` times C; the round is accounted with that smaller multiplier.
+noise in the sum is ``sigma * sqrt(m'/m)`` times C; the round is accounted with that smaller multiplier. ``m`` is
+the server's word (each client checks only that it covers the clients it masks with): the guarantee, like the
+rest of this protocol, assumes an honest-but-curious server. Each client's noised values must also fit in
+``[-c, c]`` (``secagg-clipping-range`` >= ``dp-central-clip-norm`` is checked; a value clipped there is logged on
+the client), and the stochastic rounding of each client's noised update adds at most one quantisation step per
+client and coordinate on top of the Gaussian mechanism the accountant analyses (a discrete-Gaussian variant,
+Kairouz et al. 2021, would make the guarantee exact; it is not implemented).
 
 Length: over 500 lines because the four stages share one round's state (keys, envelope routing, who dropped when),
 each stage's checks of untrusted replies sit beside it, and the release under central DP reuses the unmasked sum.
