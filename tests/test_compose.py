@@ -142,3 +142,113 @@ def test_compose_commands_parse_with_our_real_parsers(resolved):
     assert d.command == "dashboard" and d.address == "0.0.0.0"
     a = uaap_parser().parse_args(services["api"]["command"][1:])
     assert a.command == "serve" and a.host == "0.0.0.0" and a.port == 8000
+
+
+def _swap(command: list[str], values: dict[str, str]) -> list[str]:
+    """``command`` with the value after each flag of ``values`` replaced (each flag must be there)."""
+    out = list(command)
+    for flag, value in values.items():
+        assert flag in out, f"{flag} is gone from {command}"
+        out[out.index(flag) + 1] = value
+    return out
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{proc.args[:2]} exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer within {timeout:g}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_the_api_topology_runs_as_local_processes(resolved, tmp_path):
+    """The compose file's `mlflow` and `api` services as local processes, with their own commands: MLflow's tracking
+    server (sqlite instead of PostgreSQL, its artifact proxy on a local folder) and `uaap serve` (host and port
+    aside). A model trained and registered through the tracking server is served from its registry, and the API's
+    predictions equal the run's model on the same rows."""
+    import os
+
+    import httpx
+    import numpy as np
+
+    from uaap.processes import free_port, stop_tree
+
+    services = resolved["services"]
+    bin_dir = Path(sys.executable).parent
+    mlflow_port, api_port = free_port(), free_port()
+    mlflow_cmd = _swap(
+        services["mlflow"]["command"],
+        {
+            "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination": str(tmp_path / "mlartifacts"),
+            "--host": "127.0.0.1",
+            "--port": str(mlflow_port),
+        },
+    )
+    api_cmd = _swap(services["api"]["command"], {"--host": "127.0.0.1", "--port": str(api_port)})
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in services["mlflow"]["environment"].items()},
+        **{k: str(v) for k, v in services["api"]["environment"].items()},
+        "UAAP_HOME": str(tmp_path / "workspace"),  # the compose volume
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",  # compose: http://mlflow:5000
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, cmd in (("mlflow", mlflow_cmd), ("api", api_cmd)):
+            log = tmp_path / f"{name}.log"
+            procs.append(subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT))
+            if name == "mlflow":
+                _wait_http(f"http://127.0.0.1:{mlflow_port}/health", procs[-1], log)
+                for step in (
+                    ["train", "--dataset", "breast_cancer", "--model", "logreg", "--epochs", "2"],
+                    ["register", "RUN", "--name", "cancer", "--alias", "champion"],
+                    ["api-keys", "create", "--name", "topology", "--scopes", "predict"],
+                ):
+                    if "RUN" in step:
+                        (run,) = os.listdir(tmp_path / "workspace" / "runs")
+                        step[step.index("RUN")] = run
+                    done = subprocess.run(
+                        [str(bin_dir / "uaap"), *step], env=env, cwd=tmp_path, capture_output=True, text=True
+                    )
+                    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+                token = done.stdout.strip().splitlines()[-1]
+            else:
+                _wait_http(f"http://127.0.0.1:{api_port}/readyz", procs[-1], log)
+        assert not (tmp_path / "workspace" / "mlflow.db").exists(), "the run was tracked by the server, not sqlite"
+        assert list((tmp_path / "mlartifacts").rglob("*")), "the model's artefacts went through MLflow's proxy"
+
+        from uaap import workspace
+        from uaap.data import load_bundled, train_test
+
+        rd = workspace.RunDir(tmp_path / "workspace" / "runs" / run)
+        cfg = rd.read_config()
+        test = train_test(load_bundled(cfg.dataset), cfg.test_fraction, cfg.seed).test
+        rows = [dict(zip(test.feature_names, map(float, r), strict=True)) for r in test.X]
+        answer = httpx.post(
+            f"http://127.0.0.1:{api_port}/v1/models/cancer/predict",
+            json={"rows": rows},
+            headers={"X-API-Key": token},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["version"] == "1" and len(body["predictions"]) == len(rows)
+        served = np.array([int(p["prediction"]) for p in body["predictions"]])
+        # the run measured its model on the same held-out rows with torch: the served copy scores the same
+        (end,) = rd.events("end")
+        assert np.mean(served == test.y) == pytest.approx(end["central"]["accuracy"], abs=1e-12)
+    finally:
+        for proc in procs:
+            stop_tree(proc.pid)
