@@ -56,8 +56,14 @@ class Loopback:
     process dies). ``seen`` records every (node, stage) delivered; ``masked`` keeps each masked vector sent.
     """
 
-    def __init__(self, cfg: RunConfig, updates: dict[int, list[np.ndarray]], die: dict[int, str] | None = None):
-        self.cfg, self.updates, self.die = cfg, updates, die or {}
+    def __init__(
+        self,
+        cfg: RunConfig,
+        updates: dict[int, list[np.ndarray]],
+        die: dict[int, str] | None = None,
+        tamper: dict[tuple[int, str], Callable[[Message], None]] | None = None,
+    ):
+        self.cfg, self.updates, self.die, self.tamper = cfg, updates, die or {}, tamper or {}
         self.contexts = {n: Context(1, n, {"partition-id": n - 1}, RecordDict(), {}) for n in updates}
         self.replies: dict[str, Message] = {}
         self.seen: list[tuple[int, str]] = []
@@ -89,12 +95,14 @@ class Loopback:
             return Message(Error(code=0, reason="client died"), reply_to=msg)
         ctx = self.contexts[node]
         reply = answer_stage(self.cfg, msg, ctx)
-        if reply is not None:
-            return reply
-        record, extra = prepare_update(self.cfg, self.updates[node], START, COUNTS[node], ctx)  # the real hook
-        self.masked[node] = record[secagg.MASKED].numpy()
-        content = RecordDict({ARRAYS: record, METRICS: MetricRecord(train_metrics(COUNTS[node], 0.1 * node, **extra))})
-        return Message(content=content, reply_to=msg)
+        if reply is None:
+            record, extra = prepare_update(self.cfg, self.updates[node], START, COUNTS[node], ctx)  # the real hook
+            self.masked[node] = record[secagg.MASKED].numpy()
+            metrics = MetricRecord(train_metrics(COUNTS[node], 0.1 * node, **extra))
+            reply = Message(content=RecordDict({ARRAYS: record, METRICS: metrics}), reply_to=msg)
+        if (node, stage) in self.tamper:  # a participant that lies at this stage
+            self.tamper[(node, stage)](reply)
+        return reply
 
 
 def _run(cfg: RunConfig, grid: Loopback, server_round: int = 1) -> tuple[Any, Any, Any]:
@@ -250,6 +258,55 @@ def test_central_dp_noise_is_added_by_the_clients_and_accounted_for_the_survivor
     assert metrics["dp-noise-std"] == pytest.approx(expected_sigma / 5.0)
     report = stack.strategy.round_report(1)  # PrivacyAccounting: the round accounted with the smaller sigma
     assert report["noise_multiplier"] == pytest.approx(expected_sigma) and report["user_epsilon"] > 0
+
+
+def test_the_server_leaves_out_a_client_whose_stage_reply_is_malformed_and_recovers_the_round() -> None:
+    # Each lie is caught where it is told: a bad public key at setup and envelopes for the wrong neighbours at
+    # share-keys leave that client out of the round; a masked vector of the wrong size is rejected by reply
+    # validation (its masks are then removed as a dropped client's); shares for nodes not asked about are ignored.
+    from flwr.app import Array, ArrayRecord
+
+    def bad_key(reply: Message) -> None:
+        reply.content.config_records[SECAGG]["secagg-pk1"] = b"not a key"
+
+    def wrong_envelopes(reply: Message) -> None:
+        record = reply.content.config_records[SECAGG]
+        record["secagg-destinations"] = [99] + list(record["secagg-destinations"])[1:]
+
+    def short_vector(reply: Message) -> None:
+        reply.content[ARRAYS] = ArrayRecord({secagg.MASKED: Array(np.zeros(10, dtype=np.uint64))})
+
+    def other_shares(reply: Message) -> None:
+        reply.content.config_records[SECAGG][SECAGG_NODES] = [7] * len(
+            reply.content.config_records[SECAGG][SECAGG_NODES]
+        )
+
+    tamper = {
+        (1, "setup"): bad_key,
+        (2, "share-keys"): wrong_envelopes,
+        (3, STAGE_COLLECT): short_vector,
+        (4, STAGE_UNMASK): other_shares,
+    }
+    updates = _updates()
+    counts = dict(COUNTS)
+    COUNTS.update({n: 10 * n for n in range(6, 10)})
+    try:
+        updates |= {n: [(w + 0.01 * n).astype(np.float32) for w in START] for n in range(6, 10)}
+        cfg = CFG.replace(num_clients=9, secagg_num_shares=9, secagg_threshold=5)  # 5 honest answers needed
+        grid = Loopback(cfg, updates, tamper=tamper)
+        arrays, metrics, stack = _run(cfg, grid)
+        assert arrays is not None and metrics is not None
+        assert sorted(n for n, s in grid.seen if s == "share-keys") == [2, 3, 4, 5, 6, 7, 8, 9], "node 1 left at setup"
+        assert sorted(n for n, s in grid.seen if s == STAGE_COLLECT) == [3, 4, 5, 6, 7, 8, 9], "node 2 at share-keys"
+        assert [r["node"] for r in stack.rejected] == [3] and "masked vector is uint64 (10,)" in stack.rejected[0][
+            "reason"
+        ]
+        assert metrics["secagg-clients"] == 6 and metrics["secagg-dropped"] == 1
+        survivors = [4, 5, 6, 7, 8, 9]
+        assert _max_diff(from_record(arrays), _fedavg(updates, survivors)) <= params_of(cfg).step + FLOAT32
+    finally:
+        COUNTS.clear()
+        COUNTS.update(counts)
 
 
 # ---- refusals ------------------------------------------------------------------------------------------------
