@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    "SHAP, PDP), summed under secure aggregation when the run used it; --data is not read")  # fmt: skip
     p.add_argument("--max-evals", type=int, default=0,
                    help="--federated: model evaluations a row (permutation explainer; default 0: shap's)")  # fmt: skip
+    # LIME and importances (docs/monitoring.md section 5)
+    p.add_argument("--method", choices=("shap", "lime", "importance"), default="shap",
+                   help="shap (default); lime: LIME weights of --row; importance: permutation importance (needs the "
+                   "target column) and, for tree models, gain importance")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=5, help="--method importance: shuffles per column (default 5)")
     p.set_defaults(func=run)
 
 
@@ -49,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_rows < 1 or args.background_rows < 1:
         raise ConfigError("--max-rows and --background-rows must be at least 1")
+    if args.method != "shap":
+        return run_method(args)
     if args.federated:
         return run_federated(args)
     if not args.data:
@@ -122,6 +129,58 @@ def run_federated(args: argparse.Namespace) -> int:
     t = Table("column", "mean |SHAP|", "mean SHAP")
     for c in r["ranking"]:
         t.add_row(c, f"{r['mean_abs_shap'][c]:.4f}", f"{r['mean_shap'][c]:+.4f}")
+    console.print(t)
+    for path in done.files:
+        console.print(f"wrote {path}", markup=False, soft_wrap=True)
+    return 0
+
+
+def run_method(args: argparse.Namespace) -> int:
+    """``--method lime`` (one row's LIME weights) or ``--method importance`` (permutation and gain importance)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from uaap.errors import ConfigError
+
+    if args.federated or args.pdp:
+        raise ConfigError(f"--method {args.method} is central: drop --federated and --pdp (they go with --method shap)")
+    if not args.data:
+        raise ConfigError(f"uaap explain --method {args.method} needs --data SOURCE (the rows to explain)")
+    console = Console()
+    if args.method == "lime":
+        from uaap.explain.lime import explain_lime
+
+        with console.status(f"LIME on row {args.row} of {args.data}"):
+            done = explain_lime(args.run, args.data, row=args.row, target_class=args.target_class,
+                                max_rows=args.max_rows, background_rows=args.background_rows, seed=args.seed,
+                                trust_pickle=args.trust_pickle)  # fmt: skip
+        r = done.report
+        console.print(f"LIME, row {r['row']}: {r['output']} {r['model_prediction']:.4f}, LIME's local fit "
+                      f"{r['local_prediction']:.4f} (intercept {r['intercept']:.4f}, R^2 {r['score']:.3f})",
+                      markup=False, soft_wrap=True)  # fmt: skip
+        t = Table("condition", "weight")
+        for w in r["weights"]:
+            t.add_row(w["condition"], f"{w['weight']:+.4f}")
+        if r["text"]:
+            for word, weight in r["text"]["weights"]:
+                t.add_row(f"word {word!r} in {r['text']['column']}", f"{weight:+.4f}")
+    else:
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats {args.repeats}: give at least 1")
+        from uaap.explain.importance import explain_importance
+
+        with console.status(f"permutation importance on {args.data}"):
+            done = explain_importance(args.run, args.data, repeats=args.repeats, max_rows=args.max_rows,
+                                      seed=args.seed, trust_pickle=args.trust_pickle)  # fmt: skip
+        r = done.report
+        console.print(f"{r['rows']} rows, {r['score']} {r['baseline']:.4f}; permutation importance: its drop when a "
+                      f"column is shuffled ({r['repeats']} times)", markup=False, soft_wrap=True)  # fmt: skip
+        t = Table("column", "permutation", "std", *(("gain share",) if r["gain"] else ()))
+        for c in r["ranking"]:
+            gain = (f"{r['gain'].get(c, 0.0):.4f}",) if r["gain"] else ()
+            t.add_row(c, f"{r['permutation_mean'][c]:+.4f}", f"{r['permutation_std'][c]:.4f}", *gain)
+    if r["note"]:
+        console.print(r["note"], markup=False, soft_wrap=True)
     console.print(t)
     for path in done.files:
         console.print(f"wrote {path}", markup=False, soft_wrap=True)

@@ -267,10 +267,21 @@ def plots(result: Shap, frame: pd.DataFrame, row: int, folder: Path, title: str)
                     shap.plots.beeswarm(explanation, max_display=15, show=False)
             elif kind == "bar":
                 shap.plots.bar(explanation, max_display=15, show=False)
+            elif kind == "dependence":  # the most important column with numbers: its SHAP value against its value
+                j = result.columns.index(dependent)  # numbers on the axis, not the display texts
+                column = shap.Explanation(values=result.grouped[:, j], base_values=np.full(len(result.grouped),
+                                          result.base), data=numeric[:, j], feature_names=dependent)  # fmt: skip
+                shap.plots.scatter(column, show=False)
+            elif kind == "force":
+                shap.plots.force(
+                    result.base, result.grouped[row], features=shown[row], feature_names=result.columns,
+                    matplotlib=True, show=False, text_rotation=20,
+                )  # fmt: skip
             else:
                 shap.plots.waterfall(explanation[row], max_display=15, show=False)
             fig = plt.gcf()
-            label = {"summary": "SHAP values per row", "bar": "mean |SHAP|", "waterfall": f"row {row}"}[kind]
+            label = {"summary": "SHAP values per row", "bar": "mean |SHAP|", "waterfall": f"row {row}",
+                     "dependence": f"SHAP of {dependent} against its value", "force": f"row {row}"}[kind]  # fmt: skip
             fig.suptitle(f"{title}\n{label}: {result.output} ({result.explainer} explainer)", fontsize=9)
             fig.set_size_inches(max(fig.get_size_inches()[0], 8.0), fig.get_size_inches()[1] + 0.6)
             fig.tight_layout()
@@ -280,7 +291,11 @@ def plots(result: Shap, frame: pd.DataFrame, row: int, folder: Path, title: str)
 
         return write
 
-    return {f"shap-{kind}.png": draw(kind) for kind in ("summary", "bar", "waterfall")}
+    mean_abs = np.abs(result.grouped).mean(axis=0)
+    numbered = [j for j in np.argsort(-mean_abs, kind="stable") if np.isfinite(numeric[:, j]).any()]
+    dependent = result.columns[numbered[0]] if numbered else ""
+    kinds = ("summary", "bar", "waterfall", "force", *(("dependence",) if dependent else ()))
+    return {f"shap-{kind}.png": draw(kind) for kind in kinds}
 
 
 def check_row(row: int, rows: int) -> int:
