@@ -7,7 +7,7 @@ client never answers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,9 @@ def _round(rd: RunDir) -> dict:
     return [e for e in rd.events("round") if e["round"] == 1][0]
 
 
+@pytest.mark.slow  # starts Ray
 def test_secagg_federation_with_a_client_lost_after_sharing_keys_equals_plaintext_fedavg(
-    runs: dict[str, RunDir],
+    runs: dict[str, RunDir], record_property: Callable[[str, object], None]
 ) -> None:
     from uaap.crypto.secagg import Params
 
@@ -58,6 +59,8 @@ def test_secagg_federation_with_a_client_lost_after_sharing_keys_equals_plaintex
     assert masked["train"]["secagg-error-bound"] == pytest.approx(bound)
     got, ref = _weights(runs["secagg"]), _weights(runs["plain"])
     diff = max(float(np.abs(g.astype(np.float64) - r).max()) for g, r in zip(got, ref, strict=True))
+    record_property("max_abs_difference", diff)
+    record_property("round_seconds", masked["seconds"])
     assert 0 < diff <= bound + 2e-7, f"SecAgg+ and plaintext FedAvg differ by {diff:.3g} (bound {bound:.3g})"
     assert masked["central"]["accuracy"] == pytest.approx(plain["central"]["accuracy"], abs=0.01)
     assert Path(runs["secagg"].model_file).exists(), "the aggregate is plaintext: the server keeps the model"
