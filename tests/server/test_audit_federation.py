@@ -2,12 +2,14 @@
 logistic regression on a table once per module (plaintext and CKKS), then its clients explain, audit and monitor the
 final model on their own rows. Each federated number is compared with the same computation on the pooled rows:
 mean |SHAP|, mean SHAP and PDP (1e-8 plaintext, 1e-5 CKKS), fairness against fairlearn's MetricFrame (exactly),
-drift statistics (float rounding). A forged answer is left out; the CLI runs the audit as a Flower simulation on Ray.
+drift statistics (float rounding). A forged answer is left out; the fairness command runs its audit as a Flower
+simulation on Ray (the other commands share that path and run here over the in-process grid).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,24 +229,116 @@ def test_federated_drift_equals_the_pooled_statistics(runs: dict[str, sa.Audited
     assert {"x3", "c1"} <= set(federated["drifted"])  # the known shift is found
 
 
-# ---- the command, over Flower on Ray ----------------------------------------------------------------------------
+# ---- the commands -----------------------------------------------------------------------------------------------
 
 
-def test_the_explain_command_runs_the_audit_as_a_flower_simulation(
+@pytest.mark.slow
+def test_the_fairness_command_runs_the_audit_as_a_flower_simulation_on_ray(
+    runs: dict[str, sa.Audited], module_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one Ray run of this module: the CKKS run's clients decrypt the global model in their Ray actors."""
+    from uaap.cli import main
+
+    assert main(["fairness", "audit-ckks", "--sensitive", "c0", "--federated"]) == 0
+    assert "demographic parity difference" in capsys.readouterr().out
+    folder = module_home / "runs" / "audit-ckks" / "monitor"
+    report = json.loads((folder / "fairness-c0-federated.json").read_text())
+    grid = AuditGrid(3)
+    expected = fair.fairness_from_counts(sa.fairness(grid, runs["ckks"], send(grid), "c0"), ["no", "yes"], "yes")
+    assert report["counts"] == expected["counts"] and report["left_out"] == []
+    assert report["groups"] == json.loads(json.dumps(expected["groups"]))
+    assert (folder / "fairness-c0-federated.png").stat().st_size > 0
+
+
+@pytest.fixture
+def local_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands' audits over the in-process grid (the same messages and ClientApp; Ray is tested above)."""
+    import simulations.audit
+
+    def over_grid(audit: sa.Audited, job: Callable[..., Any], **_: object) -> Any:
+        grid = AuditGrid(audit.cfg.num_clients)
+        return job(grid, send(grid))
+
+    monkeypatch.setattr(simulations.audit, "over_flower", over_grid)
+
+
+def test_the_explain_and_monitor_commands_write_federated_reports(
+    runs: dict[str, sa.Audited], module_home: Path, local_transport: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from uaap.cli import main
+
+    args = ["explain", "audit-ckks", "--federated", "--grid-points", str(POINTS), "--max-evals", str(MAX_EVALS)]
+    assert main(args) == 0
+    assert "federated: 3 clients, 336 rows" in capsys.readouterr().out
+    folder = module_home / "runs" / "audit-ckks" / "explain"
+    report = json.loads((folder / "shap-federated.json").read_text())
+    grid = AuditGrid(3)
+    local = sa.explain(grid, runs["ckks"], send(grid), points=POINTS, max_evals=MAX_EVALS)
+    total = {**local.plain, **fx.open_sums(local.encrypted, crypto.client_context(runs["ckks"].cfg), local.layout)}
+    expected = fx.explain_report(total, plaintext_model(runs["ckks"]), local.grids, 1)
+    for column, value in expected["mean_abs_shap"].items():
+        assert report["mean_abs_shap"][column] == pytest.approx(value, abs=1e-5)
+    assert report["secure_aggregation"] == "ckks" and report["ranking"][0] == expected["ranking"][0]
+    assert (folder / "shap-federated-bar.png").stat().st_size > 0 and (folder / "pdp-federated.png").stat().st_size > 0
+
+    new = str(module_home / "new.csv")
+    assert main(["monitor", "--reference", "audit-none", "--data", new, "--federated"]) == 0
+    shown = capsys.readouterr().out
+    assert "drifted: " in shown and "x3" in shown
+    drifts = sorted((module_home / "runs" / "audit-none" / "monitor").glob("drift-federated-*.json"))
+    assert {"x3", "c1"} <= set(json.loads(drifts[-1].read_text())["drifted"])
+    assert drifts[-1].with_suffix(".png").stat().st_size > 0
+
+
+def test_bad_input_is_refused_before_anything_runs(
     runs: dict[str, sa.Audited], module_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from uaap.cli import main
 
-    grid = AuditGrid(3)
-    audit = runs["none"]
-    local = sa.explain(grid, audit, send(grid), points=POINTS, max_evals=MAX_EVALS)
-    expected = fx.explain_report(dict(local.plain), plaintext_model(audit), local.grids, 1)
-    args = ["explain", "audit-none", "--federated", "--grid-points", str(POINTS), "--max-evals", str(MAX_EVALS)]
+    pd.DataFrame({"x0": [1.0, 2.0], "label": ["yes", "no"]}).to_csv(module_home / "narrow.csv", index=False)
+    cases = {
+        r"--pdp 'nosuch'.*choose one of: x0, x1": ["explain", "audit-none", "--data", "x.csv", "--pdp", "nosuch"],
+        r"sensitive column 'nosuch' is not a column.*x0, x1": ["fairness", "audit-none", "--sensitive", "nosuch",
+                                                               "--federated"],
+        r"--mitigate is central": ["fairness", "audit-none", "--sensitive", "c0", "--federated", "--mitigate",
+                                   "demographic_parity"],
+        r"new rows lack .c0., .c1., .x1.": ["monitor", "--reference", "audit-none", "--data",
+                                            str(module_home / "narrow.csv"), "--federated"],
+    }  # fmt: skip
+    before = sorted(p.name for p in (module_home / "runs" / "audit-none").rglob("*"))
+    for pattern, args in cases.items():
+        assert main(args) == 2, args
+        assert re.search(pattern, capsys.readouterr().err), pattern
+    assert sorted(p.name for p in (module_home / "runs" / "audit-none").rglob("*")) == before  # nothing written
+
+
+def test_central_pdp_with_ice_curves_through_the_preprocessor(runs: dict[str, sa.Audited], module_home: Path) -> None:
+    from uaap.cli import main
+
+    model = plaintext_model(runs["none"])
+    data = str(module_home / "new.csv")
+    args = ["explain", "audit-none", "--data", data, "--pdp", "x0", "--pdp", "c0", "--max-rows", "40",
+            "--background-rows", "5", "--grid-points", "7"]  # fmt: skip
     assert main(args) == 0
-    shown = capsys.readouterr().out
-    assert "federated: 3 clients, 336 rows" in shown
     folder = module_home / "runs" / "audit-none" / "explain"
-    report = json.loads((folder / "shap-federated.json").read_text())
-    for column, value in expected["mean_abs_shap"].items():
-        assert report["mean_abs_shap"][column] == pytest.approx(value, abs=1e-12)
-    assert (folder / "shap-federated-bar.png").stat().st_size > 0 and (folder / "pdp-federated.png").stat().st_size > 0
+    report = json.loads((folder / "pdp.json").read_text())
+    rows = pd.read_csv(data)
+    rows = rows.iloc[np.sort(np.random.default_rng(0).choice(len(rows), 40, replace=False))].reset_index(drop=True)
+    for column in ("x0", "c0"):
+        numbers = report["pdp"][column]
+        assert numbers["rows"] == 40 and len(numbers["ice"]) == 40
+        ice = np.asarray(numbers["ice"])
+        np.testing.assert_allclose(numbers["pdp"], ice.mean(axis=0), atol=1e-12)  # the PDP is the mean ICE curve
+        for i in (0, 17):  # an ICE point, independently: the row with the column set, through the preprocessor
+            one = rows.iloc[[i]].copy()
+            one[column] = numbers["grid"][2]
+            assert ice[i, 2] == pytest.approx(model.predict_proba(one)[0, 1], abs=1e-6)
+        assert (folder / f"pdp-{column}.png").stat().st_size > 0
+    assert (
+        report["pdp"]["c0"]["grid"]
+        == pdp.column_plan(model.preprocessor, "c0").vocabulary
+        == ["east", "north", "south"]
+    )
+    x0 = report["pdp"]["x0"]
+    assert x0["grid"][0] == rows.x0.min() and x0["grid"][-1] == pytest.approx(rows.x0.max())
+    assert x0["pdp"][-1] > x0["pdp"][0] + 0.2  # x0 drives the label up

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--cramers-v", type=float, default=0.1, help="Cramér's V at which a category drifts (default 0.1)")
     p.add_argument("--pvalue", type=float, default=0.01, help="significance the test must reach too (default 0.01)")
     p.add_argument("--trust-pickle", action="store_true", help="load a legacy model.joblib (a pickle) of your own")
+    p.add_argument("--federated", action="store_true",
+                   help="compare on a federated run's clients (a simulation of them): each holds its share of --data "
+                   "and its training rows, and sends only the sketches")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -54,9 +57,20 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give a positive number")
     thresholds = Thresholds(args.psi, args.ks, args.wasserstein, args.cramers_v, args.pvalue)
     console = Console()
-    with console.status(f"comparing {args.data} with run {args.reference}"):
-        done = monitor(args.reference, args.data, reference_data=args.reference_data, thresholds=thresholds,
-                       trust_pickle=args.trust_pickle)  # fmt: skip
+    if args.federated:
+        import importlib
+
+        if args.reference_data:
+            raise ConfigError(
+                "--reference-data is central: with --federated the clients' training rows are the reference"
+            )
+        audits = importlib.import_module("simulations.audit")  # the Flower floor, reached as the CLI's entry points are
+        with console.status(f"comparing {args.data} with run {args.reference} on its clients"):
+            done = audits.monitor(args.reference, args.data, thresholds=thresholds)
+    else:
+        with console.status(f"comparing {args.data} with run {args.reference}"):
+            done = monitor(args.reference, args.data, reference_data=args.reference_data, thresholds=thresholds,
+                           trust_pickle=args.trust_pickle)  # fmt: skip
     result = done.report
     t = Table("feature", "kind", "PSI", "KS / V", "p-value", "W / std", "drifted")
     rows = dict(result["features"], **({"(prediction)": result["prediction"]} if result["prediction"] else {}))

@@ -240,7 +240,8 @@ def plot_pdp(report: Mapping[str, Any], path: Path, title: str) -> Path:
     items = list(report["pdp"].items())
     cols = min(3, len(items))
     rows = (len(items) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    # one y scale for all panels: a flat PDP must look flat beside a steep one
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False, sharey=True)
     for ax, (column, pdp) in zip(axes.flat, items, strict=False):
         grid = pdp["grid"]
         numeric = all(isinstance(v, float) for v in grid)
