@@ -201,6 +201,21 @@ SPECS: dict[str, Spec] = {
         refuse=NOISE,
         timeout=120,
     ),
+    "docs/monitoring.md#6-when-drift-warrants-it-continual-training": Spec(
+        expect=(r"2 clients, fedprox .* 2/2 completed", r"run folder: \S+/runs/phase1"), refuse=NOISE, timeout=240
+    ),
+    "docs/monitoring.md#6-when-drift-warrants-it-continual-training/2": Spec(
+        expect=(
+            r"drifted: income, plan; predictions drifted: (yes|no)",
+            r"2 feature\(s\) drifted \(income, plan\): continue training on the new rows with `uaap simulate "
+            r"--config \S+/runs/phase1/config\.toml --continue-from phase1 --data shifted\.csv`",
+            r"run folder: \S+/runs/phase2",
+            r"Continues\s+run\s+phase1:\s+user-level\s+epsilon\s+7\.077\s+after\s+its\s+2\s+rounds",
+            r"(?m)^ +2 +1\.00 +1\.000 +10\.726 ",
+        ),
+        refuse=NOISE,
+        timeout=300,
+    ),
     # ---- docs/forecasting.md (an empty folder) ------------------------------------------------------------
     "docs/forecasting.md#1-a-table-of-three-stores-a-gru-beside-seasonal-naive": Spec(
         expect=(
