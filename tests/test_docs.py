@@ -201,6 +201,17 @@ SPECS: dict[str, Spec] = {
         refuse=NOISE,
         timeout=120,
     ),
+    "docs/monitoring.md#5-one-row-with-lime-and-which-columns-matter": Spec(
+        expect=(
+            r"LIME, row 0: P\(yes\) 0\.\d{4}, LIME's local fit -?\d\.\d{4}",
+            r"held at the row's value \(LIME cannot perturb them\): visit, notes",
+            r"wrote \S+/explain/lime-row-0\.png",
+            r"300 rows, accuracy 0\.\d{4}; permutation importance",
+            r"wrote \S+/explain/importance\.png",
+        ),
+        refuse=NOISE,
+        timeout=120,
+    ),
     "docs/monitoring.md#6-when-drift-warrants-it-continual-training": Spec(
         expect=(r"2 clients, fedprox .* 2/2 completed", r"run folder: \S+/runs/phase1"), refuse=NOISE, timeout=240
     ),
