@@ -54,6 +54,7 @@ class RunRow:
     measured_on: str = TEST  # what ``value`` was measured on: TEST or VALIDATION
     metric: str = "accuracy"  # what ``value`` is (the asked metric, or the run's task's headline)
     rmse: float | None = None  # a regression run's final RMSE, in the target's units
+    ensembles: dict[str, float] = field(default_factory=dict)  # an AutoML run's ensemble_* metrics (--ensembles)
 
 
 def _final_key(kind: str, metric: str) -> list[str]:
@@ -185,6 +186,7 @@ def _row(
         measured_on=VALIDATION if curve_key and curve_key.startswith("fed_") else TEST,
         metric=metric,
         rmse=rmse,
+        ensembles={k: float(v) for k, v in metrics.items() if k.startswith("ensemble_")},
     )
 
 
@@ -271,6 +273,26 @@ def family_table(rows: Sequence[RunRow]) -> Any:
     for row in family_rows(rows):
         table.add_row(*(f"{v:+.4f}" if k == cols[-1] and v is not None else "-" if v is None else
                         f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in row.items()))  # fmt: skip
+    return table
+
+
+def ensemble_gain_table(rows: Sequence[RunRow]) -> Any:
+    """A rich table of the AutoML runs that fitted ensembles (``uaap automl --ensembles``): the best single family,
+    voting and stacking on the same held-out rows, and each ensemble's gain over that family; None without any."""
+    from rich.table import Table
+
+    runs = [r for r in rows if "ensemble_best_single_test" in r.ensembles]
+    if not runs:
+        return None
+    table = Table(title="AutoML ensembles against their best single family (same held-out rows)")
+    cols = ("run", "dataset", "best single", "voting", "stacking", "voting gain", "stacking gain")
+    for col in cols:
+        table.add_column(col, justify="left" if col in cols[:2] else "right")
+    for r in runs:
+        e = r.ensembles
+        table.add_row(r.run_id, r.dataset, f"{e['ensemble_best_single_test']:.4f}",
+                      f"{e['ensemble_voting_test']:.4f}", f"{e['ensemble_stacking_test']:.4f}",
+                      f"{e['ensemble_voting_gain']:+.4f}", f"{e['ensemble_stacking_gain']:+.4f}")  # fmt: skip
     return table
 
 

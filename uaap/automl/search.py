@@ -84,6 +84,7 @@ class AutoMLSettings:
     report_every: int = 10
     points: tuple[dict[str, Any], ...] = ()
     warm_start: bool = True
+    ensembles: bool = False  # voting and stacking over the best families, scored beside them (uaap.automl.ensembles)
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
@@ -180,6 +181,7 @@ class AutoMLResult:
     errors: int
     # each family's default configuration: its CV score as a trial (None if it did not finish) and held-out score
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ensembles: dict[str, Any] | None = None  # uaap.automl.ensembles.ensemble_scores, when asked for
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -396,6 +398,15 @@ def run_automl(
         for family, d in defaults.items():
             tracker.parent.log_metrics({f"default_{family}_test": d["test"]}, step=0)
         model_path = _save(rd, estimator, best, cfg, train)
+        ensembles = None
+        if settings.ensembles:  # on the same held-out rows as the winner and the defaults
+            from uaap.automl.ensembles import best_per_family, ensemble_metrics, ensemble_scores
+
+            stage("voting and stacking over the best families")
+            ensembles = ensemble_scores(best_per_family(board), train, test, settings.metric, seed=cfg.seed,
+                                        folds=settings.folds)  # fmt: skip
+            tracker.parent.log_metrics(ensemble_metrics(ensembles), step=0)
+            rd.log_event("ensembles", **ensembles)
     except BaseException:
         tracker.parent.set_tags({"uaap.status": "failed"})
         tracker.parent.finish("FAILED")
@@ -442,6 +453,7 @@ def run_automl(
         len(board),
         summary["trials_failed"],
         defaults,
+        ensembles,
     )
 
 

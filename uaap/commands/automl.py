@@ -64,6 +64,9 @@ def _register_automl(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--workers", type=int, default=0, help="Ray Train workers for a winning XGBoost model (0 = local)")
     p.add_argument("--report-every", type=int, default=10, help="XGBoost rounds between Ray Train reports")
     p.add_argument("--top", type=int, default=10, help="leaderboard rows to print (default 10)")
+    p.add_argument("--ensembles", action="store_true",
+                   help="also fit voting and stacking ensembles of the best families and score them beside them "
+                   "on the held-out rows")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="print one line per trial instead of a progress bar")
     p.add_argument("--ray-address", default=None, help="attach to an existing Ray cluster (or set RAY_ADDRESS)")
     p.set_defaults(func=run_automl_command)
@@ -94,6 +97,7 @@ def run_automl_command(args: argparse.Namespace) -> int:
         report_every=args.report_every,
         points=tuple(_json_point(p) for p in args.point),
         warm_start=args.warm_start,
+        ensembles=args.ensembles,
     )
     state: dict[str, Any] = {"done": 0, "errors": 0, "best": None}
     # A search runs hundreds of trials: a progress bar with the best so far, one line per trial under --verbose.
@@ -147,6 +151,10 @@ def run_automl_command(args: argparse.Namespace) -> int:
         + "; "
         + "; ".join(f"{n} {b['test']:.4f}" for n, b in result.baselines.items())
     )
+    if result.ensembles is not None:
+        from uaap.automl.ensembles import ensemble_table
+
+        console.print(ensemble_table(result.ensembles))
     if warning := verdict(result):
         console.print(f"[yellow]warning:[/] {warning}")
     console.print(
@@ -197,7 +205,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
     """Print the comparison table and write the plot."""
     from pathlib import Path
 
-    from uaap.compare import collect_runs, compare_plot, compare_table, family_rows, family_table
+    from uaap.compare import collect_runs, compare_plot, compare_table, ensemble_gain_table, family_rows, family_table
 
     console = _console()
     kinds = tuple(k.strip() for k in args.kind.split(",") if k.strip())
@@ -212,6 +220,8 @@ def run_compare_command(args: argparse.Namespace) -> int:
     console.print(compare_table(rows, args.metric))
     if any(r["federated - central"] is not None for r in family_rows(rows)):
         console.print(family_table(rows))
+    if (gains := ensemble_gain_table(rows)) is not None:
+        console.print(gains)
     out = compare_plot(rows, Path(args.out) if args.out else None, metric=args.metric)
     console.print(f"plot: {out}")
     return 0
