@@ -50,6 +50,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -186,11 +187,12 @@ class SecAggPlus(StrategyWrapper):
                 log.error("round %d setup: left node %d out: %s", server_round, node, exc)
                 continue
             state.public[node] = (pk1, pk2)
-        keys = [k for pair in state.public.values() for k in pair]
-        if len(set(keys)) != len(keys):
-            log.error("round %d setup: two clients advertised the same public key; the round is skipped", server_round)
-            return []
-        if not self._enough(state, set(state.public), "setup"):
+        seen = Counter(k for pair in state.public.values() for k in pair)
+        for node in [u for u, pair in state.public.items() if any(seen[k] > 1 for k in pair)]:
+            log.error("round %d setup: left node %d out: another client advertised the same public key", server_round,
+                      node)  # fmt: skip
+            del state.public[node]  # both copies go: the server cannot tell the owner from the copier
+        if not self._enough(state, set(state.public), STAGE_SETUP):
             return []
         # stage 1: share keys
         requests: dict[int, dict[str, Any]] = {}

@@ -269,6 +269,14 @@ def test_the_server_leaves_out_a_client_whose_stage_reply_is_malformed_and_recov
     def bad_key(reply: Message) -> None:
         reply.content.config_records[SECAGG]["secagg-pk1"] = b"not a key"
 
+    copied: list[bytes] = []
+
+    def copy_key(reply: Message) -> None:  # node 6 copies node 7's masking key: both are left out
+        if not copied:
+            copied.append(bytes(reply.content.config_records[SECAGG]["secagg-pk1"]))
+        else:
+            reply.content.config_records[SECAGG]["secagg-pk1"] = copied[0]
+
     def wrong_envelopes(reply: Message) -> None:
         record = reply.content.config_records[SECAGG]
         record["secagg-destinations"] = [99] + list(record["secagg-destinations"])[1:]
@@ -283,26 +291,29 @@ def test_the_server_leaves_out_a_client_whose_stage_reply_is_malformed_and_recov
 
     tamper = {
         (1, "setup"): bad_key,
+        (7, "setup"): copy_key,
+        (6, "setup"): copy_key,
         (2, "share-keys"): wrong_envelopes,
         (3, STAGE_COLLECT): short_vector,
         (4, STAGE_UNMASK): other_shares,
     }
     updates = _updates()
     counts = dict(COUNTS)
-    COUNTS.update({n: 10 * n for n in range(6, 10)})
+    COUNTS.update({n: 10 * n for n in range(6, 14)})
     try:
-        updates |= {n: [(w + 0.01 * n).astype(np.float32) for w in START] for n in range(6, 10)}
-        cfg = CFG.replace(num_clients=9, secagg_num_shares=9, secagg_threshold=5)  # 5 honest answers needed
+        updates |= {n: [(w + 0.01 * n).astype(np.float32) for w in START] for n in range(6, 14)}
+        cfg = CFG.replace(num_clients=13, secagg_num_shares=13, secagg_threshold=7)  # 7 honest answers needed
         grid = Loopback(cfg, updates, tamper=tamper)
         arrays, metrics, stack = _run(cfg, grid)
         assert arrays is not None and metrics is not None
-        assert sorted(n for n, s in grid.seen if s == "share-keys") == [2, 3, 4, 5, 6, 7, 8, 9], "node 1 left at setup"
-        assert sorted(n for n, s in grid.seen if s == STAGE_COLLECT) == [3, 4, 5, 6, 7, 8, 9], "node 2 at share-keys"
+        shared = sorted(n for n, s in grid.seen if s == "share-keys")
+        assert shared == [2, 3, 4, 5, *range(8, 14)], "nodes 1 (a bad key), 6 and 7 (one key, twice) left at setup"
+        assert sorted(n for n, s in grid.seen if s == STAGE_COLLECT) == [3, 4, 5, *range(8, 14)], "2 at share-keys"
         assert [r["node"] for r in stack.rejected] == [3] and "masked vector is uint64 (10,)" in stack.rejected[0][
             "reason"
         ]
-        assert metrics["secagg-clients"] == 6 and metrics["secagg-dropped"] == 1
-        survivors = [4, 5, 6, 7, 8, 9]
+        assert metrics["secagg-clients"] == 8 and metrics["secagg-dropped"] == 1
+        survivors = [4, 5, *range(8, 14)]
         assert _max_diff(from_record(arrays), _fedavg(updates, survivors)) <= params_of(cfg).step + FLOAT32
     finally:
         COUNTS.clear()
