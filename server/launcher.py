@@ -692,6 +692,9 @@ def check_run_inputs(cfg: RunConfig) -> None:
 
         server_context(cfg.he_public_context)  # exists, is a CKKS context, holds no secret key
     meta = federated(cfg, max(cfg.num_clients, 2))[1]  # the server's table: loads, has the target and two classes
+    from server.continual import load_parent
+
+    load_parent(cfg)  # continue-from: a run that cannot go on is refused here, naming why
     from uaap.privacy.utility import hopeless_noise_warning, model_size
 
     size = model_size(cfg, meta.n_features, meta.n_classes, meta.image_shape)
