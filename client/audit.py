@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 KINDS = ("ranges", "explain", "fairness", "drift-reference", "drift-histograms", "drift-current")
 MAX_REQUEST = 4 * 2**20  # bytes: grids, ranges and names, a few kB per column
+MAX_EVALS = 100_000  # model evaluations a row: a server cannot make a client's explanation run unbounded
+MAX_GRID = 1_000  # grid values of one column's PDP
 
 
 def read_request(text: str) -> dict[str, Any]:
@@ -49,6 +51,11 @@ def read_request(text: str) -> dict[str, Any]:
         raise DataError(f"the audit request names no known kind (one of {', '.join(KINDS)})")
     if request.get("rows", "run") not in ("run", "new"):
         raise DataError("the audit request's rows must be 'run' or 'new'")
+    evals, grids = request.get("max_evals", 0), request.get("grids", {})
+    if not isinstance(evals, int) or not 0 <= evals <= MAX_EVALS:
+        raise DataError(f"the audit request's max_evals must be a whole number in 0..{MAX_EVALS}")
+    if not isinstance(grids, dict) or any(not isinstance(g, list) or len(g) > MAX_GRID for g in grids.values()):
+        raise DataError(f"the audit request's grids must be lists of at most {MAX_GRID} values")
     return request
 
 
