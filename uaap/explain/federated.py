@@ -82,19 +82,20 @@ def shap_values(
     f = model_outputs(model)
     background = baseline(pre)
     base = f(background)[0]
-    columns = list(dict.fromkeys(feature_columns(pre)))
-    values = np.zeros((len(X), len(columns), len(base)))
+    features = feature_columns(pre)
+    raw = np.zeros((len(X), X.shape[1], len(base)))
     evals = max_evals or max(500, 2 * X.shape[1] + 1)
     explainer = shap.PermutationExplainer(f, shap.maskers.Independent(background, max_samples=1), seed=seed)
     with _threads(model.torch):
         for i in range(len(X)):
             np.random.seed(seed)  # noqa: NPY002  # shap's PermutationExplainer shuffles with NumPy's global RNG
             result = explainer(X[i : i + 1], max_evals=evals, silent=True)
-            raw = np.asarray(result.values, dtype=np.float64).reshape(1, X.shape[1], len(base))
-            for k in range(len(base)):
-                _, grouped = group_by_column(raw[:, :, k], feature_columns(pre))
-                values[i, :, k] = grouped[0]
+            raw[i] = np.asarray(result.values, dtype=np.float64).reshape(X.shape[1], len(base))
         out = f(X) if len(X) else np.zeros((0, len(base)))
+    columns = list(dict.fromkeys(features))
+    values = np.zeros((len(X), len(columns), len(base)))
+    for k in range(len(base)):  # one model input's values summed into its raw column
+        _, values[:, :, k] = group_by_column(raw[:, :, k], features)
     return columns, values, base, out
 
 
