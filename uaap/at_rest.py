@@ -29,10 +29,9 @@ class AtRestError(UaapError):
 
 
 def default_key_file() -> Path:
-    """``<workspace>/keys/model-at-rest.key``."""
-    from uaap import workspace
-
-    return workspace.home() / "keys" / "model-at-rest.key"
+    """``<workspace>/keys/model-at-rest.key``. The workspace root is resolved as :func:`uaap.workspace.home` does
+    (``$UAAP_HOME`` or ``./.uaap``), without importing it: the workspace encrypts its checkpoints with this module."""
+    return Path(os.environ.get("UAAP_HOME", ".uaap")).expanduser().resolve() / "keys" / "model-at-rest.key"
 
 
 def fingerprint(key: bytes) -> str:

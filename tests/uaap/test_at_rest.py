@@ -73,6 +73,7 @@ def test_an_encrypted_checkpoint_round_trips_and_a_changed_or_moved_one_is_refus
     blob = path.read_bytes()
     assert at_rest.is_encrypted(blob) and b"privacy" not in blob and arrays["w"].tobytes() not in blob
     key_file = at_rest.default_key_file()
+    assert key_file == workspace.home() / "keys" / "model-at-rest.key"  # the two resolve the workspace alike
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600  # made on first use
     back = rd.latest_checkpoint()
     assert back is not None and back.round == 2 and back.state == ckpt.state
