@@ -13,6 +13,8 @@ from uaap import workspace
 from uaap.config import RunConfig
 from uaap.errors import ConfigError, WorkspaceError
 
+pytestmark = pytest.mark.slow  # two Ray simulations, once for the module
+
 PHASE1 = RunConfig(
     dataset="breast_cancer",
     model="logreg",
@@ -135,3 +137,23 @@ def test_a_parent_that_cannot_go_on_is_refused_by_name(phases: tuple[workspace.R
     wine = {k: v.numpy() for k, v in initial_arrays(RunConfig(dataset="wine", model="logreg")).items()}
     with pytest.raises(ConfigError, match="has shape"):
         check_shapes(parent.run_id, wine, parent.arrays)
+
+
+def test_monitor_says_when_drift_warrants_it(phases: tuple[workspace.RunDir, workspace.RunDir]) -> None:
+    import shutil
+
+    from uaap.monitor.continual import retrain_hint
+
+    first, _ = phases
+    assert retrain_hint(first.run_id, "new.csv", []) is None
+    # a run on a bundled data set cannot read new rows: retrain
+    assert "retrain on the new rows" in (retrain_hint(first.run_id, "new.csv", ["income", "plan"]) or "")
+    # the same run on a table: the command that continues it, with its settings file
+    table = workspace.run_dir("on-a-table")
+    shutil.copytree(first.path, table.path)
+    table.write_config(first.read_config().replace(dataset="csv", data_path="old.csv", target="label"))
+    hint = retrain_hint("on-a-table", "new rows.csv", ["income", "plan"])
+    assert hint == (
+        "2 feature(s) drifted (income, plan): continue training on the new rows with `uaap simulate --config "
+        f"{table.path / 'config.toml'} --continue-from on-a-table --data 'new rows.csv'`"
+    )
