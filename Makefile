@@ -43,11 +43,14 @@ $(BROWSER):
 	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium chromium-driver >/dev/null
 
 # mypy takes its files and strictness from [tool.mypy] in pyproject.toml. PYTEST_ARGS narrows the pytest part,
-# e.g. PYTEST_ARGS="tests/uaap -m 'not slow'" (default: the whole suite).
+# e.g. PYTEST_ARGS="tests/uaap -m 'not slow'" (default: the whole suite). The tests mostly wait on processes
+# (Ray, Flower, browsers), so pytest runs them on PYTEST_WORKERS xdist workers, a module (or a doc) per worker at a
+# time (tests/conftest.py); PYTEST_WORKERS=0 runs them in this one process.
+PYTEST_WORKERS ?= 3
 test: $(STAMP) $(BROWSER)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Mutation score of the privacy, aggregation and crypto core (tests/mutate.py; mutmut, config in pyproject.toml):
 # per module killed/survived/equivalent and the surviving mutants, in artifacts/mutation/report.md. Not in CI:

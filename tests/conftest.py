@@ -29,6 +29,45 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# `make test` runs pytest on several xdist workers: the suite waits on processes far more than it computes (CI: 12
+# min of CPU in 27.6 min). A test module is one unit of work, so its module-scoped federation is built once, on
+# one worker; each doc of tests/test_docs.py is a unit of its own, except the two that bind Flower's fixed ports
+# (the README's `flwr run` starts a SuperLink on 9091-9093, docs/deploy.md's flower-server listens on 9093), which
+# share one so that they never run at the same time. (xdist's own `--dist loadgroup` marks do not reach the
+# scheduler under pytest 9: it renames node ids through an attribute pytest 9 no longer reads.)
+FIXED_PORT_DOCS = ("README.md", "docs/deploy.md")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work (see above) a test's node id belongs to."""
+    module, _, rest = nodeid.partition("::")
+    if module == "tests/test_docs.py" and rest.startswith("test_doc_runs_as_written["):
+        doc = rest[len("test_doc_runs_as_written[") : -1]
+        return "flower-fixed-ports" if doc in FIXED_PORT_DOCS else f"{module}[{doc}]"
+    return module
+
+
+# The longest units (minutes each) are handed out first, so that none of them starts last and runs alone.
+LONG_UNITS = ("flower-fixed-ports", "tests/test_docs.py", "tests/test_deploy_e2e.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Collect the long units first (a stable sort: the order within a module is kept)."""
+    items.sort(key=lambda item: next((i for i, u in enumerate(LONG_UNITS) if work_unit(item.nodeid).startswith(u)), 9))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scope scheduling with :func:`work_unit` as the scope."""
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class ByWorkUnit(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ByWorkUnit(config, log)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Skip a ``mutation_scope`` test for a mutant outside its scope (mutmut names the mutant in the environment)."""
     mutant = os.environ.get("MUTANT_UNDER_TEST", "")
