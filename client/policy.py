@@ -6,7 +6,7 @@ writes the client's own requirements into its node config (``policy=deployed`` p
 :func:`enforce` applies them to every message before anything is trained or sent:
 
 * ``require-secure-aggregation=true`` (default when the client holds a secret context): a message that asks
-  for plaintext updates is refused;
+  for plaintext updates is refused; CKKS and SecAgg+ both keep the server from reading this client's update;
 * ``require-dp=true`` with ``max-epsilon=E``: a message without example-level DP, or with a target epsilon
   above E, is refused; and the client refuses to send an update whose release would take its own
   accountant past E (:func:`check_spent`);
@@ -81,10 +81,10 @@ def enforce(cfg: RunConfig, policy: ClientPolicy) -> RunConfig:
     """``cfg`` as this client will run it; :class:`PolicyError` when the server asks for less than required."""
     if not policy.deployed:
         return cfg
-    if policy.require_secure_aggregation and not cfg.secure:
+    if policy.require_secure_aggregation and cfg.secure_aggregation == "none":
         raise PolicyError(
-            f"the server asks for secure-aggregation={cfg.secure_aggregation!r}; this client requires 'ckks' "
-            "(flower-client --he-secret-context), so it sends no plaintext update"
+            f"the server asks for secure-aggregation={cfg.secure_aggregation!r}; this client requires 'ckks' or "
+            "'secagg+' (flower-client --he-secret-context), so it sends no plaintext update"
         )
     if policy.require_dp and not cfg.dp_local:
         raise PolicyError("the server asks for dp-local=false; this client requires example-level DP (--require-dp)")

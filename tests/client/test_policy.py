@@ -49,8 +49,12 @@ def test_a_server_cannot_switch_secure_aggregation_or_dp_off(table: Path, keys: 
 
     secure_cfg = RunConfig(model="logreg", local_epochs=1, secure_aggregation="ckks", num_clients=2)
     node = _node(table, keys, **{"require-secure-aggregation": "true", "require-dp": "true", "max-epsilon": "4.0"})
-    with pytest.raises(PolicyError, match="secure-aggregation='none'.*requires 'ckks'"):
+    with pytest.raises(PolicyError, match="secure-aggregation='none'.*requires 'ckks' or 'secagg\\+'"):
         train(_message(secure_cfg.replace(secure_aggregation="none", dp_local=True, dp_target_epsilon=2.0)), node)
+    # pairwise masking hides the update from the server as CKKS does: the client takes part
+    policy = ClientPolicy.from_node_config(node.node_config)
+    masked = secure_cfg.replace(secure_aggregation="secagg+", dp_local=True, dp_target_epsilon=2.0)
+    assert enforce(masked, policy).secure_aggregation == "secagg+"
     with pytest.raises(PolicyError, match="dp-local=false"):
         train(_message(secure_cfg), node)
     with pytest.raises(PolicyError, match="dp-target-epsilon=8.*at most 4"):
