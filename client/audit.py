@@ -7,7 +7,8 @@ rows through the plan and answers with what the request asks for:
 * ``ranges``: each numeric column's count, sum, minimum and maximum (the PDP grid's extremes);
 * ``explain``: sums of |SHAP|, SHAP and the model's outputs, and PDP sums on the server's grids
   (:mod:`uaap.explain.federated`); under secure aggregation these go as one CKKS ciphertext, the row count in clear;
-* ``fairness``: per group of the sensitive column, the confusion counts (:mod:`uaap.monitor.fairness`);
+* ``groups``, ``fairness``: the groups of the sensitive column this client has; per group the confusion counts
+  (:mod:`uaap.monitor.fairness`), under secure aggregation for every group the server lists, as one ciphertext;
 * ``drift-reference``, ``drift-histograms``, ``drift-current``: the drift sketches (:mod:`uaap.monitor.drift`).
 
 Rows: a simulated client's partition of the run's table, or (``rows: new``) its partition of the new table the
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from uaap.monitor.runmodel import RunModel
 
-KINDS = ("ranges", "explain", "fairness", "drift-reference", "drift-histograms", "drift-current")
+KINDS = ("ranges", "explain", "groups", "fairness", "drift-reference", "drift-histograms", "drift-current")
 MAX_REQUEST = 4 * 2**20  # bytes: grids, ranges and names, a few kB per column
 MAX_EVALS = 100_000  # model evaluations a row: a server cannot make a client's explanation run unbounded
 MAX_GRID = 1_000  # grid values of one column's PDP
@@ -120,15 +121,23 @@ def compute(request: dict[str, Any], cfg: RunConfig, msg: Message, context: Cont
         return explain_sums(
             model, frame, grids, seed=int(request.get("seed", 0)), max_evals=int(request.get("max_evals", 0))
         )
-    if kind == "fairness":
+    if kind in ("groups", "fairness"):
         from uaap.monitor import fairness as fair
 
+        groups = fair.group_values(frame, str(request["sensitive"]))
+        if kind == "groups":  # which groups this client has (secure aggregation: the counts' layout)
+            return {f"{fair.GROUP}{name}": np.ones(1) for name in sorted(set(map(str, groups)))}
         if model.target not in frame.columns:
             raise DataError(f"this client's rows lack the target column {model.target!r}")
-        groups = fair.group_values(frame, str(request["sensitive"]))
         y_true = fair.encode_labels(frame[model.target].to_numpy(), model.classes, f"target column {model.target!r}")
         y_pred = model.predict_proba(frame).argmax(axis=1)
-        return fair.fairness_counts(y_true, y_pred, groups, len(model.classes))
+        counts = fair.fairness_counts(y_true, y_pred, groups, len(model.classes))
+        if "groups" in request:  # every group of the federation, zeros where this client has none
+            names = {f"{fair.GROUP}{g}" for g in request["groups"]}
+            if set(counts) - names:
+                raise DataError(f"this client has groups the server did not list: {sorted(set(counts) - names)[:5]}")
+            counts.update({n: np.zeros(len(model.classes) ** 2) for n in names - set(counts)})
+        return counts
     plans = drift.monitored_plan(pre, model.task)
     frame = drift.with_predictions(frame, model.predict(frame))
     if kind == "drift-reference":

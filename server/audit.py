@@ -6,12 +6,13 @@ the run's preprocessing plan and a request (``client/audit.py``). Every answer i
 (:func:`uaap.explain.federated.check_explain_sums`, :func:`uaap.monitor.fairness.check_fairness_counts`,
 :func:`uaap.monitor.drift.check_sketch`); a bad one is left out and logged, never fatal.
 
-Under secure aggregation the explanation sums (|SHAP|, SHAP, outputs, PDP) come as CKKS ciphertexts and are
-summed with the public context alone (:class:`uaap.crypto.EncryptedSum`); the server holds their total as
-ciphertext and a key holder decrypts it (:func:`uaap.explain.federated.open_sums`), as ``uaap keys
-decrypt-model`` does for a model. The row counts, the PDP grid's extremes, the fairness counts and the drift
-sketches travel in the clear, as the preprocessing statistics do: their layout depends on each client's groups
-and categories, and minima and maxima do not add.
+Under secure aggregation the explanation sums (|SHAP|, SHAP, outputs, PDP) and the per-group confusion counts
+come as CKKS ciphertexts and are summed with the public context alone (:class:`uaap.crypto.EncryptedSum`); the
+server holds their total as ciphertext and a key holder decrypts it (:func:`uaap.explain.federated.open_sums`,
+:func:`uaap.monitor.fairness.open_counts`), as ``uaap keys decrypt-model`` does for a model. The row counts, the
+names of the groups each client has, the PDP grid's extremes and the drift sketches travel in the clear, as the
+preprocessing statistics do: the sketches' layout depends on each client's categories, and minima and maxima do
+not add.
 
 :func:`make_app` wraps one audit in a ServerApp; ``simulations/audit.py`` runs it over the run's simulated clients.
 """
@@ -224,18 +225,50 @@ def explain(
     return ExplainTotals(grids, plain, enc, dict(shapes), clients)
 
 
-def fairness(grid: Grid, audit: Audited, send: Send, sensitive: str, *, cfg: RunConfig | None = None) -> Stats:
-    """One step: the clients' per-group confusion counts of the final model on their rows, summed."""
-    from uaap.monitor.fairness import check_fairness_counts
+@dataclass
+class Totals:
+    """Summed answers: the plaintext part, and under CKKS the ciphertext sum of the arrays ``layout`` names."""
+
+    plain: Stats
+    encrypted: ArrayRecord | None
+    layout: dict[str, tuple[int, ...]]
+    clients: int
+
+
+def fairness(grid: Grid, audit: Audited, send: Send, sensitive: str, *, cfg: RunConfig | None = None) -> Totals:
+    """The clients' per-group confusion counts of the final model on their rows, summed: one step in the clear, or
+    under secure aggregation two (the groups each client has, in the clear; then every group's counts, zeros where
+    a client has none, as one CKKS ciphertext: the server learns only the federation's totals)."""
+    from uaap.monitor.fairness import GROUP, MAX_GROUPS, check_fairness_counts
 
     model = audit.model
     if model.task != "classification":
         raise DataError(f"run {audit.rd.run_id!r} is a {model.task} model; group fairness needs a classifier")
     k = len(model.classes)
     rows = "new" if cfg is not None else "run"
-    request = {"kind": "fairness", "sensitive": sensitive, "rows": rows}
-    total, _, _ = ask(grid, audit, request, lambda a: check_fairness_counts(a, k), send, cfg=cfg)
-    return total
+    request: dict[str, Any] = {"kind": "fairness", "sensitive": sensitive, "rows": rows}
+    if audit.public is None:
+        total, _, clients = ask(grid, audit, request, lambda a: check_fairness_counts(a, k), send, cfg=cfg)
+        return Totals(total, None, {}, clients)
+
+    def check_groups(answer: Any) -> Stats:
+        if not isinstance(answer, Mapping) or not 0 < len(answer) <= MAX_GROUPS:
+            raise DataError(f"the groups must map 1 to {MAX_GROUPS} names to [1]")
+        if any(not isinstance(key, str) or not key.startswith(GROUP) or answer[key] != [1] for key in answer):
+            raise DataError(f"each group must be named {GROUP}NAME and carry [1]")
+        return {key: np.ones(1) for key in answer}
+
+    present, _, _ = ask(grid, audit, {**request, "kind": "groups"}, check_groups, send, cfg=cfg)
+    layout: dict[str, tuple[int, ...]] = {key: (k * k,) for key in sorted(present)[:MAX_GROUPS]}
+
+    def check_empty(answer: Any) -> Stats:
+        if answer != {}:
+            raise DataError("under secure aggregation the counts come only as ciphertext")
+        return {}
+
+    request["groups"] = [key[len(GROUP) :] for key in layout]
+    plain, enc, clients = ask(grid, audit, request, check_empty, send, cfg=cfg, encrypted=layout)
+    return Totals(plain, enc, layout, clients)
 
 
 def drift(grid: Grid, audit: Audited, send: Send, current: RunConfig) -> tuple[dict[str, Any], Stats]:

@@ -139,6 +139,7 @@ def fairness(
 ) -> Written:
     """``uaap fairness RUN --sensitive COL --federated``: the report of the clients' summed per-group counts."""
     from server import audit as server_audit
+    from uaap import crypto
     from uaap.monitor import fairness as fair
     from uaap.monitor.reports import MONITOR_DIR, Written, safe_name
 
@@ -153,13 +154,17 @@ def fairness(
         )
     chosen = fair.choose_positive(model.classes, positive)
     current = new_rows(audit, data) if data else None
-    total = over_flower(audit, lambda grid, send: server_audit.fairness(grid, audit, send, sensitive, cfg=current),
-                        ray_address=ray_address)  # fmt: skip
+    secret = crypto.client_context(audit.cfg) if audit.public is not None else None  # the key holder's, checked first
+    totals = over_flower(audit, lambda grid, send: server_audit.fairness(grid, audit, send, sensitive, cfg=current),
+                         ray_address=ray_address)  # fmt: skip
+    total = dict(totals.plain)
+    if totals.encrypted is not None and secret is not None:
+        total.update(fair.open_counts(totals.encrypted, secret, totals.layout, len(model.classes)))
     groups = [key[len(fair.GROUP) :] for key in total]
     fair.check_groups(np.asarray(groups, dtype=object), sensitive)
     result = fair.fairness_from_counts(total, model.classes, chosen)
     result.update(run_id=run_id, data=data or "the clients' training rows", sensitive=sensitive, federated=True,
-                  left_out=audit.left_out)  # fmt: skip
+                  left_out=audit.left_out, secure_aggregation=audit.cfg.secure_aggregation)  # fmt: skip
     stem = audit.rd.path / MONITOR_DIR / f"fairness-{safe_name(sensitive)}-federated"
     title = f"run {run_id}: fairness by {sensitive!r}, federated ({audit.cfg.num_clients} clients)"
     outputs: dict[Path, Any] = {

@@ -185,10 +185,16 @@ def test_federated_fairness_equals_fairlearn_metricframe_on_the_pooled_predictio
     from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
     from sklearn.metrics import accuracy_score
 
-    audit = runs["ckks"]  # the clients decrypt the global model; the counts travel in the clear
+    audit = runs["ckks"]  # the clients decrypt the global model and encrypt their counts
     grid = AuditGrid(3)
-    total = sa.fairness(grid, audit, send(grid), "c0")
+    totals = sa.fairness(grid, audit, send(grid), "c0")
+    assert totals.plain == {} and totals.encrypted is not None  # the server holds no count in the clear
+    assert sorted(totals.layout) == ["group=east", "group=north", "group=south"]
+    total = fair.open_counts(totals.encrypted, crypto.client_context(audit.cfg), totals.layout, 2)
     federated = fair.fairness_from_counts(total, audit.model.classes, "yes")
+    plain = runs["none"]  # the same audit in the clear: one step, the counts summed as they are
+    grid = AuditGrid(3)
+    assert set(sa.fairness(grid, plain, send(grid), "c0").plain) == set(totals.layout)
 
     rows = pooled(audit.cfg)
     model = plaintext_model(audit)
@@ -244,7 +250,9 @@ def test_the_fairness_command_runs_the_audit_as_a_flower_simulation_on_ray(
     folder = module_home / "runs" / "audit-ckks" / "monitor"
     report = json.loads((folder / "fairness-c0-federated.json").read_text())
     grid = AuditGrid(3)
-    expected = fair.fairness_from_counts(sa.fairness(grid, runs["ckks"], send(grid), "c0"), ["no", "yes"], "yes")
+    local = sa.fairness(grid, runs["ckks"], send(grid), "c0")
+    counts = fair.open_counts(local.encrypted, crypto.client_context(runs["ckks"].cfg), local.layout, 2)
+    expected = fair.fairness_from_counts(counts, ["no", "yes"], "yes")
     assert report["counts"] == expected["counts"] and report["left_out"] == []
     assert report["groups"] == json.loads(json.dumps(expected["groups"]))
     assert (folder / "fairness-c0-federated.png").stat().st_size > 0

@@ -170,6 +170,23 @@ def choose_positive(classes: Sequence[str], positive: str = "") -> str:
     return classes[1]
 
 
+def open_counts(record: Any, hctx: Any, layout: Mapping[str, Sequence[int]], n_classes: int) -> Stats:
+    """Per-group counts summed as one CKKS ciphertext, decrypted by a key holder (``hctx``: a secret context) and
+    rounded to the whole counts they are (the sum carries noise of about 1e-9; more than 0.01 is refused)."""
+    from uaap.models.summed import decrypt_totals
+
+    values = decrypt_totals(record, hctx)
+    if [tuple(v.shape) for v in values] != [tuple(s) for s in layout.values()]:
+        raise DataError(f"the encrypted counts hold arrays {[v.shape for v in values]}, not {list(layout.values())}")
+    out: Stats = {}
+    for name, value in zip(layout, values, strict=True):
+        whole = np.round(value)
+        if value.size and float(np.abs(value - whole).max()) > 0.01:
+            raise DataError(f"the decrypted counts of {name!r} are not whole (the ciphertext sum lost precision)")
+        out[name] = whole + 0.0  # no -0.0
+    return check_fairness_counts(out, n_classes)
+
+
 @dataclass(frozen=True)
 class Audit:
     """Labels, predictions and groups of the audited rows (class indices), with the model's classes."""
