@@ -152,3 +152,44 @@ def run_api_keys(args: argparse.Namespace) -> int:
         done = keys.revoke(args.key_id, args.store)
         print(f"revoked API key {done.id} ({done.name})")
     return 0
+
+
+def register_ui(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add the ``ui`` command."""
+    p = sub.add_parser(
+        "ui",
+        help="the workbench (Streamlit): data, train, runs and compare, explain, privacy, predict",
+        description="Serve the workbench, one Streamlit app over the whole workflow: profile a table, train centrally "
+        "or simulate a federation (HE and DP switches) with its output streamed, compare runs from MLflow, show and "
+        "make `uaap explain` plots, the privacy-budget dashboard, and register a run and try predictions against a "
+        "running `uaap serve`. Training, explaining and registering run as `uaap` subprocesses.",
+    )
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.set_defaults(func=run_ui)
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    """Run Streamlit on the workbench in the foreground (Ctrl-C or SIGTERM stops it)."""
+    import os
+    import subprocess
+
+    from serving.workbench import ui_command
+    from uaap import workspace
+    from uaap.errors import ConfigError
+    from uaap.processes import die_with_parent, stop_code, stop_tree
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is not a TCP port; give 1..65535 (default 8501)")
+    env = dict(os.environ, UAAP_HOME=str(workspace.home()))
+    print(f"workbench on http://{args.address}:{args.port} (Ctrl-C to stop)", flush=True)
+    proc = subprocess.Popen(
+        ui_command(args.port, args.address),
+        env=env,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
+    )
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as exc:
+        stop_tree(proc.pid, grace=5.0)
+        return stop_code(exc)

@@ -39,6 +39,7 @@ COMMANDS = [
     "api-keys",  # serving/commands.py
     "register",  # serving/commands.py
     "serve",  # serving/commands.py
+    "ui",  # serving/commands.py
 ]
 UPPER_FLOORS = {"server", "client", "strategies", "simulations", "edge", "serving"}
 HEAVY = (
