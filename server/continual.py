@@ -75,11 +75,13 @@ class Parent:
 
     def seed_run_folder(self, rd: workspace.RunDir) -> None:
         """Give the new run the parent's preprocessing plan (the round loop then loads it instead of fitting)."""
+        from pathlib import Path
+
         from server.preprocess import plan_file
 
-        target = rd.path / "preprocessor.json"
-        if self.plan and str(target) == plan_file(rd) and not target.exists():
-            rd.path.mkdir(parents=True, exist_ok=True)
+        target = Path(plan_file(rd))
+        if self.plan and not target.exists():  # a resumed phase keeps the copy it made
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.plan, target)
 
     def start(self, cfg: RunConfig, initial: ArrayRecord, strategy: Strategy, rd: workspace.RunDir) -> ArrayRecord:
