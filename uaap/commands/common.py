@@ -135,3 +135,22 @@ def explain_unknown_flags(command: str, extras: list[str]) -> str | None:
     if prof is None:
         return f"{names}: `uaap {command}` takes no run settings"
     return f"{names} {'does' if len(known) == 1 else 'do'} not apply: {prof.reason(known[0])}"
+
+
+# Floors above the library that a library command calls into, by the name of a `uaap.floors` entry point
+# (pyproject.toml), as the CLI finds commands of those floors: the library never names an upper package.
+FLOORS_GROUP = "uaap.floors"
+
+
+def floor(name: str) -> Any:
+    """The module behind the ``uaap.floors`` entry point ``name`` (e.g. ``audits``: federated audits on Flower)."""
+    from importlib import metadata
+
+    from uaap.errors import ConfigError
+
+    for ep in metadata.entry_points(group=FLOORS_GROUP, name=name):
+        return ep.load()
+    raise ConfigError(
+        f"no {name!r} entry point in group {FLOORS_GROUP!r}: this installation lacks the floor above the library "
+        "that runs it; reinstall the project (make install, or pip install -e '.[all]')"
+    )

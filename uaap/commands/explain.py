@@ -105,18 +105,17 @@ def run(args: argparse.Namespace) -> int:
 
 def run_federated(args: argparse.Namespace) -> int:
     """``--federated``: the run's clients explain its final model on their own rows (a Flower simulation)."""
-    import importlib
-
     from rich.console import Console
     from rich.table import Table
 
+    from uaap.commands.common import floor
     from uaap.errors import ConfigError
 
     if args.pdp:
         raise ConfigError("--pdp draws ICE curves, which stay on the clients: --federated gives every column's PDP")
     if args.max_evals < 0:
         raise ConfigError(f"--max-evals {args.max_evals}: give 0 (shap's default) or a positive number")
-    audits = importlib.import_module("simulations.audit")  # the Flower floor, reached as the CLI's entry points are
+    audits = floor("audits")  # the Flower floor (simulations.audit), through its entry point
     console = Console()
     with console.status(f"explaining run {args.run} on its clients"):
         done = audits.explain(args.run, target_class=args.target_class, points=args.grid_points, seed=args.seed,

@@ -53,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("uaap fairness needs --data SOURCE (labelled rows), or --federated for a federated run")
     console = Console()
     if args.federated:
-        import importlib
+        from uaap.commands.common import floor
 
-        audits = importlib.import_module("simulations.audit")  # the Flower floor, reached as the CLI's entry points are
+        audits = floor("audits")  # the Flower floor (simulations.audit), through its entry point
         with console.status(f"auditing run {args.run} by {args.sensitive!r} on its clients"):
             done = audits.fairness(args.run, args.sensitive, data=args.data, positive=args.positive)
     else:

@@ -58,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
     thresholds = Thresholds(args.psi, args.ks, args.wasserstein, args.cramers_v, args.pvalue)
     console = Console()
     if args.federated:
-        import importlib
-
         if args.reference_data:
             raise ConfigError(
                 "--reference-data is central: with --federated the clients' training rows are the reference"
             )
-        audits = importlib.import_module("simulations.audit")  # the Flower floor, reached as the CLI's entry points are
+        from uaap.commands.common import floor
+
+        audits = floor("audits")  # the Flower floor (simulations.audit), through its entry point
         with console.status(f"comparing {args.data} with run {args.reference} on its clients"):
             done = audits.monitor(args.reference, args.data, thresholds=thresholds)
     else:
