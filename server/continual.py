@@ -99,6 +99,11 @@ class Parent:
             if isinstance(layer, PrivacyAccounting) and privacy:
                 layer.inherit(privacy)
                 inherited = True
+        if not privacy and (cfg.dp_central or cfg.dp_local):
+            text = (f"continue-from={self.run_id}: the parent made no DP release, so its training rows have no DP "
+                    "guarantee; this run's ledger accounts only its own releases")  # fmt: skip
+            log.warning(text)
+            rd.log_event("warning", text=text)
         totals = self.totals(cfg.dp_delta)
         rd.log_event("continue", parent=self.run_id, parent_round=self.round, privacy=inherited, **totals)
         log.info("run %s continues %s from its round %d %s", rd.run_id, self.run_id, self.round, totals)

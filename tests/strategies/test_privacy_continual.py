@@ -67,3 +67,27 @@ def test_a_continued_run_goes_on_from_the_parents_accountants(uaap_home: Any) ->
     again.load_state_dict(child.state_dict())
     assert again.example_epsilons() == pytest.approx(eps)
     assert again.priors == child.priors and again.fresh == child.fresh == {"node-9": [(1.5, 0.05, 20)]}
+
+
+def test_parent_start_hands_over_its_model_and_says_when_it_had_no_dp(uaap_home: Any) -> None:
+    import numpy as np
+
+    from server.continual import Parent
+    from uaap import workspace
+    from uaap.errors import ConfigError
+
+    start = _start()
+    record = to_record(start)
+    final = {k: v.numpy() + 1.0 for k, v in record.items()}  # not the seeded model
+    parent = Parent("plain", RunConfig(), 3, final, {}, "")  # a parent without DP: no privacy state
+    cfg = RunConfig(dp_central=True, fraction_train=1.0, run_id="child", continue_from="plain")
+    rd = workspace.run_dir("child")
+    rd.path.mkdir(parents=True)
+    got = parent.start(cfg, record, wrap_privacy(cfg, FedAvg()), rd)
+    assert all(np.array_equal(got[k].numpy(), v) for k, v in zip(got, final.values(), strict=True))
+    assert "no DP guarantee" in rd.events("warning")[-1]["text"]
+    event = rd.events("continue")[-1]
+    assert (event["parent"], event["parent_round"], event["privacy"], event["rounds"]) == ("plain", 3, False, 3.0)
+    wrong = Parent("plain", RunConfig(), 3, {**final, "0000": final["0000"][:1]}, {}, "")
+    with pytest.raises(ConfigError, match=r"array '0000' has shape \(1, 50\), this run's model needs \(40, 50\)"):
+        wrong.start(cfg, record, wrap_privacy(cfg, FedAvg()), rd)
