@@ -6,6 +6,9 @@ is ``NAME`` (served at the default alias), ``NAME@ALIAS``, ``NAME@v3`` or ``NAME
 again every ``refresh_seconds``, so moving ``@champion`` to a new version takes effect without a restart (the
 old version's cache entries are dropped then). ``/healthz``, ``/readyz`` and the OpenAPI pages are open; the
 models need a key with the ``predict`` scope, ``/metrics`` one with ``admin``.
+
+Length: over 500 lines because the endpoints, their pydantic request and response models (which are the OpenAPI
+document the fuzz test reads) and the key check they share are built in one ``create_app`` closure per settings.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time, and they
