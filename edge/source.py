@@ -356,7 +356,12 @@ def _scaling(cfg: RunConfig) -> dict[str, Any]:
         return {
             "kind": "series-window",
             "note": "x_model = (window - mean(window)) / scale, scale = the series' mean |first difference| over its "
-            "history; next value = output * scale + mean(window)",
+            "history; next value = output * scale + "
+            + (
+                f"window[-{cfg.seasonal_period}] (the value one season earlier: forecast-target seasonal)"
+                if cfg.forecast_target == "seasonal" and cfg.seasonal_period > 1
+                else "mean(window)"
+            ),
         }
     if cfg.dataset == "digits":
         return {"kind": "standardize", "mean": 0.0, "std": 16.0, "note": "x_model = (x_raw - mean) / std"}

@@ -87,12 +87,15 @@ def train_central(
     model = build_model(cfg.model, split.train.n_features, split.train.n_classes, split.train.image_shape)
     set_weights(model, weights)
     final = assess(model)
-    if cfg.task == "forecast":  # the horizon forecast of every series beside seasonal naive, plotted per series
-        from uaap.forecast.report import compare
+    if cfg.task == "forecast":  # the horizon forecast of every series beside the per-series models, plotted per series
+        from uaap.forecast.report import compare, forecasters
 
-        scores = compare(cfg, model, models=("seasonal_naive",), plots=rd.path / "forecasts", clients=1)
+        scores = compare(cfg, model, models=forecasters(cfg), plots=rd.path / "forecasts", clients=1)
         forecast = {f"forecast-{k}": v for k, v in scores[cfg.model].items()}
         forecast["naive-mase"] = scores["seasonal_naive"]["mase"]
+        forecast.update(
+            {f"{name}-mase": m["mase"] for name, m in scores.items() if name not in (cfg.model, "seasonal_naive")}
+        )
         final = {**final, **forecast}
         tracker.log_metrics({f"central_{k}": v for k, v in forecast.items()}, step=epochs)
         for png in sorted((rd.path / "forecasts").glob("*.png")):

@@ -11,8 +11,13 @@ server never holds the plaintext model): its value is the clients' validation ac
 Regression runs have no accuracy: unless a metric is asked for, each run is compared on its task's headline
 (accuracy, or R2 for a regression target: :data:`uaap.metrics.HEADLINE`), the column is named for what it holds
 (``accuracy``, ``r2``, or ``accuracy | r2`` with each value prefixed when the tasks mix), and regression runs also
-show their RMSE in the target's units. Lower-is-better metrics (``rmse``, ``mae``, ``mse``, ``loss``) sort
-ascending.
+show their RMSE in the target's units. Lower-is-better metrics (``rmse``, ``mae``, ``mse``, ``loss``, ``mase``,
+``smape``) sort ascending.
+
+Forecasting runs (``--task forecast``: ``uaap train``'s horizon forecast, ``uaap automl``'s winning forecaster) are
+compared on their MASE, and the table adds their MAE, sMAPE (%) and MASE columns, each from the counts summed over
+every series' held-out tail (:mod:`uaap.forecast.metrics`). Text runs (a column read with ``--text-columns hashing``
+or ``tfidf``) are classification runs: their label says how the text was read.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ VALIDATION = "clients' validation"
 RUN_TAG = "uaap.run_id"
 KIND_TAG = "uaap.kind"
 PARENT_TAG = "mlflow.parentRunId"
-LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse")
+LOWER_IS_BETTER = ("loss", "rmse", "mae", "mse", "mase", "smape")
+FORECAST = ("mae", "smape", "mase")  # a forecasting run's columns, from its horizon forecast's summed counts
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class RunRow:
     measured_on: str = TEST  # what ``value`` was measured on: TEST or VALIDATION
     metric: str = "accuracy"  # what ``value`` is (the asked metric, or the run's task's headline)
     rmse: float | None = None  # a regression run's final RMSE, in the target's units
+    forecast: dict[str, float] = field(default_factory=dict)  # a forecasting run's MAE, sMAPE and MASE (FORECAST)
     ensembles: dict[str, float] = field(default_factory=dict)  # an AutoML run's ensemble_* metrics (--ensembles)
 
 
@@ -87,6 +94,8 @@ def _label(kind: str, run_id: str, params: dict[str, str], tags: dict[str, str],
         text = f"federated {params.get('strategy', '')} {model}, {params.get('num-clients', '?')} clients"
     else:
         text = f"central {model}"
+    if params.get("text-columns") in ("hashing", "tfidf"):
+        text += f", text {params['text-columns']}"
     return text + ("" if privacy == "none" else f" [{privacy}]")
 
 
@@ -154,8 +163,9 @@ def _row(
     regression = any(k in metrics for k in _final_key(kind, "r2")) and not any(
         k in metrics for k in _final_key(kind, "accuracy")
     )
-    metric = metric or ("r2" if regression else "accuracy")
-    for key in _final_key(kind, metric):
+    forecast = _forecast_metrics(kind, metrics)
+    metric = metric or ("mase" if forecast else "r2" if regression else "accuracy")
+    for key in _final_key(kind, f"forecast-{metric}" if forecast and kind == "central" else metric):
         if key in metrics:
             value, curve_key = float(metrics[key]), key
             break
@@ -186,8 +196,17 @@ def _row(
         measured_on=VALIDATION if curve_key and curve_key.startswith("fed_") else TEST,
         metric=metric,
         rmse=rmse,
+        forecast=forecast,
         ensembles={k: float(v) for k, v in metrics.items() if k.startswith("ensemble_")},
     )
+
+
+def _forecast_metrics(kind: str, metrics: dict[str, float]) -> dict[str, float]:
+    """A forecasting run's MAE, sMAPE and MASE (``uaap train``: central_forecast-*, AutoML: test_*), else empty."""
+    prefix = "test_" if kind == "automl" else "central_forecast-"
+    if f"{prefix}mase" not in metrics:
+        return {}
+    return {k: float(metrics[f"{prefix}{k}"]) for k in FORECAST if f"{prefix}{k}" in metrics}
 
 
 def metric_name(rows: Sequence[RunRow], metric: str = "") -> str:
@@ -202,17 +221,20 @@ def compare_table(rows: Sequence[RunRow], metric: str = "") -> Any:
     name = metric_name(rows, metric)
     mixed = " | " in name
     with_rmse = any(r.rmse is not None for r in rows) and name != "rmse"
+    forecasts = ("MAE", "sMAPE %", "MASE") if any(r.forecast for r in rows) else ()
     table = Table(title=f"runs compared on their final {name}")
-    columns = ("run", "kind", "dataset", "what", "privacy", name, *(("rmse",) if with_rmse else ()), "measured on")
+    columns = ("run", "kind", "dataset", "what", "privacy", name, *(("rmse",) if with_rmse else ()), *forecasts,
+               "measured on")  # fmt: skip
     for col in (*columns, "epsilon", "rounds/epochs", "seconds", "split"):
         table.add_column(
             col,
-            justify="right" if col in (name, "rmse", "epsilon", "rounds/epochs", "seconds") else "left",
+            justify="right" if col in (name, "rmse", *forecasts, "epsilon", "rounds/epochs", "seconds") else "left",
             no_wrap=col == "run",
         )
     for row in sort_rows(rows):
         value = "-" if row.value is None else (f"{row.metric} " if mixed else "") + f"{row.value:.4f}"
         rmse = ("-" if row.rmse is None else f"{row.rmse:.4g}",) if with_rmse else ()
+        fc = tuple("-" if k not in row.forecast else f"{row.forecast[k]:.4g}" for k in FORECAST) if forecasts else ()
         table.add_row(
             row.run_id,
             row.kind,
@@ -221,6 +243,7 @@ def compare_table(rows: Sequence[RunRow], metric: str = "") -> Any:
             row.privacy,
             value,
             *rmse,
+            *fc,
             "-" if row.value is None else row.measured_on,
             "-" if row.epsilon is None else f"{row.epsilon:.3f}",
             str(row.steps or "-"),

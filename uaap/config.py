@@ -205,6 +205,11 @@ class RunConfig(BaseModel):
     series_length: int = _setting(
         120, "dataset=series: points in each generated series", group="data", scope=ANY, ge=8,
     )  # fmt: skip
+    forecast_target: str = _setting(
+        "seasonal", "task=forecast: what model=lstm or gru learns to predict: the next value's change from the value "
+        "one season earlier (seasonal: a correction to seasonal naive; needs lags >= seasonal-period), or the next "
+        "value minus its window's mean (level)", group="data", scope=ANY, choices=("seasonal", "level"),
+    )  # fmt: skip
     forecast_models: str = _setting(
         ",".join(FORECASTERS), "task=forecast: the per-series models every series is also forecast by, beside the "
         "network, comma-separated (seasonal_naive, arima, ets, prophet; each fits on one series alone, on its client)",
@@ -553,6 +558,15 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
+    def _forecast_default_model(cls, values: Any) -> Any:
+        """A forecast run that names no model gets the global forecaster, lstm (the default, mlp, does not
+        forecast); `uaap automl --task forecast` ranks the per-series models and names none."""
+        if isinstance(values, dict) and values.get("task") == "forecast" and "model" not in values:
+            return {**values, "model": "lstm"}
+        return values
+
+    @model_validator(mode="before")
+    @classmethod
     def _summed_defaults(cls, values: Any) -> Any:
         """K-Means and PCA, fitted from summed statistics, take their strategy (fedstats) when the run names none,
         and PCA, complete after one round, one round; what the run names is kept, and checked where a federation
@@ -579,6 +593,11 @@ class RunConfig(BaseModel):
             raise ValueError(
                 f"forecast-models names {unknown[0]!r}, not a per-series forecaster; choose from: "
                 f"{', '.join(FORECASTERS)}"
+            )
+        if self.task == "forecast" and self.forecast_target == "seasonal" and self.lags < self.seasonal_period:
+            raise ValueError(
+                f"forecast-target='seasonal' reads the value one season back from each window: lags={self.lags} is "
+                f"shorter than seasonal-period={self.seasonal_period}; raise --lags or use --forecast-target level"
             )
         if self.task == "forecast" and self.dataset == "csv" and not self.time_column:
             raise ValueError("task='forecast' on your table needs time-column: pass --time-column COLUMN")

@@ -68,6 +68,7 @@ PROFILES: Final = {
             *("dataset", "data_path", "target", "task", "data_table", "data_query", "data_sep", "data_encoding"),
             *("data_decimal", "impute", "fill_value", "outliers", "encoding", "max_categories", "scaling"),
             *("text_columns", "polynomial", "drop_columns", "test_fraction", "seed", "experiment", "run_id"),
+            *("time_column", "series_column", "horizon", "seasonal_period", "series_length", "forecast_models"),
         ),
     ),
 }

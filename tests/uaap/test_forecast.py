@@ -133,3 +133,30 @@ def test_cross_validation_selects_the_model_that_fits_the_series() -> None:
     assert best == "seasonal_naive" and scores["seasonal_naive"] < 0.5 * scores["naive"], scores
     flat = 50 + np.random.default_rng(1).normal(0, 0.2, 72).cumsum()  # a random walk: the last value is best
     assert metrics.select(candidates, flat, 6, 12, folds=3)[0] == "naive"
+
+
+def test_seasonal_target_is_the_change_from_one_season_earlier() -> None:
+    values = 100 + 10 * np.sin(2 * np.pi * np.arange(40) / 12) + np.arange(40) * 0.5
+    X, y = series.windows(values, 12, 2.0, period=12)
+    np.testing.assert_allclose(y, (values[12:] - values[:-12]) / 2.0, rtol=1e-6)  # 0.5 a step, 12 steps: 6 / 2
+    X_level, _ = series.windows(values, 12, 2.0)
+    np.testing.assert_array_equal(X, X_level)  # the inputs do not change, only what the network predicts
+    with pytest.raises(ConfigError, match="forecast-target='seasonal' .*lags=6 is shorter than seasonal-period=12"):
+        RunConfig(task="forecast", dataset="series", lags=6)
+    assert RunConfig(task="forecast", dataset="series", lags=6, forecast_target="level").model == "lstm"
+
+
+def test_prophet_forecasts_a_seasonal_series_with_an_interval() -> None:
+    s = series.generate(1, 72, 12, seed=2)[0]
+    history, tail = s.history(12), s.tail(12)
+    fit = models.prophet(history, 12, 12)
+    assert (
+        fit.lower is not None
+        and fit.upper is not None
+        and np.all(fit.lower < fit.mean)
+        and np.all(fit.mean < fit.upper)
+    )
+    assert np.abs(fit.mean - tail).mean() < np.abs(history.mean() - tail).mean()  # beats the flat mean
+    np.testing.assert_array_equal(models.prophet(history, 12, 12).mean, fit.mean)  # seeded: the same forecast again
+    with pytest.raises(ConfigError, match="forecast-models names 'sarimax', not a per-series forecaster"):
+        RunConfig(forecast_models="arima,sarimax")

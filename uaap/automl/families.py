@@ -22,6 +22,7 @@ import numpy as np
 
 from uaap.automl.torch_mlp import TorchMLPClassifier as TorchMLPClassifier  # re-exported: its home until now
 from uaap.automl.torch_mlp import TorchMLPRegressor as TorchMLPRegressor
+from uaap.config import FORECASTERS
 from uaap.errors import ConfigError
 
 SEP = "__"
@@ -169,7 +170,7 @@ def check_families(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     names = tuple(n.strip() for n in names if n.strip())
     if not names:
         raise ConfigError(f"no model family given; choose from: {', '.join(FAMILIES)}")
-    unknown = [n for n in names if n not in FAMILIES]
+    unknown = [n for n in names if n not in FAMILIES and n not in FORECASTERS]  # forecasters: --task forecast
     if unknown:
         raise ConfigError(f"model family {unknown[0]!r} is not supported; choose from: {', '.join(FAMILIES)}")
     return tuple(dict.fromkeys(names))

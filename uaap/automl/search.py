@@ -340,6 +340,10 @@ def run_automl(
     ``RAY_ADDRESS``) and shut down afterwards only if this call started it.
     """
     stage = on_stage or (lambda text: None)
+    if cfg.task == "forecast":  # per-series forecasters on expanding-window folds (uaap.forecast.automl)
+        from uaap.forecast.automl import search_forecasters
+
+        return search_forecasters(cfg, settings or AutoMLSettings(), on_stage=stage)
     split = load_data(cfg, (settings or AutoMLSettings()).cv)
     train, test = split.train, split.test
     n_classes = train.n_classes

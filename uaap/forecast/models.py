@@ -136,9 +136,12 @@ def prophet(history: np.ndarray, horizon: int, period: int) -> Forecast:
     )
 
 
-def network(model: nn.Module, history: np.ndarray, horizon: int, lags: int, scale: float, name: str = "") -> Forecast:
+def network(
+    model: nn.Module, history: np.ndarray, horizon: int, lags: int, scale: float, name: str = "", period: int = 0
+) -> Forecast:
     """A one-step network's forecast: each predicted value joins the window that predicts the next (windows scaled
-    as in training: :func:`uaap.forecast.series.window_inputs`)."""
+    as in training: :func:`uaap.forecast.series.window_inputs`; ``period``: the network predicts the change from the
+    value one season earlier, :func:`uaap.forecast.series.windows`)."""
     import torch
 
     values = list(np.asarray(history, dtype=np.float64)[-lags:])
@@ -149,7 +152,8 @@ def network(model: nn.Module, history: np.ndarray, horizon: int, lags: int, scal
     with torch.no_grad():
         for _ in range(horizon):
             X, means = window_inputs(np.asarray(values[-lags:])[None, :], scale)
-            step = float(model(torch.from_numpy(X)).reshape(-1)[0]) * scale + float(means[0])
+            base = values[-period] if period else float(means[0])
+            step = float(model(torch.from_numpy(X)).reshape(-1)[0]) * scale + base
             out.append(step)
             values.append(step)
     return Forecast(name or str(getattr(model, "cell", "network")), np.asarray(out))

@@ -13,10 +13,16 @@ from typing import TYPE_CHECKING
 from uaap.config import RunConfig
 from uaap.forecast.metrics import add_counts, forecast_counts, mase_scale, metrics_from_counts
 from uaap.forecast.models import STATISTICAL, Forecast, network, statistical
-from uaap.forecast.series import Series, client_series, scale_of
+from uaap.forecast.series import Series, client_series, scale_of, target_period
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+def forecasters(cfg: RunConfig) -> tuple[str, ...]:
+    """The per-series models a run compares: seasonal naive (the MASE baseline) and the run's ``forecast-models``."""
+    named = (m.strip() for m in cfg.forecast_models.split(",") if m.strip())
+    return tuple(dict.fromkeys(("seasonal_naive", *named)))
 
 
 def forecasts(
@@ -26,7 +32,8 @@ def forecasts(
     history = series.history(cfg.horizon)
     out = [statistical(name, cfg.seasonal_period)(history, cfg.horizon) for name in models]
     if net is not None:
-        out.append(network(net, history, cfg.horizon, cfg.lags, scale_of(history), name=cfg.model))
+        scale = scale_of(history)
+        out.append(network(net, history, cfg.horizon, cfg.lags, scale, name=cfg.model, period=target_period(cfg)))
     return out
 
 

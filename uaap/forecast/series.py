@@ -8,8 +8,10 @@ interpolated) with a warning that says how many points were filled.
 
 Each series is scaled on its own (its windows never leave its client): a window's values minus the window's mean,
 divided by the series' scale (the mean absolute first difference of its training part), and the target is the
-next value on the same scale. So one global network serves series of any level and unit, and a trend does not
-push values outside what training saw.
+next value on the same scale (``forecast-target level``), or the next value minus the value one season earlier
+(``forecast-target seasonal``: what the network learns is the correction to seasonal naive, and an output of 0 is
+seasonal naive). So one global network serves series of any level and unit, and a trend does not push values outside
+what training saw.
 """
 
 from __future__ import annotations
@@ -180,14 +182,24 @@ def window_inputs(windows: np.ndarray, scale: float) -> tuple[np.ndarray, np.nda
     return ((windows - means) / scale).astype(np.float32), means[:, 0]
 
 
-def windows(values: np.ndarray, lags: int, scale: float, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Every window of ``lags`` values whose next value (the target) has index ``>= start + lags``, scaled."""
+def windows(
+    values: np.ndarray, lags: int, scale: float, start: int = 0, period: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of ``lags`` values whose next value (the target) has index ``>= start + lags``, scaled; the
+    target is the next value minus the window's mean, or with ``period`` (<= ``lags``) minus the value ``period``
+    steps before it (the window's own, one season earlier)."""
     values = np.asarray(values, dtype=np.float64)
     idx = np.arange(max(start, 0), len(values) - lags)
     raw = np.stack([values[i : i + lags] for i in idx]) if len(idx) else np.zeros((0, lags))
     X, means = window_inputs(raw, scale)
-    y = ((values[idx + lags] - means) / scale).astype(np.float32)
+    base = values[idx + lags - period] if period else means
+    y = ((values[idx + lags] - base) / scale).astype(np.float32)
     return X, y
+
+
+def target_period(cfg: RunConfig) -> int:
+    """The ``period`` of :func:`windows` for the run: its season under ``forecast-target seasonal``, else 0."""
+    return cfg.seasonal_period if cfg.forecast_target == "seasonal" and cfg.seasonal_period > 1 else 0
 
 
 def series_split(series: list[Series], cfg: RunConfig) -> Split:
@@ -199,8 +211,10 @@ def series_split(series: list[Series], cfg: RunConfig) -> Split:
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
     for s in series:
         scale = scale_of(s.history(cfg.horizon))
-        parts["train"].append(windows(s.history(cfg.horizon), cfg.lags, scale))
-        parts["test"].append(windows(s.values, cfg.lags, scale, start=len(s.values) - cfg.horizon - cfg.lags))
+        period = target_period(cfg)
+        parts["train"].append(windows(s.history(cfg.horizon), cfg.lags, scale, period=period))
+        start = len(s.values) - cfg.horizon - cfg.lags
+        parts["test"].append(windows(s.values, cfg.lags, scale, start=start, period=period))
 
     def dataset(kind: str) -> Dataset:
         X = np.concatenate([x for x, _ in parts[kind]])
