@@ -6,6 +6,7 @@ One random forest (with a free-text column) and one torch MLP are trained once f
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def test_lime_equals_lime_called_directly(runs: tuple[Path, RunModel, RunModel])
 
     def predict_text(docs: list[str]) -> np.ndarray:
         rows = row.loc[[0] * len(docs)].reset_index(drop=True)
-        rows["notes"] = [d if d.strip() else None for d in docs]
+        rows["notes"] = [d if re.search(r"\w", d) else None for d in docs]
         return forest.predict_proba(rows)
 
     text = LimeTextExplainer(class_names=forest.classes, random_state=3).explain_instance(
@@ -162,3 +163,35 @@ def test_explain_methods_from_the_cli(
     out = capsys.readouterr().out
     for name in ("shap-force.png", "shap-dependence.png", "shap-waterfall.png"):
         assert f"explain/{name}" in out.replace("\n", "")
+
+
+def test_a_text_only_model_falls_back_to_lime_text_and_says_so(module_home: Path) -> None:
+    from lime.lime_text import LimeTextExplainer
+
+    from uaap.centralized import train_central
+    from uaap.explain.lime import explain_lime
+
+    topics = str(Path(__file__).parents[1] / "fixtures" / "text" / "topics.csv")
+    train_central(RunConfig(dataset="csv", data_path=topics, target="topic", text_columns="hashing", model="logreg",
+                            experiment="tests-explain-lime", run_id="topics"), epochs=3)  # fmt: skip
+    done = explain_lime("topics", topics, row=4, max_rows=50, seed=2)
+    report = done.report
+    assert report["weights"] == [] and report["local_prediction"] is None
+    assert "no numeric or categorical column to perturb: lime's text explainer only" in report["note"]
+    model = load_run_model("topics")
+    row = pd.read_csv(topics).iloc[[4]].reset_index(drop=True)
+
+    def predict(docs: list[str]) -> np.ndarray:
+        rows = row.loc[[0] * len(docs)].reset_index(drop=True)
+        rows["text"] = [d if re.search(r"\w", d) else None for d in docs]  # no word left: a missing text
+        return model.predict_proba(rows)
+
+    k = len(model.classes) - 1  # the last of three classes, as --target-class defaults
+    direct = LimeTextExplainer(class_names=model.classes, random_state=2).explain_instance(
+        row["text"].iloc[0], predict, labels=(k,), num_features=10, num_samples=1000
+    )
+    assert report["text"]["column"] == "text"
+    assert [w for w, _ in report["text"]["weights"]] == [w for w, _ in direct.as_list(label=k)]
+    np.testing.assert_allclose([v for _, v in report["text"]["weights"]], [v for _, v in direct.as_list(label=k)],
+                               rtol=0, atol=1e-12)  # fmt: skip
+    assert (model.run.path / "explain" / "lime-row-4.png").is_file()

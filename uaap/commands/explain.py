@@ -154,9 +154,10 @@ def run_method(args: argparse.Namespace) -> int:
                                 max_rows=args.max_rows, background_rows=args.background_rows, seed=args.seed,
                                 trust_pickle=args.trust_pickle)  # fmt: skip
         r = done.report
-        console.print(f"LIME, row {r['row']}: {r['output']} {r['model_prediction']:.4f}, LIME's local fit "
-                      f"{r['local_prediction']:.4f} (intercept {r['intercept']:.4f}, R^2 {r['score']:.3f})",
-                      markup=False, soft_wrap=True)  # fmt: skip
+        fit = ("" if r["local_prediction"] is None else f", LIME's local fit {r['local_prediction']:.4f} (intercept "
+               f"{r['intercept']:.4f}, R^2 {r['score']:.3f})")  # fmt: skip
+        console.print(f"LIME, row {r['row']}: {r['output']} {r['model_prediction']:.4f}{fit}", markup=False,
+                      soft_wrap=True)  # fmt: skip
         t = Table("condition", "weight")
         for w in r["weights"]:
             t.add_row(w["condition"], f"{w['weight']:+.4f}")

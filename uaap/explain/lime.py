@@ -13,6 +13,7 @@ at random, every other column held at the row's value, and the weights are of wo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +137,15 @@ def explain_row(
 
     check_row(row, len(frame))
     one = frame.iloc[[row]].reset_index(drop=True)
-    enc = encoding(model, frame)
+    classification = model.task == "classification"
+    k = choose_class(model, target_class) if classification else 0
+    try:
+        enc = encoding(model, frame)
+    except DataError:  # only dates and text: lime's text explainer alone, if the row has text
+        text = _text(model, one, k, num_samples, seed)
+        if not text:
+            raise
+        return _text_only(model, one, k, text)
     notes = [f"held at the row's value (LIME cannot perturb them): {', '.join(enc.fixed)}"] if enc.fixed else []
     background = frame
     if len(frame) > background_rows:
@@ -145,8 +154,6 @@ def explain_row(
         notes.append(
             f"LIME's statistics from {background_rows} of {len(frame)} rows drawn at random (--background-rows)"
         )
-    classification = model.task == "classification"
-    k = choose_class(model, target_class) if classification else 0
     explainer = LimeTabularExplainer(
         enc.encode(background),
         mode="classification" if classification else "regression",
@@ -180,6 +187,24 @@ def explain_row(
     )
 
 
+def _text_only(model: RunModel, row: pd.DataFrame, k: int, text: dict[str, Any]) -> Lime:
+    """A row of a model that reads only free text (and dates): its words' weights, said so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classification = model.task == "classification"
+    output = f"P({model.classes[k]})" if classification else model.target
+    values = model.predict_proba(row)[0, k] if classification else np.asarray(model.predict(row)).reshape(-1)[0]
+    words = [(f"word {w!r} in {text['column']}", float(v)) for w, v in text["weights"]]
+    fig, ax = plt.subplots()
+    ax.barh([w for w, _ in words][::-1], [v for _, v in words][::-1],
+            color=["green" if v > 0 else "red" for _, v in words][::-1])  # fmt: skip
+    note = "no numeric or categorical column to perturb: lime's text explainer only (LimeTextExplainer)"
+    return Lime(output, [], float("nan"), float("nan"), float(values), float("nan"), note, fig, text)
+
+
 def _text(model: RunModel, row: pd.DataFrame, label: int, num_samples: int, seed: int) -> dict[str, Any]:
     """lime's text explainer on the row's first non-empty free-text column (its words), {} when it has none."""
     from lime.lime_text import LimeTextExplainer  # type: ignore[import-untyped]
@@ -192,7 +217,7 @@ def _text(model: RunModel, row: pd.DataFrame, label: int, num_samples: int, seed
 
     def predict(docs: list[str]) -> np.ndarray:
         frame = row.loc[[0] * len(docs)].reset_index(drop=True)
-        frame[column] = [d if d.strip() else None for d in docs]  # every word removed: a missing text
+        frame[column] = [d if re.search(r"\w", d) else None for d in docs]  # every word removed: a missing text
         if classification:
             return model.predict_proba(frame)
         values = np.asarray(model.predict(frame), dtype=np.float64)
@@ -247,9 +272,9 @@ def explain_lime(
         "row": shown,
         "output": result.output,
         "model_prediction": result.model_prediction,
-        "local_prediction": result.local_prediction,
-        "intercept": result.intercept,
-        "score": result.score,
+        "local_prediction": _finite(result.local_prediction),  # None: the text explainer only
+        "intercept": _finite(result.intercept),
+        "score": _finite(result.score),
         "weights": [{"condition": c, "weight": w} for c, w in result.weights],
         "text": result.text,
         "note": "; ".join(n for n in (note, result.note) if n),
@@ -263,10 +288,11 @@ def explain_lime(
         import matplotlib.pyplot as plt
 
         fig = result.figure
+        fit = (f"LIME's local fit {result.local_prediction:.4f} (R^2 {result.score:.2f})" if result.weights
+               else f"the words of {result.text['column']} (LimeTextExplainer)")  # fmt: skip
         fig.suptitle(f"run {run_id}, row {shown} of {Path(data).name}: LIME weights of {result.output}\n"
-                     f"model {result.model_prediction:.4f}, LIME's local fit {result.local_prediction:.4f} "
-                     f"(R^2 {result.score:.2f})", fontsize=9)  # fmt: skip
-        fig.set_size_inches(9, max(3.0, 0.4 * len(result.weights) + 1.5))
+                     f"model {result.model_prediction:.4f}, {fit}", fontsize=9)  # fmt: skip
+        fig.set_size_inches(9, max(3.0, 0.4 * len(result.weights or result.text.get("weights", [])) + 1.5))
         fig.tight_layout()
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -274,9 +300,13 @@ def explain_lime(
 
     outputs: dict[Path, Any] = {folder / "lime.json": lambda p: write_json(report, p)}
     outputs[folder / f"lime-row-{shown}.png"] = figure
-    metrics = {f"lime.row{shown}.score": result.score, f"lime.row{shown}.local_prediction": result.local_prediction}
+    metrics = {f"lime.row{shown}.{k}": v for k in ("score", "local_prediction") if (v := report[k]) is not None}
     event = {"data": data, "method": "lime", "row": shown, "output": result.output}
     return _written(report, publish(model, outputs, metrics, "explain", event))
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def _written(report: dict[str, Any], files: list[Path]) -> Written:
