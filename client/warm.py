@@ -30,7 +30,8 @@ Flower internals this relies on, all in flwr 1.42 (pinned in pyproject.toml): th
 from an ``ExecutionSpec``; ``flwr.supernode.cli.flwr_clientapp.flwr_clientapp`` reading ``sys.argv``;
 ``pull_objects`` and ``pull_and_inflate_object_from_tree`` taking their backoff (``initial_backoff``, ``backoff_cap``,
 ``max_tries_per_object``) as keyword defaults that their callers in the SuperNode (``_pull_and_store_message``)
-and the ClientApp (``run_clientapp``) leave alone.
+and the ClientApp (``run_clientapp``) leave alone; ``HEARTBEAT_DEFAULT_INTERVAL`` read at call time by
+``flwr.supercore.heartbeat`` and ``flwr.supernode.fleet_http_connection`` (:func:`short_heartbeats`).
 :func:`check_flower` asserts each of them, and ``tests/client/test_warm.py`` runs it, so an upgrade that moves one
 fails a test by name instead of slowing or breaking deployments silently.
 """
@@ -47,13 +48,18 @@ import threading
 import time
 from typing import Any
 
-NAP = 0.05  # seconds: the SuperNode's longest sleep and the SuperExec's task poll
+NAP = 0.05  # seconds: the SuperNode's and the SuperExec's polls right after work
+IDLE_CAP = 0.2  # seconds: their longest idle nap (each idle nap 1.5x the last, from NAP)
 # The zygote forks: no thread pool may exist in it when it does (a lock held by a pool thread at the fork would
 # stay held in the child forever). One thread each keeps OpenMP, OpenBLAS and MKL from starting pools at import;
 # a child sizes torch's threads itself (uaap.threads), after the fork.
 SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 PULL_BACKOFF = (0.02, 0.25)  # seconds: first retry and longest wait of an object pull (Flower's: 1 and 10)
+# seconds between heartbeats the SuperNode promises (Flower's default 30, its minimum 10): a node that dies without
+# its goodbye (seen: a killed warm client's SuperNode, 2 of 3 times on a loaded machine) is offline 2 x 10 s later,
+# so the round stops waiting for it and the restarted client is let in (until then: "[code: 2004]")
+HEARTBEAT = 10
 # What a ClientApp message imports, profiled in a warm child: torch._dynamo (imported by the first torch.optim
 # optimizer: 3 s of a 3.7 s train message), Flower's HTTP client (httpcore), scikit-learn's data sets and metrics.
 WARM_IMPORTS = (
@@ -77,6 +83,8 @@ def check_flower() -> None:
     factory = importlib.import_module("flwr.supercore.superexec.executor.factory")
     if not hasattr(rs, "run_superexec") or "SubprocessExecutor" not in inspect.getsource(factory):
         problems.append("flwr.supercore.superexec.run_superexec no longer builds a SubprocessExecutor")
+    if "time.sleep(task_poll_interval)" not in inspect.getsource(rs.run_superexec):
+        problems.append("run_superexec no longer polls with time.sleep(task_poll_interval)")
     if list(inspect.signature(SubprocessExecutor.launch).parameters) != ["self", "spec"]:
         problems.append("SubprocessExecutor.launch(self, spec) changed its signature")
     if "parse_args()" not in inspect.getsource(entry):
@@ -89,6 +97,13 @@ def check_flower() -> None:
     pulls = (iu.pull_objects, iu.pull_and_inflate_object_from_tree)
     if not all(backoff <= set(f.__kwdefaults__ or {}) for f in pulls) or "backoff" in callers:
         problems.append("pull_objects no longer takes its backoff as keyword defaults its callers leave alone")
+    import flwr.supercore.heartbeat as hb
+    from flwr.common import constant
+    from flwr.supernode import fleet_http_connection as fc
+
+    uses = all("HEARTBEAT_DEFAULT_INTERVAL" in inspect.getsource(module) for module in (hb, fc))
+    if not uses or not constant.HEARTBEAT_MIN_INTERVAL <= HEARTBEAT <= constant.HEARTBEAT_MAX_INTERVAL:
+        problems.append("the SuperNode's heartbeat interval is no longer HEARTBEAT_DEFAULT_INTERVAL of its modules")
     if problems:
         raise RuntimeError("client/warm.py relies on Flower internals that changed: " + "; ".join(problems))
 
@@ -106,14 +121,38 @@ def quick_object_pulls(initial: float = PULL_BACKOFF[0], cap: float = PULL_BACKO
         defaults.update(initial_backoff=initial, backoff_cap=cap, max_tries_per_object=tries)
 
 
-class _Napless:
-    """Stands in for the ``time`` module inside one Flower module: the same functions, ``sleep`` capped."""
+def short_heartbeats(interval: int = HEARTBEAT) -> None:
+    """The SuperNode of this process promises (and sends) heartbeats every ``interval`` seconds, not 30."""
+    import flwr.supercore.heartbeat as hb
+    from flwr.supernode import fleet_http_connection as fc
 
-    def __init__(self, nap: float) -> None:
-        self.nap = nap
+    for module in (hb, fc):  # each reads its own name at call time
+        setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", interval)  # noqa: B010 - a module global, not re-exported
+
+
+class _Napless:
+    """Stands in for the ``time`` module inside one Flower module: the same functions, ``sleep`` shortened.
+
+    A sleep of ``idle`` seconds or more is the module's idle nap (nothing to do): it lasts ``nap`` seconds, then
+    1.5 times longer each time up to ``cap``, so that an idle client stops polling 20 times a second (on 2 cores, 5
+    idle clients' polls through TLS took the CPU the round needed). Any shorter sleep (waiting within a message's
+    work) is capped at ``nap`` and makes the next idle nap short again, as :meth:`reset` does.
+    """
+
+    def __init__(self, nap: float, cap: float | None = None, idle: float = 3.0) -> None:
+        self.nap, self.cap, self.idle = nap, max(nap, cap or nap), idle
+        self.current = nap
+
+    def reset(self) -> None:
+        """Work came: the next idle nap is short again."""
+        self.current = self.nap
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self.nap))
+        if seconds >= self.idle:
+            wait, self.current = self.current, min(self.current * 1.5, self.cap)
+        else:
+            wait, self.current = min(seconds, self.nap), self.nap
+        time.sleep(wait)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -125,8 +164,9 @@ def supernode(argv: list[str], nap: float = NAP) -> None:
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     check_flower()
-    setattr(sci, "time", _Napless(nap))  # noqa: B010 - the module's own name for time: only its sleeps change
+    setattr(sci, "time", _Napless(nap, IDLE_CAP))  # noqa: B010 - the module's own name for time: only sleeps change
     quick_object_pulls()
+    short_heartbeats()
     if "--isolation" not in argv:  # the SuperExec is ours: started here, as Flower starts its own in subprocess mode
         argv = [*argv, "--isolation", "process"]
         host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
@@ -205,8 +245,15 @@ def superexec(argv: list[str], nap: float = NAP) -> None:
     parser.add_argument("--parent-pid", type=int)
     args = parser.parse_args(argv)
     os.environ[POLL_ENV] = f"{nap:g}"
+    napper = _Napless(nap, IDLE_CAP, idle=0.0)  # every sleep of its loop is a poll: idle until a task comes
+    setattr(rs, "time", napper)  # noqa: B010 - the module's own name for time
     pool = WarmPool()
-    SubprocessExecutor.launch = lambda self, spec: pool.launch(spec)  # type: ignore[method-assign]
+
+    def launch(self: Any, spec: Any) -> Any:
+        napper.reset()
+        return pool.launch(spec)
+
+    SubprocessExecutor.launch = launch  # type: ignore[method-assign]
     try:
         rs.run_superexec(
             runtime_api_address=args.runtime_api_address,

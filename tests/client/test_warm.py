@@ -57,3 +57,26 @@ def test_the_warm_zygote_forks_a_child_per_task_it_is_handed():
     proc.stdin.close()  # the SuperExec went away: the zygote leaves (its children die with it)
     assert proc.wait(timeout=60) == 0, out
     assert out.count("Run a Flower ClientApp") == 2 and "--runtime-api-address" in out
+
+
+def test_the_warm_supernode_promises_heartbeats_every_10_s(monkeypatch):
+    import flwr.supercore.heartbeat as hb
+    from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_MIN_INTERVAL
+    from flwr.supernode import fleet_http_connection as fc
+
+    for module in (hb, fc):  # restored after the test: this process is no SuperNode
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", HEARTBEAT_DEFAULT_INTERVAL)
+    warm.short_heartbeats()
+    assert hb.HEARTBEAT_DEFAULT_INTERVAL == fc.HEARTBEAT_DEFAULT_INTERVAL == HEARTBEAT_MIN_INTERVAL == 10
+    assert HEARTBEAT_DEFAULT_INTERVAL == 30  # Flower's: a node without a goodbye stays online 60 s
+
+
+def test_idle_naps_grow_to_their_cap_and_work_makes_them_short_again():
+    napless = warm._Napless(0.001, 0.004)
+    naps = []
+    for _ in range(5):
+        naps.append(napless.current)
+        napless.sleep(3)  # Flower's idle nap
+    assert naps == pytest.approx([0.001, 0.0015, 0.00225, 0.003375, 0.004])
+    napless.sleep(0.5)  # waiting for a reply: capped, and the next idle nap is short again
+    assert napless.current == 0.001
