@@ -7,6 +7,7 @@ page stays in its password field and in this process' memory, and is never print
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -186,12 +187,17 @@ def train_page() -> None:
         dp_central = st.toggle("client-level DP on the server", key="train_dp_central")
         if dp_local:
             epsilon = float(cols[2].number_input("target epsilon", 0.1, 100.0, 8.0, key="train_eps"))
-    form = TrainForm(
-        mode=mode, dataset=dataset, source=table[0] if table else "", target=table[1] if table else "", model=model,
-        epochs=epochs, rounds=rounds, clients=clients, he=he, dp_local=dp_local, dp_central=dp_central,
-        epsilon=epsilon,
+    more = st.text_input(
+        "more flags, as on the command line", key="train_more",
+        placeholder="--text-columns hashing --drop-columns cost (see `uaap train --help`, `uaap simulate --help`)",
     )  # fmt: skip
     try:
+        extra = tuple(shlex.split(more))
+        form = TrainForm(
+            mode=mode, dataset=dataset, source=table[0] if table else "", target=table[1] if table else "",
+            model=model, epochs=epochs, rounds=rounds, clients=clients, he=he, dp_local=dp_local,
+            dp_central=dp_central, epsilon=epsilon, extra=extra,
+        )  # fmt: skip
         args = train_args(form)
     except Exception as exc:  # noqa: BLE001
         st.error(str(exc))

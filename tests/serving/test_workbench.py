@@ -103,7 +103,7 @@ class Bench:
         self.wait_for(lambda d: d.find_elements("css selector", '[data-testid="stSidebarNav"]'), 90, path)
 
     def shot(self, page: str) -> Path:
-        time.sleep(1.0)  # vega and images finish drawing
+        time.sleep(0.5)  # vega and images finish drawing
         out = ARTIFACTS / f"workbench-{page}.png"
         out.parent.mkdir(exist_ok=True)
         self.driver.save_screenshot(str(out))
@@ -128,13 +128,12 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: floa
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """Wait for a process sent SIGTERM; kill it past 20 s."""
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +195,9 @@ def bench(module_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         finally:
             if driver is not None:
                 driver.quit()
+            for proc in procs:  # both stop at once, then each is waited for
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
             for proc in procs:
                 _stop(proc)
 
@@ -299,8 +301,10 @@ def test_explain_page_runs_uaap_explain_and_shows_its_plots(bench: Bench) -> Non
     bench.open(f"/explain?run={bench.forest_run}")
     bench.text(f"Run {bench.forest_run} has no explanation yet", page="explain")
     bench.type("rows to explain (a table of the run's columns)", str(bench.home / "visits.csv"))
+    bench.type("at most this many rows", "60")
     bench.click("Run uaap explain")
-    bench.text("tree explainer, output P(", 120, page="explain")
+    bench.text("tree explainer, output P(yes), base value", 120, page="explain")
+    bench.text("60 rows", page="explain")
     folder = bench.home / "runs" / bench.forest_run / "explain"
     written = sorted(p.name for p in folder.glob("*.png"))  # SHAP's beeswarm, bar and waterfall (and what else)
     assert {"shap-summary.png", "shap-bar.png", "shap-waterfall.png"} <= set(written)
@@ -350,7 +354,9 @@ def test_train_page_builds_federated_commands_the_cli_accepts() -> None:
     cfg = config_from_args(build_parser().parse_args(args))  # the settings the simulation would run with
     assert (cfg.num_rounds, cfg.num_clients, cfg.dp_target_epsilon) == (2, 3, 4.0)
     assert cfg.secure_aggregation == "ckks" and cfg.dp_local is True and cfg.dp_central is False
-    central = build_parser().parse_args(train_args(TrainForm(dataset="table", source="t.csv", target="y")))
+    table = TrainForm(dataset="table", source="t.csv", target="y", extra=("--text-columns", "hashing"))
+    central = build_parser().parse_args(train_args(table))
+    assert config_from_args(central).text_columns == "hashing"  # the page's "more flags" pass through
     assert central.epochs == 3
     assert config_from_args(central).data_path == "t.csv" and config_from_args(central).target == "y"
     with pytest.raises(ConfigError, match="switch the mode to federated"):
