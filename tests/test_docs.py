@@ -240,6 +240,7 @@ SPECS: dict[str, Spec] = {
             r"forecast-mae \d+\.\d{4}",
             r"forecast-mase \d\.\d{4}",
             r"naive-mase \d\.\d{4}",
+            r"prophet-mase \d\.\d{4}",
             r"model: \S+/runs/central-\S+/model\.npz",
         ),
         refuse=NOISE,
@@ -248,7 +249,17 @@ SPECS: dict[str, Spec] = {
     "docs/forecasting.md#2-the-statistical-models-on-the-same-table": Spec(
         expect=tuple(
             rf"(?m)^{name} +MAE \d+\.\d{{3}}  sMAPE \d+\.\d\d%  MASE \d\.\d{{3}}$"
-            for name in ("seasonal_naive", "arima", "ets")
+            for name in ("seasonal_naive", "arima", "ets", "prophet")
+        ),
+        refuse=NOISE,
+        timeout=180,
+    ),
+    "docs/forecasting.md#3-expanding-window-cross-validation-picks-a-per-series-model": Spec(
+        expect=(
+            r"AutoML leaderboard automl-\S+ \(mase, min\)",
+            r"best: (prophet|seasonal_naive) CV mase \d\.\d{4}",
+            r"held-out test: best \((prophet|seasonal_naive)\) \d\.\d{4}",
+            r"model: \S+/runs/automl-\S+/forecaster\.json",
         ),
         refuse=NOISE,
         timeout=180,

@@ -40,4 +40,10 @@ def _models(args: argparse.Namespace) -> int:
     for row in rows:
         console.print(f"[bold]{row['family']}[/bold]: {row['summary']}")
     console.print("federated: " + "; ".join(f"{k}: {v}" for k, v in FEDERATION.items() if k))
+    from uaap.config import FORECASTERS
+
+    console.print(
+        f"per-series forecasters (--task forecast, --forecast-models, uaap automl --families): {', '.join(FORECASTERS)}"
+        "; each fits one series alone, on the client that holds it, beside the global lstm or gru"
+    )
     return 0
