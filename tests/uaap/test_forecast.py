@@ -160,3 +160,11 @@ def test_prophet_forecasts_a_seasonal_series_with_an_interval() -> None:
     np.testing.assert_array_equal(models.prophet(history, 12, 12).mean, fit.mean)  # seeded: the same forecast again
     with pytest.raises(ConfigError, match="forecast-models names 'sarimax', not a per-series forecaster"):
         RunConfig(forecast_models="arima,sarimax")
+
+
+def test_text_in_the_value_column_is_refused_with_the_value() -> None:
+    months = [f"2024-{m:02d}-01" for m in range(1, 13)]
+    values: list[object] = [float(i) for i in range(12)]
+    values[4] = "n/a"
+    with pytest.raises(DataError, match=r"target='sales' holds 'n/a', not a number; a forecast needs numeric"):
+        series.from_frame(pd.DataFrame({"when": months, "sales": values}), "when", "sales")
