@@ -88,8 +88,8 @@ def _install() -> None:
             watches = list(_active)
         if not watches:
             return dict(original(object_ids, pull_object_fn, **kwargs))
-        kwargs.setdefault("initial_backoff", 0.1)  # a missing object is asked for again within a second
-        kwargs.setdefault("backoff_cap", 1.0)
+        kwargs.setdefault("initial_backoff", 0.02)  # a reply still uploading is asked for again soon (Flower: 1 s)
+        kwargs.setdefault("backoff_cap", 0.25)
         kwargs.setdefault("max_tries_per_object", None)  # the watch's deadline bounds it
         return dict(original(object_ids, _giving_up(pull_object_fn, watches), **kwargs))
 
