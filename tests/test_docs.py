@@ -189,6 +189,9 @@ SPECS: dict[str, Spec] = {
         refuse=(*NOISE, r"uaap_[0-9a-f]{12}_"),
         timeout=120,
     ),
+    "docs/serving.md#4-the-workbench": Spec(
+        background=True, ready=r"URL: http://127\.0\.0\.1:8502", stop="SIGTERM", rc=143, timeout=120
+    ),
     "docs/monitoring.md#4-why-the-model-decides-as-it-does-shap-central": Spec(
         expect=(
             r"tree explainer, output P\(yes\), base value 0\.\d+, 300 rows",
