@@ -316,7 +316,8 @@ def test_a_search_over_lightgbm_catboost_and_the_kernel_svm_scores_each_on_the_s
 def test_a_winner_that_a_default_beats_on_the_held_out_split_is_reported():
     """As measured on breast_cancer with --time-budget 120: mlp won CV 0.9824 and scored 0.9737 on the held-out
     split, where the default logistic regression scored 0.9825."""
-    from uaap.automl.search import AutoMLResult, verdict
+    from uaap.automl.results import AutoMLResult
+    from uaap.automl.search import verdict
     from uaap.workspace import RunDir
 
     def result(default_test: float) -> AutoMLResult:

@@ -7,7 +7,8 @@ inside the functions that use them.
 
 from uaap.automl.cv import CV_METHODS, METRICS, make_folds
 from uaap.automl.families import FAMILIES, TorchMLPClassifier, build_estimator
-from uaap.automl.search import SCHEDULERS, SEARCHES, AutoMLResult, AutoMLSettings, TrialRecord, run_automl
+from uaap.automl.results import AutoMLResult
+from uaap.automl.search import SCHEDULERS, SEARCHES, AutoMLSettings, TrialRecord, run_automl
 
 __all__ = [
     "CV_METHODS",

@@ -56,6 +56,7 @@ from uaap.automl.families import (
     task_families,
     warm_start_points,
 )
+from uaap.automl.results import AutoMLResult, write_leaderboard
 from uaap.config import RunConfig
 from uaap.data import BUNDLED, Split
 from uaap.errors import ConfigError, DataError, UaapError
@@ -162,26 +163,6 @@ class TrialRecord:
     def fold_scores(self, metric: str) -> list[float]:
         """The target metric on each finished fold."""
         return [f[metric] for f in self.folds]
-
-
-@dataclass(frozen=True)
-class AutoMLResult:
-    """Everything a search produced."""
-
-    run_dir: workspace.RunDir
-    leaderboard: list[dict[str, Any]]
-    best: dict[str, Any]
-    baselines: dict[str, dict[str, Any]]
-    test_metrics: dict[str, float]
-    model_path: Path
-    metric: str
-    mode: str
-    search_seconds: float
-    trials: int
-    errors: int
-    # each family's default configuration: its CV score as a trial (None if it did not finish) and held-out score
-    defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ensembles: dict[str, Any] | None = None  # uaap.automl.ensembles.ensemble_scores, when asked for
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -385,7 +366,7 @@ def run_automl(
         started = connect(ray_address)
         records, seconds = _search(cfg, settings, train, folds, mode, tracker, on_trial, stage)
         board = leaderboard(records, settings.metric, mode, settings.folds)
-        _write_leaderboard(rd, board)
+        write_leaderboard(rd, board)
         done = [r for r in board if r["status"] == "completed"]
         if not done:
             errors = sum(r["status"] == "error" for r in board)
@@ -705,20 +686,6 @@ def leaderboard(records: dict[str, TrialRecord], metric: str, mode: str, n_folds
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     return rows
-
-
-def _write_leaderboard(rd: workspace.RunDir, board: list[dict[str, Any]]) -> None:
-    import csv
-
-    cols = ["rank", "trial", "family", "score", "std", "folds", "status", "seconds", "params", "error"]
-    with open(rd.path / "leaderboard.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(cols)
-        for row in board:
-            writer.writerow([json.dumps(row[c], sort_keys=True) if c == "params" else row[c] for c in cols])
-    (rd.path / "leaderboard.json").write_text(json.dumps(board, indent=1, default=str) + "\n")
-    for row in board:
-        rd.log_event("trial", **{k: row[k] for k in ("trial", "family", "params", "score", "folds", "status")})
 
 
 def _refit(

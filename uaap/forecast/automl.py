@@ -28,7 +28,8 @@ from uaap.forecast.models import STATISTICAL, statistical
 from uaap.forecast.series import Series, load
 
 if TYPE_CHECKING:
-    from uaap.automl.search import AutoMLResult, AutoMLSettings
+    from uaap.automl.results import AutoMLResult
+    from uaap.automl.search import AutoMLSettings
 
 METRIC = "mase"
 
@@ -84,8 +85,8 @@ def search_forecasters(
     cfg: RunConfig, settings: AutoMLSettings, on_stage: Callable[[str], None] | None = None
 ) -> AutoMLResult:
     """Rank the per-series forecasters by expanding-window CV MASE, score them on the held-out tails, save the
-    winner; the result has the shape ``uaap automl`` prints (:class:`uaap.automl.search.AutoMLResult`)."""
-    from uaap.automl.search import AutoMLResult, _write_leaderboard
+    winner; the result has the shape ``uaap automl`` prints (:class:`uaap.automl.results.AutoMLResult`)."""
+    from uaap.automl.results import AutoMLResult, write_leaderboard
     from uaap.tracking import Tracker
 
     stage = on_stage or (lambda text: None)
@@ -121,7 +122,7 @@ def search_forecasters(
         board.sort(key=lambda r: r["score"])
         for rank, row in enumerate(board, 1):
             row["rank"] = rank
-        _write_leaderboard(rd, board)
+        write_leaderboard(rd, board)
         best = board[0]
         stage(f"scoring each forecaster on the held-out {cfg.horizon} points of every series")
         tests = {row["family"]: _test_metrics(row["family"], every, cfg) for row in board}
