@@ -2,9 +2,9 @@
 secure aggregation (CKKS) and central DP, with faults injected into one shared federation:
 
 * a client is SIGKILLed while its round-2 ClientApp runs, as a newcomer would kill it (`kill -9` of the
-  `flower-client` they started, nothing else), and started again at once with the same key (same node id): round 2
-  completes with the other two within a minute of the kill (the HE sum and the weights count only them; the ledger
-  and MLflow record two participants), round 3 has all three again;
+  `flower-client` they started, nothing else): round 2 completes with the other two within a minute and a half of
+  the kill (the HE sum and the weights count only them; the ledger and MLflow record two participants); started
+  again with the same key (same node id) it is back for round 3;
 * late joiners are refused with a clear message and leave the run alone: one with a foreign CA (TLS) and
   one with an unregistered SuperNode key;
 * the server (launcher, SuperLink and everything below it) is SIGKILLed after round 2 and restarted with
@@ -288,19 +288,17 @@ def federation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         def rounds_done() -> list[int]:
             return [e["round"] for e in fed.events() if e["kind"] == "round" and e["round"] > 0]
 
-        fed.wait_for("round 1", lambda: 1 in rounds_done(), timeout=600)
+        # warm rounds take ~2 s on a quiet machine: notice round 1's end at once, so that the kill lands in round 2
+        fed.wait_for("round 1", lambda: 1 in rounds_done(), timeout=600, poll=0.05)
         # late joiners while round 2 runs: a foreign CA, and a SuperNode key the server never registered
         fed.start("wrong-ca", _client_argv(fed, foreign.ca_cert, certs.client_keys[0], 0, keys.secret, 10))
         fed.start("unregistered", _client_argv(fed, certs.ca_cert, certs.client_keys[3], 0, keys.secret, 10))
-        # kill client 2 while it trains in round 2 (its ClientApp is running): SIGKILL of its launcher only; then
-        # start it again with the same key (same node id), as its owner would
+        # kill client 2 while it trains in round 2 (its ClientApp is running): SIGKILL of its launcher only
         victim = fed.procs[f"client-{KILLED}"]
         fed.wait_for("client 2's round-2 ClientApp", lambda: _clientapp_running(victim.pid), timeout=300, poll=0.02)
         victim.send_signal(signal.SIGKILL)
         killed_at = time.time()
         victim.wait(timeout=30)
-        argv = _client_argv(fed, certs.ca_cert, certs.client_keys[KILLED], KILLED, keys.secret, 300)
-        fed.start(f"client-{KILLED}-again", argv)
         fed.wait_for("round 2", lambda: 2 in rounds_done(), timeout=600)
         fed.round2_after_kill = (
             next(  # when round 2's line was written, seconds after the kill
@@ -311,9 +309,12 @@ def federation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         for name in ("wrong-ca", "unregistered"):  # refused while the server is up (they retry for 10 s)
             fed.procs[name].wait(timeout=120)
         # crash the whole server side after round 2's checkpoint, then restart it on the same port
+        # (round 3 cannot end before this: it waits up to 60 s for min-clients=3 online, and two are)
         fed.kill_tree("server")
         time.sleep(1.0)
         fed.round2_left_server = _server_side(fed.port, fed.home)
+        argv = _client_argv(fed, certs.ca_cert, certs.client_keys[KILLED], KILLED, keys.secret, 300)
+        fed.start(f"client-{KILLED}-again", argv)  # its owner starts it again, with the same key (same node id)
         resume_cfg = ["--resume", RUN_ID, "--min-clients", "3", "--log-format", "json"]  # the restarted client is back
         fed.start("server-resumed", _server_argv(fed, certs, keys, *resume_cfg))
         proxy_log = fed.home / "server" / "fleet-proxy.log"
