@@ -367,7 +367,7 @@ class FlowerClient:
         why = f": {ended[RUN_END_REASON]}" if status == "failed" and ended.get(RUN_END_REASON) else ""
         run = ended.get(RUN_END_RUN, "?")
         self.out(
-            f"[flower-client] run {run} finished ({status}{why}); exiting", event="run-end", run_id=run, status=status
+            f"[flower-client] run {run} finished ({status}{why}); exiting", event=RUN_END, run_id=run, status=status
         )
         return 0
 
@@ -524,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run Flower's SuperNode as shipped (3 s idle naps, a fresh flwr-clientapp importing torch per message); "
         "default: rounds near the polling floor with short polls and ClientApps forked warm (client/warm.py)",
     )
-    p.add_argument("--warm", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    p.add_argument("--warm", action="store_true", help="no effect: warm is the default (kept for older scripts)")
     return p
 
 

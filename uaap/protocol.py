@@ -138,6 +138,7 @@ def as_int(value: object, key: str) -> int:
         raise ValueError(f"{key}={value!r:.80}: expected a whole number")
     return int(number)
 
+
 # ---- SecAgg+ (strategies.secagg, client.secagg): the stage record of a training message and its reply ----------
 SECAGG: Final = "secagg"  # ConfigRecord of a SecAgg+ stage (server -> client and back)
 SECAGG_STAGE: Final = "secagg-stage"
