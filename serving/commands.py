@@ -172,24 +172,14 @@ def register_ui(sub: argparse._SubParsersAction[Any]) -> None:
 def run_ui(args: argparse.Namespace) -> int:
     """Run Streamlit on the workbench in the foreground (Ctrl-C or SIGTERM stops it)."""
     import os
-    import subprocess
 
     from serving.workbench import ui_command
     from uaap import workspace
     from uaap.errors import ConfigError
-    from uaap.processes import die_with_parent, stop_code, stop_tree
+    from uaap.processes import run_foreground
 
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port; give 1..65535 (default 8501)")
     env = dict(os.environ, UAAP_HOME=str(workspace.home()))
     print(f"workbench on http://{args.address}:{args.port} (Ctrl-C to stop)", flush=True)
-    proc = subprocess.Popen(
-        ui_command(args.port, args.address),
-        env=env,
-        preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
-    )
-    try:
-        return proc.wait()
-    except KeyboardInterrupt as exc:
-        stop_tree(proc.pid, grace=5.0)
-        return stop_code(exc)
+    return run_foreground(ui_command(args.port, args.address), env)

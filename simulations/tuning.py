@@ -484,15 +484,10 @@ def _leaderboard(rows: dict[str, dict[str, Any]], mode: str, default: dict[str, 
 
 
 def _write(rd: workspace.RunDir, board: list[dict[str, Any]]) -> None:
-    import csv
+    from uaap.automl.results import write_leaderboard
 
-    cols = ["rank", "trial", "score", "status", "is_default", "seconds", "sim_run_id", "params", "error"]
-    with open(rd.path / "leaderboard.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(cols)
-        for row in board:
-            writer.writerow([json.dumps(row[c], sort_keys=True) if c == "params" else row[c] for c in cols])
-    (rd.path / "leaderboard.json").write_text(json.dumps(board, indent=1, default=str) + "\n")
+    cols = ("rank", "trial", "score", "status", "is_default", "seconds", "sim_run_id", "params", "error")
+    write_leaderboard(rd, board, cols, events=False)  # each trial is a simulation run of its own (sim_run_id)
 
 
 def leaderboard_table(result: TuneFederatedResult) -> Any:

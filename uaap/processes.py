@@ -60,6 +60,19 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child before ex
         pass
 
 
+def run_foreground(cmd: list[str], env: dict[str, str]) -> int:
+    """Run ``cmd`` until it exits, as this process's foreground child: it dies with this process (even by SIGKILL),
+    and Ctrl-C or SIGTERM (which uaap.cli turns into an exception) stop it and its descendants here."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)  # noqa: PLW1509 - prctl only, no Python state
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as exc:
+        stop_tree(proc.pid, grace=5.0)
+        return stop_code(exc)
+
+
 def descendants(pid: int) -> list[int]:
     """Every descendant of ``pid``, deepest last (empty when it is gone)."""
     import psutil

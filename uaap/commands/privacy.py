@@ -74,24 +74,12 @@ def dashboard_command(port: int, address: str = "127.0.0.1") -> list[str]:
 def dashboard(args: argparse.Namespace) -> int:
     """Run Streamlit on the dashboard app in the foreground (Ctrl-C stops it)."""
     import os
-    import subprocess
 
     from uaap import workspace
-    from uaap.processes import die_with_parent, stop_code, stop_tree
+    from uaap.processes import run_foreground
 
     env = dict(os.environ, UAAP_HOME=str(workspace.home()), UAAP_DASHBOARD_REFRESH=str(args.refresh))
     if args.ledger:
         env["UAAP_LEDGER_URL"] = args.ledger
     print(f"privacy dashboard on http://{args.address}:{args.port} (Ctrl-C to stop)", flush=True)
-    # Streamlit dies with this process (even by SIGKILL); Ctrl-C and SIGTERM stop it here (uaap.cli turns SIGTERM
-    # into an exception, so this clean-up runs for both).
-    proc = subprocess.Popen(
-        dashboard_command(args.port, args.address),
-        env=env,
-        preexec_fn=die_with_parent,  # noqa: PLW1509 - prctl only, no Python state touched
-    )
-    try:
-        return proc.wait()
-    except KeyboardInterrupt as exc:
-        stop_tree(proc.pid, grace=5.0)
-        return stop_code(exc)
+    return run_foreground(dashboard_command(args.port, args.address), env)  # Streamlit dies with this process

@@ -66,11 +66,13 @@ def run(args: argparse.Namespace) -> int:
         lines.append((run_id, run_state(events), str(last.get("round", last.get("epoch", 0))), name, value, where))
     names = sorted({line[3] for line in lines if line[4] is not None}) or ["accuracy"]
     metric = " | ".join(names)  # the column holds what its header says: accuracy, r2, or both
-    table = Table(title=f"runs in {workspace.home()}")
+    table = Table()
     for col in ("run", "state", "rounds", metric, "measured on"):
         table.add_column(col, justify="right" if col in ("rounds", metric) else "left")
     for run_id, state, rounds_done, name, value, where in lines:
         shown = "-" if value is None else (f"{name} " if len(names) > 1 else "") + f"{value:.4f}"
         table.add_row(run_id, state, rounds_done, shown, "-" if value is None else where)
-    Console().print(table)
+    console = Console()
+    console.print(f"runs in {workspace.home()}", markup=False, soft_wrap=True)  # a title would wrap a long path
+    console.print(table)
     return 0
