@@ -560,9 +560,11 @@ def _search(
     budget = f"{settings.time_budget_s:g} s" if settings.time_budget_s else f"{settings.num_trials} trials"
     stage(f"searching ({settings.search}, {settings.scheduler}, {concurrency} at a time, budget {budget})")
     t0 = time.perf_counter()
+    # Tune logs a failed trial's traceback at ERROR (e.g. an MLP diverging at a sampled learning rate); the recorder
+    # already reports each failure with its error in the leaderboard and the summary, so Tune's copy stays silent
     quiet = logging.getLogger("ray.tune")
     level = quiet.level
-    quiet.setLevel(logging.ERROR)
+    quiet.setLevel(logging.CRITICAL)
     try:
         tuner.fit()
     finally:
