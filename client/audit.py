@@ -17,7 +17,6 @@ run config names; a deployed client (its own table) answers only about that tabl
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -35,19 +34,15 @@ if TYPE_CHECKING:
     from uaap.monitor.runmodel import RunModel
 
 KINDS = ("ranges", "explain", "groups", "fairness", "drift-reference", "drift-histograms", "drift-current")
-MAX_REQUEST = 4 * 2**20  # bytes: grids, ranges and names, a few kB per column
 MAX_EVALS = 100_000  # model evaluations a row: a server cannot make a client's explanation run unbounded
 MAX_GRID = 1_000  # grid values of one column's PDP
 
 
 def read_request(text: str) -> dict[str, Any]:
     """The server's request, checked for what every kind needs."""
-    if len(text) > MAX_REQUEST:
-        raise DataError(f"an audit request of {len(text)} bytes is over {MAX_REQUEST}")
-    try:
-        request: Any = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise DataError(f"the audit request is not JSON ({type(exc).__name__})") from exc
+    from client.preprocess import load_request
+
+    request: Any = load_request(text, "audit")
     if not isinstance(request, dict) or request.get("kind") not in KINDS:
         raise DataError(f"the audit request names no known kind (one of {', '.join(KINDS)})")
     if request.get("rows", "run") not in ("run", "new"):

@@ -34,14 +34,20 @@ def own_rows(cfg: RunConfig, context: Context) -> RawTable:
     return parts[pid]
 
 
+def load_request(text: str, kind: str) -> Any:
+    """A server's ``kind`` query request (JSON of at most MAX_REQUEST bytes), parsed but not yet checked."""
+    if len(text) > MAX_REQUEST:
+        article = "an" if kind[:1] in "aeiou" else "a"
+        raise DataError(f"{article} {kind} request of {len(text)} bytes is over {MAX_REQUEST}")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"the {kind} request is not JSON ({type(exc).__name__})") from exc
+
+
 def answer(request_text: str, cfg: RunConfig, context: Context) -> str:
     """The statistics of this client's rows for the stage ``request_text`` asks for, as JSON."""
-    if len(request_text) > MAX_REQUEST:
-        raise DataError(f"a preprocessing request of {len(request_text)} bytes is over {MAX_REQUEST}")
-    try:
-        request: Any = json.loads(request_text)
-    except (ValueError, RecursionError) as exc:
-        raise DataError(f"the preprocessing request is not JSON ({type(exc).__name__})") from exc
+    request = load_request(request_text, "preprocessing")
     if not isinstance(request, dict) or request.get("stage") not in ("schema", "moments", "quantiles", "scaling"):
         raise DataError("the preprocessing request names no known stage")
     if cfg.dataset != "csv":

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from uaap.monitor.runmodel import RunModel
 
 log = logging.getLogger("uaap.server")
-MAX_ANSWER = 64 * 2**20  # bytes of JSON one client may send for one step
 T = TypeVar("T")
 Send = Callable[[list["Message"]], list["Message"]]
 
@@ -161,17 +160,9 @@ def ask(
 
 
 def _read(reply: Message, check: Callable[[Any], Stats]) -> Stats:
-    if reply.has_error():
-        raise DataError(f"the client failed: {(reply.error.reason or '')[:300]}")
-    record = reply.content.config_records.get(CONFIG)
-    text = record.get(AUDIT_ANSWER) if record is not None else None
-    if not isinstance(text, str) or len(text) > MAX_ANSWER:
-        raise DataError(f"no {AUDIT_ANSWER!r} text of at most {MAX_ANSWER} bytes")
-    try:
-        answer = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise DataError(f"{AUDIT_ANSWER!r} is not JSON ({type(exc).__name__})") from exc
-    return check(answer)
+    from server.preprocess import read_answer
+
+    return check(read_answer(reply, AUDIT_ANSWER))
 
 
 # ---- the audits -------------------------------------------------------------------------------------------------

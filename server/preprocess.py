@@ -99,15 +99,20 @@ def _ask(
     return accepted
 
 
-def _read(reply: Message, request: dict[str, object]) -> Stats:
+def read_answer(reply: Message, key: str) -> object:
+    """The JSON a client's query reply carries under ``key`` of its config record (at most MAX_ANSWER bytes),
+    parsed but not yet checked; :class:`DataError` names what is wrong."""
     if reply.has_error():
         raise DataError(f"the client failed: {(reply.error.reason or '')[:300]}")
     record = reply.content.config_records.get(CONFIG)
-    text = record.get(PREPROCESS_STATS) if record is not None else None
+    text = record.get(key) if record is not None else None
     if not isinstance(text, str) or len(text) > MAX_ANSWER:
-        raise DataError(f"no {PREPROCESS_STATS!r} text of at most {MAX_ANSWER} bytes")
+        raise DataError(f"no {key!r} text of at most {MAX_ANSWER} bytes")
     try:
-        answer = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise DataError(f"{PREPROCESS_STATS!r} is not JSON ({type(exc).__name__})") from exc
-    return check_statistics(answer, request)
+        raise DataError(f"{key!r} is not JSON ({type(exc).__name__})") from exc
+
+
+def _read(reply: Message, request: dict[str, object]) -> Stats:
+    return check_statistics(read_answer(reply, PREPROCESS_STATS), request)

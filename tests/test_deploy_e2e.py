@@ -237,7 +237,14 @@ def _outsider(fed: Federation, root: Path) -> dict[str, subprocess.CompletedProc
     return out
 
 
-COLD = pytest.mark.skipif(not os.environ.get("UAAP_E2E_COLD"), reason="Flower's SuperNode as shipped: UAAP_E2E_COLD=1")
+COLD = pytest.mark.skipif(
+    not os.environ.get("UAAP_E2E_COLD"),
+    reason=(
+        "flower-client --cold (Flower's SuperNode as shipped) under kills and restarts: a second deployment would "
+        "double this file's set-up, so CI checks the default warm clients only and a --cold user's fault behaviour "
+        "goes unchecked there; UAAP_E2E_COLD=1 runs it"
+    ),
+)
 
 
 @pytest.fixture(scope="module", params=["warm", pytest.param("cold", marks=COLD)])
