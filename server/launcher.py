@@ -2,8 +2,9 @@
 
 What it does, in order:
 
-1. starts ``flower-superlink`` (state database and log in ``<workspace>/server/``, runtime dependency
-   installation off, TLS when certificates are given, SuperNode authentication when asked);
+1. starts Flower's SuperLink through ``server.superlink`` (state in memory with node ids derived from the
+   SuperNodes' keys, or Flower's SQLite state with ``--state-db``; log in ``<workspace>/server/``, runtime
+   dependency installation off, TLS when certificates are given, SuperNode authentication when asked);
 2. registers the SuperNodes' public keys (authentication) and waits until ``--min-clients`` are online;
 3. submits the UAAP app with ``flwr run <app> uaap`` through a private ``FLWR_HOME`` whose
    ``config.toml`` it writes into the workspace;
@@ -130,6 +131,7 @@ class ServerOptions:
     quiet: bool = False
     log_format: str = "text"  # or "json": one JSON object a line (uaap.jsonlog), round events included
     app: Path | None = None  # a Flower App folder to submit (`flwr run <app>`); None: stage one per run
+    state_db: bool = False  # Flower's SQLite state (<workspace>/server/state.db) instead of server.superlink's memory
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
@@ -211,7 +213,7 @@ class FlowerServer:
         except ValueError:
             return
         cmd = cmdline(pid)
-        if alive(pid) and any("flower-superlink" in c for c in cmd):
+        if alive(pid) and any("flower-superlink" in c or "server.superlink" in c for c in cmd):
             self._say(f"stopping a SuperLink left behind by an earlier launcher (pid {pid})")
             stop_tree(pid)
         for orphan in orphans_of(pid):
@@ -223,13 +225,14 @@ class FlowerServer:
         self.control_port = self.control_port or free_port()
         self.write_connection()
         cmd = [
-            _bin("flower-superlink"),
+            sys.executable,
+            "-m",
+            "server.superlink",
             "--host",
             "127.0.0.1",
             "--port",
             str(self.control_port),
-            "--database",
-            str(self.home / "state.db"),
+            *(["--database", str(self.home / "state.db")] if self.opt.state_db else []),
             "--disable-runtime-dependency-installation",
         ]
         if self.opt.tls:
@@ -611,6 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit this Flower App folder (e.g. the repository root: `flwr run DIR`) with the run config as "
         "overrides; default: a staged app whose config table is the run config (works from an installed package)",
     )
+    d.add_argument(
+        "--state-db",
+        action="store_true",
+        help="keep the SuperLink's state in Flower's SQLite database (<workspace>/server/state.db) instead of in "
+        "memory: Flower's default when persisted, ~2x slower rounds; node ids stay stable either way",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress lines")
     d.add_argument(
         "--log-format",
@@ -668,6 +677,7 @@ def resolve(args: argparse.Namespace) -> tuple[RunConfig, ServerOptions]:
         quiet=args.quiet,
         log_format=args.log_format,
         app=Path(args.app).expanduser().resolve() if args.app else None,
+        state_db=args.state_db,
     )
     if opts.app is not None:
         missing = sorted(set(cfg.to_flower()) - app_config_keys(opts.app))

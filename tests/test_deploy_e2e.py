@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def _ours(marker: str) -> list[int]:
     return [
         pid
         for pid, (_, cmd) in _proc_table().items()
-        if marker in cmd and ("flwr" in cmd or "flower" in cmd or "fleet_proxy" in cmd) and pid != os.getpid()
+        if marker in cmd
+        and any(name in cmd for name in ("flwr", "flower", "fleet_proxy", "server.superlink"))
+        and pid != os.getpid()
     ]
 
 
@@ -79,6 +82,10 @@ def _server_side(port: int, home: Path) -> list[int]:
     table = _proc_table()
     client_side = ("flower-supernode", "flower-client")
     mine = set(_ours(f":{port}") + _ours(f"--port {port}") + _ours(str(home)))
+    with contextlib.suppress(OSError, ValueError):  # the SuperLink names no path of ours: the launcher's pid file
+        pid = int((home / "server" / "superlink.pid").read_text())
+        if pid in table and "server.superlink" in table[pid][1]:
+            mine.add(pid)
     return [p for p in mine if p in table and not any(c in table[p][1] for c in client_side)]
 
 
@@ -441,6 +448,16 @@ def test_every_log_line_is_json_with_round_events_and_no_secret(federation):
     assert all(r["status"] == "sent" and r["node"] and r["flower_run_id"] and r["duration"] >= 0 for r in train)
 
 
+def test_the_restarted_superlink_gives_each_key_its_node_id(federation):
+    # the SuperLink keeps its state in memory (server.superlink): the node ids the privacy ledger names clients by
+    # come from the keys, so the resumed server's SuperLink registered the same three nodes as the crashed one's
+    log = (federation.home / "server" / "superlink.log").read_text()
+    starts = [part for part in log.split("Starting Flower SuperLink")[1:] if "RegisterNode" in part]
+    created = [{int(i) for i in re.findall(r"Created node_id=(\d+)", part)} for part in starts]
+    assert len(created) == 2 and len(created[0]) == 3, created  # the crashed SuperLink's and the resumed one's
+    assert created[0] == created[1]
+
+
 def test_late_joiners_refused_with_clear_messages(federation):
     from client.launcher import EXIT_AUTH, EXIT_TLS
 
@@ -481,13 +498,14 @@ def test_sigterm_stops_the_superlink_and_its_children(tmp_path):
     try:
         fed.wait_for("clients being awaited", lambda: "0 of 2 clients connected" in fed.log("server"), timeout=300)
         assert _server_side(fed.port, fed.home), "the SuperLink should be running"
+        superlink = int((fed.home / "server" / "superlink.pid").read_text())
         server.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         assert server.wait(timeout=60) == 143
         assert time.monotonic() - t0 < 15, "stopping took too long"
         assert "stopped; resume with --resume" in fed.log("server")
         time.sleep(1.0)
-        assert _server_side(fed.port, fed.home) == []
+        assert _server_side(fed.port, fed.home) == [] and superlink not in _proc_table()
         assert not (fed.home / "server" / "superlink.pid").exists()
     finally:
         fed.stop_all()
