@@ -53,7 +53,7 @@ def client_key(msg: Message) -> str:
     clients under new names. Their epsilon does not restart from zero: each release is accounted with at
     least the steps the client's own (persisted) accountant reports (``dp-total-steps``), so a client can
     make its recorded epsilon larger, never smaller. A deployment keeps its node ids across server restarts
-    (they live in the SuperLink's state database).
+    (each is a digest of the SuperNode's public key: server/superlink.py).
     """
     return f"node-{int(msg.metadata.src_node_id)}"
 
