@@ -2,9 +2,11 @@
 
 Prints:
 * per-round wall time (median over rounds) of the UAAP app run by `flower-server` + N `flower-client`
-  processes on localhost (TLS, SuperNode auth), with Flower's SuperNode as shipped (`flower-client --cold`) and
-  with the short polls, quick object pulls and forked ClientApps of client/warm.py (the default), beside the Ray
-  simulation (`simulations.runner.simulate`) of the same federation, for each N of `--clients` (2 and 5);
+  processes on localhost (TLS, SuperNode auth), with Flower's SuperNode as shipped (`flower-client --cold`),
+  with the short polls, quick object pulls and forked ClientApps of client/warm.py but Flower's SQLite SuperLink
+  state (`flower-server --state-db`), and as shipped (warm clients, the SuperLink's state in memory:
+  server/superlink.py), beside the Ray simulation (`simulations.runner.simulate`) of the same federation, for
+  each N of `--clients` (2 and 5);
 * the per-message overhead of a deployed client: a fresh process importing the ClientApp (what every
   `flwr-clientapp` does per message in Flower 1.42) against the in-process cost of one train message.
 
@@ -39,13 +41,16 @@ def config_flags(rounds: int, clients: int) -> list[str]:
     ]  # fmt: skip
 
 
-def run_deployment(root: Path, rounds: int, clients: int, *, cold: bool = False) -> tuple[list[float], float]:
+def run_deployment(
+    root: Path, rounds: int, clients: int, *, cold: bool = False, state_db: bool = False
+) -> tuple[list[float], float]:
     """Per-round seconds and total wall time of a localhost deployment (``cold``: Flower's SuperNode as shipped,
-    ``flower-client --cold``; else the default: the short polls and forked ClientApps of client/warm.py)."""
+    ``flower-client --cold``; else the default: the short polls and forked ClientApps of client/warm.py;
+    ``state_db``: the SuperLink's state in Flower's SQLite database, ``flower-server --state-db``)."""
     from uaap.certs import init_certs
     from uaap.processes import free_port
 
-    root = root / ("cold" if cold else "warm")
+    root = root / ("cold" if cold else "warm-db" if state_db else "warm")
     certs = init_certs(root / "certs", clients=clients)
     env = {**os.environ, "UAAP_HOME": str(root / "ws-deploy"), "FLWR_TELEMETRY_ENABLED": "0"}
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -54,7 +59,7 @@ def run_deployment(root: Path, rounds: int, clients: int, *, cold: bool = False)
     t0 = time.perf_counter()
     server = subprocess.Popen(
         [str(BIN / "flower-server"), "--port", str(port), "--certs", str(certs.out), "--auth-keys", str(certs.out),
-         "--run-id", "bench-deploy", "--quiet", *config_flags(rounds, clients)],
+         "--run-id", "bench-deploy", "--quiet", *(["--state-db"] if state_db else []), *config_flags(rounds, clients)],
         env=env, start_new_session=True,
     )  # fmt: skip
     try:
@@ -151,17 +156,23 @@ def main() -> None:
     args = parser.parse_args()
     print(f"UAAP deployment vs simulation: breast_cancer, logreg, {args.rounds} rounds")
     print(
-        f"{'clients':>8}{'simulation':>12}{'cold':>10}{'warm':>10}{'warm - sim':>12}{'cold/warm':>11}  (median s/round)"
+        f"{'clients':>8}{'simulation':>12}{'cold':>10}{'warm+db':>10}{'warm':>10}{'warm - sim':>12}{'cold/warm':>11}"
+        "  (median s/round)"
     )
     for clients in args.clients:
         with tempfile.TemporaryDirectory(prefix="uaap-bench-deploy-") as tmp:
             root = Path(tmp)
             sim_rounds, _ = run_simulation(root, args.rounds, clients)
             cold_rounds, _ = run_deployment(root, args.rounds, clients, cold=True)
+            db_rounds, _ = run_deployment(root, args.rounds, clients, state_db=True)
             warm_rounds, _ = run_deployment(root, args.rounds, clients)
-        sim, cold, warm = (statistics.median(r) for r in (sim_rounds, cold_rounds, warm_rounds))
-        print(f"{clients:8d}{sim:12.2f}{cold:10.2f}{warm:10.2f}{warm - sim:12.2f}{cold / warm:11.1f}", flush=True)
-        print(f"{'':8}rounds: simulation {sim_rounds}, cold {cold_rounds}, warm {warm_rounds}", flush=True)
+        sim, cold, db, warm = (statistics.median(r) for r in (sim_rounds, cold_rounds, db_rounds, warm_rounds))
+        print(
+            f"{clients:8d}{sim:12.2f}{cold:10.2f}{db:10.2f}{warm:10.2f}{warm - sim:12.2f}{cold / warm:11.1f}",
+            flush=True,
+        )
+        rounds = {"simulation": sim_rounds, "cold": cold_rounds, "warm+db": db_rounds, "warm": warm_rounds}
+        print(f"{'':8}rounds: " + ", ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in rounds.items()), flush=True)
     cold_import, warm_message = message_overhead()
     print(f"(machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end)")
     print("\nper-message cost of a cold deployed client (Flower 1.42 starts one flwr-clientapp process per message):")
