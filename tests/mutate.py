@@ -44,6 +44,7 @@ MODULES = {
     "strategies/secure.py": "strategies.secure.",
     "strategies/dp_noise.py": "strategies.dp_noise.",
     "strategies/dp_accounting.py": "strategies.dp_accounting.",
+    "strategies/secagg.py": "strategies.secagg.",
     "uaap/privacy/": "uaap.privacy.",
     "uaap/crypto/": "uaap.crypto.",
     "server/federation.py": "server.federation.",
