@@ -13,10 +13,10 @@ level it used (which the new run must keep on). Array names and shapes are compa
 known (:meth:`Parent.start`).
 
 Example-level accountants are keyed by the client's authenticated node id. A deployment keeps node ids across runs
-(a digest of each SuperNode's key: server/superlink.py), so a returning client goes on from its own history; a client the parent never saw (every
-client of a new simulation, whose node ids are drawn afresh) is charged, after each round, the parent client history
-that makes its epsilon largest: an upper bound of its own accountant's, equal to it when the parent's clients spent
-alike.
+(a digest of each SuperNode's key: server/superlink.py), so a returning client goes on from its own history; a
+client the parent never saw (every client of a new simulation, whose node ids are drawn afresh) is charged, after
+each round, the parent client history that makes its epsilon largest: an upper bound of its own accountant's, equal
+to it when the parent's clients spent alike.
 """
 
 from __future__ import annotations
