@@ -42,6 +42,13 @@ CLEARED = (
 COMMANDISH = re.compile(r"^\s*(\$\s+)?(uaap|flower-server|flower-client|flwr|make|pip|python\S*|docker|mlflow)\s")
 
 
+def _terminal_job() -> None:
+    """A block runs as a shell's foreground job: Ctrl-C (SIGINT) with its default action, whatever this test
+    process inherited (an ignored SIGINT is inherited through exec: the block's `uaap dashboard` then never hears
+    the Ctrl-C the test sends, only its Streamlit child does, and it exits 0 instead of 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass(frozen=True)
 class Block:
     """One fenced command block of a doc."""
@@ -187,6 +194,7 @@ class DocSession:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_terminal_job,  # noqa: PLW1509 - signal dispositions only
             )
         return proc, log
 
