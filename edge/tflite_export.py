@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -30,6 +31,9 @@ CALIBRATION_ROWS = 200  # int8 calibration rows, drawn from the train split stra
 
 def _tf() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules and sys.modules["tensorflow"] is None:
+        # a simulation in this process kept TensorFlow out (uaap.cluster.block_tensorflow); a TFLite export needs it
+        del sys.modules["tensorflow"]
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")

@@ -29,8 +29,12 @@ INLINE_BYTES = 1 << 20
 
 
 def block_tensorflow() -> None:
-    """Make ``import tensorflow`` fail fast here (libraries that probe for it skip it; ~0.5 GB saved per worker)."""
-    sys.modules["tensorflow"] = None  # type: ignore[assignment]  # None is how sys.modules blocks an import
+    """Make ``import tensorflow`` fail fast here (libraries that probe for it skip it; ~0.5 GB saved per worker).
+
+    Nothing is blocked once TensorFlow is imported (nothing to save); a TFLite export lifts the block it needs gone.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules["tensorflow"] = None  # type: ignore[assignment]  # None is how sys.modules blocks an import
 
 
 def quiet_env() -> None:

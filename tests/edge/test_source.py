@@ -23,3 +23,18 @@ def test_manifest_scaling_turns_raw_rows_into_what_the_model_saw(dataset: str) -
     for part in ("train", "test"):
         device = (getattr(raw, part).X.astype(np.float64) - mean) / std
         np.testing.assert_allclose(device, getattr(seen, part).X, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tflite_export_works_in_a_process_whose_simulation_kept_tensorflow_out() -> None:
+    # a Python session that ran a simulation (uaap.cluster.block_tensorflow) and then exports to TFLite
+    import subprocess
+    import sys
+
+    code = (
+        "from uaap.cluster import block_tensorflow; block_tensorflow(); import sys;"
+        "assert sys.modules['tensorflow'] is None;"
+        "from edge.tflite_export import _tf; tf = _tf(); print(tf.__name__, hasattr(tf, 'lite'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["tensorflow", "True"]
