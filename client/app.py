@@ -325,6 +325,23 @@ def evaluate_global(msg: Message, context: Context) -> Message:
         return evaluate_boosting(cfg, data, pid, msg)
     model = build_model(cfg.model, data.test.n_features, data.test.n_classes, data.test.image_shape)
     set_weights(model, receive_global(cfg, msg.content, context, like=get_weights(model)))
-    metrics = MetricRecord(evaluate_counts(model, data.test))  # sums: the server computes the metrics of the total
+    counts = evaluate_counts(model, data.test)  # sums: the server computes the metrics of the total
+    if cfg.task == "forecast":  # and the horizon forecast of this client's own series' held-out tails
+        counts |= horizon_counts(cfg, context, pid, model)
+    metrics = MetricRecord(counts)
     content = RecordDict({METRICS: metrics, CLIENT_INFO: ConfigRecord({PARTITION_ID: pid})})
     return Message(content=content, reply_to=msg)
+
+
+def horizon_counts(cfg: RunConfig, context: Context, pid: int, model: torch.nn.Module) -> dict[str, float]:
+    """The summed counts of ``model``'s horizon forecast over the series this client holds (its own table when
+    deployed, else its partition of the run's series): the federation's MAE, RMSE, sMAPE and MASE come from their
+    total (uaap.forecast.metrics)."""
+    from uaap.forecast.report import network_counts
+    from uaap.forecast.series import client_series, load
+
+    if context.node_config.get(NODE_DATA_PATH):
+        series = load(cfg)
+    else:
+        series = client_series(cfg, pid, int(context.node_config.get(NODE_NUM_PARTITIONS, cfg.num_clients)))
+    return network_counts(cfg, series, model)

@@ -138,11 +138,17 @@ def central_evaluator(cfg: RunConfig, num_partitions: int, plan: str = "") -> An
         from server.statistics import evaluator
 
         return evaluator(cfg, test)
+    from uaap.forecast.report import horizon_metrics
+    from uaap.forecast.series import load as load_series
+
     model = build_model(cfg.model, test.n_features, test.n_classes, test.image_shape)
+    series = load_series(cfg) if cfg.task == "forecast" else None  # what the test windows were cut from
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord, threshold: float | None = None) -> MetricRecord:
         set_weights(model, from_record(arrays))  # anomaly: the round's threshold, chosen on the clients' validation
         metrics = evaluate(model, test, threshold=threshold, anomaly_quantile=cfg.anomaly_quantile)
+        if series is not None:  # and the horizon forecast of every series' held-out tail
+            metrics |= horizon_metrics(cfg, series, model)
         return MetricRecord({**metrics, NUM_EXAMPLES: len(test.y)})
 
     return evaluate_fn
@@ -268,7 +274,11 @@ def _federate(
         log.warning(warning)
         rd.log_event("warning", text=warning)
     strategy = strategy or build_strategy(
-        cfg, num_nodes=nodes, n_classes=meta.n_classes, task=meta.task, n_features=meta.n_features
+        cfg,
+        num_nodes=nodes,
+        n_classes=meta.n_classes,
+        task="forecast" if cfg.task == "forecast" else meta.task,  # regression sums and the horizon forecast's
+        n_features=meta.n_features,
     )
 
     ckpt = rd.latest_checkpoint()

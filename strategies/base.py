@@ -34,7 +34,8 @@ def build_strategy(
     or sums a reply it has not accepted. Evaluation metrics are computed from the clients' summed counts
     (:func:`summed_metrics`), never averaged; ``n_classes`` (the server's model) fixes the size of the
     confusion matrices replies may carry; ``task="regression"`` makes evaluation replies carry regression sums
-    instead (MSE, RMSE, MAE and R2 from their totals).
+    instead (MSE, RMSE, MAE and R2 from their totals), and ``task="forecast"`` those and the horizon forecast's
+    (MAE, RMSE, sMAPE and MASE of the series' held-out tails: :mod:`uaap.forecast.metrics`).
     """
     if cfg.strategy == "fedstats":  # K-Means, PCA: exact sums of the clients' statistics (strategies.statistics)
         from strategies.statistics import build_statistics_strategy

@@ -6,8 +6,9 @@ round expects, from the server's own model and configuration, never from another
 
 * records: exactly ``arrays`` (training only), ``metrics`` and optionally ``client-info``;
 * evaluation counts: a confusion matrix of the server's model's classes (and AUC histograms that count the same
-  rows), or, for regression, sums that real rows can produce (:func:`check_regression_counts`), or, for anomaly
-  detection, error histograms of the fixed bins that count the reply's rows (:func:`check_anomaly_counts`);
+  rows), or, for regression, sums that real rows can produce (:func:`check_regression_counts`; a forecasting run
+  adds its horizon forecast's sums, :func:`check_forecast_counts`), or, for anomaly detection, error histograms of
+  the fixed bins that count the reply's rows (:func:`check_anomaly_counts`);
 * metrics: exactly the keys this run's clients send (:func:`train_rules`, :func:`evaluate_rules`), each of
   its type and in its range; ``num-examples`` and ``he-weight`` at most ``max_num_examples`` (a client cannot
   outweigh the federation by its claim), ``he-weight`` equal to the record's own total weight, and 1 under
@@ -51,6 +52,11 @@ from uaap.protocol import (
     ERROR_HIST_ANOMALY,
     ERROR_HIST_NORMAL,
     ERROR_SUM,
+    FORECAST_ABS,
+    FORECAST_N,
+    FORECAST_SCALED,
+    FORECAST_SMAPE,
+    FORECAST_SQ,
     HE_WEIGHT,
     LOSS_SUM,
     METRICS,
@@ -128,23 +134,32 @@ def train_rules(*, dp_local: bool, secure: bool, central: bool, max_num_examples
 def evaluate_rules(max_num_examples: int, task: str = "classification") -> dict[str, Rule]:
     """The scalar metrics of an evaluation reply; the counts beside them are checked by :func:`check_counts`.
 
-    Regression replies carry only scalars (``uaap.metrics.regression_counts``): all of them are here.
+    Regression replies carry only scalars (``uaap.metrics.regression_counts``): all of them are here, and for a
+    forecasting run (``task="forecast"``: one-step windows scored as a regression) the horizon forecast's sums too.
     """
     n = Rule(whole=True, low=1, high=max_num_examples)
     if task == "anomaly":  # the histograms beside these: check_anomaly_counts
         return {NUM_EXAMPLES: n, ERROR_SUM: Rule(low=0.0)}
-    if task == "regression":
-        return {NUM_EXAMPLES: n, Y_SUM: Rule(), Y2_SUM: Rule(low=0.0), SSE: Rule(low=0.0), SAE: Rule(low=0.0)}
-    return {NUM_EXAMPLES: n, LOSS_SUM: Rule(low=0.0)}
+    if task not in ("regression", "forecast"):
+        return {NUM_EXAMPLES: n, LOSS_SUM: Rule(low=0.0)}
+    rules = {NUM_EXAMPLES: n, Y_SUM: Rule(), Y2_SUM: Rule(low=0.0), SSE: Rule(low=0.0), SAE: Rule(low=0.0)}
+    if task == "forecast":  # uaap.forecast.metrics: points, |errors|, squares, sMAPE terms, MASE-scaled errors
+        nonnegative = Rule(low=0.0)
+        rules |= {FORECAST_N: n, FORECAST_ABS: nonnegative, FORECAST_SQ: nonnegative}
+        rules |= {FORECAST_SMAPE: nonnegative, FORECAST_SCALED: nonnegative}
+    return rules
 
 
 def check_counts(metrics: Mapping[str, Any], n_classes: int | None, task: str = "classification") -> None:
     """An evaluation reply's confusion matrix (and, for two classes, score histograms) are consistent counts.
 
-    For regression the sums are checked instead (:func:`check_regression_counts`).
+    For regression the sums are checked instead (:func:`check_regression_counts`), and for a forecasting run the
+    horizon forecast's sums too (:func:`check_forecast_counts`).
     """
-    if task == "regression":
+    if task in ("regression", "forecast"):
         check_regression_counts(metrics)
+        if task == "forecast":
+            check_forecast_counts(metrics)
         return
     if task == "anomaly":
         check_anomaly_counts(metrics)
@@ -195,10 +210,32 @@ def check_regression_counts(metrics: Mapping[str, Any]) -> None:
             f"{Y_SUM}={y_sum:g} and {Y2_SUM}={y2_sum:g} over {n} rows give a target spread SST={sst:g}; real rows "
             f"give SST >= 0 (and 0 for one row)"
         )
+    _check_norms(n, sse, sae, SSE, SAE)
+
+
+def check_forecast_counts(metrics: Mapping[str, Any]) -> None:
+    """A horizon forecast's sums that ``forecast-n`` real points could have produced (``uaap.forecast.metrics``).
+
+    Each sMAPE term 2|e| / (|y| + |yhat|) lies in [0, 2], so their sum is at most 2n; the absolute and squared
+    errors obey sqrt(SSE) <= SAE <= sqrt(n * SSE) as a regression's do. (The MASE-scaled sum has no bound the
+    server can check: each series' scale is its client's.)
+    """
+    try:
+        n = as_int(metrics.get(FORECAST_N), FORECAST_N)
+        sae, sse, smape = (as_float(metrics.get(k), k) for k in (FORECAST_ABS, FORECAST_SQ, FORECAST_SMAPE))
+    except ValueError as exc:
+        raise InvalidReply(str(exc)) from None
+    if smape > 2 * n * (1.0 + SUM_TOLERANCE):
+        raise InvalidReply(f"{FORECAST_SMAPE}={smape:g} over {n} points: each point's sMAPE term is at most 2")
+    _check_norms(n, sse, sae, FORECAST_SQ, FORECAST_ABS)
+
+
+def _check_norms(n: int, sse: float, sae: float, sse_key: str, sae_key: str) -> None:
+    """Raise unless the L1 norm of ``n`` errors (``sae``) lies between their L2 norm and sqrt(n) times it."""
     slack = 1.0 + SUM_TOLERANCE
     if sae * sae > n * sse * slack + 1e-300 or math.sqrt(sse) > sae * slack + 1e-300:
         raise InvalidReply(
-            f"{SAE}={sae:g} and {SSE}={sse:g} over {n} rows are inconsistent: real errors give "
+            f"{sae_key}={sae:g} and {sse_key}={sse:g} over {n} rows are inconsistent: real errors give "
             f"sqrt(SSE) <= SAE <= sqrt(n * SSE)"
         )
 
@@ -360,7 +397,7 @@ class ValidateReplies(StrategyWrapper):
         """Records, scalar metrics and counts of one evaluation reply."""
         _check_records(msg, arrays=False)
         metrics = msg.content.metric_records[METRICS]
-        if self.task == "regression":  # scalars only: exactly the regression sums, then their consistency
+        if self.task in ("regression", "forecast"):  # scalars only: exactly these sums, then their consistency
             _check_metrics(metrics, self.eval_rules, {})
             check_counts(metrics, self.n_classes, self.task)
             return

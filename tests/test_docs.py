@@ -267,6 +267,16 @@ SPECS: dict[str, Spec] = {
         refuse=NOISE,
         timeout=180,
     ),
+    "docs/forecasting.md#4-the-same-stores-federated-one-store-per-client": Spec(
+        expect=(
+            r"round +clients +loss +loss +MASE +loss +MASE",  # the round table on the horizon forecast's MASE
+            r"(?m)^ +5 +3 +\d\.\d{4} +\d\.\d{4} +\d\.\d{4} ",
+            r"runs compared on their final mase",
+            r"stores-federated",
+        ),
+        refuse=NOISE,
+        timeout=240,
+    ),
     # ---- docs/deploy.md (an empty folder, the installed commands on PATH) -------------------------------
     "docs/deploy.md#0-install": Spec(
         expect=(r"Requirement already satisfied: uaap",), env={"PIP_NO_INDEX": "1"}, timeout=180

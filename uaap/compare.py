@@ -14,9 +14,10 @@ Regression runs have no accuracy: unless a metric is asked for, each run is comp
 show their RMSE in the target's units. Lower-is-better metrics (``rmse``, ``mae``, ``mse``, ``loss``, ``mase``,
 ``smape``) sort ascending.
 
-Forecasting runs (``--task forecast``: ``uaap train``'s horizon forecast, ``uaap automl``'s winning forecaster) are
-compared on their MASE, and the table adds their MAE, sMAPE (%) and MASE columns, each from the counts summed over
-every series' held-out tail (:mod:`uaap.forecast.metrics`). Text runs (a column read with ``--text-columns hashing``
+Forecasting runs (``--task forecast``: ``uaap train``'s horizon forecast, a federation's final round (its clients'
+counts summed), ``uaap automl``'s winning forecaster) are compared on their MASE, and the table adds their MAE,
+sMAPE (%) and MASE columns, each from the counts summed over every series' held-out tail
+(:mod:`uaap.forecast.metrics`). Text runs (a column read with ``--text-columns hashing``
 or ``tfidf``) are classification runs: their label says how the text was read.
 """
 
@@ -165,11 +166,13 @@ def _row(
     )
     forecast = _forecast_metrics(kind, metrics)
     metric = metric or ("mase" if forecast else "r2" if regression else "accuracy")
-    for key in _final_key(kind, f"forecast-{metric}" if forecast and kind == "central" else metric):
+    for key in _final_key(kind, f"forecast-{metric}" if forecast and kind != "automl" else metric):
         if key in metrics:
             value, curve_key = float(metrics[key]), key
             break
     rmse = next((float(metrics[k]) for k in _final_key(kind, "rmse") if k in metrics), None) if regression else None
+    if forecast:  # the horizon forecast's, in the series' units (not the one-step windows', which are scaled)
+        rmse = forecast.pop("rmse", None)
     curve: list[tuple[int, float]] = []
     if curve_key is not None and kind in ("central", "federated"):
         history = client.get_metric_history(run.info.run_id, curve_key)
@@ -193,7 +196,8 @@ def _row(
         status=tags.get("uaap.status", run.info.status.lower()),
         split=f"seed {params.get('seed', '?')}, test {params.get('test-fraction', '?')}",
         curve=curve,
-        measured_on=VALIDATION if curve_key and curve_key.startswith("fed_") else TEST,
+        # a forecast is always scored on every series' held-out tail, in a federation by the clients that hold them
+        measured_on=VALIDATION if curve_key and curve_key.startswith("fed_") and not forecast else TEST,
         metric=metric,
         rmse=rmse,
         forecast=forecast,
@@ -202,11 +206,13 @@ def _row(
 
 
 def _forecast_metrics(kind: str, metrics: dict[str, float]) -> dict[str, float]:
-    """A forecasting run's MAE, sMAPE and MASE (``uaap train``: central_forecast-*, AutoML: test_*), else empty."""
-    prefix = "test_" if kind == "automl" else "central_forecast-"
-    if f"{prefix}mase" not in metrics:
-        return {}
-    return {k: float(metrics[f"{prefix}{k}"]) for k in FORECAST if f"{prefix}{k}" in metrics}
+    """A forecasting run's MAE, sMAPE and MASE (``uaap train``: central_forecast-*, a federation: fed_forecast-*, the
+    final round's; AutoML: test_*), else empty."""
+    prefixes = ["test_"] if kind == "automl" else ["central_forecast-", "fed_forecast-"]
+    for prefix in prefixes:
+        if f"{prefix}mase" in metrics:
+            return {k: float(metrics[f"{prefix}{k}"]) for k in (*FORECAST, "rmse") if f"{prefix}{k}" in metrics}
+    return {}
 
 
 def metric_name(rows: Sequence[RunRow], metric: str = "") -> str:

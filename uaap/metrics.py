@@ -54,6 +54,7 @@ from uaap.protocol import (
     F1,
     F1_MACRO,
     F1_WEIGHTED,
+    FORECAST_N,
     LOSS,
     LOSS_SUM,
     MAE,
@@ -275,11 +276,19 @@ def metrics_from_counts(
 ) -> dict[str, float]:
     """Loss, accuracy, macro/weighted F1, macro precision and recall, and (two classes) ROC AUC from the sums.
 
-    Regression sums (no confusion matrix, an ``sq-error-sum``) give :func:`regression_from_counts` instead, anomaly
-    sums (error histograms) :func:`anomaly_from_counts` with ``anomaly_quantile`` or a given ``threshold``.
+    Regression sums (no confusion matrix, an ``sq-error-sum``) give :func:`regression_from_counts` instead (beside a
+    forecasting run's horizon sums, also its ``forecast-mae``, ``-rmse``, ``-smape`` and ``-mase``:
+    :mod:`uaap.forecast.metrics`), anomaly sums (error histograms) :func:`anomaly_from_counts` with
+    ``anomaly_quantile`` or a given ``threshold``.
     """
     if CONFUSION not in counts and SSE in counts:
-        return regression_from_counts(counts)
+        out = regression_from_counts(counts)
+        if FORECAST_N in counts:  # a forecasting run's horizon forecast beside its one-step windows
+            from uaap.forecast.metrics import PREFIX
+            from uaap.forecast.metrics import metrics_from_counts as forecast_metrics
+
+            out |= {PREFIX + k: v for k, v in forecast_metrics({k: float(v) for k, v in counts.items()}).items()}
+        return out
     if ERROR_HIST_NORMAL in counts:
         return anomaly_from_counts(counts, anomaly_quantile, threshold)
     n = float(counts[NUM_EXAMPLES])

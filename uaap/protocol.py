@@ -75,6 +75,12 @@ MSE: Final = "mse"
 RMSE: Final = "rmse"
 MAE: Final = "mae"
 R2: Final = "r2"
+# forecasting (task=forecast): each client's horizon forecast of its series' held-out tails, as sums (uaap.forecast)
+FORECAST_N: Final = "forecast-n"  # forecast points scored
+FORECAST_ABS: Final = "forecast-abs-error-sum"  # sum of |actual - forecast|
+FORECAST_SQ: Final = "forecast-sq-error-sum"  # sum of squared errors
+FORECAST_SMAPE: Final = "forecast-smape-sum"  # sum of the sMAPE terms 2|e| / (|y| + |yhat|), each in [0, 2]
+FORECAST_SCALED: Final = "forecast-scaled-error-sum"  # sum of |e| over each series' MASE scale
 # anomaly detection: histograms of the rows' reconstruction errors over fixed log bins (uaap.metrics), per label
 ERROR_SUM: Final = "error-sum"  # sum of the rows' reconstruction errors (the loss's numerator)
 ERROR_HIST_NORMAL: Final = "error-hist-normal"  # rows labelled normal (0): their quantile is the threshold

@@ -55,9 +55,9 @@ def fmt_epsilon(value: float | None) -> str:
 
 
 def score(rows: list[dict[str, Any]]) -> tuple[str, str]:
-    """The headline metric of a run's rounds and its short name: R2 for a regression, the silhouette of K-Means
-    clusters, the held-out explained variance of PCA, else accuracy."""
-    for key, short in (("r2", "R2"), ("silhouette", "sil."), ("explained_variance", "var.")):
+    """The headline metric of a run's rounds and its short name: the horizon forecast's MASE for a forecast, R2 for a
+    regression, the silhouette of K-Means clusters, the held-out explained variance of PCA, else accuracy."""
+    for key, short in (("forecast-mase", "MASE"), ("r2", "R2"), ("silhouette", "sil."), ("explained_variance", "var.")):
         if any(key in r.get(part, {}) for r in rows for part in ("evaluate", "central")):
             return key, short
     return ("accuracy", "acc.")
@@ -135,9 +135,12 @@ def accuracy_plot(rd: RunDir, out: Path | None = None, central_accuracy: float |
     if central_accuracy is not None:
         ax.axhline(central_accuracy, linestyle="--", color="grey", label="central training")
     ax.set_xlabel("round")
-    ax.set_ylabel({"r2": "R2"}.get(key, key.replace("_", " ")))
+    ax.set_ylabel({"r2": "R2", "forecast-mase": "MASE of the horizon forecast (lower is better)"}.get(
+        key, key.replace("_", " ")
+    ))  # fmt: skip
     lowest = min([v for _, v in cen + fed] + [0.0])
-    ax.set_ylim(max(lowest, -1.0), 1.0)  # R2 can be negative: the first rounds of a regression often are
+    if key != "forecast-mase":  # MASE has no top: 1 is seasonal naive's
+        ax.set_ylim(max(lowest, -1.0), 1.0)  # R2 can be negative: the first rounds of a regression often are
     ax.grid(alpha=0.3)
     if cen or fed or central_accuracy is not None:  # a CKKS run of K-Means or PCA has no plaintext metric to draw
         ax.legend(loc="lower right", fontsize=8)

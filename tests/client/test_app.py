@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from tests.flower_helpers import set_task_identity
@@ -74,3 +75,30 @@ def test_clients_sharing_a_workspace_keep_their_own_dpsgd_history(uaap_home):
     assert client_report(cfg, a.state, dp_state_key(a))["dp-total-steps"] == 4  # written to the shared workspace
     later = client_engine(cfg, 64, b.state, dp_state_key(b))  # b starts its first round after a's reply
     assert later.accountant.history == [], "b must not inherit a's spent budget"
+
+
+def test_a_deployed_forecasting_client_scores_the_horizon_of_every_series_in_its_own_table(tmp_path):
+    """Deployed, a client's series are its own table's (all of them: the run's num-clients does not partition them),
+    simulated, its share of the run's series; each gives horizon points to the evaluation reply's forecast sums."""
+    import pandas as pd
+
+    from client.app import horizon_counts
+    from uaap.config import RunConfig
+    from uaap.forecast.series import generate
+    from uaap.models import build_model
+
+    rows = [(str(t)[:10], f"store-{k}", v) for k, s in enumerate(generate(2, 40, 12, seed=3)) for t, v in
+            zip(s.time, s.values, strict=True)]  # fmt: skip
+    table = tmp_path / "sales.csv"
+    pd.DataFrame(rows, columns=["month", "store", "sales"]).to_csv(table, index=False)
+    cfg = RunConfig(task="forecast", model="gru", dataset="csv", data_path=str(table), target="sales",
+                    time_column="month", series_column="store", horizon=5, lags=12, num_clients=4)  # fmt: skip
+    model = build_model("gru", 12, 1, None, seed=0)
+    node = {"data-path": str(table), "target": "sales"}
+    deployed = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+    counts = horizon_counts(cfg, deployed, 0, model)
+    assert counts["forecast-n"] == 2 * 5 and counts["forecast-abs-error-sum"] > 0
+    simulated = Context(run_id=1, node_id=7, node_config={"num-partitions": 2}, state=RecordDict(), run_config={})
+    halves = [horizon_counts(cfg, simulated, pid, model) for pid in (0, 1)]
+    assert [h["forecast-n"] for h in halves] == [5, 5]
+    assert sum(h["forecast-abs-error-sum"] for h in halves) == pytest.approx(counts["forecast-abs-error-sum"])

@@ -88,6 +88,45 @@ def test_forecasts_from_summed_counts_and_one_plot_per_series(runs: dict) -> Non
 
 
 @pytest.mark.slow
+def test_the_round_log_scores_the_horizon_forecast_from_the_clients_sums_as_pooled_points_would(runs: dict) -> None:
+    """Each client adds its own series' horizon counts to its evaluation reply; the server's totals give the MAE,
+    RMSE, sMAPE and MASE of every series' held-out tail pooled (computed here point by point), and the comparator
+    shows the federated run with them."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    from uaap.compare import collect_runs
+    from uaap.forecast import report
+    from uaap.forecast.series import load
+
+    rd = runs["plain"]
+    cfg = rd.read_config()
+    model, _ = workspace.load_model(rd.model_file)
+    actual, forecast, scale = [], [], []
+    for s in load(cfg):
+        history, m = s.history(cfg.horizon), cfg.seasonal_period
+        actual.append(s.tail(cfg.horizon))
+        forecast.append(report.forecasts(cfg, s, model, models=())[-1].mean)
+        scale.append(np.full(cfg.horizon, np.mean(np.abs(history[m:] - history[:-m]))))
+    y, f, q = (np.concatenate(v) for v in (actual, forecast, scale))
+    last = _rounds(rd)[3]["evaluate"]
+    print({k: round(v, 4) for k, v in last.items() if k.startswith("forecast-")})
+    assert last["forecast-mae"] == pytest.approx(mean_absolute_error(y, f), rel=1e-9)
+    assert last["forecast-rmse"] == pytest.approx(np.sqrt(mean_squared_error(y, f)), rel=1e-9)
+    assert last["forecast-smape"] == pytest.approx(100 * np.mean(2 * np.abs(y - f) / (np.abs(y) + np.abs(f))), rel=1e-9)
+    assert last["forecast-mase"] == pytest.approx(np.mean(np.abs(y - f) / q), rel=1e-9)
+    assert _rounds(rd)[1]["evaluate"]["forecast-mase"] != last["forecast-mase"]  # scored every round, as it learns
+    server = _rounds(rd)[3]["central"]  # a simulation's server holds the series too: the same points, pooled
+    assert {k: server[k] for k in last if k.startswith("forecast-")} == pytest.approx(
+        {k: v for k, v in last.items() if k.startswith("forecast-")}, rel=1e-9
+    )
+    (row,) = collect_runs([rd.run_id])
+    assert row.metric == "mase" and row.value == pytest.approx(last["forecast-mase"])
+    assert row.forecast == pytest.approx({k: last[f"forecast-{k}"] for k in ("mae", "smape", "mase")})
+    assert row.rmse == pytest.approx(last["forecast-rmse"])  # the horizon's, in the series' units
+    assert [s for s, _ in row.curve] == [0, 1, 2, 3]  # the server's MASE per round, from the initial model on
+
+
+@pytest.mark.slow
 def test_ckks_forecaster_equals_the_plaintext_one_and_dp_sgd_accounts_epsilon(runs: dict, module_home: Path) -> None:
     from uaap.cli import main
 

@@ -127,3 +127,59 @@ def test_sums_of_any_real_rows_are_accepted(seed, n, offset, spread, error, cent
     y = offset + spread * rng.normal(size=n)
     pred = y + error * spread * rng.normal(size=n)
     check_counts(regression_counts(y, pred, center=center * offset), 1, "regression")
+
+
+def _forecast_reply_counts(seed: int, series: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """A forecasting client's evaluation sums: its one-step windows' regression sums and the horizon forecast's
+    sums over ``series`` tails of 6 points, with the points, forecasts and each point's MASE scale."""
+    from uaap.forecast.metrics import add_counts, forecast_counts
+
+    rng = np.random.default_rng(seed)
+    y, p = _rows(seed, 10)
+    actual = 100 + 20 * rng.normal(size=(series, 6))
+    forecast = actual + 5 * rng.normal(size=(series, 6))
+    scales = rng.uniform(0.5, 3.0, size=series)
+    fc = add_counts(forecast_counts(a, f, s) for a, f, s in zip(actual, forecast, scales, strict=True))
+    return regression_counts(y, p) | fc, actual.ravel(), forecast.ravel(), np.repeat(scales, 6)
+
+
+def test_forecast_sums_pass_add_up_to_the_pooled_horizon_metrics_and_forged_ones_are_rejected():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    parts = [_forecast_reply_counts(seed, k) for seed, k in ((1, 2), (2, 1), (3, 3))]
+    good = parts[0][0]
+    forged = [
+        good | {"forecast-smape-sum": 2 * good["forecast-n"] + 1},  # a point's sMAPE term is at most 2
+        good | {"forecast-abs-error-sum": math.sqrt(good["forecast-sq-error-sum"]) / 2},  # SAE < sqrt(SSE)
+        good | {"forecast-n": 1},  # SAE^2 > n * SSE: more points behind these errors than claimed
+        good | {"forecast-scaled-error-sum": -1.0},  # negative
+        good | {"forecast-n": 0},  # no point scored
+        {k: v for k, v in good.items() if k != "forecast-smape-sum"},  # a sum missing
+        regression_counts(*_rows(9, 10)),  # a reply without the horizon's sums
+    ]
+    validator = _validator(task="forecast")
+    replies = [_reply(i + 1, c) for i, (c, *_) in enumerate(parts)]
+    replies += [_reply(10 + i, c) for i, c in enumerate(forged)]
+    out = validator.aggregate_evaluate(1, replies)
+    reasons = {r["node"]: r["reason"] for r in validator.rejected}
+    assert sorted(reasons) == [10 + i for i in range(len(forged))], reasons
+    assert "each point's sMAPE term is at most 2" in reasons[10]
+    assert "sqrt(SSE) <= SAE <= sqrt(n * SSE)" in reasons[11] and "sqrt(SSE) <= SAE" in reasons[12]
+    assert reasons[13] == "metric forecast-scaled-error-sum=-1.0: expected a value in [0, inf]"
+    assert "forecast-n=0" in reasons[14]
+    assert "missing ['forecast-smape-sum']" in reasons[15] and "missing" in reasons[16]
+    actual, forecast, scale = (np.concatenate([p[i] for p in parts]) for i in (1, 2, 3))
+    err = np.abs(actual - forecast)
+    assert out is not None
+    assert out["forecast-mae"] == pytest.approx(mean_absolute_error(actual, forecast), rel=1e-12)
+    assert out["forecast-rmse"] == pytest.approx(math.sqrt(mean_squared_error(actual, forecast)), rel=1e-12)
+    assert out["forecast-smape"] == pytest.approx(100 * np.mean(2 * err / (actual + forecast)), rel=1e-12)
+    assert out["forecast-mase"] == pytest.approx(np.mean(err / scale), rel=1e-12)
+    assert "r2" in out  # the one-step windows' metrics stay beside them
+
+
+def test_a_regression_run_rejects_forecast_sums():
+    validator = _validator()
+    counts, *_ = _forecast_reply_counts(4, 2)
+    validator.aggregate_evaluate(1, [_reply(1, counts)])
+    assert "unexpected ['forecast-abs-error-sum'" in validator.rejected[0]["reason"]

@@ -15,12 +15,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from uaap.errors import DataError
+from uaap.protocol import FORECAST_ABS as ABS
+from uaap.protocol import FORECAST_N as COUNT
+from uaap.protocol import FORECAST_SCALED as SCALED
+from uaap.protocol import FORECAST_SMAPE as SMAPE
+from uaap.protocol import FORECAST_SQ as SQ
 
 if TYPE_CHECKING:
     from uaap.forecast.models import Forecaster
 
-COUNT, ABS, SQ, SMAPE, SCALED = "fc_n", "fc_abs_err_sum", "fc_sq_err_sum", "fc_smape_sum", "fc_scaled_err_sum"
-KEYS = (COUNT, ABS, SQ, SMAPE, SCALED)
+KEYS = (COUNT, ABS, SQ, SMAPE, SCALED)  # what a client sends (a federated run's evaluation replies carry them)
+PREFIX = "forecast-"  # metrics_from_counts' keys as a run records them beside its other metrics: forecast-mase, ...
 
 
 def mase_scale(history: np.ndarray, period: int) -> float:

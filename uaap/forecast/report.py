@@ -55,6 +55,20 @@ def client_counts(
     return {name: add_counts(parts) for name, parts in per_model.items()}
 
 
+def network_counts(cfg: RunConfig, series: list[Series], net: nn.Module) -> dict[str, float]:
+    """The summed counts of ``net``'s horizon forecast of each series' held-out tail: what a client of a federated
+    forecasting run adds to its evaluation reply (keys :data:`uaap.forecast.metrics.KEYS`)."""
+    return client_counts(cfg, series, net, models=())[cfg.model]
+
+
+def horizon_metrics(cfg: RunConfig, series: list[Series], net: nn.Module) -> dict[str, float]:
+    """``net``'s horizon forecast of ``series`` scored as a run records it: ``forecast-mae``, ``-rmse``, ``-smape``
+    and ``-mase`` (a server that holds the series, as a simulation's does, beside its test windows' metrics)."""
+    from uaap.forecast.metrics import PREFIX
+
+    return {PREFIX + k: v for k, v in metrics_from_counts(network_counts(cfg, series, net)).items()}
+
+
 def compare(
     cfg: RunConfig,
     net: nn.Module | None = None,

@@ -85,9 +85,10 @@ def _regular(name: str, time: pd.Series, values: np.ndarray, time_column: str) -
         )
     if len(stamps) < 3:
         raise DataError(f"series {name!r} has {len(stamps)} points; a series needs at least 3 to find its time step")
-    freq = pd.infer_freq(stamps)
-    if freq is not None:
-        return Series(name, stamps.to_numpy(), vals, freq)
+    with pd.option_context("future.infer_freq_returns_offset", True):  # pandas 3.1 warns unless told which it wants
+        offset = pd.infer_freq(stamps)
+    if offset is not None:
+        return Series(name, stamps.to_numpy(), vals, offset.freqstr)
     steps = np.diff(stamps.to_numpy().astype("datetime64[ns]").astype(np.int64))  # nanoseconds, whatever the unit
     step = int(np.min(steps))
     if step <= 0 or np.any(steps % step):
