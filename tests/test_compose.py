@@ -100,8 +100,14 @@ def test_compose_topology(resolved):
     assert api["command"][:2] == ["uaap", "serve"] and api["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert api["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert {v["source"] for v in api["volumes"]} == {"workspace"}
-    # only the SuperLink listens beyond localhost; MLflow, the dashboard and the API bind to 127.0.0.1
-    for name in ("mlflow", "dashboard", "api"):
+    # the workbench reads MLflow and the workspace and points its predict page at the API service
+    ui = services["ui"]
+    assert ui["command"][:2] == ["uaap", "ui"] and ui["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert ui["environment"]["UAAP_API_URL"] == f"http://api:{api['command'][api['command'].index('--port') + 1]}"
+    assert ui["depends_on"]["mlflow"]["condition"] == "service_healthy" and "api" in ui["depends_on"]
+    assert {v["source"] for v in ui["volumes"]} == {"workspace"}
+    # only the SuperLink listens beyond localhost; MLflow, the dashboard, the workbench and the API bind to 127.0.0.1
+    for name in ("mlflow", "dashboard", "ui", "api"):
         assert all(p.get("host_ip") == "127.0.0.1" for p in services[name]["ports"])
     assert {"pki", "server-tls", "he-public", "he-secret", "workspace", "pgdata"} <= set(resolved["volumes"])
     # each service mounts only its role's secrets: the server no client key, no CA key, no secret context
@@ -140,6 +146,8 @@ def test_compose_commands_parse_with_our_real_parsers(resolved):
         assert c.partition_id == i and c.num_partitions == 3 and not c.insecure
     d = uaap_parser().parse_args(services["dashboard"]["command"][1:])
     assert d.command == "dashboard" and d.address == "0.0.0.0"
+    u = uaap_parser().parse_args(services["ui"]["command"][1:])
+    assert u.command == "ui" and u.address == "0.0.0.0" and u.port == 8501
     a = uaap_parser().parse_args(services["api"]["command"][1:])
     assert a.command == "serve" and a.host == "0.0.0.0" and a.port == 8000
 

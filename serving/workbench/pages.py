@@ -7,6 +7,7 @@ page stays in its password field and in this process' memory, and is never print
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -335,7 +336,8 @@ def predict_page() -> None:
         st.success(st.session_state["registered"])
 
     st.subheader("2. Try a prediction")
-    url = st.text_input("API URL (`uaap serve`)", value="http://127.0.0.1:8000", key="predict_url").strip()
+    default_url = os.environ.get("UAAP_API_URL", "http://127.0.0.1:8000")  # docker-compose.yml: http://api:8000
+    url = st.text_input("API URL (`uaap serve`)", value=default_url, key="predict_url").strip()
     key = st.text_input("API key (`uaap api-keys create`)", type="password", key="predict_key")
     spec = f"{name}@{alias}" if alias else name
     if st.button("Load the model schema"):

@@ -172,7 +172,8 @@ def bench(module_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             cli = [sys.executable, "-m", "uaap.cli"]
             procs.append(subprocess.Popen([*cli, "serve", "--port", str(api_port), "--refresh", "0.5"], env=env,
                                           stdout=a, stderr=subprocess.STDOUT))  # fmt: skip
-            procs.append(subprocess.Popen([*cli, "ui", "--port", str(ui_port)], env=env, stdout=u,
+            ui_env = dict(env, UAAP_API_URL=f"http://127.0.0.1:{api_port}")  # the predict page's default API URL
+            procs.append(subprocess.Popen([*cli, "ui", "--port", str(ui_port)], env=ui_env, stdout=u,
                                           stderr=subprocess.STDOUT))  # fmt: skip
             opts = webdriver.ChromeOptions()
             opts.binary_location = "/usr/bin/chromium"
@@ -247,7 +248,9 @@ def test_train_register_predict_and_explain_through_the_ui(bench: Bench) -> None
     bench.text("1. Register a run", page="predict")
     bench.click("Register")
     bench.text(f"registered workbench version 1 from run {run_id}", 120, page="predict")
-    bench.type("API URL (`uaap serve`)", bench.api)
+
+    url_field = bench.find(By.CSS_SELECTOR, '[aria-label="API URL (`uaap serve`)"]')
+    assert url_field.get_attribute("value") == bench.api  # from $UAAP_API_URL, as docker-compose.yml sets it
     bench.type("API key (`uaap api-keys create`)", bench.token)
     bench.click("Load the model schema")
     bench.text("workbench version 1", 60, page="predict")
@@ -340,6 +343,33 @@ def test_the_ui_process_never_loaded_torch_or_ray(bench: Bench) -> None:
     maps = Path(f"/proc/{streamlit.pid}/maps").read_text()
     assert "python" in maps and "pyarrow" in maps  # the scan reads the live process (dataframes went out)
     assert "/torch/" not in maps and "/ray/" not in maps
+
+
+def test_a_federated_simulation_with_the_he_and_dp_switches_runs_from_the_train_page(bench: Bench) -> None:
+    """The train page's federated mode with the CKKS and DP-SGD switches on: `uaap simulate` runs on Ray with its
+    progress on the page, and the run it made is encrypted and private as the switches said."""
+    from selenium.webdriver.common.by import By
+
+    from uaap import workspace
+
+    bench.open("/train")
+    bench.choose("federated")
+    bench.type("rounds", "1")
+    for label in ("HE: CKKS secure aggregation", "DP-SGD on every client"):
+        bench.find(By.XPATH, f"//label[contains(normalize-space(.), '{label}')]").click()
+    bench.find(By.CSS_SELECTOR, '[aria-label="target epsilon"]')  # the DP-SGD switch is on: its budget shows
+    bench.click("Train")
+    bench.text("finished", 600, page="train-federated")
+    body = bench.body()
+    run_id = body.split(" finished")[0].rsplit("run ", 1)[1].strip()
+    assert "uaap simulate --dataset breast_cancer" in body and "--secure-aggregation ckks" in body, body[:2000]
+    assert "--dp-local" in body and "federated simulation: done" in body
+    rd = workspace.existing_run(run_id)
+    cfg = rd.read_config()
+    assert (cfg.secure_aggregation, cfg.dp_local, cfg.num_rounds, cfg.num_clients) == ("ckks", True, 1, 2)
+    last = rd.events("round")[-1]
+    assert last["train"]["he-clients"] == 2 and 0 < last["privacy"]["epsilon"] <= cfg.dp_target_epsilon
+    bench.shot("train-federated")
 
 
 def test_train_page_builds_federated_commands_the_cli_accepts() -> None:
