@@ -139,3 +139,43 @@ def test_boosted_trees_are_explained_in_log_odds(runs: tuple[Path, RunModel, Run
     assert ours.output == "log-odds of 'no'" and np.max(np.abs(ours.values + direct)) <= 1e-8
     margin = booster.model.predict(X, output_margin=True)
     assert np.max(np.abs(ours.grouped.sum(axis=1) + ours.base + margin)) <= 1e-5  # XGBoost sums in float32
+
+
+@pytest.mark.parametrize(
+    ("family", "said"),
+    [
+        (
+            "random_forest",
+            "shap's TreeExplainer cannot read this random_forest model (InvalidModelError): permutation used",
+        ),
+        ("kernel_svm", "family 'kernel_svm' has no tree explainer: permutation used"),
+    ],
+)
+def test_a_model_the_tree_explainer_cannot_read_falls_back_to_permutation_and_says_so(
+    runs: tuple[Path, RunModel, RunModel], family: str, said: str
+) -> None:
+    """The stated fallbacks: a tree family shap cannot read, and a family with no tree explainer, are explained by
+    the permutation explainer (equal to shap's, called directly) with a note that says so; a background larger than
+    --background-rows is sampled, and the note says that too."""
+    from dataclasses import replace
+
+    from sklearn.neighbors import KNeighborsClassifier
+
+    home, forest, _ = runs
+    frame = pd.read_csv(home / "visits.csv")
+    pre = forest.preprocessor
+    X = pre.transform(frame).astype(np.float64)
+    knn = KNeighborsClassifier(5).fit(X, forest.model.predict(X))  # no tree for shap to read
+    model = replace(forest, model=knn, meta={**forest.meta, "family": family})
+    rows, background = frame.iloc[200:210], frame.iloc[:40]
+    ours = explain(model, rows, background=background, background_rows=8, max_evals=60, seed=5)
+    assert ours.explainer == "permutation"
+    assert set(ours.note.split("; ")) == {said, "background: 8 of 40 rows drawn at random (--background-rows)"}
+    drawn = pre.transform(background).astype(np.float64)
+    drawn = drawn[np.sort(np.random.default_rng(5).choice(40, 8, replace=False))]
+    masker = shap.maskers.Independent(drawn, max_samples=8)
+    direct = shap.PermutationExplainer(lambda A: knn.predict_proba(A)[:, 1], masker, seed=5)(
+        pre.transform(rows).astype(np.float64), max_evals=60, silent=True
+    )
+    assert np.max(np.abs(ours.values - direct.values)) <= 1e-8
+    assert ours.additivity_error <= 1e-6

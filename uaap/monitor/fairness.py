@@ -8,7 +8,7 @@ equalized-odds differences and ratios between groups, as fairlearn defines them 
 ``accuracy_score``, ``selection_rate``, ``true_positive_rate``, ``false_positive_rate``;
 ``demographic_parity_difference`` / ``_ratio``, ``equalized_odds_difference`` / ``_ratio`` with their defaults).
 Every one is a ratio of whole counts, so the federated value equals fairlearn's on the pooled predictions
-exactly (``tests/uaap/test_fairness.py``). A central audit is the same computation with one party.
+exactly (``tests/uaap/test_monitor.py``). A central audit is the same computation with one party.
 
 What a server learns from the counts: per group, its row count, label counts and the model's confusion there.
 
