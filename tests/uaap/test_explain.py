@@ -179,3 +179,27 @@ def test_a_model_the_tree_explainer_cannot_read_falls_back_to_permutation_and_sa
     )
     assert np.max(np.abs(ours.values - direct.values)) <= 1e-8
     assert ours.additivity_error <= 1e-6
+
+
+def test_deep_shap_of_a_network_equals_shaps_deep_explainer_and_adds_up(runs: tuple[Path, RunModel, RunModel]) -> None:
+    """--explainer deep: shap's DeepExplainer on the network with its softmax appended (built here on its own),
+    against the same background rows; per raw column, additive to float32 precision, and refused for a forest."""
+    import torch
+
+    from uaap.errors import DataError
+
+    home, forest, mlp = runs
+    frame = pd.read_csv(home / "visits.csv")
+    rows, background = frame.iloc[100:160], frame.iloc[:30]
+    ours = explain(mlp, rows, background=background, background_rows=30, explainer_name="deep")
+    assert ours.explainer == "deep" and ours.output == "P(yes)" and ours.note == ""
+    pre = mlp.preprocessor
+    net = torch.nn.Sequential(mlp.model, torch.nn.Softmax(dim=1)).eval()
+    direct = shap.DeepExplainer(net, torch.from_numpy(pre.transform(background).astype(np.float32)))
+    values = np.asarray(direct.shap_values(torch.from_numpy(pre.transform(rows).astype(np.float32))))[:, :, 1]
+    assert np.max(np.abs(ours.values - values)) <= 1e-8
+    np.testing.assert_allclose(ours.grouped, _by_column(values, ours.features, ours.columns), rtol=0, atol=1e-8)
+    print(f"deep SHAP additivity error {ours.additivity_error:.1e}")
+    assert ours.additivity_error <= 1e-5
+    with pytest.raises(DataError, match=r"explained by auto, tree, permutation"):
+        explain(forest, rows, explainer_name="deep")

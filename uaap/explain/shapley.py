@@ -3,9 +3,16 @@
 The model sees the fitted preprocessor's outputs (one-hot categories, date parts, hashed text); SHAP explains it
 there, with the explainer that fits the model: shap's ``TreeExplainer`` (exact, path-dependent) for tree
 ensembles (random forests, XGBoost, LightGBM, CatBoost), else shap's ``PermutationExplainer`` (torch networks and
-every other estimator) over an ``Independent`` masker of background rows. Then each raw column's value is the
-sum of its outputs' values (``city=Paris`` + ``city=Lyon`` + ... -> ``city``; ``visit.month``, ``visit.month_sin``
-... -> ``visit``): SHAP values add up, so the column values still sum, with the base value, to the model's output.
+every other estimator) over an ``Independent`` masker of background rows. ``explainer="deep"`` asks for shap's
+``DeepExplainer`` (DeepLIFT against the same background rows) for a feed-forward torch network (logreg, svm, mlp:
+layers DeepLIFT has rules for), with the softmax (or the target's scaling) appended so it explains the same output:
+one backward pass a batch instead of hundreds of model calls a row, its values additive to float32 precision, but
+DeepLIFT's linearisation of each ReLU rather than Shapley values of the model; the permutation explainer stays the
+default for networks because the federated explanations and the API's ``/explain`` use it.
+
+Then each raw column's value is the sum of its outputs' values (``city=Paris`` + ``city=Lyon`` + ... -> ``city``;
+``visit.month``, ``visit.month_sin`` ... -> ``visit``): SHAP values add up, so the column values still sum, with the
+base value, to the model's output.
 
 What is explained: a classifier's probability of one class (``--target-class``; the second of two by default)
 for forests and networks, its log-odds for boosted trees (their raw output, where TreeExplainer is exact); a
@@ -31,6 +38,8 @@ if TYPE_CHECKING:
     from uaap.monitor.runmodel import RunModel
 
 TREE_FAMILIES = ("random_forest", "xgboost", "lightgbm", "catboost")
+EXPLAINERS = ("auto", "tree", "deep", "permutation")  # auto: tree for tree families, else permutation
+DEEP_LAYERS = ("Flatten", "Linear", "ReLU", "Dropout", "Identity")  # a network DeepExplainer explains layer by layer
 BOOSTED = ("xgboost", "lightgbm", "catboost")
 # How each booster's predict gives its raw output (log-odds), where TreeExplainer's values add up.
 RAW_OUTPUT: dict[str, dict[str, Any]] = {
@@ -134,10 +143,13 @@ def explain(
     background_rows: int = 100,
     max_evals: int = 0,
     seed: int = 0,
+    explainer_name: str = "auto",
 ) -> Shap:
-    """SHAP values of ``frame``'s rows for ``model`` (see the module's docstring for the explainer it picks)."""
+    """SHAP values of ``frame``'s rows for ``model`` (see the module's docstring for the explainer it picks, or
+    ``explainer_name``: tree, deep or permutation)."""
     import shap
 
+    check_explainer(model, explainer_name)
     pre = model.preprocessor
     X = pre.transform(frame).astype(np.float64)
     features = list(pre.feature_names_out_)
@@ -146,7 +158,12 @@ def explain(
     family = str(model.meta.get("family", ""))
     note = ""
     explainer: Any = None
-    if not model.torch and family in TREE_FAMILIES:
+    if explainer_name == "deep":
+        background_X, note = _background(pre, background, X, background_rows, np.random.default_rng(seed))
+        values, base, model_output, output = _deep(model, X, background_X, k)
+        order, grouped = group_by_column(values, columns)
+        return Shap("deep", output, features, values, base, order, grouped, model_output, X, note)
+    if not model.torch and family in TREE_FAMILIES and explainer_name != "permutation":
         try:
             explainer = shap.TreeExplainer(model.model)
         except Exception as exc:  # a tree model shap does not read: the permutation explainer still can
@@ -171,12 +188,8 @@ def explain(
         kind = "tree"
     else:
         f, output = output_function(model, k)
-        rng = np.random.default_rng(seed)
-        rows = pre.transform(background).astype(np.float64) if background is not None else X
-        if len(rows) > background_rows:
-            drawn = f"background: {background_rows} of {len(rows)} rows drawn at random (--background-rows)"
-            note = f"{note}; {drawn}" if note else drawn
-            rows = rows[np.sort(rng.choice(len(rows), background_rows, replace=False))]
+        rows, drawn = _background(pre, background, X, background_rows, np.random.default_rng(seed))
+        note = f"{note}; {drawn}" if note and drawn else note or drawn
         masker = shap.maskers.Independent(rows, max_samples=len(rows))
         explainer = shap.PermutationExplainer(f, masker, seed=seed)
         evals = max_evals or max(500, 2 * X.shape[1] + 1)
@@ -186,10 +199,78 @@ def explain(
         values = np.asarray(result.values, dtype=np.float64)
         base = float(np.asarray(result.base_values, dtype=np.float64).reshape(-1)[0])
         kind = "permutation"
-        if not model.torch and family not in TREE_FAMILIES:
+        if not model.torch and family not in TREE_FAMILIES and explainer_name == "auto":
             note = (note + "; " if note else "") + f"family {family!r} has no tree explainer: permutation used"
     order, grouped = group_by_column(values, columns)
     return Shap(kind, output, features, values, base, order, grouped, model_output, X, note)
+
+
+def check_explainer(model: RunModel, name: str) -> None:
+    """Refuse an explainer the model cannot have, naming the ones it can."""
+    family = str(model.meta.get("family", ""))
+    fits = ["auto", "permutation"]
+    if not model.torch and family in TREE_FAMILIES:
+        fits.insert(1, "tree")
+    if model.torch and deep_explainable(model.model):
+        fits.insert(1, "deep")
+    if name not in EXPLAINERS:
+        raise DataError(f"--explainer {name!r} is not one of {', '.join(EXPLAINERS)}")
+    if name not in fits:
+        raise DataError(
+            f"--explainer {name}: this {family or 'model'} model is explained by {', '.join(fits)} (tree: tree "
+            f"families; deep: feed-forward torch networks of {', '.join(DEEP_LAYERS)} layers)"
+        )
+
+
+def deep_explainable(net: Any) -> bool:
+    """Whether ``net`` is a torch ``Sequential`` of layers DeepLIFT has rules for (:data:`DEEP_LAYERS`)."""
+    layers = list(net.children()) if type(net).__name__ == "Sequential" else []
+    return bool(layers) and all(type(layer).__name__ in DEEP_LAYERS for layer in layers)
+
+
+def _background(
+    pre: Preprocessor, background: pd.DataFrame | None, X: np.ndarray, most: int, rng: np.random.Generator
+) -> tuple[np.ndarray, str]:
+    """The background rows as model inputs (``background``'s, else the explained rows), at most ``most`` of them
+    drawn at random, and a note when they were drawn."""
+    rows = pre.transform(background).astype(np.float64) if background is not None else X
+    if len(rows) <= most:
+        return rows, ""
+    drawn = f"background: {most} of {len(rows)} rows drawn at random (--background-rows)"
+    return rows[np.sort(rng.choice(len(rows), most, replace=False))], drawn
+
+
+def deep_network(model: RunModel) -> Any:
+    """The run's network with its explained output appended: the class probabilities (softmax), or a regression's
+    value in the target's units (an affine layer of the saved mean and scale)."""
+    import torch
+    from torch import nn
+
+    net = model.model.eval()
+    if model.task == "classification":
+        return nn.Sequential(net, nn.Softmax(dim=1)).eval()
+    scale = nn.Linear(1, 1)
+    with torch.no_grad():
+        scale.weight.fill_(float(model.meta.get("target_std", 1.0)))
+        scale.bias.fill_(float(model.meta.get("target_mean", 0.0)))
+    return nn.Sequential(net, scale).eval()
+
+
+def _deep(model: RunModel, X: np.ndarray, background: np.ndarray, k: int) -> tuple[np.ndarray, float, np.ndarray, str]:
+    """DeepExplainer's values (rows x features) of output ``k``, its base value, the model's output and its name."""
+    import shap
+    import torch
+
+    f, output = output_function(model, k)
+    net = deep_network(model)
+    with _threads(True):
+        explainer = shap.DeepExplainer(net, torch.from_numpy(background.astype(np.float32)))
+        raw = explainer.shap_values(torch.from_numpy(X.astype(np.float32)), check_additivity=False)
+        model_output = f(X)
+    values = np.asarray(raw, dtype=np.float64)
+    values = values[:, :, k] if values.ndim == 3 else values
+    base = float(np.atleast_1d(np.asarray(explainer.expected_value, dtype=np.float64))[k])
+    return values, base, model_output, output
 
 
 def _threads(torch: bool) -> AbstractContextManager[Any]:
