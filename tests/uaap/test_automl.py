@@ -352,3 +352,37 @@ def test_every_family_default_is_a_trial_even_without_warm_start():
     assert [d["family"] for d in defaults] == ["logreg", "mlp", "xgboost", "random_forest"]
     assert {"family": "logreg", "logreg__C": 1.0} in defaults
     assert all(d in warm_start_points(("logreg", "mlp", "xgboost", "random_forest"), 30) for d in defaults)
+
+
+@pytest.mark.slow
+def test_cli_ensembles_score_beside_the_search_and_the_comparator_reads_their_gain(ray_session, capsys):
+    """``uaap automl --ensembles``: voting and stacking over the two searched families are scored on the winner's
+    held-out rows, recorded in the run folder and MLflow, and ``uaap compare`` shows their gain from there."""
+    from uaap.cli import main
+    from uaap.compare import collect_runs
+
+    rc = main(
+        ["automl", "--dataset", "breast_cancer", "--search", "random", "--families", "logreg,random_forest"]
+        + ["--folds", "2", "--trials", "4", "--scheduler", "none", "--ensembles", "--run-id", "automl-ensembles"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "ensembles of the best families, accuracy on the 114 held-out rows" in out, out[-3000:]
+    [event] = [e for e in workspace_events("automl-ensembles") if e["kind"] == "ensembles"]
+    assert sorted(event["members"]) == ["logreg", "random_forest"] and event["test_rows"] == 114
+    best = event["singles"][event["best_single"]]
+    assert event["gain"]["voting"] == pytest.approx(event["voting"] - best)
+    (row,) = collect_runs(["automl-ensembles"])
+    assert row.ensembles == pytest.approx(
+        {"ensemble_voting_test": event["voting"], "ensemble_stacking_test": event["stacking"],
+         "ensemble_voting_gain": event["gain"]["voting"], "ensemble_stacking_gain": event["gain"]["stacking"],
+         "ensemble_best_single_test": best}
+    )  # fmt: skip
+    assert main(["compare", "automl-ensembles"]) == 0
+    shown = capsys.readouterr().out
+    assert f"{event['gain']['voting']:+.4f}" in shown and f"{event['gain']['stacking']:+.4f}" in shown
+
+
+def workspace_events(run_id: str) -> list[dict]:
+    from uaap import workspace
+
+    return workspace.existing_run(run_id).events()
