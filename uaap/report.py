@@ -143,7 +143,7 @@ def accuracy_plot(rd: RunDir, out: Path | None = None, central_accuracy: float |
         ax.set_ylim(max(lowest, -1.0), 1.0)  # R2 can be negative: the first rounds of a regression often are
     ax.grid(alpha=0.3)
     if cen or fed or central_accuracy is not None:  # a CKKS run of K-Means or PCA has no plaintext metric to draw
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best" if key == "forecast-mase" else "lower right", fontsize=8)  # MASE falls: no fixed corner
     ax.set_title(f"{rd.run_id}")
     fig.tight_layout()
     fig.savefig(out)
