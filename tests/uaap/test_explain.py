@@ -203,3 +203,19 @@ def test_deep_shap_of_a_network_equals_shaps_deep_explainer_and_adds_up(runs: tu
     assert ours.additivity_error <= 1e-5
     with pytest.raises(DataError, match=r"explained by auto, tree, permutation"):
         explain(forest, rows, explainer_name="deep")
+
+
+def test_the_dependence_plot_zooms_past_a_few_far_values_and_says_how_many() -> None:
+    from uaap.explain.shapley import _zoom
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=300), [25.0, -25.0, 24.0], [np.nan] * 4])
+    zoom, words = _zoom(values)
+    low, high = np.percentile(values[np.isfinite(values)], [1, 99])
+    pad = 0.05 * (high - low)
+    assert zoom == pytest.approx({"xmin": low - pad, "xmax": high + pad})
+    finite = values[np.isfinite(values)]
+    hidden = int(np.sum((finite < low - pad) | (finite > high + pad)))
+    assert 3 <= hidden <= 8 and words == f" ({hidden} far values outside the 1st-99th percentile shown)"
+    assert _zoom(rng.normal(size=300)) == ({}, "")  # no far values: the whole range
+    assert _zoom(np.array([1.0, 2.0, np.nan])) == ({}, "")  # too few to call any value far

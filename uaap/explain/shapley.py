@@ -352,7 +352,7 @@ def plots(result: Shap, frame: pd.DataFrame, row: int, folder: Path, title: str)
                 j = result.columns.index(dependent)  # numbers on the axis, not the display texts
                 column = shap.Explanation(values=result.grouped[:, j], base_values=np.full(len(result.grouped),
                                           result.base), data=numeric[:, j], feature_names=dependent)  # fmt: skip
-                shap.plots.scatter(column, show=False)
+                shap.plots.scatter(column, show=False, **zoom)
             elif kind == "force":
                 shap.plots.force(
                     result.base, result.grouped[row], features=shown[row], feature_names=result.columns,
@@ -362,7 +362,8 @@ def plots(result: Shap, frame: pd.DataFrame, row: int, folder: Path, title: str)
                 shap.plots.waterfall(explanation[row], max_display=15, show=False)
             fig = plt.gcf()
             label = {"summary": "SHAP values per row", "bar": "mean |SHAP|", "waterfall": f"row {row}",
-                     "dependence": f"SHAP of {dependent} against its value", "force": f"row {row}"}[kind]  # fmt: skip
+                     "dependence": f"SHAP of {dependent} against its value{outside}",
+                     "force": f"row {row}"}[kind]  # fmt: skip
             fig.suptitle(f"{title}\n{label}: {result.output} ({result.explainer} explainer)", fontsize=9)
             fig.set_size_inches(max(fig.get_size_inches()[0], 8.0), fig.get_size_inches()[1] + 0.6)
             fig.tight_layout()
@@ -375,8 +376,23 @@ def plots(result: Shap, frame: pd.DataFrame, row: int, folder: Path, title: str)
     mean_abs = np.abs(result.grouped).mean(axis=0)
     numbered = [j for j in np.argsort(-mean_abs, kind="stable") if np.isfinite(numeric[:, j]).any()]
     dependent = result.columns[numbered[0]] if numbered else ""
+    zoom, outside = _zoom(numeric[:, numbered[0]]) if numbered else ({}, "")
     kinds = ("summary", "bar", "waterfall", "force", *(("dependence",) if dependent else ()))
     return {f"shap-{kind}.png": draw(kind) for kind in kinds}
+
+
+def _zoom(values: np.ndarray) -> tuple[dict[str, float], str]:
+    """The dependence plot's x range when a few far values would squeeze the rest into a sliver: the 1st to 99th
+    percentile, padded, and the words that say how many rows lie outside it (none: the whole range, no words)."""
+    finite = values[np.isfinite(values)]
+    if len(finite) < 20:
+        return {}, ""
+    low, high = (float(v) for v in np.percentile(finite, [1, 99]))
+    if high <= low or float(finite.max() - finite.min()) <= 3 * (high - low):
+        return {}, ""
+    pad = 0.05 * (high - low)
+    outside = int(((finite < low - pad) | (finite > high + pad)).sum())
+    return {"xmin": low - pad, "xmax": high + pad}, f" ({outside} far values outside the 1st-99th percentile shown)"
 
 
 def check_row(row: int, rows: int) -> int:
