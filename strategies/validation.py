@@ -23,6 +23,10 @@ counted in the round's ``rejected-replies``. Replies a client lost (Flower error
 strategy counts them as failures. An aggregate of fewer than ``min_contributors`` accepted replies is not
 released (the global model stays), except under central DP, where the noise protects a lone contributor
 and withholding a release because few clients took part would itself depend on who took part.
+
+Length: just over 500 lines because every task's evaluation counts (classification, regression, forecasting,
+anomaly detection) are checked here beside the wrapper that applies them, so what a reply may carry is read in one
+place.
 """
 
 from __future__ import annotations
