@@ -5,7 +5,8 @@ client decrypts with its secret context), the run's preprocessing plan and a req
 rows through the plan and answers with what the request asks for:
 
 * ``ranges``: each numeric column's count, sum, minimum and maximum (the PDP grid's extremes);
-* ``explain``: sums of |SHAP|, SHAP and the model's outputs, and PDP sums on the server's grids
+* ``explain``: sums of |SHAP|, SHAP and the model's outputs, PDP sums on the server's grids, and the sums of the
+  loss on the true target, as it is and with each raw column permuted among this client's rows ``repeats`` times
   (:mod:`uaap.explain.federated`); under secure aggregation these go as one CKKS ciphertext, the row count in clear;
 * ``groups``, ``fairness``: the groups of the sensitive column this client has; per group the confusion counts
   (:mod:`uaap.monitor.fairness`), under secure aggregation for every group the server lists, as one ciphertext;
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 KINDS = ("ranges", "explain", "groups", "fairness", "drift-reference", "drift-histograms", "drift-current")
 MAX_EVALS = 100_000  # model evaluations a row: a server cannot make a client's explanation run unbounded
 MAX_GRID = 1_000  # grid values of one column's PDP
+MAX_REPEATS = 100  # permutations of each column for permutation importance (each one predicts every row)
 
 
 def read_request(text: str) -> dict[str, Any]:
@@ -52,6 +54,11 @@ def read_request(text: str) -> dict[str, Any]:
         raise DataError(f"the audit request's max_evals must be a whole number in 0..{MAX_EVALS}")
     if not isinstance(grids, dict) or any(not isinstance(g, list) or len(g) > MAX_GRID for g in grids.values()):
         raise DataError(f"the audit request's grids must be lists of at most {MAX_GRID} values")
+    repeats, seed = request.get("repeats", 1), request.get("seed", 0)
+    if not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
+        raise DataError(f"the audit request's repeats must be a whole number in 1..{MAX_REPEATS}")
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise DataError("the audit request's seed must be a whole number in 0..2**32 - 1")
     return request
 
 
@@ -113,9 +120,8 @@ def compute(request: dict[str, Any], cfg: RunConfig, msg: Message, context: Cont
         from uaap.explain.federated import explain_sums
 
         grids = {str(c): list(g) for c, g in dict(request["grids"]).items()}
-        return explain_sums(
-            model, frame, grids, seed=int(request.get("seed", 0)), max_evals=int(request.get("max_evals", 0))
-        )
+        return explain_sums(model, frame, grids, seed=int(request.get("seed", 0)),
+                            max_evals=int(request.get("max_evals", 0)), repeats=int(request["repeats"]))  # fmt: skip
     if kind in ("groups", "fairness"):
         from uaap.monitor import fairness as fair
 

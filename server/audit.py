@@ -6,13 +6,20 @@ the run's preprocessing plan and a request (``client/audit.py``). Every answer i
 (:func:`uaap.explain.federated.check_explain_sums`, :func:`uaap.monitor.fairness.check_fairness_counts`,
 :func:`uaap.monitor.drift.check_sketch`); a bad one is left out and logged, never fatal.
 
-Under secure aggregation the explanation sums (|SHAP|, SHAP, outputs, PDP) and the per-group confusion counts
-come as CKKS ciphertexts and are summed with the public context alone (:class:`uaap.crypto.EncryptedSum`); the
-server holds their total as ciphertext and a key holder decrypts it (:func:`uaap.explain.federated.open_sums`,
-:func:`uaap.monitor.fairness.open_counts`), as ``uaap keys decrypt-model`` does for a model. The row counts, the
+Under secure aggregation the explanation sums (|SHAP|, SHAP, outputs, PDP, base and permuted losses) and the
+per-group confusion counts come as CKKS ciphertexts and are summed with the public context alone
+(:class:`uaap.crypto.EncryptedSum`); the server holds their total as ciphertext and a key holder decrypts it
+(:func:`uaap.explain.federated.open_sums`, :func:`uaap.monitor.fairness.open_counts`), as ``uaap keys
+decrypt-model`` does for a model. The row counts, the
 names of the groups each client has, the PDP grid's extremes and the drift sketches travel in the clear, as the
 preprocessing statistics do: the sketches' layout depends on each client's categories, and minima and maxima do
 not add.
+
+A run trained under SecAgg+ (pairwise masking, ``--secure-aggregation secagg+``) is refused by every audit
+(:func:`audited`): its clients hold no CKKS keys, so their sums could only travel in the clear, which that run's
+data owners did not agree to; and SecAgg+'s masking (``strategies/secagg.py``) is built into a training round
+(four stages in one ``configure_train``/``aggregate_train`` pair, updates clipped and quantised to a fixed range),
+not into a sum of arbitrary statistics.
 
 :func:`make_app` wraps one audit in a ServerApp; ``simulations/audit.py`` runs it over the run's simulated clients.
 """
@@ -30,7 +37,7 @@ import numpy as np
 from uaap import workspace
 from uaap.config import RunConfig
 from uaap.data.preprocess import Stats, merge
-from uaap.errors import DataError, RunFailedError, UaapError, WorkspaceError
+from uaap.errors import ConfigError, DataError, RunFailedError, UaapError, WorkspaceError
 from uaap.protocol import ARRAYS, AUDIT, AUDIT_ANSWER, AUDIT_REQUEST, AUDIT_SUMS, CONFIG, PREPROCESSOR, RUN_CONFIG
 
 if TYPE_CHECKING:
@@ -75,6 +82,13 @@ def audited(run_id: str) -> Audited:
 
     rd = workspace.existing_run(run_id)
     cfg = rd.read_config()
+    if cfg.secagg:  # before anything is sent: a client's sums would reach the server unmasked
+        raise ConfigError(
+            f"run {run_id!r} was trained under secure-aggregation={cfg.secure_aggregation!r} (pairwise masking): a "
+            "federated audit cannot mask its sums that way, so each client's sums would reach the server in the "
+            "clear. Audit this run centrally on rows you may read (drop --federated and give --data SOURCE), or "
+            "train it again with --secure-aggregation ckks, whose audits send the sums as one CKKS ciphertext"
+        )
     plan_file = rd.path / "preprocessor.json"
     if cfg.dataset != "csv" or not plan_file.is_file():
         raise DataError(
@@ -180,9 +194,17 @@ class ExplainTotals:
 
 
 def explain(
-    grid: Grid, audit: Audited, send: Send, *, points: int = 20, seed: int = 0, max_evals: int = 0
+    grid: Grid,
+    audit: Audited,
+    send: Send,
+    *,
+    points: int = 20,
+    seed: int = 0,
+    max_evals: int = 0,
+    repeats: int = 5,
 ) -> ExplainTotals:
-    """Two steps: the numeric columns' extremes (the PDP grids), then the clients' SHAP and PDP sums."""
+    """Two steps: the numeric columns' extremes (the PDP grids), then the clients' SHAP, PDP and loss sums (the
+    base loss and each column's ``repeats`` permuted losses)."""
     from uaap.explain import federated as fx
     from uaap.explain.pdp import grid_of, gridded_columns
     from uaap.monitor import drift
@@ -197,7 +219,7 @@ def explain(
     for plan in gridded_columns(model.preprocessor):
         low, high = ranges[plan.name] if plan.kind == "numeric" else (np.nan, np.nan)
         grids[plan.name] = grid_of(plan, low, high, points)
-    shapes = fx.layout(model, grids)
+    shapes = fx.layout(model, grids, repeats)
     classification = model.task == "classification"
     hidden = shapes if audit.public is not None else None
 
@@ -211,7 +233,7 @@ def explain(
             return {fx.ROWS: rows}
         return fx.check_explain_sums(answer, shapes, classification=classification)
 
-    request = {"kind": "explain", "grids": grids, "seed": seed, "max_evals": max_evals}
+    request = {"kind": "explain", "grids": grids, "seed": seed, "max_evals": max_evals, "repeats": repeats}
     plain, enc, clients = ask(grid, audit, request, check, send, encrypted=hidden)
     return ExplainTotals(grids, plain, enc, dict(shapes), clients)
 

@@ -93,9 +93,12 @@ def explain(
     points: int = 20,
     seed: int = 0,
     max_evals: int = 0,
+    repeats: int = 5,
     ray_address: str | None = None,
 ) -> Written:
-    """``uaap explain RUN --federated``: mean |SHAP|, mean SHAP and PDPs of the run's clients' rows, from sums."""
+    """``uaap explain RUN --federated``: mean |SHAP|, mean SHAP, PDPs and permutation importance of the run's
+    clients' rows, from sums."""
+    from client.audit import MAX_REPEATS
     from server import audit as server_audit
     from uaap import crypto
     from uaap.explain import federated as fx
@@ -106,13 +109,19 @@ def explain(
 
     if points < 2:
         raise ConfigError(f"--grid-points {points}: give at least 2")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise ConfigError(f"--repeats {repeats}: give 1 to {MAX_REPEATS} permutations of each column")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: give a whole number in 0..{2**32 - 1}")
     audit = server_audit.audited(run_id)
     model = audit.model
     k = choose_class(model, target_class) if model.task == "classification" else 0
     secret = crypto.client_context(audit.cfg) if audit.public is not None else None  # the key holder's, checked first
     totals = over_flower(
         audit,
-        lambda grid, send: server_audit.explain(grid, audit, send, points=points, seed=seed, max_evals=max_evals),
+        lambda grid, send: server_audit.explain(
+            grid, audit, send, points=points, seed=seed, max_evals=max_evals, repeats=repeats
+        ),
         ray_address=ray_address,
     )
     total = dict(totals.plain)
@@ -126,11 +135,16 @@ def explain(
     outputs: dict[Path, Any] = {
         folder / "shap-federated.json": lambda p: write_json(report, p),
         folder / "shap-federated-bar.png": lambda p: fx.plot_bar(report, p, title),
+        folder / "importance-federated.png": lambda p: fx.plot_importance(report, p, title),
     }
     if report["pdp"]:
         outputs[folder / "pdp-federated.png"] = lambda p: fx.plot_pdp(report, p, title)
     metrics = {f"shap_federated.{safe_name(c)}.mean_abs": v for c, v in report["mean_abs_shap"].items()}
-    event = {"federated": True, "clients": totals.clients, "ranking": report["ranking"][:10]}
+    metrics |= {f"importance_federated.{safe_name(c)}.permutation": v
+                for c, v in report["permutation_importance"].items()}  # fmt: skip
+    metrics["importance_federated.base_loss"] = report["base_loss"]
+    event = {"federated": True, "clients": totals.clients, "ranking": report["ranking"][:10],
+             "importance_ranking": report["importance_ranking"][:10]}  # fmt: skip
     return Written(report, _publish(audit, outputs, metrics, "explain", event))
 
 

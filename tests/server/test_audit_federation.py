@@ -1,15 +1,20 @@
 """Federated audits over Flower messages (``query.audit``, the real ClientApp): a federation of 3 clients trains a
 logistic regression on a table once per module (plaintext and CKKS), then its clients explain, audit and monitor the
 final model on their own rows. Each federated number is compared with the same computation on the pooled rows:
-mean |SHAP|, mean SHAP and PDP (1e-8 plaintext, 1e-5 CKKS), fairness against fairlearn's MetricFrame (exactly),
-drift statistics (float rounding). A forged answer is left out; the fairness command runs its audit as a Flower
+mean |SHAP|, mean SHAP and PDP (1e-8 plaintext, 1e-5 CKKS), the base loss of permutation importance against
+scikit-learn's log_loss (same tolerances) and each client's permuted-loss sums against the test's own permutations,
+fairness against fairlearn's MetricFrame (exactly), drift statistics (float rounding). A forged answer is left out; a
+run trained under SecAgg+ is refused before any client is asked; the fairness command runs its audit as a Flower
 simulation on Ray (the other commands share that path and run here over the in-process grid).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +29,13 @@ from tests.flower_helpers import LocalGrid, set_task_identity
 from uaap import crypto
 from uaap.config import RunConfig
 from uaap.data.tables import raw_parts
+from uaap.errors import ConfigError, DataError
 from uaap.explain import federated as fx
 from uaap.explain import pdp
 from uaap.monitor import drift
 from uaap.monitor import fairness as fair
 from uaap.monitor.runmodel import RunModel
-from uaap.protocol import AUDIT_ANSWER, CONFIG
+from uaap.protocol import AUDIT_ANSWER, AUDIT_SUMS, CONFIG
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -176,6 +182,174 @@ def test_a_forged_explanation_is_left_out(runs: dict[str, sa.Audited]) -> None:
     assert "exceeds the sum of their absolute values" in audit.left_out[1]
 
 
+# ---- permutation importance from loss sums ----------------------------------------------------------------------
+
+SEED, REPEATS = 7, 3
+
+
+def pooled_log_loss(model: RunModel, rows: pd.DataFrame) -> float:
+    """scikit-learn's log-loss summed over ``rows`` (the model's float64 probabilities, as every audit runs it)."""
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(rows.label.astype(str), pdp.outputs(model, rows), labels=model.classes, normalize=False))
+
+
+def own_permuted_losses(model: RunModel, rows: pd.DataFrame) -> np.ndarray:
+    """Per raw column and repeat, the summed log-loss with the column permuted among ``rows``: the test's own
+    permutations (NumPy's generator seeded with the seed and the column's CRC-32, one permutation a repeat)."""
+    X = rows.reset_index(drop=True)
+    out = np.zeros((len(model.preprocessor.input_columns), REPEATS))
+    for i, column in enumerate(model.preprocessor.input_columns):
+        rng = np.random.default_rng([SEED, zlib.crc32(column.encode())])
+        for r in range(REPEATS):
+            order = rng.permutation(len(X))
+            out[i, r] = pooled_log_loss(model, X.assign(**{column: X[column].to_numpy()[order]}))
+    return out
+
+
+@pytest.mark.parametrize(("secure", "tol"), [("none", 1e-8), ("ckks", 1e-5)])
+def test_federated_loss_sums_equal_the_pooled_loss_and_each_clients_own_permutations(
+    runs: dict[str, sa.Audited], secure: str, tol: float
+) -> None:
+    audit = runs[secure]
+    grid = AuditGrid(3)
+    steps: list[list[Message]] = []  # each step's replies, as the server got them
+
+    def capture(messages: list[Message]) -> list[Message]:
+        steps.append(exchange(grid, messages, 60.0))
+        return steps[-1]
+
+    totals = sa.explain(grid, audit, capture, points=2, seed=SEED, max_evals=MAX_EVALS, repeats=REPEATS)
+    secret = crypto.client_context(audit.cfg) if secure == "ckks" else None
+    total = dict(totals.plain)
+    if secret is not None:  # the loss sums are inside the one ciphertext: nothing of them in the clear
+        assert totals.encrypted is not None and set(totals.plain) == {fx.ROWS}
+        total.update(fx.open_sums(totals.encrypted, secret, totals.layout))
+    assert totals.layout[fx.LOSS_PERMUTED] == (8, REPEATS) and totals.clients == 3
+    model = plaintext_model(audit)
+    parts = [part.frame for part in raw_parts(audit.cfg, 3)[0]]
+
+    # (a) the base loss is exactly the pooled rows' (scikit-learn's log_loss times the rows)
+    rows = pd.concat(parts, ignore_index=True)
+    assert total[fx.LOSS][0] == pytest.approx(pooled_log_loss(model, rows), abs=tol)
+    federated = fx.explain_report(total, model, totals.grids, 1)
+    assert federated["loss"] == "log-loss" and federated["repeats"] == REPEATS
+    assert federated["base_loss"] * len(rows) == pytest.approx(pooled_log_loss(model, rows), abs=tol)
+
+    # (b) each client's permuted sums are its own rows permuted as the test permutes them
+    assert len(steps) == 2 and len(steps[1]) == 3  # the grids' extremes, then the explanation sums
+    own_total = np.zeros((8, REPEATS))
+    for reply in steps[1]:
+        node = int(reply.metadata.src_node_id)
+        if secret is not None:
+            sums = fx.open_sums(reply.content.array_records[AUDIT_SUMS], secret, totals.layout)
+        else:
+            answer = json.loads(str(reply.content.config_records[CONFIG][AUDIT_ANSWER]))
+            sums = {key: np.asarray(value) for key, value in answer.items()}
+        own = own_permuted_losses(model, parts[node - 1])  # node i holds partition i - 1
+        np.testing.assert_allclose(sums[fx.LOSS_PERMUTED], own, rtol=0, atol=tol)
+        assert sums[fx.LOSS][0] == pytest.approx(pooled_log_loss(model, parts[node - 1]), abs=tol)
+        own_total += own
+    np.testing.assert_allclose(total[fx.LOSS_PERMUTED], own_total, rtol=0, atol=tol)
+    importance = federated["permutation_importance"]
+    expected = (own_total.mean(axis=1) - pooled_log_loss(model, rows)) / len(rows)
+    for i, column in enumerate(model.preprocessor.input_columns):
+        assert importance[column] == pytest.approx(expected[i], abs=tol)
+    assert federated["importance_ranking"][0] == "x0"  # the label's strongest driver
+
+
+def test_one_client_holding_every_row_gives_the_direct_permutation_importance(runs: dict[str, sa.Audited]) -> None:
+    """(c) The whole federation's rows on one client (the real ClientApp): the report's importance is the direct
+    computation on the same permutations of those rows (scikit-learn's log_loss on each permuted table)."""
+    from sklearn.metrics import log_loss
+
+    audit = runs["none"]
+    one = dataclasses.replace(audit, left_out=[])
+    grid = AuditGrid(1)  # one node, told it is the only partition: it holds every training row
+    totals = sa.explain(grid, one, send(grid), points=2, seed=SEED, max_evals=MAX_EVALS, repeats=REPEATS)
+    model = plaintext_model(audit)
+    report = fx.explain_report(totals.plain, model, totals.grids, 1)
+    rows = raw_parts(audit.cfg, 1)[0][0].frame.reset_index(drop=True)
+    assert totals.clients == 1 and report["rows"] == len(rows) == 336
+
+    y, labels = rows.label.astype(str), model.classes
+    base = log_loss(y, pdp.outputs(model, rows), labels=labels)
+    assert report["base_loss"] == pytest.approx(base, abs=1e-12)
+    for column in model.preprocessor.input_columns:
+        rng = np.random.default_rng([SEED, zlib.crc32(column.encode())])
+        drops = []
+        for _ in range(REPEATS):
+            shuffled = rows.assign(**{column: rows[column].to_numpy()[rng.permutation(len(rows))]})
+            drops.append(log_loss(y, pdp.outputs(model, shuffled), labels=labels) - base)
+        assert report["permutation_importance"][column] == pytest.approx(np.mean(drops), abs=1e-10), column
+        assert report["permutation_importance_std"][column] == pytest.approx(np.std(drops), abs=1e-10), column
+
+
+def test_a_forged_loss_sum_is_left_out(runs: dict[str, sa.Audited]) -> None:
+    """(d) A negative loss sum and permuted sums of the wrong shape are left out with the reason; the rest is summed."""
+
+    def forge(change: Callable[[dict[str, Any]], None]) -> Callable[[Message], Message]:
+        def lie(reply: Message) -> Message:
+            record = reply.content.config_records[CONFIG]
+            answer = json.loads(str(record[AUDIT_ANSWER]))
+            if fx.LOSS in answer:
+                change(answer)
+            record[AUDIT_ANSWER] = json.dumps(answer)
+            return reply
+
+        return lie
+
+    negative = forge(lambda a: a.update({fx.LOSS: [-1.0]}))
+    narrow = forge(lambda a: a.update({fx.LOSS_PERMUTED: a[fx.LOSS_PERMUTED][:-1]}))
+    audit = sa.audited("audit-none")
+    grid = AuditGrid(3, tamper={2: narrow, 3: negative})
+    totals = sa.explain(grid, audit, send(grid), points=2, seed=SEED, max_evals=MAX_EVALS, repeats=REPEATS)
+    assert totals.clients == 1 and len(audit.left_out) == 2
+    assert "client 2" in audit.left_out[0] and f"{fx.LOSS_PERMUTED!r} must be (8, {REPEATS})" in audit.left_out[0]
+    assert "client 3" in audit.left_out[1] and "a sum of losses is negative" in audit.left_out[1]
+    model = plaintext_model(audit)
+    rows = raw_parts(audit.cfg, 3)[0][0].frame  # client 1's rows alone
+    assert totals.plain[fx.LOSS][0] == pytest.approx(pooled_log_loss(model, rows), abs=1e-8)
+    answer = {fx.SHAP_ABS: [[0.0]], fx.SHAP_SUM: [[0.0]], fx.OUTPUT_SUM: [1.0], fx.ROWS: [2], fx.LOSS: [1.0],
+              fx.LOSS_PERMUTED: [[80.0]]}  # fmt: skip
+    shapes = {key: np.shape(value) for key, value in answer.items() if key != fx.ROWS}
+    with pytest.raises(DataError, match="log-losses summed over 2 rows exceed 36.04 a row"):  # 2 x 36.04 < 80
+        fx.check_explain_sums(answer, shapes, classification=True)
+
+
+# ---- SecAgg+ runs -----------------------------------------------------------------------------------------------
+
+
+def test_a_secagg_run_is_refused_before_any_client_is_asked(
+    runs: dict[str, sa.Audited], module_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run trained under SecAgg+ (pairwise masking, no CKKS keys): its clients' audit sums would travel in the
+    clear, so every federated audit refuses it before a message is sent."""
+    import simulations.audit
+    from uaap import workspace
+    from uaap.cli import main
+
+    source = module_home / "runs" / "audit-none"
+    shutil.copytree(source, module_home / "runs" / "audit-secagg")
+    rd = workspace.existing_run("audit-secagg")
+    rd.write_config(rd.read_config().replace(secure_aggregation="secagg+", run_id="audit-secagg"))
+    asked: list[str] = []
+    monkeypatch.setattr(simulations.audit, "over_flower", lambda audit, job, **_: asked.append(audit.rd.run_id))
+
+    with pytest.raises(ConfigError, match=r"secure-aggregation='secagg\+'.*in the clear.*--secure-aggregation ckks"):
+        sa.audited("audit-secagg")
+    before = sorted(p.name for p in rd.path.rglob("*"))
+    new = str(module_home / "new.csv")
+    for args in (["explain", "audit-secagg", "--federated"],
+                 ["fairness", "audit-secagg", "--sensitive", "c0", "--federated"],
+                 ["monitor", "--reference", "audit-secagg", "--data", new, "--federated"]):  # fmt: skip
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert "pairwise masking" in err and "centrally" in err and "ckks" in err, err
+    assert asked == []  # no federation was started, no client asked
+    assert sorted(p.name for p in rd.path.rglob("*")) == before  # nothing written
+
+
 # ---- fairness and drift -----------------------------------------------------------------------------------------
 
 
@@ -277,7 +451,9 @@ def test_the_explain_and_monitor_commands_write_federated_reports(
 
     args = ["explain", "audit-ckks", "--federated", "--grid-points", str(POINTS), "--max-evals", str(MAX_EVALS)]
     assert main(args) == 0
-    assert "federated: 3 clients, 336 rows" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "federated: 3 clients, 336 rows" in shown and "mean log-loss 0." in shown
+    assert re.search(r"(?m)^│ x0 +│ 0\.\d{4} +│ [+-]0\.\d{4} +│ \+0\.\d{4} ", shown), shown
     folder = module_home / "runs" / "audit-ckks" / "explain"
     report = json.loads((folder / "shap-federated.json").read_text())
     grid = AuditGrid(3)
@@ -288,6 +464,10 @@ def test_the_explain_and_monitor_commands_write_federated_reports(
         assert report["mean_abs_shap"][column] == pytest.approx(value, abs=1e-5)
     assert report["secure_aggregation"] == "ckks" and report["ranking"][0] == expected["ranking"][0]
     assert (folder / "shap-federated-bar.png").stat().st_size > 0 and (folder / "pdp-federated.png").stat().st_size > 0
+    assert report["repeats"] == 5 and report["importance_ranking"] == expected["importance_ranking"]
+    for column, value in expected["permutation_importance"].items():
+        assert report["permutation_importance"][column] == pytest.approx(value, abs=1e-5)
+    assert (folder / "importance-federated.png").stat().st_size > 0
 
     new = str(module_home / "new.csv")
     assert main(["monitor", "--reference", "audit-none", "--data", new, "--federated"]) == 0

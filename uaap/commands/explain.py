@@ -33,14 +33,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--grid-points", type=int, default=20, help="grid values of a numeric column's PDP (default 20)")
     p.add_argument("--federated", action="store_true",
                    help="explain a federated run on its clients' own rows: they send only sums (mean |SHAP|, mean "
-                   "SHAP, PDP), summed under secure aggregation when the run used it; --data is not read")  # fmt: skip
+                   "SHAP, PDP, permutation importance from loss sums), summed under secure aggregation when the run "
+                   "used it; --data is not read")  # fmt: skip
     p.add_argument("--max-evals", type=int, default=0,
                    help="--federated: model evaluations a row (permutation explainer; default 0: shap's)")  # fmt: skip
     # LIME and importances (docs/monitoring.md section 5)
     p.add_argument("--method", choices=("shap", "lime", "importance"), default="shap",
                    help="shap (default); lime: LIME weights of --row; importance: permutation importance (needs the "
                    "target column) and, for tree models, gain importance")  # fmt: skip
-    p.add_argument("--repeats", type=int, default=5, help="--method importance: shuffles per column (default 5)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="--method importance and --federated: shuffles per column (default 5)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -119,16 +121,22 @@ def run_federated(args: argparse.Namespace) -> int:
     console = Console()
     with console.status(f"explaining run {args.run} on its clients"):
         done = audits.explain(args.run, target_class=args.target_class, points=args.grid_points, seed=args.seed,
-                              max_evals=args.max_evals)  # fmt: skip
+                              max_evals=args.max_evals, repeats=args.repeats)  # fmt: skip
     r = done.report
     console.print(f"federated: {r['clients']} clients, {r['rows']} rows; output {r['output']}, base value "
-                  f"{r['base_value']:.4f}", markup=False, soft_wrap=True)  # fmt: skip
+                  f"{r['base_value']:.4f}; mean {r['loss']} {r['base_loss']:.4f}", markup=False,
+                  soft_wrap=True)  # fmt: skip
     for why in r["left_out"]:
         console.print(f"left out: {why}", markup=False, soft_wrap=True)
-    t = Table("column", "mean |SHAP|", "mean SHAP")
-    for c in r["ranking"]:
-        t.add_row(c, f"{r['mean_abs_shap'][c]:.4f}", f"{r['mean_shap'][c]:+.4f}")
+    t = Table("column", "mean |SHAP|", "mean SHAP", "permutation")
+    importance = r["permutation_importance"]
+    for c in dict.fromkeys([*r["ranking"], *r["importance_ranking"]]):
+        shap = (f"{r['mean_abs_shap'][c]:.4f}", f"{r['mean_shap'][c]:+.4f}") if c in r["mean_abs_shap"] else ("", "")
+        t.add_row(c, *shap, f"{importance[c]:+.4f}" if c in importance else "")
     console.print(t)
+    console.print(f"permutation: increase of the mean {r['loss']} when the column is shuffled within each client "
+                  f"({r['repeats']} times); equals the pooled rows' only in expectation, when the clients' rows are "
+                  "exchangeable", markup=False, soft_wrap=True)  # fmt: skip
     for path in done.files:
         console.print(f"wrote {path}", markup=False, soft_wrap=True)
     return 0

@@ -20,10 +20,30 @@ Everything that makes a SHAP value must be the same everywhere for the sums to b
 
 SHAP values of the typical-row background are interventional: each row's values add up to its output minus the
 output at the typical row (the base value).
+
+Permutation importance from sums: a client also sends the sum over its rows of the model's loss on the true target
+(a classifier's log-loss of the true class's probability, clipped as scikit-learn's ``log_loss`` clips; a
+regression's squared error in the target's units) and, per raw input column and repeat, the sum of that loss with the
+column's values permuted among this client's own rows (through the fitted preprocessor, as the central
+:mod:`uaap.explain.importance` shuffles raw columns). The server's importance of a column is its summed permuted
+losses over the repeats, divided by the repeats, minus the summed base loss, over the rows: the increase of the mean
+loss when the column is permuted. What that equals:
+
+* the base loss is exactly the pooled rows' mean loss (a sum over rows);
+* the permuted loss is that of a permutation *within each client* (stratified by client), not across the pooled
+  rows: it equals pooled permutation importance only in expectation, and only when the clients' rows are
+  exchangeable (drawn from one distribution). Under non-IID clients a column that separates the clients (a region
+  each client lives in) loses less when shuffled within a client than across all of them, so its federated
+  importance is lower. It is not the number scikit-learn's ``permutation_importance`` gives on the pooled rows
+  (different permutations, and a loss, not accuracy or R^2).
+
+The permutations are seeded by the request's seed and the column's name (:func:`permutations`), never by which
+client answers, so a client's sums do not depend on the process that computes them.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +63,12 @@ SHAP_ABS = "shap.abs"  # columns x outputs: sum over rows of |SHAP|
 SHAP_SUM = "shap.sum"  # columns x outputs: sum over rows of SHAP
 OUTPUT_SUM = "output.sum"  # outputs: sum over rows of the model's outputs
 PDP = "pdp."  # pdp.<column>: grid x outputs, sum over rows of the outputs with the column at each grid value
+LOSS = "loss.sum"  # (1,): sum over rows of the model's loss on the true target
+LOSS_PERMUTED = "loss.permuted"  # input columns x repeats: sum over rows of the loss, the column permuted in-client
 MAX_EVALS = 0  # 0: shap's default budget, max(500, 2 x features + 1) evaluations a row
+REPEATS = 5  # permutations of each column
+EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clips probabilities to [eps, 1 - eps]
+MAX_LOG_LOSS = float(-np.log(EPS))  # the largest clipped log-loss of one row (about 36.04)
 
 
 def baseline(pre: Preprocessor) -> np.ndarray:
@@ -99,7 +124,7 @@ def shap_values(
     return columns, values, base, out
 
 
-def layout(model: RunModel, grids: Mapping[str, Sequence[Any]]) -> dict[str, tuple[int, ...]]:
+def layout(model: RunModel, grids: Mapping[str, Sequence[Any]], repeats: int = REPEATS) -> dict[str, tuple[int, ...]]:
     """The arrays a client's explanation sums hold, by name, in the order they are encrypted."""
     from uaap.explain.shapley import feature_columns
 
@@ -107,7 +132,64 @@ def layout(model: RunModel, grids: Mapping[str, Sequence[Any]]) -> dict[str, tup
     k = len(output_names(model))
     shapes: dict[str, tuple[int, ...]] = {SHAP_ABS: (columns, k), SHAP_SUM: (columns, k), OUTPUT_SUM: (k,)}
     shapes.update({f"{PDP}{c}": (len(g), k) for c, g in grids.items()})
+    shapes.update({LOSS: (1,), LOSS_PERMUTED: (len(model.preprocessor.input_columns), repeats)})
     return shapes
+
+
+def loss_name(model: RunModel) -> str:
+    """The loss the permutation importance is the increase of."""
+    return "log-loss" if model.task == "classification" else "squared error"
+
+
+def row_losses(model: RunModel, frame: pd.DataFrame, y: np.ndarray) -> np.ndarray:
+    """Each row's loss on its true target ``y`` (:func:`uaap.explain.importance.labels`): the log-loss of the true
+    class's probability clipped to [eps, 1 - eps] as scikit-learn's ``log_loss`` does, or the squared error in the
+    target's units. The model runs in float64 (:func:`uaap.explain.pdp.outputs`): a row's loss must not depend on the
+    batch it was predicted in."""
+    from uaap.explain.pdp import outputs
+
+    out = outputs(model, frame)
+    if model.task != "classification":
+        return np.asarray((out[:, 0] - np.asarray(y, dtype=np.float64)) ** 2, dtype=np.float64)
+    index = {c: i for i, c in enumerate(model.classes)}
+    unknown = sorted({str(v) for v in y if v not in index})
+    if unknown:
+        raise DataError(f"labels {unknown[:5]} are not among the model's classes {model.classes}")
+    true = out[np.arange(len(out)), np.array([index[v] for v in y], dtype=np.int64)]
+    return np.asarray(-np.log(np.clip(true, EPS, 1 - EPS)), dtype=np.float64)
+
+
+def permutations(seed: int, column: str, rows: int, repeats: int) -> list[np.ndarray]:
+    """The ``repeats`` row orders ``column``'s values take among ``rows`` rows: NumPy's default generator seeded with
+    (``seed`` mod 2**32, the CRC-32 of the column's UTF-8 name), one ``permutation(rows)`` a repeat. Nothing of the
+    client enters the seed: the same request gives the same orders in whichever process answers it."""
+    rng = np.random.default_rng([seed % 2**32, zlib.crc32(column.encode("utf-8"))])
+    return [rng.permutation(rows) for _ in range(repeats)]
+
+
+def loss_sums(
+    model: RunModel, frame: pd.DataFrame, *, seed: int = 0, repeats: int = REPEATS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of the loss over ``frame``'s rows (1,) and, per raw input column and repeat, the sum with the column's
+    values permuted among these rows (columns x repeats). Needs the target column (central importance's
+    :func:`~uaap.explain.importance.labels`)."""
+    from uaap.explain.importance import labels
+    from uaap.explain.shapley import _threads
+
+    y = labels(model, frame)
+    columns = list(model.preprocessor.input_columns)
+    X = frame[columns].reset_index(drop=True)
+    permuted = np.zeros((len(columns), repeats))
+    with _threads(model.torch):
+        base = np.array([row_losses(model, X, y).sum()]) if len(X) else np.zeros(1)
+        if not len(X):
+            return base, permuted
+        for i, column in enumerate(columns):
+            for r, order in enumerate(permutations(seed, column, len(X), repeats)):
+                shuffled = X.copy()  # the raw column moves, through the preprocessor: its one-hots move together
+                shuffled[column] = X[column].iloc[order].reset_index(drop=True)
+                permuted[i, r] = row_losses(model, shuffled, y).sum()
+    return base, permuted
 
 
 def explain_sums(
@@ -117,10 +199,13 @@ def explain_sums(
     *,
     seed: int = 0,
     max_evals: int = MAX_EVALS,
+    repeats: int = REPEATS,
 ) -> Stats:
-    """One client's answer: sums of |SHAP|, SHAP and outputs over its rows, the PDP sums on ``grids``, its rows."""
+    """One client's answer: sums of |SHAP|, SHAP and outputs over its rows, the PDP sums on ``grids``, the base and
+    permuted loss sums (:func:`loss_sums`), its rows."""
     from uaap.explain.pdp import ice
 
+    base, permuted = loss_sums(model, frame, seed=seed, repeats=repeats)  # the labels first: refused before SHAP runs
     _, values, _, out = shap_values(model, frame, seed=seed, max_evals=max_evals)
     stats: Stats = {
         SHAP_ABS: np.abs(values).sum(axis=0),
@@ -130,13 +215,15 @@ def explain_sums(
     }
     for column, grid in grids.items():
         stats[f"{PDP}{column}"] = ice(model, frame, column, list(grid)).sum(axis=0)
+    stats.update({LOSS: base, LOSS_PERMUTED: permuted})
     return stats
 
 
 def check_explain_sums(answer: Any, shapes: Mapping[str, tuple[int, ...]], *, classification: bool) -> Stats:
     """A client's sums checked before they are summed, or a DataError saying what is wrong: exactly the arrays
-    ``shapes`` names with those shapes, finite, a whole row count, |sum of SHAP| <= sum of |SHAP|, and for a
-    classifier outputs that are probabilities summed over at most that many rows."""
+    ``shapes`` names with those shapes, finite, a whole row count, |sum of SHAP| <= sum of |SHAP|, loss sums that
+    are not negative, and for a classifier outputs that are probabilities summed over at most that many rows and
+    log-losses of at most :data:`MAX_LOG_LOSS` a row."""
     if not isinstance(answer, Mapping) or set(answer) != {*shapes, ROWS}:
         got = sorted(map(str, answer)) if isinstance(answer, Mapping) else type(answer).__name__
         raise DataError(f"explanation sums must hold exactly {sorted({*shapes, ROWS})}; got {got}")
@@ -154,9 +241,18 @@ def check_explain_sums(answer: Any, shapes: Mapping[str, tuple[int, ...]], *, cl
         raise DataError(f"the row count {rows!r} must be a whole non-negative number")
     if (np.abs(out[SHAP_SUM]) > out[SHAP_ABS] + 1e-9 * max(1.0, rows)).any():
         raise DataError("a |sum of SHAP values| exceeds the sum of their absolute values")
+    for key in (LOSS, LOSS_PERMUTED):
+        if key in out and (out[key] < 0).any():
+            raise DataError(f"explanation sums {key!r}: a sum of losses is negative")
+        if key in out and classification and (out[key] > MAX_LOG_LOSS * rows * (1 + 1e-12)).any():
+            raise DataError(
+                f"explanation sums {key!r}: log-losses summed over {rows:g} rows exceed {MAX_LOG_LOSS:.2f} a row"
+            )
     if classification:
         for key, array in out.items():
-            if key != ROWS and key not in (SHAP_ABS, SHAP_SUM) and ((array < -1e-9) | (array > rows + 1e-9)).any():
+            if key in (ROWS, SHAP_ABS, SHAP_SUM, LOSS, LOSS_PERMUTED):
+                continue
+            if ((array < -1e-9) | (array > rows + 1e-9)).any():
                 raise DataError(
                     f"explanation sums {key!r}: probabilities summed over {rows:g} rows leave [0, {rows:g}]"
                 )
@@ -199,7 +295,35 @@ def explain_report(
     # each row's values add up to its output minus the base value, so the base is the mean output minus the
     # summed mean SHAP: the server needs no model for it (under CKKS it has none)
     report["base_value"] = float(total[OUTPUT_SUM][k] / rows - mean[:, k].sum())
+    if LOSS in total and LOSS_PERMUTED in total:
+        report.update(permutation_report(total, model))
     return report
+
+
+def permutation_report(total: Stats, model: RunModel) -> dict[str, Any]:
+    """Permutation importance from summed losses: per raw column, (summed permuted loss / repeats - summed base
+    loss) / rows, the increase of the mean loss when the column is permuted within each client; its std over the
+    repeats (each repeat's summed permuted loss is one client-stratified permutation of the pooled rows)."""
+    rows = float(total[ROWS][0])
+    columns = list(model.preprocessor.input_columns)
+    permuted = np.asarray(total[LOSS_PERMUTED], dtype=np.float64)
+    base = float(total[LOSS][0])
+    per_repeat = (permuted - base) / rows  # columns x repeats
+    mean, std = per_repeat.mean(axis=1), per_repeat.std(axis=1)
+    order = sorted(range(len(columns)), key=lambda i: -mean[i])
+    return {
+        "loss": loss_name(model),
+        "base_loss": base / rows,
+        "repeats": int(permuted.shape[1]),
+        "permutation_importance": {columns[i]: float(mean[i]) for i in order},
+        "permutation_importance_std": {columns[i]: float(std[i]) for i in order},
+        "importance_ranking": [columns[i] for i in order],
+        "permutation_note": (
+            "increase of the mean loss when a column is permuted among each client's own rows (a permutation "
+            "stratified by client): the base loss is the pooled rows' exactly; the importance equals the pooled "
+            "rows' permutation importance only in expectation, when the clients' rows are exchangeable"
+        ),
+    }
 
 
 def open_sums(record: Any, hctx: Any, shapes: Mapping[str, tuple[int, ...]]) -> Stats:
@@ -225,6 +349,29 @@ def plot_bar(report: Mapping[str, Any], path: Path, title: str) -> Path:
     ax.barh(names, values, color="tab:blue")
     ax.set_xlabel(f"mean |SHAP| ({report['output']}), from the clients' summed sums")
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_importance(report: Mapping[str, Any], path: Path, title: str) -> Path:
+    """Permutation importance per raw column (federated loss sums), largest on top, with its std over the repeats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["permutation_importance"])[::-1]
+    values = [report["permutation_importance"][n] for n in names]
+    spread = [report["permutation_importance_std"][n] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.8))
+    ax.barh(names, values, xerr=spread, color="tab:orange")
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(
+        f"increase of mean {report['loss']} when permuted within each client (mean and std of {report['repeats']})"
+    )
+    ax.set_title(f"{title}\npermutation importance (base {report['loss']} {report['base_loss']:.4f})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
