@@ -219,3 +219,21 @@ def test_the_dependence_plot_zooms_past_a_few_far_values_and_says_how_many() -> 
     assert 3 <= hidden <= 8 and words == f" ({hidden} far values outside the 1st-99th percentile shown)"
     assert _zoom(rng.normal(size=300)) == ({}, "")  # no far values: the whole range
     assert _zoom(np.array([1.0, 2.0, np.nan])) == ({}, "")  # too few to call any value far
+
+
+def test_the_explain_command_takes_the_deep_explainer_for_a_network(
+    runs: tuple[Path, RunModel, RunModel], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home, _, _ = runs
+    assert main(["explain", "mlp", "--data", str(home / "visits.csv"), "--explainer", "deep", "--max-rows", "80",
+                 "--background-rows", "40"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("deep explainer, output P(yes)")
+    report = json.loads((home / "runs" / "mlp" / "explain" / "shap.json").read_text())
+    assert report["explainer"] == "deep" and report["rows"] == 80 and report["additivity_error"] <= 1e-5
+    assert "background: 40 of 80 rows drawn at random" in report["note"]
+    # refused before any row is read: the missing file is never reached
+    assert main(["explain", "forest", "--data", str(home / "nowhere.csv"), "--explainer", "deep"]) == 2
+    assert (
+        "--explainer deep: this random_forest model is explained by auto, tree, permutation" in capsys.readouterr().err
+    )

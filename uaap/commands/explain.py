@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "explain",
         help="SHAP values of a run's model on rows you give, per raw column (beeswarm, bar, waterfall plots)",
         description="Explain a run's model on rows of a table with SHAP, through its fitted preprocessor: shap's "
-        "TreeExplainer for forests and boosted trees, its PermutationExplainer for networks and other models. "
+        "TreeExplainer for forests and boosted trees, its PermutationExplainer for networks and other models "
+        "(--explainer deep: its DeepExplainer for a feed-forward network). "
         "The values of a column's model inputs (one-hot categories, date parts, hashed words) are summed into the "
         "column, so they still add up to the model's output. Writes shap.json and shap-summary/-bar/-waterfall.png "
         "in the run folder's explain/ and logs them to MLflow. Central: every row is read here.",
@@ -25,6 +26,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--max-rows", type=int, default=500, help="rows drawn at random beyond this many (default 500)")
     p.add_argument("--background-rows", type=int, default=100,
                    help="background rows of the permutation explainer (default 100)")  # fmt: skip
+    p.add_argument("--explainer", choices=("auto", "tree", "deep", "permutation"), default="auto",
+                   help="auto (default): tree for forests and boosting, permutation otherwise; deep: shap's "
+                   "DeepExplainer (DeepLIFT) for a feed-forward torch network (logreg, svm, mlp)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the row draws and permutations (default 0)")
     p.add_argument("--trust-pickle", action="store_true", help="load a legacy model.joblib (a pickle) of your own")
     # partial dependence and federated explanations (docs/monitoring.md)
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             background_rows=args.background_rows,
             seed=args.seed,
             trust_pickle=args.trust_pickle,
+            explainer=args.explainer,
         )
     r = done.report
     head = f"{r['explainer']} explainer, output {r['output']}, base value {r['base_value']:.4f}, {r['rows']} rows"

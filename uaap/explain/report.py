@@ -23,13 +23,16 @@ def explain_run(
     background_rows: int = 100,
     seed: int = 0,
     trust_pickle: bool = False,
+    explainer: str = "auto",
 ) -> Written:
-    """Explain run ``run_id``'s model on the rows of ``data`` (at most ``max_rows``, drawn at random beyond)."""
-    from uaap.explain.shapley import check_row, explain, plots, summary
+    """Explain run ``run_id``'s model on the rows of ``data`` (at most ``max_rows``, drawn at random beyond) with
+    ``explainer`` (:data:`uaap.explain.shapley.EXPLAINERS`; auto: the one that fits the model)."""
+    from uaap.explain.shapley import check_explainer, check_row, explain, plots, summary
     from uaap.monitor.fairness import write_json
     from uaap.monitor.runmodel import load_run_model
 
     model = load_run_model(run_id, trust_pickle=trust_pickle)
+    check_explainer(model, explainer)  # before any row is read
     frame = read_table(data)
     note = ""
     if len(frame) > max_rows:
@@ -37,7 +40,8 @@ def explain_run(
         note = f"{max_rows} of {len(frame)} rows drawn at random (--max-rows)"
         frame = frame.iloc[keep].reset_index(drop=True)
     check_row(row, len(frame))
-    result = explain(model, frame, target_class=target_class, background_rows=background_rows, seed=seed)
+    result = explain(model, frame, target_class=target_class, background_rows=background_rows, seed=seed,
+                     explainer_name=explainer)  # fmt: skip
     report: dict[str, Any] = summary(result, frame, row)
     report.update(run_id=run_id, data=data, rows_note=note)
     folder = model.run.path / EXPLAIN_DIR
