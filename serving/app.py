@@ -140,9 +140,11 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
 
     from fastapi import FastAPI, HTTPException, Request, Security
     from fastapi.concurrency import run_in_threadpool
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
     from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
     from pydantic import BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     settings = settings or Settings()
     cache = RowCache(settings.cache_size)
@@ -337,6 +339,36 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
 
     app.add_middleware(BodyLimit)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def unreadable_body(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI answers a body json.loads cannot decode (not UTF-8, nested past the recursion limit) with a 400
+        the OpenAPI document does not list: it is a 422 in the shape of FastAPI's malformed-JSON one."""
+        cause = exc.__cause__
+        if exc.status_code != 400 or exc.detail != "There was an error parsing the body" or cause is None:
+            return await http_exception_handler(request, exc)
+        return JSONResponse({"detail": [body_error(cause)]}, 422)
+
+    def body_error(cause: BaseException) -> dict[str, Any]:
+        if isinstance(cause, UnicodeDecodeError):
+            where, error = cause.start, f"{cause.encoding}: {cause.reason}"
+            byte = cause.object[cause.start]
+            msg = f"the body is not valid UTF-8 (byte {byte:#04x} at offset {where}); send JSON encoded as UTF-8"
+        elif isinstance(cause, RecursionError):
+            where, error = 0, "too deep"
+            msg = "the body's JSON nests too deep to read; send rows as flat objects"
+        else:
+            where, error = 0, type(cause).__name__
+            msg = f"the body cannot be read as JSON ({error}); send a JSON object encoded as UTF-8"
+        return {"type": "json_invalid", "loc": ["body", where], "msg": msg, "input": {}, "ctx": {"error": error}}
+
+    def invalid(exc: RowsInvalid, one: bool) -> HTTPException:
+        """The 422 of rows that do not fit; for one row (``{"row": ...}``) its index leaves the locations."""
+        if one:
+            for e in exc.errors:
+                if len(e["loc"]) > 2 and isinstance(e["loc"][2], int):
+                    del e["loc"][2]
+        return HTTPException(422, exc.errors)
+
     @app.middleware("http")
     async def access_log(request: Request, call_next: Any) -> Response:
         start = time.perf_counter()
@@ -442,13 +474,11 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
         found = models().ready(name)
         model: ServedModel = found if found is not None else await run_in_threadpool(lookup, name)
         request.state.model, request.state.version = model.name, model.version
+        where = "row" if body.row is not None else "rows"
         try:
-            values = model.validate(rows, "row" if body.row is not None else "rows")
+            values = model.validate(rows, where)
         except RowsInvalid as exc:
-            if body.row is not None:  # one row: no index in the location
-                for e in exc.errors:
-                    del e["loc"][2]
-            raise HTTPException(422, exc.errors) from None
+            raise invalid(exc, body.row is not None) from None
         out: list[dict[str, Any] | None] = [None] * len(values)
         misses: list[int] = []
         for i, v in enumerate(values):
@@ -458,7 +488,10 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
             else:
                 out[i] = hit
         if misses:
-            fresh = model.predict([values[i] for i in misses])
+            try:
+                fresh = model.predict([values[i] for i in misses], where, misses)
+            except RowsInvalid as exc:  # inputs or outputs that are not finite: never a JSON encoding error
+                raise invalid(exc, body.row is not None) from None
             for i, p in zip(misses, fresh, strict=True):
                 out[i] = p
                 cache.put((model.name, model.version, values[i]), p)
@@ -492,11 +525,11 @@ def create_app(settings: Settings | None = None) -> "FastAPI":
         try:
             (values,) = model.validate([body.row], "row")
         except RowsInvalid as exc:
-            for e in exc.errors:
-                del e["loc"][2]
-            raise HTTPException(422, exc.errors) from None
+            raise invalid(exc, True) from None
         try:
             found = model.explain(values, body.target_class)
+        except RowsInvalid as exc:
+            raise invalid(exc, True) from None
         except NotExplainable as exc:
             raise HTTPException(
                 422, [{"loc": ["body", "target_class"], "msg": str(exc), "type": "value_error"}]

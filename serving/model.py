@@ -1,24 +1,35 @@
 """One registered model version, loaded for inference: raw rows in, predictions out.
 
 Rows are validated by a pydantic model generated from the version's input schema (strict types, no extra or
-missing column, no NaN or infinity; ``null`` only where the preprocessing imputes), made into model inputs by the
-fitted preprocessing the version carries, and run through onnxruntime when the version has an ONNX export (no
-torch in the API process), the native model otherwise. Encrypted artefacts are decrypted in memory.
+missing column, no NaN or infinity; ``null`` only where the preprocessing imputes), then against the model itself:
+a number must stay a finite float32 after the version's own scaling (each column's range is in the row's JSON
+Schema), a date must be one the preprocessor reads, a free text must hold a word. Valid rows become model inputs
+by the fitted preprocessing the version carries and run through onnxruntime when the version has an ONNX export
+(no torch in the API process), the native model otherwise; an output that is not finite is refused like a bad
+row, never sent as JSON. Encrypted artefacts are decrypted in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
 from typing import Any
 
 import numpy as np
 
 from serving.registry import MANIFEST, TAG_ENCRYPTED, TAG_KEY
+from serving.rows import (
+    DATE_HINT,
+    Column,
+    bounds,
+    exc_loc,
+    row_label,
+    row_validator,
+    text_columns,
+    unreadable_dates,
+)
 from uaap.errors import UaapError
-
-ROW_TEXT_LIMIT = 10_000  # characters of one string value
 
 
 class ModelLoadError(UaapError):
@@ -31,15 +42,6 @@ class RowsInvalid(UaapError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(errors[0]["msg"] if errors else "invalid rows")
         self.errors = errors
-
-
-@dataclass(frozen=True)
-class Column:
-    """One raw input column."""
-
-    name: str
-    type: str  # number | string | datetime
-    nullable: bool
 
 
 def _open(files: dict[str, bytes], tags: dict[str, str], key: bytes | None, label: str) -> dict[str, bytes]:
@@ -92,8 +94,12 @@ class ServedModel:
         self.columns = [
             Column(str(c["name"]), str(c["type"]), bool(c["nullable"])) for c in self.manifest["input_schema"]
         ]
-        self._rows_adapter, self.row_model = _row_validator(name, version, self.columns)
-        self._prepare = _preprocessor(self.manifest["preprocessing"])
+        self.bounds = bounds(self.manifest["preprocessing"], self.columns)
+        self._texts = text_columns(self.manifest["preprocessing"])
+        self._rows_adapter, self.row_model = row_validator(name, version, self.columns, self.bounds)
+        self._prepare, self._feature_names = _preprocessor(
+            self.manifest["preprocessing"], [c.name for c in self.columns]
+        )
         onnx = self.manifest.get("onnx")
         if onnx and onnx in clear:
             self.runtime = "onnxruntime"
@@ -139,18 +145,115 @@ class ServedModel:
             ]
             raise RowsInvalid(errors) from None
         fields = [f"c{i}" for i in range(len(self.columns))]
-        return [tuple(getattr(r, f) for f in fields) for r in parsed]
+        values = [tuple(getattr(r, f) for f in fields) for r in parsed]
+        problems = (
+            self._range_errors(values, where) + self._date_errors(values, where) + self._text_errors(values, where)
+        )
+        if problems:
+            raise RowsInvalid([e for _, e in sorted(problems, key=lambda pair: pair[0])])
+        return values
 
-    def features(self, values: list[tuple[Any, ...]]) -> np.ndarray:
-        """Model inputs (float32) of validated rows."""
-        out: np.ndarray = self._prepare(values, [c.name for c in self.columns])
+    def _range_errors(self, values: list[tuple[Any, ...]], where: str) -> list[tuple[tuple[int, int], dict[str, Any]]]:
+        """Numbers outside what the model takes: past float32's max, or overflowing after the version's scaling."""
+        out: list[tuple[tuple[int, int], dict[str, Any]]] = []
+        for j, (col, span) in enumerate(zip(self.columns, self.bounds, strict=True)):
+            if span is None:
+                continue
+            lo, hi = span
+            for i, row in enumerate(values):
+                v = row[j]
+                if v is not None and not lo <= v <= hi:
+                    msg = (
+                        f"{row_label(where, i)}{col.name!r} = {v!r} is outside the range this model accepts, "
+                        f"[{lo:.6g}, {hi:.6g}]: its inputs must stay finite float32 numbers after its own scaling; "
+                        "send a value in that range"
+                    )
+                    out.append(((i, j), {"loc": ["body", where, i, col.name], "msg": msg, "type": "out_of_range"}))
         return out
 
-    def predict(self, values: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        """One prediction per validated row: the label and class probabilities, or the regression value."""
+    def _date_errors(self, values: list[tuple[Any, ...]], where: str) -> list[tuple[tuple[int, int], dict[str, Any]]]:
+        """Values of datetime columns that the version's preprocessor would not read as dates (it would impute
+        them silently), and UTC offsets mixed in one batch (which it cannot read at all)."""
+        out: list[tuple[tuple[int, int], dict[str, Any]]] = []
+        for j, col in enumerate(self.columns):
+            if col.type != "datetime":
+                continue
+            for i, why in unreadable_dates([row[j] for row in values]):
+                fix = f"send {col.name!r} as {DATE_HINT}{' (or null)' if col.nullable else ''}"
+                label = row_label(where, i)
+                msg = f"{label}{why}; {fix}" if why.endswith("is not a date or time") else label + why
+                out.append(((i, j), {"loc": ["body", where, i, col.name], "msg": msg, "type": "datetime_parsing"}))
+        return out
+
+    def _text_errors(self, values: list[tuple[Any, ...]], where: str) -> list[tuple[tuple[int, int], dict[str, Any]]]:
+        """Free texts that hold no word, which the preprocessor refuses (a blank or punctuation is likely a mistake)."""
+        import re
+
+        from uaap.data.preprocess import TOKENS
+
+        out: list[tuple[tuple[int, int], dict[str, Any]]] = []
+        for j, col in enumerate(self.columns):
+            if col.name not in self._texts:
+                continue
+            for i, row in enumerate(values):
+                if row[j] is not None and not re.search(TOKENS, row[j]):
+                    msg = (
+                        f"{row_label(where, i)}{col.name!r} = {row[j]!r:.60} holds no word (letters, digits or "
+                        f"underscores) for this free-text column; send its text{', or null' if col.nullable else ''}"
+                    )
+                    out.append(
+                        ((i, j), {"loc": ["body", where, i, col.name], "msg": msg, "type": "string_pattern_mismatch"})
+                    )
+        return out
+
+    def features(
+        self, values: list[tuple[Any, ...]], where: str = "rows", index: list[int] | None = None
+    ) -> np.ndarray:
+        """Model inputs (float32) of validated rows; :class:`RowsInvalid` names each row whose inputs are not finite
+        (``index``: the rows' places in the request, for the error's location)."""
+        from uaap.errors import DataError
+
+        try:
+            out: np.ndarray = self._prepare(values, [c.name for c in self.columns])
+        except DataError as exc:  # what validation did not foresee is still the rows' fault, not the server's
+            raise RowsInvalid([{"loc": ["body", where], "msg": str(exc), "type": "value_error"}]) from None
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            errors = []
+            for k in bad:
+                i = index[k] if index is not None else int(k)
+                names = [self._feature_names[f] for f in np.flatnonzero(~np.isfinite(out[k]))]
+                msg = (
+                    f"{row_label(where, i)}the model inputs {', '.join(names[:5])} of this row are not finite float32 "
+                    "numbers after the model's scaling; send smaller numbers (GET /v1/models/{name} gives each "
+                    "column's range in row_json_schema)"
+                )
+                errors.append({"loc": ["body", where, i], "msg": msg, "type": "out_of_range"})
+            raise RowsInvalid(errors)
+        return out
+
+    def predict(
+        self, values: list[tuple[Any, ...]], where: str = "rows", index: list[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """One prediction per validated row: the label and class probabilities, or the regression value.
+
+        An output that is not finite (a model that overflows on the row) is :class:`RowsInvalid` naming the row."""
         if not values:
             return []
-        out = self._run(self.features(values))
+        out = self._run(self.features(values, where, index))
+        found = np.asarray(out, dtype=np.float64).reshape(len(values), -1)
+        bad = np.flatnonzero(~np.isfinite(found).all(axis=1))
+        if bad.size:
+            errors = []
+            for k in bad:
+                i = index[k] if index is not None else int(k)
+                msg = (
+                    f"{row_label(where, i)}the model's output for this row is not finite "
+                    f"({', '.join(map(str, found[k].tolist()[:5]))}): the row lies where this model cannot answer; "
+                    "send a row closer to its training data, or tell the model's owner"
+                )
+                errors.append({"loc": ["body", where, i], "msg": msg, "type": "output_not_finite"})
+            raise RowsInvalid(errors)
         if self.task == "regression":
             return [{"prediction": float(v)} for v in np.asarray(out, dtype=np.float64).reshape(-1)]
         probs = np.asarray(out, dtype=np.float64)
@@ -165,9 +268,19 @@ class ServedModel:
 
     def explain(self, values: tuple[Any, ...], target_class: str = "") -> dict[str, Any]:
         """SHAP values of one validated row per raw input column (see :func:`explain_row`)."""
+        self.features([values], "row")  # inputs that overflow are a 422, before SHAP runs the model on them
         if self._explained is None:
             self._explained = _explainable(self._native, self.manifest, self._label)
-        return explain_row(self._explained, self.manifest, self.columns, values, target_class)
+        found = explain_row(self._explained, self.manifest, self.columns, values, target_class)
+        numbers = [found["base_value"], found["model_output"], found["additivity_error"], *found["values"].values()]
+        if not all(math.isfinite(v) for v in numbers):
+            msg = (
+                f"the explanation of this row is not finite (model output {found['model_output']}, base value "
+                f"{found['base_value']}): the row lies where this model cannot answer; send a row closer to its "
+                "training data, or tell the model's owner"
+            )
+            raise RowsInvalid([{"loc": ["body", "row", 0], "msg": msg, "type": "output_not_finite"}])
+        return found
 
 
 class NotExplainable(UaapError):
@@ -293,40 +406,8 @@ def _explain_standardized(
     return _explained(names, shap_values, base, float(f(row)[0]), "permutation", what, background, "")
 
 
-def exc_loc(loc: tuple[int | str, ...]) -> list[int | str]:
-    """A pydantic error location as JSON-able parts."""
-    return [p if isinstance(p, int) else str(p) for p in loc]
-
-
-def _row_validator(name: str, version: str, columns: list[Column]) -> tuple[Any, type[Any]]:
-    """A TypeAdapter of ``list[Row]`` and the ``Row`` model of the schema (strict; column names as aliases)."""
-    from typing import Annotated
-
-    from pydantic import AllowInfNan, ConfigDict, Field, StringConstraints, TypeAdapter, create_model
-
-    fields: dict[str, Any] = {}
-    for i, col in enumerate(columns):
-        base: Any = (
-            Annotated[float, AllowInfNan(False)]
-            if col.type == "number"
-            else Annotated[str, StringConstraints(max_length=ROW_TEXT_LIMIT)]
-        )
-        typ = (base | None) if col.nullable else base
-        fields[f"c{i}"] = (
-            typ,
-            Field(alias=col.name, description=f"{col.type}{', null allowed' if col.nullable else ''}"),
-        )
-    safe = "".join(ch if ch.isalnum() else "_" for ch in name)
-    row = create_model(
-        f"{safe}_v{version}_Row",
-        __config__=ConfigDict(extra="forbid", strict=True, populate_by_name=False),
-        **fields,
-    )
-    return TypeAdapter(list[row]), row  # type: ignore[valid-type]
-
-
-def _preprocessor(spec: dict[str, Any]) -> Any:
-    """``f(values, column_names) -> float32 features`` for the version's preprocessing."""
+def _preprocessor(spec: dict[str, Any], columns: list[str]) -> tuple[Any, list[str]]:
+    """``f(values, column_names) -> float32 features`` for the version's preprocessing, and the features' names."""
     if spec["kind"] == "standardize":
         mean = np.asarray(spec["mean"], dtype=np.float32)
         std = np.asarray(spec["std"], dtype=np.float32)
@@ -334,7 +415,7 @@ def _preprocessor(spec: dict[str, Any]) -> Any:
         def standardize(values: list[tuple[Any, ...]], names: list[str]) -> np.ndarray:
             return ((np.asarray(values, dtype=np.float32) - mean) / std).astype(np.float32)
 
-        return standardize
+        return standardize, [repr(c) for c in columns]
     if spec["kind"] == "uaap-preprocessor":
         import pandas as pd
 
@@ -345,7 +426,7 @@ def _preprocessor(spec: dict[str, Any]) -> Any:
         def transform(values: list[tuple[Any, ...]], names: list[str]) -> np.ndarray:
             return np.asarray(pre.transform(pd.DataFrame(values, columns=names)), dtype=np.float32)
 
-        return transform
+        return transform, [repr(str(f)) for f in pre.get_feature_names_out()]
     raise ModelLoadError(f"preprocessing kind {spec['kind']!r} is unknown to this server; upgrade uaap")
 
 

@@ -206,5 +206,5 @@ def example_row(schema: list[dict[str, Any]], run_id: str | None = None) -> dict
                     return {n: float(v) for n, v in zip(names, raw.X[0], strict=True)}
         except Exception:  # noqa: BLE001 - only a nicer example is lost
             pass
-    fill = {"number": 0.0, "string": "", "datetime": "2024-01-01T00:00"}
+    fill = {"number": 0.0, "string": "example", "datetime": "2024-01-01T00:00"}  # a word: a free-text column needs one
     return {c["name"]: fill.get(c["type"]) for c in schema}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -387,23 +388,71 @@ def test_register_refuses_bad_input(served: Served, capsys: pytest.CaptureFixtur
 # ---- the whole OpenAPI surface, fuzzed ------------------------------------------------------------------------
 
 
-EXAMPLES = 8  # per operation and generation mode: enough to reach every status path, bounded for CI time
+# per operation and generation mode (positive, negative); predict and explain get more, so that generated rows of
+# every registered model reach 200s as well as 404s and 422s. explain runs SHAP (~0.1-1 s a row): its count is
+# what bounds the test's time.
+EXAMPLES = {"POST /v1/models/{name}/predict": (80, 30), "POST /v1/models/{name}/explain": (50, 15)}
+OTHER_EXAMPLES = (12, 8)
+
+
+def _row_strategy(columns: list[dict[str, Any]]) -> Any:
+    """Rows of a model's input schema as ``GET /v1/models/{name}`` publishes it: valid values, and in about one row
+    of four one column with a value the model must refuse (past its range, no date, a wrong type)."""
+    from datetime import datetime
+
+    from hypothesis import strategies as st
+
+    def good(col: dict[str, Any]) -> Any:
+        if col["type"] == "number":
+            found = st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-(10**6), 10**6)
+        elif col["type"] == "datetime":
+            found = st.datetimes(datetime(1900, 1, 1), datetime(2100, 1, 1)).map(datetime.isoformat)
+        else:
+            found = st.text(max_size=30)
+        return found | st.none() if col["nullable"] else found
+
+    def bad(col: dict[str, Any]) -> Any:
+        if col["type"] == "number":
+            huge = st.floats(1e30, 1e308) | st.floats(-1e308, -1e30)  # past float32, or past it once scaled
+            return huge | st.floats(allow_nan=False) | st.text(max_size=5)
+        if col["type"] == "datetime":
+            return st.text(max_size=12)
+        return st.integers() | st.booleans()
+
+    valid = st.fixed_dictionaries({c["name"]: good(c) for c in columns})
+    one_bad = st.sampled_from(columns).flatmap(lambda c: st.tuples(st.just(c["name"]), bad(c)))
+    spoilt = st.tuples(valid, one_bad).map(lambda t: {**t[0], t[1][0]: t[1][1]})
+    return st.integers(0, 3).flatmap(lambda k: spoilt if k == 0 else valid)
 
 
 def test_openapi_fuzz_no_server_error_and_no_schema_break(served: Served) -> None:
-    """schemathesis over every operation of the OpenAPI document (in-process ASGI): no 5xx, every status code
-    documented, every body and content type as documented. (Driven through hypothesis directly: schemathesis'
-    pytest fixture loader reads a node attribute pytest 9 removed.)"""
+    """schemathesis over every operation of the OpenAPI document (in-process ASGI), in positive and negative mode,
+    with the registered names and aliases in the path (and generated ones, which miss), and for predict and explain
+    also bodies of rows generated from each model's input schema: no 5xx, every status code documented, every body
+    and content type as documented, schema-breaking data refused; predict and explain answer 200s on generated
+    rows. (Driven through hypothesis directly: schemathesis' pytest fixture loader reads a node attribute pytest 9
+    removed.)"""
+    from collections import Counter
+
     from hypothesis import given
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
         content_type_conformance,
+        negative_data_rejection,
         response_schema_conformance,
         status_code_conformance,
     )
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", served.app)
-    checks = [not_a_server_error, response_schema_conformance, status_code_conformance, content_type_conformance]
+    checks = [
+        not_a_server_error,
+        response_schema_conformance,
+        status_code_conformance,
+        content_type_conformance,
+        negative_data_rejection,
+    ]
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
         "GET /healthz",
@@ -414,12 +463,47 @@ def test_openapi_fuzz_no_server_error_and_no_schema_break(served: Served) -> Non
         "POST /v1/models/{name}/predict",
         "POST /v1/models/{name}/explain",
     }
-    seen: dict[str, set[int]] = {}
-    for op in operations:
+    listing = served.client.get("/v1/models", headers=served.headers()).json()["models"]
+    models = {m["name"]: m["aliases"] for m in listing if m["name"] != "tampered"}  # tampered: a 503 on purpose
+    assert {"breast", "secret", "diabetes", "visits", "visits-net"} <= set(models)
+    names = [n for m, aliases in models.items() for n in (m, *(f"{m}@{a}" for a in aliases), f"{m}@latest")]
+    names += ["breast@staging", "nope"]  # 404s
+    info = {m: served.client.get(f"/v1/models/{m}", headers=served.headers()).json() for m in models}
 
-        @given(case=op.as_strategy())
+    def bodies(path: str, model: str) -> Any:
+        rows = _row_strategy(info[model]["input_schema"])
+        if path.endswith("/predict"):
+            return rows.map(lambda r: {"row": r}) | st.lists(rows, min_size=1, max_size=4).map(lambda rs: {"rows": rs})
+        targets = st.sampled_from(["", "", "", *info[model]["classes"], "no such class"])
+        return st.tuples(rows, targets).map(lambda t: {"row": t[0], "target_class": t[1]})
+
+    def either(*parts: Any) -> Any:  # one of the parts, each as likely (st.one_of would flatten nested ones)
+        return st.sampled_from(parts).flatmap(lambda part: part)
+
+    def strategy(op: Any, mode: GenerationMode) -> Any:
+        generated = op.as_strategy(mode)  # generated names too: they miss the registry
+        if "{name}" not in op.path:
+            return generated
+        named = either(*(op.as_strategy(mode, path_parameters={"name": n}) for n in names))
+        if not (mode.is_positive and op.method.upper() == "POST"):
+            return either(generated, named, named)
+        rows = either(
+            *(
+                bodies(op.path, n.partition("@")[0]).map(
+                    lambda b, n=n: op.Case(path_parameters={"name": n}, body=b, media_type="application/json")
+                )
+                for n in names
+                if n.partition("@")[0] in info
+            )
+        )
+        return either(generated, named, rows, rows)
+
+    seen: Counter[tuple[str, str, int]] = Counter()  # (operation, generation mode, status) -> cases
+
+    def fuzz(op: Any, mode: GenerationMode, count: int) -> None:
+        @given(case=strategy(op, mode))
         @settings(
-            max_examples=EXAMPLES,
+            max_examples=count,
             deadline=None,
             derandomize=True,
             database=None,
@@ -427,24 +511,27 @@ def test_openapi_fuzz_no_server_error_and_no_schema_break(served: Served) -> Non
             phases=[Phase.explicit, Phase.generate],
         )
         def call(case: Any) -> None:
-            if str((case.path_parameters or {}).get("name", "")).startswith("tampered"):
-                return  # the tampered model answers 503 on purpose (tested above)
             response = case.call_and_validate(headers=served.headers(), checks=checks)
-            seen.setdefault(f"{case.method} {case.path}", set()).add(response.status_code)
+            seen[(f"{op.method.upper()} {op.path}", mode.value, response.status_code)] += 1
 
         call()
-    assert seen["POST /v1/models/{name}/predict"] & {404, 422}, seen
-    # random names miss the registry: the documented 200 bodies are checked on real models too
-    by_path = {(op.method.upper(), op.path): op for op in operations}
-    rows, _ = _raw_test_rows(served.breast_run)
-    for name in ("breast", "diabetes@v1", "visits@champion"):
-        case = by_path[("GET", "/v1/models/{name}")].Case(path_parameters={"name": name})
-        assert case.call_and_validate(headers=served.headers(), checks=checks).status_code == 200
-    predict = by_path[("POST", "/v1/models/{name}/predict")]
-    bodies: list[Any] = [{"row": rows[0]}, {"rows": rows[:3]}]
-    for body in bodies:
-        case = predict.Case(path_parameters={"name": "breast"}, body=body, media_type="application/json")
-        assert case.call_and_validate(headers=served.headers(), checks=checks).status_code == 200
+
+    for op in operations:
+        counts = EXAMPLES.get(f"{op.method.upper()} {op.path}", OTHER_EXAMPLES)
+        for mode, count in zip(GenerationMode, counts, strict=True):
+            if mode.is_positive or op.path_parameters or op.body:  # negative: only where there is something to break
+                fuzz(op, mode, count)
+    print(f"fuzz: {len(operations)} operations, {seen.total()} cases:", *sorted(seen.items()), sep="\n  ")
+    assert not any(status >= 500 for _, _, status in seen), seen
+
+    def cases(label: str, status: int, *modes: str) -> int:
+        return sum(seen[(label, mode, status)] for mode in modes or ("positive", "negative"))
+
+    predict, explain = "POST /v1/models/{name}/predict", "POST /v1/models/{name}/explain"
+    assert cases(predict, 200) >= 20 and cases(explain, 200) >= 8, seen  # generated rows the models answer
+    assert cases(predict, 404) and cases(predict, 422) and cases(explain, 404) and cases(explain, 422), seen
+    assert cases(predict, 422, "negative") and cases(explain, 422, "negative"), seen
+    assert cases("GET /v1/models/{name}", 200) and cases("GET /v1/models/{name}", 404), seen
 
 
 def test_an_onnx_model_is_served_without_importing_torch(served: Served) -> None:
@@ -638,3 +725,151 @@ def test_explain_validates_like_predict_and_needs_a_key(served: Served) -> None:
     assert wrong.status_code == 422 and "'7'" in wrong.json()["detail"][0]["msg"]
     missing = served.client.post("/v1/models/nope/explain", json={"row": rows[0]}, headers=served.headers())
     assert missing.status_code == 404 and "breast" in missing.json()["detail"]
+
+
+# ---- numbers the model cannot take, dates, bodies, the cache -----------------------------------------------------
+
+
+RANGE = re.compile(r"\[(\S+), (\S+)\]")
+
+
+def test_a_number_past_float32_or_the_models_scaling_is_a_422_naming_field_value_and_range(served: Served) -> None:
+    """3.5e38 (past float32's max) once made predict a 500 (inf after the cast, then a JSON encoding error) and
+    explain a 200 with nulls in float fields: now a 422 before inference, on every runtime, with the range."""
+    rows, _ = _raw_test_rows(served.breast_run)
+    h = served.headers()
+    huge = dict(rows[0], **{"mean area": 3.5e38})
+    r = served.client.post("/v1/models/breast/predict", json={"rows": [rows[1], huge]}, headers=h)
+    assert r.status_code == 422, r.text
+    (error,) = r.json()["detail"]
+    assert error["loc"] == ["body", "rows", 1, "mean area"] and "3.5e+38" in error["msg"], error
+    assert "finite float32" in error["msg"] and "row 1" in error["msg"]
+    lo, hi = (float(v) for v in RANGE.search(error["msg"]).groups())  # type: ignore[union-attr]
+    assert -3.5e38 < lo < 0 < hi < 3.5e38
+    singles = {  # onnxruntime, encrypted, and a native forest (whose sklearn once refused the inf: also a 500)
+        "breast": dict(rows[0], **{"mean area": -3.5e38}),
+        "secret": huge,
+        "diabetes": dict(_raw_test_rows(served.diabetes_run)[0][0], bmi=3.5e38),
+    }
+    for name, row in singles.items():
+        one = served.client.post(f"/v1/models/{name}/predict", json={"row": row}, headers=h)
+        assert one.status_code == 422, (name, one.text)
+        assert one.json()["detail"][0]["loc"][:2] == ["body", "row"] and "3.5e+38" in one.json()["detail"][0]["msg"]
+    explained = served.client.post("/v1/models/breast/explain", json={"row": huge}, headers=h)
+    assert explained.status_code == 422, explained.text
+    assert explained.json()["detail"][0]["loc"] == ["body", "row", "mean area"]
+    # the range is the model's own: a column with a small spread overflows after scaling well below float32's max
+    info = served.client.get("/v1/models/breast", headers=h).json()
+    props = info["row_json_schema"]["properties"]
+    narrow = min(props, key=lambda c: props[c]["maximum"])
+    top = props[narrow]["maximum"]
+    assert top < 3.4e37
+    past = served.client.post("/v1/models/breast/predict", json={"row": dict(rows[0], **{narrow: top * 10})}, headers=h)
+    assert past.status_code == 422 and f"[{props[narrow]['minimum']:.6g}, {top:.6g}]" in past.json()["detail"][0]["msg"]
+    edges = [dict(rows[0], **{narrow: top}), dict(rows[0], **{narrow: props[narrow]["minimum"]})]
+    at = served.client.post("/v1/models/breast/predict", json={"rows": edges}, headers=h)
+    assert at.status_code == 200, at.text
+    assert all(np.isfinite(p["probabilities"]).all() for p in at.json()["predictions"])
+
+
+def test_a_non_finite_model_output_is_a_422_not_a_server_error(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a model still answer inf or NaN, the client gets a 422 naming the row, never the JSON encoder's 500."""
+    from fastapi.testclient import TestClient
+
+    import serving.model
+    from serving.app import Settings, create_app
+
+    def nan_runner(data: bytes) -> Any:
+        return lambda X: np.full((len(X), 2), np.nan, dtype=np.float32)
+
+    def nan_explanation(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return serving.model._explained(["a"], [np.inf], np.nan, np.nan, "permutation", "P(1)", "", "")
+
+    monkeypatch.setattr(serving.model, "_onnx_runner", nan_runner)
+    monkeypatch.setattr(serving.model, "explain_row", nan_explanation)
+    rows, _ = _raw_test_rows(served.breast_run)
+    with TestClient(create_app(Settings(cache_size=0)), raise_server_exceptions=False) as client:
+        r = client.post("/v1/models/breast/predict", json={"rows": rows[:2]}, headers=served.headers())
+        assert r.status_code == 422, r.text
+        assert [e["loc"] for e in r.json()["detail"]] == [["body", "rows", 0], ["body", "rows", 1]]
+        assert "not finite" in r.json()["detail"][0]["msg"]
+        e = client.post("/v1/models/breast/explain", json={"row": rows[0]}, headers=served.headers())
+        assert e.status_code == 422, e.text
+        assert e.json()["detail"][0]["loc"] == ["body", "row"] and "not finite" in e.json()["detail"][0]["msg"]
+
+
+def test_a_datetime_column_takes_only_dates_and_a_text_column_words(served: Served) -> None:
+    """A date column once took any string ("not a date" got a 200, imputed silently); now what the preprocessor
+    cannot read as a date is a 422 naming the field and the value; null stays allowed where it is imputed. A free
+    text without a word (which the preprocessor refuses: it was a 500) is a 422 too."""
+    row = {"age": 41, "income": 52000, "score": 0.3, "city": "Lyon", "plan": "plus", "visit": "2024-03-05T10:00",
+           "notes": None}  # fmt: skip
+    h, url = served.headers(), "/v1/models/visits/predict"
+    for ok in ("2024-03-05T10:00", "2024-03-05", "March 5, 2024", "2024-03-05T10:00:00+02:00", None):
+        r = served.client.post(url, json={"row": dict(row, visit=ok)}, headers=h)
+        assert r.status_code == 200, (ok, r.text)
+    for bad in ("not a date", "", "2024-13-45"):
+        r = served.client.post(url, json={"row": dict(row, visit=bad)}, headers=h)
+        assert r.status_code == 422, (bad, r.text)
+        (error,) = r.json()["detail"]
+        assert error["loc"] == ["body", "row", "visit"] and repr(bad) in error["msg"], error
+    r = served.client.post(url, json={"rows": [row, dict(row, visit="soon")]}, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "rows", 1, "visit"]
+    explained = served.client.post("/v1/models/visits/explain", json={"row": dict(row, visit="soon")}, headers=h)
+    assert explained.status_code == 422 and explained.json()["detail"][0]["loc"] == ["body", "row", "visit"]
+    # pandas reads one column at a time and refuses a mix of UTC offsets (it was a 500): the row that differs
+    mixed = [dict(row, visit="2024-03-05T10:00+02:00"), dict(row, visit="2024-03-05T10:00+03:00")]
+    r = served.client.post(url, json={"rows": mixed}, headers=h)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "rows", 1, "visit"] and "offset" in r.json()["detail"][0]["msg"]
+    for name in ("visits", "visits-net"):
+        r = served.client.post(f"/v1/models/{name}/predict", json={"rows": [row, dict(row, notes="?!")]}, headers=h)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "rows", 1, "notes"] and "'?!'" in r.json()["detail"][0]["msg"]
+
+
+def test_a_body_that_is_not_utf8_or_nests_too_deep_is_a_422(served: Served) -> None:
+    """Such bodies were a 400, which the OpenAPI document does not list: now FastAPI's malformed-JSON 422 shape."""
+    h = {**served.headers(), "content-type": "application/json"}
+    for url in ("/v1/models/breast/predict", "/v1/models/breast/explain"):
+        r = served.client.post(url, content=b'{"row": {"mean radius": "\xff\xfe"}}', headers=h)
+        assert r.status_code == 422, r.text
+        (error,) = r.json()["detail"]
+        assert error["type"] == "json_invalid" and error["loc"] == ["body", 25] and "UTF-8" in error["msg"], error
+    deep = served.client.post("/v1/models/breast/predict", content=b"[" * 100_000, headers=h)
+    assert deep.status_code == 422 and "nest" in deep.json()["detail"][0]["msg"], deep.text
+    schema = served.client.get("/openapi.json").json()
+    assert "422" in schema["paths"]["/v1/models/{name}/predict"]["post"]["responses"]
+
+
+def test_the_row_cache_is_a_bounded_lru_on_canonical_rows(served: Served) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import Settings, create_app
+    from serving.cache import RowCache
+
+    cache = RowCache(2)
+    a, b, c = (("m", "1", (float(i),)) for i in range(3))
+    cache.put(a, {"prediction": 0.0})
+    cache.put(b, {"prediction": 1.0})
+    assert cache.get(a) == {"prediction": 0.0}  # a is now the most recently used
+    cache.put(c, {"prediction": 2.0})
+    assert cache.get(b) is None and cache.get(a) is not None and cache.get(c) is not None and len(cache) == 2
+    assert cache.drop("m", "1") == 2 and len(cache) == 0
+    off = RowCache(0)
+    off.put(a, {"prediction": 0.0})
+    assert off.get(a) is None and len(off) == 0
+
+    rows, _ = _raw_test_rows(served.breast_run)
+    row = dict(rows[9], **{"mean radius": 13.0})
+    same = {k: (int(v) if k == "mean radius" else v) for k, v in reversed(list(row.items()))}  # 13, another order
+    url, h = "/v1/models/breast/predict", served.headers()
+    for size, expected in ((1, 1), (0, 0)):
+        with TestClient(create_app(Settings(cache_size=size))) as client:
+            first = client.post(url, json={"row": row}, headers=h).json()
+            again = client.post(url, json={"row": same}, headers=h).json()
+            assert (first["cached"], again["cached"]) == (0, expected)
+            assert again["predictions"] == first["predictions"]
+            if size:  # bound 1: another row evicts it
+                client.post(url, json={"row": rows[10]}, headers=h)
+                assert client.post(url, json={"row": row}, headers=h).json()["cached"] == 0
