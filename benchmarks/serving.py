@@ -10,7 +10,9 @@ worker): one with the prediction cache, one with ``--cache-size 0``. Measured ag
 * **batch**: ``--batches`` POSTs of ``--batch`` rows; rows per second and the per-row time.
 * **load**: ``--clients`` threads posting single rows for ``--seconds`` (a fixed duration, loopback only, an
   equivalent of a headless locust run): requests/s held, p99, errors.
-* the API process's resident memory (VmRSS) after the runs.
+* the API process's resident memory after the runs (VmRSS) and at its peak (VmHWM).
+
+It exits 1 when any request of the load test failed.
 
 **direct**: the same raw rows standardised and run through an onnxruntime session (one thread, as the API's)
 in this process: the floor the API's overhead (HTTP, validation, JSON, auth, metrics, logs) sits on. Ratios are
@@ -97,9 +99,10 @@ class Server:
         self.stop()
         raise RuntimeError("uaap serve did not become ready in 120 s")
 
-    def rss_mb(self) -> float:
+    def memory_mb(self, field: str = "VmRSS") -> float:
+        """The API process's ``field`` of /proc/PID/status in MB (VmRSS: now; VmHWM: its peak)."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
@@ -233,7 +236,8 @@ def main() -> None:
                 single = api_single(server.url, token, rows, args.requests, repeat=cache > 0)
                 batch = api_batch(server.url, token, rows, args.batch, args.batches)
                 load = api_load(server.url, token, rows, args.clients, args.seconds)
-                result[label] = {"single": single, "batch": batch, "load": load, "rss_mb": server.rss_mb()}
+                memory = {"rss_mb": server.memory_mb(), "peak_rss_mb": server.memory_mb("VmHWM")}
+                result[label] = {"single": single, "batch": batch, "load": load, **memory}
             finally:
                 server.stop()
 
@@ -252,7 +256,7 @@ def main() -> None:
                 r["single"]["p99_ms"],
                 r["batch"]["rows_per_s"],
                 f"{r['load']['requests_per_s']:.0f} rps, p99 {r['load']['p99_ms']:.1f} ms, {r['load']['errors']} err",
-                f"{r['rss_mb']:.0f}",
+                f"{r['rss_mb']:.0f} (peak {r['peak_rss_mb']:.0f})",
                 f"{r['ratio_p50']:.1f}x / {r['ratio_batch_throughput']:.1f}x",
             )
         )
@@ -264,6 +268,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out / 'serving.json'}")
+    failed = {label: result[label]["load"]["errors"] for label in ("cache", "no_cache")}
+    if any(failed.values()):
+        raise SystemExit(f"the load test had failed requests: {failed}")
 
 
 if __name__ == "__main__":
