@@ -254,7 +254,13 @@ def test_the_api_topology_runs_as_local_processes(resolved, tmp_path):
         body = answer.json()
         assert body["version"] == "1" and len(body["predictions"]) == len(rows)
         served = np.array([int(p["prediction"]) for p in body["predictions"]])
-        # the run measured its model on the same held-out rows with torch: the served copy scores the same
+        # row by row, the served ONNX copy says what the run's own torch model says of the same rows as it scaled them
+        from uaap.data import load_split
+        from uaap.training import predict_proba
+
+        model, _ = workspace.load_model(rd.model_file)
+        np.testing.assert_array_equal(served, predict_proba(model, load_split(cfg).test.X).argmax(axis=1))
+        # and the run measured that model on these held-out rows: the served copy scores the same
         (end,) = rd.events("end")
         assert np.mean(served == test.y) == pytest.approx(end["central"]["accuracy"], abs=1e-12)
     finally:
