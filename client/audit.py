@@ -26,6 +26,7 @@ from uaap import crypto
 from uaap.config import RunConfig
 from uaap.data.preprocess import Preprocessor, Stats, statistics_to_json
 from uaap.errors import DataError
+from uaap.explain.federated import MAX_REPEATS, REPEATS, ROWS
 from uaap.protocol import ARRAYS, AUDIT_ANSWER, AUDIT_REQUEST, AUDIT_SUMS, CONFIG, NODE_DATA_PATH, PREPROCESSOR
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
 KINDS = ("ranges", "explain", "groups", "fairness", "drift-reference", "drift-histograms", "drift-current")
 MAX_EVALS = 100_000  # model evaluations a row: a server cannot make a client's explanation run unbounded
 MAX_GRID = 1_000  # grid values of one column's PDP
-MAX_REPEATS = 100  # permutations of each column for permutation importance (each one predicts every row)
+# kinds whose sums travel as CKKS ciphertext under secure aggregation, and what of them may still come in the clear
+SUMMED: dict[str, set[str]] = {"explain": {ROWS}, "fairness": set()}
 
 
 def read_request(text: str) -> dict[str, Any]:
@@ -54,7 +56,7 @@ def read_request(text: str) -> dict[str, Any]:
         raise DataError(f"the audit request's max_evals must be a whole number in 0..{MAX_EVALS}")
     if not isinstance(grids, dict) or any(not isinstance(g, list) or len(g) > MAX_GRID for g in grids.values()):
         raise DataError(f"the audit request's grids must be lists of at most {MAX_GRID} values")
-    repeats, seed = request.get("repeats", 1), request.get("seed", 0)
+    repeats, seed = request.get("repeats", REPEATS), request.get("seed", 0)
     if not isinstance(repeats, int) or not 1 <= repeats <= MAX_REPEATS:
         raise DataError(f"the audit request's repeats must be a whole number in 1..{MAX_REPEATS}")
     if not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -120,8 +122,9 @@ def compute(request: dict[str, Any], cfg: RunConfig, msg: Message, context: Cont
         from uaap.explain.federated import explain_sums
 
         grids = {str(c): list(g) for c, g in dict(request["grids"]).items()}
-        return explain_sums(model, frame, grids, seed=int(request.get("seed", 0)),
-                            max_evals=int(request.get("max_evals", 0)), repeats=int(request["repeats"]))  # fmt: skip
+        seed, evals = int(request.get("seed", 0)), int(request.get("max_evals", 0))
+        repeats = int(request.get("repeats", REPEATS))
+        return explain_sums(model, frame, grids, seed=seed, max_evals=evals, repeats=repeats)
     if kind in ("groups", "fairness"):
         from uaap.monitor import fairness as fair
 
@@ -155,12 +158,24 @@ def answer(msg: Message, context: Context, cfg: RunConfig) -> Message:
     from flwr.app import ConfigRecord, Message, RecordDict
 
     request = read_request(str(msg.content.config_records[CONFIG].get(AUDIT_REQUEST, "")))
+    if cfg.secagg:  # the server refuses these audits too (server/audit.py); a client does not rely on that
+        raise DataError(
+            f"this run trains under secure-aggregation={cfg.secure_aggregation!r} (pairwise masking), which an audit "
+            "cannot use: its sums would reach the server in the clear; refused"
+        )
     try:
         stats = compute(request, cfg, msg, context)
     except (KeyError, TypeError, IndexError) as exc:
         raise DataError(f"the audit request is malformed ({type(exc).__name__}: {exc})") from exc
     content = RecordDict({})
     hidden = [str(k) for k in request.get("encrypt", [])]
+    if cfg.secure and request["kind"] in SUMMED:  # under CKKS the server sees these sums only as ciphertext
+        clear = sorted(set(stats) - set(hidden) - SUMMED[request["kind"]])
+        if clear:
+            raise DataError(
+                f"this run uses secure aggregation, but the server asks for {clear[:5]} in the clear; refused (a "
+                "server may not lower a client's protection)"
+            )
     if hidden:
         if not cfg.secure:
             raise DataError("the server asks for encrypted sums but this run has secure aggregation off")

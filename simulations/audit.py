@@ -98,7 +98,6 @@ def explain(
 ) -> Written:
     """``uaap explain RUN --federated``: mean |SHAP|, mean SHAP, PDPs and permutation importance of the run's
     clients' rows, from sums."""
-    from client.audit import MAX_REPEATS
     from server import audit as server_audit
     from uaap import crypto
     from uaap.explain import federated as fx
@@ -109,8 +108,8 @@ def explain(
 
     if points < 2:
         raise ConfigError(f"--grid-points {points}: give at least 2")
-    if not 1 <= repeats <= MAX_REPEATS:
-        raise ConfigError(f"--repeats {repeats}: give 1 to {MAX_REPEATS} permutations of each column")
+    if not 1 <= repeats <= fx.MAX_REPEATS:
+        raise ConfigError(f"--repeats {repeats}: give 1 to {fx.MAX_REPEATS} permutations of each column")
     if not 0 <= seed < 2**32:
         raise ConfigError(f"--seed {seed}: give a whole number in 0..{2**32 - 1}")
     audit = server_audit.audited(run_id)

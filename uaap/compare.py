@@ -166,7 +166,8 @@ def _row(
     )
     forecast = _forecast_metrics(kind, metrics)
     metric = metric or ("mase" if forecast else "r2" if regression else "accuracy")
-    for key in _final_key(kind, f"forecast-{metric}" if forecast and kind != "automl" else metric):
+    horizon = _final_key(kind, f"forecast-{metric}") if forecast and kind != "automl" else []
+    for key in horizon + _final_key(kind, metric):  # a forecast's horizon metric, else its one-step windows' one
         if key in metrics:
             value, curve_key = float(metrics[key]), key
             break

@@ -68,6 +68,9 @@ def summary_table(rd: RunDir, central_accuracy: float | None = None) -> Any:
     rows = round_rows(rd)
     key, short = score(rows)
     caption = "val.: the clients' validation splits (federated); test: the server's held-out test set"
+    if key == "forecast-mase":  # a forecast is scored on every series' held-out tail, wherever the series are
+        caption = "MASE: the horizon forecast of every series' held-out tail; val.: summed by the clients holding "
+        caption += "them, test: by the server (a simulation's holds the series)"
     if central_accuracy is not None:
         caption += f"; a centrally trained model reaches test {key} {central_accuracy:.4f}"
     table = narrow_table(

@@ -123,6 +123,8 @@ def test_the_round_log_scores_the_horizon_forecast_from_the_clients_sums_as_pool
     assert row.metric == "mase" and row.value == pytest.approx(last["forecast-mase"])
     assert row.forecast == pytest.approx({k: last[f"forecast-{k}"] for k in ("mae", "smape", "mase")})
     assert row.rmse == pytest.approx(last["forecast-rmse"])  # the horizon's, in the series' units
+    (windows,) = collect_runs([rd.run_id], metric="r2")  # a metric the horizon lacks: the one-step windows' own
+    assert windows.value == pytest.approx(server["r2"])
     assert [s for s, _ in row.curve] == [0, 1, 2, 3]  # the server's MASE per round, from the initial model on
 
 

@@ -232,6 +232,8 @@ def test_the_explain_command_takes_the_deep_explainer_for_a_network(
     report = json.loads((home / "runs" / "mlp" / "explain" / "shap.json").read_text())
     assert report["explainer"] == "deep" and report["rows"] == 80 and report["additivity_error"] <= 1e-5
     assert "background: 40 of 80 rows drawn at random" in report["note"]
+    assert main(["explain", "mlp", "--federated", "--explainer", "deep"]) == 2  # not silently ignored
+    assert "--explainer deep picks the SHAP explainer of a central explanation" in capsys.readouterr().err
     # refused before any row is read: the missing file is never reached
     assert main(["explain", "forest", "--data", str(home / "nowhere.csv"), "--explainer", "deep"]) == 2
     assert (

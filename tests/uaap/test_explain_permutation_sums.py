@@ -56,9 +56,11 @@ def test_regression_loss_sums_are_squared_errors_in_the_target_units(regression:
     clients = [frame.iloc[:50], frame.iloc[50:]]
     total: dict[str, np.ndarray] = {fx.ROWS: np.array([120.0]), fx.LOSS: np.zeros(1),
                                     fx.LOSS_PERMUTED: np.zeros((3, REPEATS))}  # fmt: skip
+    unit = float(np.var(frame.y))  # the clients sum squared errors over the target's variance (CKKS's range)
+    assert fx.loss_unit(model) == pytest.approx(unit, rel=1e-9)
     for rows in clients:
         base, permuted = fx.loss_sums(model, rows, seed=SEED, repeats=REPEATS)
-        own_base, own_permuted = own_sums(model, rows)
+        own_base, own_permuted = (x / fx.loss_unit(model) for x in own_sums(model, rows))
         assert base[0] == pytest.approx(own_base, rel=1e-12)
         np.testing.assert_allclose(permuted, own_permuted, rtol=1e-12)
         again = fx.loss_sums(model, rows.copy(), seed=SEED, repeats=REPEATS)[1]  # same request: same permutations
@@ -66,11 +68,11 @@ def test_regression_loss_sums_are_squared_errors_in_the_target_units(regression:
         total[fx.LOSS] += base
         total[fx.LOSS_PERMUTED] += permuted
     pooled = mean_squared_error(frame.y, predict(model, frame)) * 120
-    assert total[fx.LOSS][0] == pytest.approx(pooled, rel=1e-12)  # the base loss is the pooled one
+    assert total[fx.LOSS][0] * fx.loss_unit(model) == pytest.approx(pooled, rel=1e-12)  # the base loss is pooled
     report = fx.permutation_report(total, model)
     assert report["loss"] == "squared error" and report["base_loss"] == pytest.approx(pooled / 120, rel=1e-12)
     assert report["importance_ranking"][0] == "a" and report["permutation_importance"]["a"] > 1000  # 200 a: big
-    expected = (total[fx.LOSS_PERMUTED].mean(axis=1) - total[fx.LOSS][0]) / 120
+    expected = (total[fx.LOSS_PERMUTED].mean(axis=1) - total[fx.LOSS][0]) * fx.loss_unit(model) / 120
     assert list(report["permutation_importance"].values()) == sorted(expected, reverse=True)
 
 

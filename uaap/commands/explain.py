@@ -60,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_rows < 1 or args.background_rows < 1:
         raise ConfigError("--max-rows and --background-rows must be at least 1")
+    if args.explainer != "auto" and (args.method != "shap" or args.federated):
+        raise ConfigError(
+            f"--explainer {args.explainer} picks the SHAP explainer of a central explanation; it does not apply to "
+            f"{'--method ' + args.method if args.method != 'shap' else '--federated'} (drop it)"
+        )
     if args.method != "shap":
         return run_method(args)
     if args.federated:

@@ -67,6 +67,7 @@ LOSS = "loss.sum"  # (1,): sum over rows of the model's loss on the true target
 LOSS_PERMUTED = "loss.permuted"  # input columns x repeats: sum over rows of the loss, the column permuted in-client
 MAX_EVALS = 0  # 0: shap's default budget, max(500, 2 x features + 1) evaluations a row
 REPEATS = 5  # permutations of each column
+MAX_REPEATS = 100  # at most: each permutation predicts every row of a client again
 EPS = float(np.finfo(np.float64).eps)  # scikit-learn's log_loss clips probabilities to [eps, 1 - eps]
 MAX_LOG_LOSS = float(-np.log(EPS))  # the largest clipped log-loss of one row (about 36.04)
 
@@ -141,16 +142,24 @@ def loss_name(model: RunModel) -> str:
     return "log-loss" if model.task == "classification" else "squared error"
 
 
+def loss_unit(model: RunModel) -> float:
+    """What a client divides a regression's squared errors by before it sums them: the target's variance (the plan's
+    std, squared), so sums of a large-valued target stay within what one CKKS ciphertext holds (its values under
+    2**18); :func:`permutation_report` multiplies the totals back. 1 for a classifier's log-loss."""
+    target = model.preprocessor.target_
+    return float(target.std) ** 2 if model.task != "classification" and target is not None else 1.0
+
+
 def row_losses(model: RunModel, frame: pd.DataFrame, y: np.ndarray) -> np.ndarray:
     """Each row's loss on its true target ``y`` (:func:`uaap.explain.importance.labels`): the log-loss of the true
-    class's probability clipped to [eps, 1 - eps] as scikit-learn's ``log_loss`` does, or the squared error in the
-    target's units. The model runs in float64 (:func:`uaap.explain.pdp.outputs`): a row's loss must not depend on the
-    batch it was predicted in."""
+    class's probability clipped to [eps, 1 - eps] as scikit-learn's ``log_loss`` does, or the squared error over the
+    target's variance (:func:`loss_unit`). The model runs in float64 (:func:`uaap.explain.pdp.outputs`): a row's
+    loss must not depend on the batch it was predicted in."""
     from uaap.explain.pdp import outputs
 
     out = outputs(model, frame)
     if model.task != "classification":
-        return np.asarray((out[:, 0] - np.asarray(y, dtype=np.float64)) ** 2, dtype=np.float64)
+        return np.asarray((out[:, 0] - np.asarray(y, dtype=np.float64)) ** 2 / loss_unit(model), dtype=np.float64)
     index = {c: i for i, c in enumerate(model.classes)}
     unknown = sorted({str(v) for v in y if v not in index})
     if unknown:
@@ -306,8 +315,9 @@ def permutation_report(total: Stats, model: RunModel) -> dict[str, Any]:
     repeats (each repeat's summed permuted loss is one client-stratified permutation of the pooled rows)."""
     rows = float(total[ROWS][0])
     columns = list(model.preprocessor.input_columns)
-    permuted = np.asarray(total[LOSS_PERMUTED], dtype=np.float64)
-    base = float(total[LOSS][0])
+    unit = loss_unit(model)  # back to the target's units
+    permuted = np.asarray(total[LOSS_PERMUTED], dtype=np.float64) * unit
+    base = float(total[LOSS][0]) * unit
     per_repeat = (permuted - base) / rows  # columns x repeats
     mean, std = per_repeat.mean(axis=1), per_repeat.std(axis=1)
     order = sorted(range(len(columns)), key=lambda i: -mean[i])
