@@ -161,6 +161,15 @@ def test_federated_mean_shap_and_pdp_equal_the_pooled_rows(
         assert result["grid"] == central.grid
         np.testing.assert_allclose(result["pdp"], central.pdp, rtol=0, atol=tol)
     assert set(federated["pdp"]) == {"x0", "x1", "x2", "x3", "x4", "x5", "c0", "c1"}
+    shap_gap = max(
+        max(abs(federated["mean_abs_shap"][c] - np.abs(values[:, i, 1]).mean()) for i, c in enumerate(columns)),
+        max(abs(federated["mean_shap"][c] - values[:, i, 1].mean()) for i, c in enumerate(columns)),
+    )
+    pdp_gap = max(
+        float(np.abs(np.asarray(r["pdp"]) - pdp.dependence(model, rows, c, k=1, points=POINTS).pdp).max())
+        for c, r in federated["pdp"].items()
+    )
+    print(f"{secure}: federated mean |SHAP|/mean SHAP vs pooled {shap_gap:.1e}, PDP {pdp_gap:.1e} (tolerance {tol:g})")
 
 
 def test_a_forged_explanation_is_left_out(runs: dict[str, sa.Audited]) -> None:

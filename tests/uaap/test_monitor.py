@@ -219,6 +219,7 @@ def test_the_monitor_command_flags_exactly_the_two_shifted_features(
     assert result["drifted"] == SHIFTED, {k: (v["psi"], v.get("ks", v.get("cramers_v"))) for k, v in
                                           result["features"].items()}  # fmt: skip
     assert sorted(result["features"]) == sorted(FEATURES)
+    print("drift PSI:", {k: round(v["psi"], 3) for k, v in result["features"].items()}, "drifted:", result["drifted"])
     assert result["reference_rows"] == 2400 and result["current_rows"] == 3000  # the run's training split
     assert result["prediction"]["kind"] == "categorical" and "chi2_pvalue" in result["prediction"]
     assert report.with_suffix(".png").stat().st_size > 10_000
