@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -94,12 +95,12 @@ class ServedModel:
         self.columns = [
             Column(str(c["name"]), str(c["type"]), bool(c["nullable"])) for c in self.manifest["input_schema"]
         ]
-        self.bounds = bounds(self.manifest["preprocessing"], self.columns)
-        self._texts = text_columns(self.manifest["preprocessing"])
+        spec = self.manifest["preprocessing"]
+        self._pre = _fitted(spec)  # a raw table's plan, read once for the checks, the features and /explain
+        self.bounds = bounds(spec, self.columns, self._pre)
+        self._texts = text_columns(self._pre)
         self._rows_adapter, self.row_model = row_validator(name, version, self.columns, self.bounds)
-        self._prepare, self._feature_names = _preprocessor(
-            self.manifest["preprocessing"], [c.name for c in self.columns]
-        )
+        self._prepare, self._feature_names = _preprocessor(spec, [c.name for c in self.columns], self._pre)
         onnx = self.manifest.get("onnx")
         if onnx and onnx in clear:
             self.runtime = "onnxruntime"
@@ -217,19 +218,16 @@ class ServedModel:
             out: np.ndarray = self._prepare(values, [c.name for c in self.columns])
         except DataError as exc:  # what validation did not foresee is still the rows' fault, not the server's
             raise RowsInvalid([{"loc": ["body", where], "msg": str(exc), "type": "value_error"}]) from None
-        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-        if bad.size:
-            errors = []
-            for k in bad:
-                i = index[k] if index is not None else int(k)
-                names = [self._feature_names[f] for f in np.flatnonzero(~np.isfinite(out[k]))]
-                msg = (
-                    f"{row_label(where, i)}the model inputs {', '.join(names[:5])} of this row are not finite float32 "
-                    "numbers after the model's scaling; send smaller numbers (GET /v1/models/{name} gives each "
-                    "column's range in row_json_schema)"
-                )
-                errors.append({"loc": ["body", where, i], "msg": msg, "type": "out_of_range"})
-            raise RowsInvalid(errors)
+
+        def inputs(k: int) -> str:
+            names = [self._feature_names[f] for f in np.flatnonzero(~np.isfinite(out[k]))]
+            return (
+                f"the model inputs {', '.join(names[:5])} of this row are not finite float32 numbers after the "
+                "model's scaling; send smaller numbers (GET /v1/models/{name} gives each column's range in "
+                "row_json_schema)"
+            )
+
+        _refuse_not_finite(out, where, index, "out_of_range", inputs)
         return out
 
     def predict(
@@ -242,18 +240,10 @@ class ServedModel:
             return []
         out = self._run(self.features(values, where, index))
         found = np.asarray(out, dtype=np.float64).reshape(len(values), -1)
-        bad = np.flatnonzero(~np.isfinite(found).all(axis=1))
-        if bad.size:
-            errors = []
-            for k in bad:
-                i = index[k] if index is not None else int(k)
-                msg = (
-                    f"{row_label(where, i)}the model's output for this row is not finite "
-                    f"({', '.join(map(str, found[k].tolist()[:5]))}): the row lies where this model cannot answer; "
-                    "send a row closer to its training data, or tell the model's owner"
-                )
-                errors.append({"loc": ["body", where, i], "msg": msg, "type": "output_not_finite"})
-            raise RowsInvalid(errors)
+        _refuse_not_finite(found, where, index, "output_not_finite", lambda k: (
+            f"the model's output for this row is not finite ({', '.join(map(str, found[k].tolist()[:5]))}): the row "
+            "lies where this model cannot answer; send a row closer to its training data, or tell the model's owner"
+        ))  # fmt: skip
         if self.task == "regression":
             return [{"prediction": float(v)} for v in np.asarray(out, dtype=np.float64).reshape(-1)]
         probs = np.asarray(out, dtype=np.float64)
@@ -270,7 +260,7 @@ class ServedModel:
         """SHAP values of one validated row per raw input column (see :func:`explain_row`)."""
         self.features([values], "row")  # inputs that overflow are a 422, before SHAP runs the model on them
         if self._explained is None:
-            self._explained = _explainable(self._native, self.manifest, self._label)
+            self._explained = _explainable(self._native, self.manifest, self._label, self._pre)
         found = explain_row(self._explained, self.manifest, self.columns, values, target_class)
         numbers = [found["base_value"], found["model_output"], found["additivity_error"], *found["values"].values()]
         if not all(math.isfinite(v) for v in numbers):
@@ -283,11 +273,25 @@ class ServedModel:
         return found
 
 
+def _refuse_not_finite(
+    array: np.ndarray, where: str, index: list[int] | None, kind: str, why: Callable[[int], str]
+) -> None:
+    """:class:`RowsInvalid` naming each row of ``array`` (rows x values) holding a value that is not finite, with
+    ``why(k)`` saying what of row ``k`` is wrong (``index``: the rows' places in the request)."""
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if bad.size:
+        errors = []
+        for k in bad:
+            i = index[k] if index is not None else int(k)
+            errors.append({"loc": ["body", where, i], "msg": f"{row_label(where, i)}{why(k)}", "type": kind})
+        raise RowsInvalid(errors)
+
+
 class NotExplainable(UaapError):
     """The row or the class asked for cannot be explained (a 422 naming what to send)."""
 
 
-def _explainable(data: bytes, manifest: dict[str, Any], label: str) -> Any:
+def _explainable(data: bytes, manifest: dict[str, Any], label: str, pre: Any) -> Any:
     """The version's native model for SHAP: a :class:`uaap.monitor.runmodel.RunModel` when it carries a fitted
     preprocessor (what ``uaap explain`` reads from the run folder), else ``(model, meta, torch)``."""
     from pathlib import Path
@@ -296,13 +300,10 @@ def _explainable(data: bytes, manifest: dict[str, Any], label: str) -> Any:
 
     torch = manifest["model_file"].endswith(".npz")
     model, meta = workspace.load_model_bytes(data, label) if torch else workspace.load_estimator_bytes(data, label)
-    spec = manifest["preprocessing"]
-    if spec["kind"] != "uaap-preprocessor":
+    if pre is None:
         return (model, meta, torch)
-    from uaap.data.preprocess import Preprocessor
     from uaap.monitor.runmodel import RunModel
 
-    pre = Preprocessor.from_dict(spec["plan"])
     return RunModel(workspace.RunDir(Path(str(manifest["run_id"]))), model, dict(meta), pre, torch)
 
 
@@ -406,8 +407,21 @@ def _explain_standardized(
     return _explained(names, shap_values, base, float(f(row)[0]), "permutation", what, background, "")
 
 
-def _preprocessor(spec: dict[str, Any], columns: list[str]) -> tuple[Any, list[str]]:
-    """``f(values, column_names) -> float32 features`` for the version's preprocessing, and the features' names."""
+def _fitted(spec: dict[str, Any]) -> Any:
+    """The version's fitted :class:`uaap.data.preprocess.Preprocessor` (a raw table's), or None (a bundled set's
+    standardisation)."""
+    if spec["kind"] == "standardize":
+        return None
+    if spec["kind"] != "uaap-preprocessor":
+        raise ModelLoadError(f"preprocessing kind {spec['kind']!r} is unknown to this server; upgrade uaap")
+    from uaap.data.preprocess import Preprocessor
+
+    return Preprocessor.from_dict(spec["plan"])
+
+
+def _preprocessor(spec: dict[str, Any], columns: list[str], pre: Any) -> tuple[Any, list[str]]:
+    """``f(values, column_names) -> float32 features`` for the version's preprocessing (``pre``: :func:`_fitted`),
+    and the features' names."""
     if spec["kind"] == "standardize":
         mean = np.asarray(spec["mean"], dtype=np.float32)
         std = np.asarray(spec["std"], dtype=np.float32)
@@ -416,18 +430,12 @@ def _preprocessor(spec: dict[str, Any], columns: list[str]) -> tuple[Any, list[s
             return ((np.asarray(values, dtype=np.float32) - mean) / std).astype(np.float32)
 
         return standardize, [repr(c) for c in columns]
-    if spec["kind"] == "uaap-preprocessor":
-        import pandas as pd
+    import pandas as pd
 
-        from uaap.data.preprocess import Preprocessor
+    def transform(values: list[tuple[Any, ...]], names: list[str]) -> np.ndarray:
+        return np.asarray(pre.transform(pd.DataFrame(values, columns=names)), dtype=np.float32)
 
-        pre = Preprocessor.from_dict(spec["plan"])
-
-        def transform(values: list[tuple[Any, ...]], names: list[str]) -> np.ndarray:
-            return np.asarray(pre.transform(pd.DataFrame(values, columns=names)), dtype=np.float32)
-
-        return transform, [repr(str(f)) for f in pre.get_feature_names_out()]
-    raise ModelLoadError(f"preprocessing kind {spec['kind']!r} is unknown to this server; upgrade uaap")
+    return transform, [repr(str(f)) for f in pre.get_feature_names_out()]
 
 
 def _onnx_runner(data: bytes) -> Any:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from uaap.data.preprocess import Preprocessor
 
 ROW_TEXT_LIMIT = 10_000  # characters of one string value
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -96,27 +99,21 @@ def offset_text(offset: Any) -> str:
     return f"UTC offset {sign}{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-def text_columns(spec: dict[str, Any]) -> set[str]:
-    """The free-text columns of a raw table's preprocessing (their values must hold a word)."""
-    if spec["kind"] != "uaap-preprocessor":
-        return set()
-    from uaap.data.preprocess import Preprocessor
-
-    return {p.name for p in Preprocessor.from_dict(spec["plan"]).plan_ if p.kind == "text"}
+def text_columns(pre: Preprocessor | None) -> set[str]:
+    """The free-text columns of a raw table's fitted preprocessing (their values must hold a word)."""
+    return set() if pre is None else {p.name for p in pre.plan_ if p.kind == "text"}
 
 
-def bounds(spec: dict[str, Any], columns: list[Column]) -> list[tuple[float, float] | None]:
+def bounds(spec: dict[str, Any], columns: list[Column], pre: Preprocessor | None) -> list[tuple[float, float] | None]:
     """Per number column, the values whose model inputs stay finite float32 numbers after the version's own
     scaling: ``(x - center) / scale`` (squared with polynomial features) within float32's max, and ``x`` itself
-    too. Rounded inwards to 6 significant digits, so the range a message prints is one the model takes."""
+    too (``pre``: a raw table's fitted preprocessing, else ``spec`` standardises). Rounded inwards to 6 significant
+    digits, so the range a message prints is one the model takes."""
     spans: dict[str, tuple[float, float]] = {}  # column -> (center, how far from it the input stays finite)
     if spec["kind"] == "standardize":
         for col, mean, std in zip(columns, spec["mean"], spec["std"], strict=True):
             spans[col.name] = (float(mean), float(std) * FLOAT32_MAX)
-    elif spec["kind"] == "uaap-preprocessor":
-        from uaap.data.preprocess import Preprocessor
-
-        pre = Preprocessor.from_dict(spec["plan"])
+    elif pre is not None:  # a raw table's fitted preprocessing
         limit = math.sqrt(FLOAT32_MAX) if pre.options is not None and pre.options.polynomial else FLOAT32_MAX
         for plan in pre.plan_:
             if plan.kind == "numeric" and plan.name not in plan.low:  # clipped columns cannot overflow
