@@ -281,8 +281,8 @@ def _refuse_not_finite(
     bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
     if bad.size:
         errors = []
-        for k in bad:
-            i = index[k] if index is not None else int(k)
+        for k in map(int, bad):
+            i = index[k] if index is not None else k
             errors.append({"loc": ["body", where, i], "msg": f"{row_label(where, i)}{why(k)}", "type": kind})
         raise RowsInvalid(errors)
 
