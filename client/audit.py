@@ -18,6 +18,7 @@ run config names; a deployed client (its own table) answers only about that tabl
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -152,30 +153,37 @@ def compute(request: dict[str, Any], cfg: RunConfig, msg: Message, context: Cont
     return drift.current_statistics(frame, plans, ranges)
 
 
+def refuse_unprotected(cfg: RunConfig, kind: str, clear: Iterable[str] = ()) -> None:
+    """Keep the protection the run trained under, whatever the server asks (it refuses these audits too:
+    ``server/audit.py``; a client does not rely on that): a SecAgg+ run answers no audit (no CKKS key could hide its
+    sums), and under CKKS the ``clear`` part of an answer holds none of the sums :data:`SUMMED` names for ``kind``."""
+    if cfg.secagg:
+        raise DataError(
+            f"this run trains under secure-aggregation={cfg.secure_aggregation!r} (pairwise masking), which an audit "
+            "cannot use: its sums would reach the server in the clear; refused"
+        )
+    leaked = sorted(set(clear) - SUMMED[kind]) if cfg.secure and kind in SUMMED else []
+    if leaked:
+        raise DataError(
+            f"this run uses secure aggregation, but the server asks for {leaked[:5]} in the clear; refused (a "
+            "server may not lower a client's protection)"
+        )
+
+
 def answer(msg: Message, context: Context, cfg: RunConfig) -> Message:
     """The reply to one ``query.audit`` message: plaintext sums as JSON, the additive ones encrypted under CKKS
     when the request says so (``encrypt``: the names, in order)."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
     request = read_request(str(msg.content.config_records[CONFIG].get(AUDIT_REQUEST, "")))
-    if cfg.secagg:  # the server refuses these audits too (server/audit.py); a client does not rely on that
-        raise DataError(
-            f"this run trains under secure-aggregation={cfg.secure_aggregation!r} (pairwise masking), which an audit "
-            "cannot use: its sums would reach the server in the clear; refused"
-        )
+    refuse_unprotected(cfg, request["kind"])  # before a row is read
     try:
         stats = compute(request, cfg, msg, context)
     except (KeyError, TypeError, IndexError) as exc:
         raise DataError(f"the audit request is malformed ({type(exc).__name__}: {exc})") from exc
     content = RecordDict({})
     hidden = [str(k) for k in request.get("encrypt", [])]
-    if cfg.secure and request["kind"] in SUMMED:  # under CKKS the server sees these sums only as ciphertext
-        clear = sorted(set(stats) - set(hidden) - SUMMED[request["kind"]])
-        if clear:
-            raise DataError(
-                f"this run uses secure aggregation, but the server asks for {clear[:5]} in the clear; refused (a "
-                "server may not lower a client's protection)"
-            )
+    refuse_unprotected(cfg, request["kind"], set(stats) - set(hidden))
     if hidden:
         if not cfg.secure:
             raise DataError("the server asks for encrypted sums but this run has secure aggregation off")

@@ -209,8 +209,7 @@ def explain(
     from uaap.explain.pdp import grid_of, gridded_columns
     from uaap.monitor import drift
 
-    if not 1 <= repeats <= fx.MAX_REPEATS:  # the clients refuse more (client/audit.py): said here, before asking
-        raise ConfigError(f"repeats={repeats}: give 1 to {fx.MAX_REPEATS} permutations of each column")
+    fx.check_permutations(repeats, seed)
 
     model = audit.model
     numeric = [p for p in drift.monitored_plan(model.preprocessor) if p.kind == "numeric"]

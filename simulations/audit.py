@@ -108,10 +108,7 @@ def explain(
 
     if points < 2:
         raise ConfigError(f"--grid-points {points}: give at least 2")
-    if not 1 <= repeats <= fx.MAX_REPEATS:
-        raise ConfigError(f"--repeats {repeats}: give 1 to {fx.MAX_REPEATS} permutations of each column")
-    if not 0 <= seed < 2**32:
-        raise ConfigError(f"--seed {seed}: give a whole number in 0..{2**32 - 1}")
+    fx.check_permutations(repeats, seed)  # before Ray starts
     audit = server_audit.audited(run_id)
     model = audit.model
     k = choose_class(model, target_class) if model.task == "classification" else 0

@@ -5,61 +5,49 @@ The server refuses both too (server/audit.py); these tests hand the client a ser
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from client.audit import answer, refuse_unprotected
 from tests.flower_helpers import set_task_identity
 from uaap.config import RunConfig
 from uaap.errors import DataError
+from uaap.explain import federated as fx
+from uaap.monitor.fairness import GROUP
 from uaap.protocol import AUDIT_REQUEST, CONFIG
 
-
-def _message(request: dict) -> Message:
-    set_task_identity()
-    record = ConfigRecord({AUDIT_REQUEST: json.dumps(request)})
-    return Message(content=RecordDict({CONFIG: record}), dst_node_id=1, message_type="query.audit")
-
-
-CONTEXT = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-EXPLAINED = {":rows": np.array([40.0]), "shap.abs": np.ones((3, 2)), "loss.sum": np.array([12.5])}
+EXPLAINED = {fx.ROWS, fx.SHAP_ABS, fx.SHAP_SUM, fx.OUTPUT_SUM, fx.LOSS, fx.LOSS_PERMUTED}  # an explain answer's sums
+CKKS = RunConfig(dataset="csv", data_path="t.csv", target="y", secure_aggregation="ckks")
 
 
 @pytest.mark.parametrize(
-    ("request_", "refused"),
+    ("kind", "clear", "refused"),
     [
-        ({"kind": "explain", "grids": {}}, "asks for ['loss.sum', 'shap.abs'] in the clear; refused"),
-        ({"kind": "explain", "grids": {}, "encrypt": ["shap.abs"]}, "asks for ['loss.sum'] in the clear; refused"),
-        ({"kind": "fairness", "sensitive": "plan"}, "asks for ['group:a'] in the clear; refused"),
+        ("explain", EXPLAINED, "['loss.permuted', 'loss.sum', 'output.sum', 'shap.abs', 'shap.sum'] in the clear"),
+        ("explain", {fx.ROWS, fx.LOSS}, "['loss.sum'] in the clear"),
+        ("fairness", {f"{GROUP}a"}, f"['{GROUP}a'] in the clear"),
     ],
 )
-def test_under_ckks_a_client_refuses_to_send_additive_sums_in_the_clear(
-    monkeypatch: pytest.MonkeyPatch, request_: dict, refused: str
-) -> None:
-    import client.audit as audit
-
-    stats = EXPLAINED if request_["kind"] == "explain" else {"group:a": np.ones(4)}
-    monkeypatch.setattr(audit, "compute", lambda *a: {k: v.copy() for k, v in stats.items()})
-    cfg = RunConfig(dataset="csv", data_path="t.csv", target="y", secure_aggregation="ckks")
+def test_under_ckks_a_client_refuses_to_send_additive_sums_in_the_clear(kind: str, clear: set, refused: str) -> None:
     with pytest.raises(DataError, match=refused.replace("[", r"\[").replace("]", r"\]")):
-        audit.answer(_message(request_), CONTEXT, cfg)
+        refuse_unprotected(CKKS, kind, clear)
 
 
-def test_without_secure_aggregation_the_sums_go_in_the_clear_and_with_secagg_plus_nothing_is_computed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import client.audit as audit
+def test_what_may_travel_in_the_clear_still_does() -> None:
+    refuse_unprotected(CKKS, "explain", {fx.ROWS})  # the row count, beside the one ciphertext
+    refuse_unprotected(CKKS, "fairness", set())
+    refuse_unprotected(CKKS, "drift-current", {"x0"})  # drift sketches travel in the clear (documented)
+    refuse_unprotected(CKKS.replace(secure_aggregation="none"), "explain", EXPLAINED)  # nothing to keep
 
-    monkeypatch.setattr(audit, "compute", lambda *a: {k: v.copy() for k, v in EXPLAINED.items()})
-    plain = RunConfig(dataset="csv", data_path="t.csv", target="y")
-    reply = audit.answer(_message({"kind": "explain", "grids": {}}), CONTEXT, plain)
-    assert reply.content.config_records[CONFIG]  # the plaintext sums, as a run without secure aggregation sends
 
-    def never(*a: object) -> None:
-        raise AssertionError("a SecAgg+ client computed sums for an audit")
-
-    monkeypatch.setattr(audit, "compute", never)
-    masked = RunConfig(dataset="csv", data_path="t.csv", target="y", secure_aggregation="secagg+")
+def test_a_secagg_plus_client_answers_no_audit_before_reading_a_row(tmp_path: Path) -> None:
+    set_task_identity()
+    request = ConfigRecord({AUDIT_REQUEST: json.dumps({"kind": "ranges"})})
+    msg = Message(content=RecordDict({CONFIG: request}), dst_node_id=1, message_type="query.audit")
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    masked = CKKS.replace(secure_aggregation="secagg+", data_path=str(tmp_path / "absent.csv"))
+    # the refusal, not the missing table (which reading a row would have hit first)
     with pytest.raises(DataError, match=r"secure-aggregation='secagg\+' .*in the clear; refused"):
-        audit.answer(_message({"kind": "ranges"}), CONTEXT, masked)
+        answer(msg, context, masked)

@@ -87,3 +87,12 @@ def test_regression_loss_sums_have_no_upper_bound_but_stay_non_negative(
     answer[fx.LOSS_PERMUTED] = (-np.ones((3, REPEATS))).tolist()
     with pytest.raises(ValueError, match="a sum of losses is negative"):
         fx.check_explain_sums(answer, shapes, classification=False)
+
+
+def test_permutation_settings_the_clients_would_refuse_are_refused_first() -> None:
+    from uaap.errors import ConfigError
+
+    fx.check_permutations(fx.MAX_REPEATS, 2**32 - 1)
+    for repeats, seed, said in ((0, 0, "--repeats 0"), (fx.MAX_REPEATS + 1, 0, "--repeats 101"), (5, -1, "--seed -1")):
+        with pytest.raises(ConfigError, match=said):
+            fx.check_permutations(repeats, seed)

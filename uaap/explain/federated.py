@@ -137,6 +137,16 @@ def layout(model: RunModel, grids: Mapping[str, Sequence[Any]], repeats: int = R
     return shapes
 
 
+def check_permutations(repeats: int, seed: int) -> None:
+    """Refuse permutation settings the clients would refuse (``client/audit.py``), before any client is asked."""
+    from uaap.errors import ConfigError
+
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise ConfigError(f"--repeats {repeats}: give 1 to {MAX_REPEATS} permutations of each column")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed {seed}: give a whole number in 0..{2**32 - 1}")
+
+
 def loss_name(model: RunModel) -> str:
     """The loss the permutation importance is the increase of."""
     return "log-loss" if model.task == "classification" else "squared error"
@@ -193,11 +203,12 @@ def loss_sums(
         base = np.array([row_losses(model, X, y).sum()]) if len(X) else np.zeros(1)
         if not len(X):
             return base, permuted
+        shuffled = X.copy()  # one copy: the raw column moves (through the preprocessor, its one-hots together)
         for i, column in enumerate(columns):
             for r, order in enumerate(permutations(seed, column, len(X), repeats)):
-                shuffled = X.copy()  # the raw column moves, through the preprocessor: its one-hots move together
                 shuffled[column] = X[column].iloc[order].reset_index(drop=True)
                 permuted[i, r] = row_losses(model, shuffled, y).sum()
+            shuffled[column] = X[column]  # back in place before the next column moves
     return base, permuted
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from uaap.config import RunConfig
 from uaap.forecast.metrics import add_counts, forecast_counts, mase_scale, metrics_from_counts
 from uaap.forecast.models import STATISTICAL, Forecast, network, statistical
-from uaap.forecast.series import Series, client_series, scale_of, target_period
+from uaap.forecast.series import Series, deal, load, scale_of, target_period
 
 if TYPE_CHECKING:
     from torch import nn
@@ -80,7 +80,8 @@ def compare(
     how many hold the series, default the run's num-clients; 1 for central training)."""
     n = cfg.num_clients if clients is None else clients
     totals: dict[str, list[dict[str, float]]] = {}
+    every = load(cfg)  # once: each client's share is dealt from it
     for pid in range(n):
-        for name, counts in client_counts(cfg, client_series(cfg, pid, n), net, models, plots).items():
+        for name, counts in client_counts(cfg, deal(every, pid, n), net, models, plots).items():
             totals.setdefault(name, []).append(counts)
     return {name: metrics_from_counts(add_counts(parts)) for name, parts in totals.items()}

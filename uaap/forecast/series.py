@@ -227,7 +227,11 @@ def series_split(series: list[Series], cfg: RunConfig) -> Split:
 
 def client_series(cfg: RunConfig, partition_id: int, num_partitions: int) -> list[Series]:
     """The series client ``partition_id`` holds: every ``num_partitions``-th, starting at its own."""
-    every = load(cfg)
+    return deal(load(cfg), partition_id, num_partitions)
+
+
+def deal(every: list[Series], partition_id: int, num_partitions: int) -> list[Series]:
+    """Client ``partition_id``'s share of ``every`` series (read once for all clients: :func:`load`)."""
     if len(every) < num_partitions:
         raise DataError(
             f"{len(every)} series for {num_partitions} clients: each client needs a series of its own; lower "
@@ -240,7 +244,8 @@ def federated(cfg: RunConfig, num_partitions: int) -> tuple[tuple[Split, ...], D
     """Each client's windows (its series, dealt in turn) and the server's test windows (every client's tails)."""
     from dataclasses import replace
 
-    splits = tuple(series_split(client_series(cfg, i, num_partitions), cfg) for i in range(num_partitions))
+    every = load(cfg)
+    splits = tuple(series_split(deal(every, i, num_partitions), cfg) for i in range(num_partitions))
     test = replace(
         splits[0].test,
         X=np.concatenate([s.test.X for s in splits]),
